@@ -1,0 +1,136 @@
+/*
+ * Framed IPC between the front and the decode workers.
+ *
+ * DESIGN. Two kinds of SOCK_SEQPACKET sockets carry fixed-size messages (one
+ * message = one struct, sent with one sendmsg, so boundaries are the kernel's):
+ *
+ *  - the job queue, one socketpair made by the master before any fork: the
+ *    front sends struct tn_ipc_job with fds [video, reply]; every idle worker
+ *    blocks in recvmsg() on the other end and the kernel gives each job to
+ *    exactly one of them.
+ *  - a reply socketpair per job, made by the front: the worker answers on it
+ *    with ACK, then one RESULT per thumbnail (fd: a sealed memfd holding the
+ *    encoded image), then DONE. EOF before DONE means the worker died. The
+ *    front closing its end means "abandon the job" (client gone, deadline).
+ *
+ * File descriptors, never bytes, cross the boundary. Every struct starts with
+ * the same header; `version` lets a respawned front and an old worker (reload)
+ * refuse each other cleanly instead of misreading.
+ */
+#ifndef TN_IPC_H
+#define TN_IPC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define TN_IPC_MAGIC 0x544e4a31u /* "TNJ1" */
+#define TN_IPC_VERSION 1
+#define TN_IPC_MAX_TIMES 64
+#define TN_IPC_MAX_FDS 2
+#define TN_IPC_NAME_MAX 256
+#define TN_IPC_MESSAGE_MAX 512
+
+enum tn_ipc_type {
+    TN_IPC_JOB = 1,    /* front -> worker, fds [video, reply] */
+    TN_IPC_ACK = 2,    /* worker -> front: job taken, by this pid */
+    TN_IPC_RESULT = 3, /* worker -> front, fd [memfd with the image] */
+    TN_IPC_DONE = 4,   /* worker -> front: last message of a job */
+};
+
+/* Same values as the proto's ImageFormat and SeekMode enums (checked in the front). */
+enum tn_format { TN_FORMAT_PNG = 1, TN_FORMAT_JPEG = 2, TN_FORMAT_WEBP = 3 };
+enum tn_mode { TN_MODE_ACCURATE = 1, TN_MODE_KEYFRAME = 2 };
+
+enum tn_time_kind { TN_TIME_SECONDS = 1, TN_TIME_PERCENT = 2 };
+
+struct tn_time_point {
+    uint32_t kind; /* enum tn_time_kind */
+    uint32_t pad;
+    double value;  /* seconds, or percent 0..100 */
+};
+
+struct tn_ipc_header {
+    uint32_t magic;   /* TN_IPC_MAGIC */
+    uint16_t version; /* TN_IPC_VERSION */
+    uint16_t type;    /* enum tn_ipc_type */
+    uint64_t job_id;  /* front-assigned, echoed in every reply */
+};
+
+struct tn_ipc_job {
+    struct tn_ipc_header h;
+    uint64_t file_size;   /* bytes in the video fd */
+    int64_t deadline_ms;  /* CLOCK_MONOTONIC ms (system-wide); 0 = none */
+    uint32_t n_times;     /* 1..TN_IPC_MAX_TIMES (the front fills in the 10 % default) */
+    uint32_t max_width;   /* 0 = unbounded (not both: the front applies the 320 default) */
+    uint32_t max_height;
+    uint8_t upscale;      /* 0/1 */
+    uint8_t format;       /* enum tn_format */
+    uint8_t mode;         /* enum tn_mode */
+    uint8_t pad;
+    struct tn_time_point times[TN_IPC_MAX_TIMES];
+    char file_name[TN_IPC_NAME_MAX]; /* NUL-terminated, for logs and as a format hint */
+};
+
+struct tn_ipc_ack {
+    struct tn_ipc_header h;
+    int32_t pid; /* the worker that took the job: the front kills it on overrun */
+    uint32_t pad;
+};
+
+struct tn_ipc_result {
+    struct tn_ipc_header h;
+    uint32_t index;        /* into job.times */
+    uint32_t width;
+    uint32_t height;
+    uint32_t format;       /* enum tn_format */
+    double requested_time; /* seconds, percent resolved */
+    double actual_time;    /* pts of the frame used, seconds */
+    uint64_t size;         /* bytes of the image in the memfd (from offset 0) */
+};
+
+struct tn_ipc_done {
+    struct tn_ipc_header h;
+    int32_t code;          /* enum tn_code */
+    uint32_t pad;
+    char message[TN_IPC_MESSAGE_MAX]; /* for the user when code != TN_OK */
+};
+
+/* The largest message; receive buffers are this size. */
+union tn_ipc_any {
+    struct tn_ipc_header h;
+    struct tn_ipc_job job;
+    struct tn_ipc_ack ack;
+    struct tn_ipc_result result;
+    struct tn_ipc_done done;
+};
+
+/* Fill in magic, version, type and job id. */
+void tn_ipc_header_init(struct tn_ipc_header *h, enum tn_ipc_type type, uint64_t job_id);
+
+/*
+ * Send one message with up to TN_IPC_MAX_FDS fds (SCM_RIGHTS; the caller keeps
+ * its copies and closes them). EINTR is retried; MSG_NOSIGNAL is used.
+ * flags: 0 or MSG_DONTWAIT. Returns 0, -EAGAIN (nonblocking, full), -EPIPE
+ * (peer gone), or another -errno. Never a partial send (SEQPACKET).
+ */
+int tn_ipc_send(int sock, const void *msg, size_t len, const int *fds, int nfds, int flags);
+
+/*
+ * Receive one message into buf (size cap, normally sizeof(union tn_ipc_any)).
+ * Received fds are stored in fds[0..*nfds) with O_CLOEXEC; the caller owns them.
+ * Returns the message length (> 0), 0 on EOF (peer closed), or:
+ *   -EMSGSIZE  message truncated (longer than cap)
+ *   -EPROTO    control data truncated (too many fds; any that arrived are closed),
+ *              bad magic/version, or a length that does not match the type
+ *   -EAGAIN    nonblocking and nothing there
+ *   other -errno
+ * On error every received fd is closed and *nfds is 0. EINTR is retried.
+ * flags: 0 or MSG_DONTWAIT. The message is validated: header magic and version,
+ * and len == the size of the struct named by type.
+ */
+int tn_ipc_recv(int sock, void *buf, size_t cap, int *fds, int *nfds, int flags);
+
+/* Expected size of a message of this type, 0 if the type is unknown. */
+size_t tn_ipc_size(unsigned type);
+
+#endif

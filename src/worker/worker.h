@@ -1,0 +1,27 @@
+/*
+ * A decode worker process: forked by the master, never calls grpc_init().
+ * Blocks in recvmsg() on the shared job queue, runs one job at a time through
+ * the engine, and answers on the job's reply socket (ACK, RESULT..., DONE; see
+ * ipc.h).
+ */
+#ifndef TN_WORKER_H
+#define TN_WORKER_H
+
+#include <stdint.h>
+
+struct tn_worker_options {
+    int index;             /* 0..N-1, for the log role "worker#i" */
+    uint64_t max_pixels;   /* 0 = libav default */
+    uint64_t memory_limit; /* RLIMIT_AS in bytes; 0 = unlimited */
+};
+
+/*
+ * Serve jobs from queue_fd until the queue reports EOF or an unrecoverable
+ * error. Never returns: exits 0 on a clean stop, 1 on a runtime error, and 2
+ * if it could not initialize (the master must not respawn it in a loop).
+ * The caller (master, after fork) has already closed every fd the worker does
+ * not own; queue_fd is owned by the worker from here on.
+ */
+__attribute__((noreturn)) void tn_worker_main(int queue_fd, const struct tn_worker_options *opt);
+
+#endif
