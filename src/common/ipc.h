@@ -46,7 +46,7 @@ enum tn_time_kind { TN_TIME_SECONDS = 1, TN_TIME_PERCENT = 2 };
 struct tn_time_point {
     uint32_t kind; /* enum tn_time_kind */
     uint32_t pad;
-    double value;  /* seconds, or percent 0..100 */
+    double value; /* seconds, or percent 0..100 */
 };
 
 struct tn_ipc_header {
@@ -58,14 +58,14 @@ struct tn_ipc_header {
 
 struct tn_ipc_job {
     struct tn_ipc_header h;
-    uint64_t file_size;   /* bytes in the video fd */
-    int64_t deadline_ms;  /* CLOCK_MONOTONIC ms (system-wide); 0 = none */
-    uint32_t n_times;     /* 1..TN_IPC_MAX_TIMES (the front fills in the 10 % default) */
-    uint32_t max_width;   /* 0 = unbounded (not both: the front applies the 320 default) */
+    uint64_t file_size;  /* bytes in the video fd */
+    int64_t deadline_ms; /* CLOCK_MONOTONIC ms (system-wide); 0 = none */
+    uint32_t n_times;    /* 1..TN_IPC_MAX_TIMES (the front fills in the 10 % default) */
+    uint32_t max_width;  /* 0 = unbounded (not both: the front applies the 320 default) */
     uint32_t max_height;
-    uint8_t upscale;      /* 0/1 */
-    uint8_t format;       /* enum tn_format */
-    uint8_t mode;         /* enum tn_mode */
+    uint8_t upscale; /* 0/1 */
+    uint8_t format;  /* enum tn_format */
+    uint8_t mode;    /* enum tn_mode */
     uint8_t pad;
     struct tn_time_point times[TN_IPC_MAX_TIMES];
     char file_name[TN_IPC_NAME_MAX]; /* NUL-terminated, for logs and as a format hint */
@@ -79,7 +79,7 @@ struct tn_ipc_ack {
 
 struct tn_ipc_result {
     struct tn_ipc_header h;
-    uint32_t index;        /* into job.times */
+    uint32_t index; /* into job.times */
     uint32_t width;
     uint32_t height;
     uint32_t format;       /* enum tn_format */
@@ -90,7 +90,7 @@ struct tn_ipc_result {
 
 struct tn_ipc_done {
     struct tn_ipc_header h;
-    int32_t code;          /* enum tn_code */
+    int32_t code; /* enum tn_code */
     uint32_t pad;
     char message[TN_IPC_MESSAGE_MAX]; /* for the user when code != TN_OK */
 };

@@ -60,9 +60,15 @@ int tn_log_reopen(void)
     return 0;
 }
 
-int tn_log_fd(void) { return log_fd; }
+int tn_log_fd(void)
+{
+    return log_fd;
+}
 
-int tn_log_level(void) { return log_level; }
+int tn_log_level(void)
+{
+    return log_level;
+}
 
 int tn_log_level_parse(const char *s)
 {
@@ -84,10 +90,10 @@ void tn_vlog(int level, const char *fmt, va_list ap)
     struct tm tm;
     gettimeofday(&tv, NULL);
     gmtime_r(&tv.tv_sec, &tm);
-    int n = snprintf(line, sizeof(line), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ %s %s %d: ",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                     tm.tm_sec, (int)(tv.tv_usec / 1000), level_names[level], log_role,
-                     (int)log_pid);
+    int n = snprintf(line, sizeof(line),
+                     "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ %s %s %d: ", tm.tm_year + 1900,
+                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                     (int)(tv.tv_usec / 1000), level_names[level], log_role, (int)log_pid);
     if (n < 0)
         goto out;
     int m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);

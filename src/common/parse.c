@@ -35,11 +35,16 @@ int tn_parse_size(const char *s, uint64_t *out)
     unsigned shift = 0;
     if (*end) {
         switch (*end) {
-        case 'k': case 'K': shift = 10; break;
-        case 'm': case 'M': shift = 20; break;
-        case 'g': case 'G': shift = 30; break;
-        case 't': case 'T': shift = 40; break;
-        case 'b': case 'B': shift = 0; break;
+        case 'k':
+        case 'K': shift = 10; break;
+        case 'm':
+        case 'M': shift = 20; break;
+        case 'g':
+        case 'G': shift = 30; break;
+        case 't':
+        case 'T': shift = 40; break;
+        case 'b':
+        case 'B': shift = 0; break;
         default: return -EINVAL;
         }
         const char *rest = end + 1;
@@ -98,7 +103,7 @@ int tn_parse_duration(const char *s, double *out)
 int tn_parse_time_point(const char *s, struct tn_time_point *out)
 {
     const char *end;
-    double v;
+    double v = 0; /* read by the error path below when the first parse fails */
     if (!s)
         return -EINVAL;
     size_t len = strlen(s);
