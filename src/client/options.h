@@ -1,0 +1,60 @@
+/*
+ * Command line and environment of thumbnail_client.
+ *
+ * Precedence: command line > environment (THUMBNAIL_SERVER, NUM_JOBS) >
+ * built-in defaults. Every value is validated here, so the rest of the client
+ * never sees a malformed one: a bad value is a usage error (exit 2).
+ */
+#ifndef TN_CLIENT_OPTIONS_H
+#define TN_CLIENT_OPTIONS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ipc.h"
+
+#define TN_CLIENT_DEFAULT_SERVER "localhost:50051"
+#define TN_CLIENT_DEFAULT_JOBS 2
+#define TN_CLIENT_DEFAULT_WIDTH 320
+#define TN_CLIENT_DEFAULT_CHUNK (1u << 20)
+#define TN_CLIENT_DEFAULT_RETRIES 2
+#define TN_CLIENT_DEFAULT_TIMEOUT 300.0
+#define TN_CLIENT_DEFAULT_CONNECT_TIMEOUT 5.0
+#define TN_CLIENT_DEFAULT_HEALTH_TIMEOUT 10.0
+#define TN_CLIENT_MAX_JOBS 256
+#define TN_CLIENT_MAX_CHUNK (256u << 20)
+#define TN_CLIENT_MIN_CHUNK 1024u
+
+struct tn_client_options {
+    const char *server; /* gRPC target: "host:port", "unix:/path", ... */
+    const char *input_dir;
+    const char *output_dir;
+    unsigned jobs;
+    struct tn_time_point times[TN_IPC_MAX_TIMES];
+    size_t n_times; /* 0 = send none: the server's default (10 %) */
+    uint32_t max_width;
+    uint32_t max_height;
+    bool upscale;
+    int mode;            /* enum tn_mode */
+    uint64_t chunk_size; /* bytes of video per upload message */
+    unsigned retries;    /* extra attempts after UNAVAILABLE */
+    double timeout;      /* seconds, per-call deadline */
+    bool timeout_set;    /* --timeout given (else --health uses a shorter default) */
+    double connect_timeout;
+    bool overwrite;
+    bool quiet;
+    bool verbose;
+    bool health;
+};
+
+enum { TN_OPTIONS_RUN = 0, TN_OPTIONS_EXIT_OK = 1, TN_OPTIONS_USAGE = -1 };
+
+/*
+ * Fill *o from argv and the environment. Returns TN_OPTIONS_RUN, or
+ * TN_OPTIONS_EXIT_OK after printing --help/--version to stdout, or
+ * TN_OPTIONS_USAGE after printing a message to stderr (exit 2).
+ */
+int tn_options_parse(struct tn_client_options *o, int argc, char **argv);
+
+#endif

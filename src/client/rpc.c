@@ -1,0 +1,585 @@
+#include "rpc.h"
+
+#include <errno.h>
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc_security.h>
+#include <grpc/slice.h>
+#include <grpc/support/alloc.h>
+#include <grpc/support/time.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "grpc/health/v1/health.pb-c.h"
+#include "log.h"
+#include "thumbnail.pb-c.h"
+
+#define METHOD_GENERATE "/thumbnail.v1.Thumbnailer/Generate"
+#define METHOD_HEALTH_CHECK "/grpc.health.v1.Health/Check"
+#define POLL_MS 200
+/* Room for the GenerateRequest framing around a data chunk, and for the Options message. */
+#define SEND_OVERHEAD (64 << 10)
+/* GenerateRequest.data: field 2, wire type 2 (length-delimited). Checked against the descriptor. */
+#define DATA_FIELD_NUMBER 2
+#define DATA_KEY ((DATA_FIELD_NUMBER << 3) | 2)
+
+/* The batches of one call; the tag of a batch is its enum value + 1. */
+enum tag { TAG_SEND, TAG_RECV, TAG_STATUS, N_TAGS };
+
+struct call {
+    grpc_completion_queue *cq;
+    grpc_call *call;
+    volatile sig_atomic_t *stop;
+    bool pending[N_TAGS]; /* started, completion not yet seen */
+    bool success[N_TAGS]; /* of the last completion */
+    bool cancelled;
+    bool interrupted;
+    grpc_metadata_array initial_md;
+    grpc_metadata_array trailing_md;
+    grpc_status_code status;
+    grpc_slice details;
+    const char *error_string; /* gpr_malloc'd by gRPC */
+};
+
+static void *tag_ptr(enum tag t)
+{
+    return (void *)(intptr_t)(t + 1);
+}
+
+static void call_init(struct call *c, grpc_completion_queue *cq, volatile sig_atomic_t *stop)
+{
+    memset(c, 0, sizeof(*c));
+    c->cq = cq;
+    c->stop = stop;
+    c->status = GRPC_STATUS_UNKNOWN;
+    c->details = grpc_empty_slice();
+    grpc_metadata_array_init(&c->initial_md);
+    grpc_metadata_array_init(&c->trailing_md);
+}
+
+/* Every batch must have completed: the queue is left empty for the next call. */
+static void call_destroy(struct call *c)
+{
+    for (int t = 0; t < N_TAGS; t++)
+        if (c->pending[t]) {
+            tn_log_error("call destroyed with batch %d pending", t);
+            abort();
+        }
+    grpc_metadata_array_destroy(&c->initial_md);
+    grpc_metadata_array_destroy(&c->trailing_md);
+    grpc_slice_unref(c->details);
+    gpr_free((void *)c->error_string);
+    if (c->call)
+        grpc_call_unref(c->call);
+}
+
+static grpc_call *create_call(grpc_channel *ch, grpc_completion_queue *cq, const char *method,
+                              double timeout)
+{
+    gpr_timespec deadline = gpr_time_add(
+        gpr_now(GPR_CLOCK_REALTIME), gpr_time_from_millis((int64_t)(timeout * 1000), GPR_TIMESPAN));
+    return grpc_channel_create_call(ch, NULL, GRPC_PROPAGATE_DEFAULTS, cq,
+                                    grpc_slice_from_static_string(method), NULL, deadline, NULL);
+}
+
+static void start(struct call *c, const grpc_op *ops, size_t n, enum tag t)
+{
+    c->pending[t] = true;
+    grpc_call_error e = grpc_call_start_batch(c->call, ops, n, tag_ptr(t), NULL);
+    if (e != GRPC_CALL_OK) { /* a bug in this file, not a runtime condition */
+        tn_log_error("grpc_call_start_batch(tag %d) failed: %d", t, (int)e);
+        abort();
+    }
+}
+
+static void cancel(struct call *c)
+{
+    if (!c->cancelled)
+        grpc_call_cancel(c->call, NULL);
+    c->cancelled = true;
+}
+
+/*
+ * Wait until batch t has completed (it may have already) and return its
+ * success flag. Other batches' completions seen meanwhile are recorded.
+ */
+static bool wait_for(struct call *c, enum tag t)
+{
+    while (c->pending[t]) {
+        if (c->stop && *c->stop && !c->cancelled) {
+            c->interrupted = true;
+            cancel(c);
+        }
+        gpr_timespec dl =
+            gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(POLL_MS, GPR_TIMESPAN));
+        grpc_event ev = grpc_completion_queue_next(c->cq, dl, NULL);
+        if (ev.type == GRPC_QUEUE_TIMEOUT)
+            continue;
+        intptr_t i = (intptr_t)ev.tag - 1;
+        if (ev.type != GRPC_OP_COMPLETE || i < 0 || i >= N_TAGS || !c->pending[i]) {
+            tn_log_error("unexpected completion queue event type %d tag %p", (int)ev.type, ev.tag);
+            abort();
+        }
+        c->pending[i] = false;
+        c->success[i] = ev.success != 0;
+    }
+    return c->success[t];
+}
+
+static bool status_arrived(const struct call *c)
+{
+    /* Started first and only ever waited for at the end: not pending = completed. */
+    return !c->pending[TAG_STATUS];
+}
+
+static void copy_status_message(const struct call *c, char *msg, size_t len)
+{
+    size_t n = GRPC_SLICE_LENGTH(c->details);
+    if (n) {
+        snprintf(msg, len, "%.*s", (int)n, (const char *)GRPC_SLICE_START_PTR(c->details));
+    } else {
+        msg[0] = 0;
+    }
+}
+
+static grpc_byte_buffer *pack(const ProtobufCMessage *m)
+{
+    size_t n = protobuf_c_message_get_packed_size(m);
+    grpc_slice s = grpc_slice_malloc(n);
+    protobuf_c_message_pack(m, GRPC_SLICE_START_PTR(s));
+    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1);
+    grpc_slice_unref(s);
+    return bb;
+}
+
+/* The whole message as one slice (protobuf-c wants contiguous input); caller unrefs. */
+static grpc_slice flatten(grpc_byte_buffer *bb)
+{
+    grpc_byte_buffer_reader r;
+    if (!grpc_byte_buffer_reader_init(&r, bb))
+        return grpc_empty_slice();
+    grpc_slice s = grpc_byte_buffer_reader_readall(&r);
+    grpc_byte_buffer_reader_destroy(&r);
+    return s;
+}
+
+/*
+ * A GenerateRequest{data} holding n bytes of fd at off. The message is framed
+ * by hand (key, varint length) so that the file is read straight into the
+ * slice gRPC sends: protobuf-c would need the bytes in a buffer of ours first
+ * and then copy them again. Returns NULL with *err = -errno, or -ENODATA if the
+ * file ended early (it shrank after we declared its size).
+ */
+static grpc_byte_buffer *data_message(int fd, uint64_t off, size_t n, int *err)
+{
+    uint8_t hdr[11];
+    size_t h = 0;
+    hdr[h++] = DATA_KEY;
+    uint64_t v = n;
+    do {
+        uint8_t b = v & 0x7f;
+        v >>= 7;
+        hdr[h++] = b | (v ? 0x80 : 0);
+    } while (v);
+    grpc_slice s = grpc_slice_malloc(h + n);
+    uint8_t *p = GRPC_SLICE_START_PTR(s);
+    memcpy(p, hdr, h);
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = pread(fd, p + h + got, n - got, (off_t)(off + got));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            *err = r < 0 ? -errno : -ENODATA;
+            grpc_slice_unref(s);
+            return NULL;
+        }
+        got += (size_t)r;
+    }
+    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1);
+    grpc_slice_unref(s);
+    return bb;
+}
+
+/* Send one message (with initial metadata if first, half-close if last); wait for it. */
+static bool send_message(struct call *c, grpc_byte_buffer *bb, bool first, bool last)
+{
+    grpc_op ops[3];
+    size_t n = 0;
+    memset(ops, 0, sizeof(ops));
+    if (first)
+        ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[n].op = GRPC_OP_SEND_MESSAGE;
+    ops[n++].data.send_message.send_message = bb;
+    if (last)
+        ops[n++].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+    start(c, ops, n, TAG_SEND);
+    bool ok = wait_for(c, TAG_SEND);
+    grpc_byte_buffer_destroy(bb);
+    return ok;
+}
+
+/* Receive-side state of a Generate call. */
+struct rx {
+    const struct tn_rpc_sink *sink;
+    uint32_t expected;
+    bool seen[TN_IPC_MAX_TIMES];
+    bool in_thumb;
+    uint32_t index;
+    uint64_t remaining;
+    uint32_t complete;
+};
+
+static int fail(struct tn_rpc_result *res, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static int fail(struct tn_rpc_result *res, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(res->message, sizeof(res->message), fmt, ap);
+    va_end(ap);
+    res->local = true;
+    return -1;
+}
+
+/* Handle one response message. Returns 0, or -1 with res->message set. */
+static int on_response(struct rx *rx, const Thumbnail__V1__GenerateResponse *m,
+                       struct tn_rpc_result *res)
+{
+    int r;
+    switch (m->msg_case) {
+    case THUMBNAIL__V1__GENERATE_RESPONSE__MSG_THUMBNAIL: {
+        const Thumbnail__V1__Thumbnail *t = m->thumbnail;
+        if (rx->in_thumb)
+            return fail(res, "protocol error: thumbnail %u ended %llu bytes short", rx->index,
+                        (unsigned long long)rx->remaining);
+        if (t->index >= rx->expected)
+            return fail(res, "protocol error: thumbnail index %u, expected < %u", t->index,
+                        rx->expected);
+        if (rx->seen[t->index])
+            return fail(res, "protocol error: thumbnail %u sent twice", t->index);
+        if (t->format != THUMBNAIL__V1__IMAGE_FORMAT__IMAGE_FORMAT_PNG &&
+            t->format != THUMBNAIL__V1__IMAGE_FORMAT__IMAGE_FORMAT_UNSPECIFIED)
+            return fail(res, "protocol error: thumbnail %u has format %d, asked for PNG", t->index,
+                        (int)t->format);
+        if (t->size == 0)
+            return fail(res, "protocol error: thumbnail %u is empty", t->index);
+        struct tn_rpc_thumb th = {
+            .index = t->index,
+            .width = t->width,
+            .height = t->height,
+            .requested_time = t->requested_time,
+            .actual_time = t->actual_time,
+            .size = t->size,
+        };
+        if ((r = rx->sink->begin(rx->sink->ctx, &th)) < 0)
+            return fail(res, "cannot write thumbnail %u: %s", t->index, strerror(-r));
+        rx->seen[t->index] = true;
+        rx->in_thumb = true;
+        rx->index = t->index;
+        rx->remaining = t->size;
+        return 0;
+    }
+    case THUMBNAIL__V1__GENERATE_RESPONSE__MSG_DATA:
+        if (!rx->in_thumb)
+            return fail(res, "protocol error: %zu bytes of data outside a thumbnail", m->data.len);
+        if (m->data.len > rx->remaining)
+            return fail(res, "protocol error: thumbnail %u is larger than its declared size",
+                        rx->index);
+        if ((r = rx->sink->data(rx->sink->ctx, rx->index, m->data.data, m->data.len)) < 0)
+            return fail(res, "cannot write thumbnail %u: %s", rx->index, strerror(-r));
+        rx->remaining -= m->data.len;
+        if (rx->remaining == 0) {
+            rx->in_thumb = false;
+            rx->complete++;
+        }
+        return 0;
+    default: return fail(res, "protocol error: response message of unknown kind");
+    }
+}
+
+static void build_options(const struct tn_rpc_request *req, Thumbnail__V1__Options *opt,
+                          Thumbnail__V1__TimePoint *tp, Thumbnail__V1__TimePoint **tpp)
+{
+    for (size_t i = 0; i < req->n_times; i++) {
+        thumbnail__v1__time_point__init(&tp[i]);
+        if (req->times[i].kind == TN_TIME_PERCENT) {
+            tp[i].point_case = THUMBNAIL__V1__TIME_POINT__POINT_PERCENT;
+            tp[i].percent = req->times[i].value;
+        } else {
+            tp[i].point_case = THUMBNAIL__V1__TIME_POINT__POINT_SECONDS;
+            tp[i].seconds = req->times[i].value;
+        }
+        tpp[i] = &tp[i];
+    }
+    thumbnail__v1__options__init(opt);
+    opt->file_name = (char *)req->file_name;
+    opt->size = req->size;
+    opt->n_times = req->n_times;
+    opt->times = req->n_times ? tpp : NULL;
+    opt->max_width = req->max_width;
+    opt->max_height = req->max_height;
+    opt->upscale = req->upscale;
+    opt->format = THUMBNAIL__V1__IMAGE_FORMAT__IMAGE_FORMAT_PNG;
+    opt->mode = req->mode == TN_MODE_KEYFRAME ? THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_KEYFRAME
+                                              : THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_ACCURATE;
+}
+
+/* Upload options, data, end. Stops early when the status arrives or a send fails. */
+static void upload(struct call *c, const struct tn_rpc_request *req, const struct tn_rpc_sink *sink,
+                   struct tn_rpc_result *res)
+{
+    Thumbnail__V1__TimePoint tp[TN_IPC_MAX_TIMES];
+    Thumbnail__V1__TimePoint *tpp[TN_IPC_MAX_TIMES];
+    Thumbnail__V1__Options opt;
+    build_options(req, &opt, tp, tpp);
+    Thumbnail__V1__GenerateRequest m = THUMBNAIL__V1__GENERATE_REQUEST__INIT;
+    m.msg_case = THUMBNAIL__V1__GENERATE_REQUEST__MSG_OPTIONS;
+    m.options = &opt;
+    if (!send_message(c, pack(&m.base), true, false))
+        return;
+
+    uint64_t off = 0;
+    while (off < req->size && !status_arrived(c) && !c->cancelled) {
+        uint64_t left = req->size - off;
+        size_t n = left < req->chunk_size ? (size_t)left : (size_t)req->chunk_size;
+        int err = 0;
+        grpc_byte_buffer *bb = data_message(req->fd, off, n, &err);
+        if (!bb) {
+            if (err == -ENODATA)
+                fail(res, "file shrank during upload (read %llu of %llu bytes)",
+                     (unsigned long long)off, (unsigned long long)req->size);
+            else
+                fail(res, "read failed: %s", strerror(-err));
+            cancel(c);
+            return;
+        }
+        if (!send_message(c, bb, false, false))
+            return;
+        off += n;
+        if (sink->sent)
+            sink->sent(sink->ctx, n);
+    }
+    if (off < req->size || status_arrived(c) || c->cancelled)
+        return;
+
+    Thumbnail__V1__End end = THUMBNAIL__V1__END__INIT;
+    m.msg_case = THUMBNAIL__V1__GENERATE_REQUEST__MSG_END;
+    m.end = &end;
+    send_message(c, pack(&m.base), false, true);
+}
+
+/* Read responses until the stream ends. A local error cancels the call. */
+static void receive(struct call *c, struct rx *rx, struct tn_rpc_result *res)
+{
+    while (!c->cancelled) {
+        grpc_byte_buffer *bb = NULL;
+        grpc_op op;
+        memset(&op, 0, sizeof(op));
+        op.op = GRPC_OP_RECV_MESSAGE;
+        op.data.recv_message.recv_message = &bb;
+        start(c, &op, 1, TAG_RECV);
+        if (!wait_for(c, TAG_RECV) || !bb) {
+            if (bb)
+                grpc_byte_buffer_destroy(bb);
+            return; /* end of stream, or the call failed: the status says which */
+        }
+        grpc_slice s = flatten(bb);
+        grpc_byte_buffer_destroy(bb);
+        Thumbnail__V1__GenerateResponse *m = thumbnail__v1__generate_response__unpack(
+            NULL, GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
+        grpc_slice_unref(s);
+        int r =
+            m ? on_response(rx, m, res) : fail(res, "protocol error: undecodable response message");
+        if (m)
+            thumbnail__v1__generate_response__free_unpacked(m, NULL);
+        if (r < 0)
+            cancel(c);
+    }
+}
+
+static void check_wire_format(void)
+{
+    /* data_message() frames GenerateRequest.data by hand: make sure the proto agrees. */
+    const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field_by_name(
+        &thumbnail__v1__generate_request__descriptor, "data");
+    if (!f || f->id != DATA_FIELD_NUMBER || f->type != PROTOBUF_C_TYPE_BYTES) {
+        tn_log_error("GenerateRequest.data is not field %d of type bytes", DATA_FIELD_NUMBER);
+        abort();
+    }
+}
+
+void tn_rpc_generate(grpc_channel *ch, grpc_completion_queue *cq, const struct tn_rpc_request *req,
+                     const struct tn_rpc_sink *sink, struct tn_rpc_result *res)
+{
+    check_wire_format();
+    memset(res, 0, sizeof(*res));
+    struct call c;
+    call_init(&c, cq, req->stop);
+    c.call = create_call(ch, cq, METHOD_GENERATE, req->timeout);
+
+    /* Status first: an early error from the server must end the upload promptly. */
+    grpc_op ops[2];
+    memset(ops, 0, sizeof(ops));
+    ops[0].op = GRPC_OP_RECV_INITIAL_METADATA;
+    ops[0].data.recv_initial_metadata.recv_initial_metadata = &c.initial_md;
+    ops[1].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    ops[1].data.recv_status_on_client.trailing_metadata = &c.trailing_md;
+    ops[1].data.recv_status_on_client.status = &c.status;
+    ops[1].data.recv_status_on_client.status_details = &c.details;
+    ops[1].data.recv_status_on_client.error_string = &c.error_string;
+    start(&c, ops, 2, TAG_STATUS);
+
+    struct rx rx = {.sink = sink, .expected = req->n_times ? (uint32_t)req->n_times : 1};
+    upload(&c, req, sink, res);
+    receive(&c, &rx, res);
+    wait_for(&c, TAG_STATUS);
+
+    res->code = c.status;
+    res->thumbnails = rx.complete;
+    res->interrupted = c.interrupted;
+    if (c.interrupted) {
+        res->local = true;
+        snprintf(res->message, sizeof(res->message), "interrupted");
+    } else if (res->local) {
+        /* message already set */
+    } else if (c.status != GRPC_STATUS_OK) {
+        copy_status_message(&c, res->message, sizeof(res->message));
+        if (c.error_string)
+            tn_log_debug("%s: %s", req->file_name, c.error_string);
+    } else if (rx.in_thumb) {
+        fail(res, "protocol error: stream ended with %llu bytes of thumbnail %u missing",
+             (unsigned long long)rx.remaining, rx.index);
+    } else if (rx.complete < rx.expected) {
+        fail(res, "server sent %u of %u thumbnails", rx.complete, rx.expected);
+    }
+    call_destroy(&c);
+}
+
+grpc_status_code tn_rpc_health(grpc_channel *ch, const char *service, double timeout, int *serving,
+                               char *msg, size_t msglen)
+{
+    grpc_completion_queue *cq = grpc_completion_queue_create_for_next(NULL);
+    struct call c;
+    call_init(&c, cq, NULL);
+    c.call = create_call(ch, cq, METHOD_HEALTH_CHECK, timeout);
+
+    Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    req.service = (char *)service;
+    grpc_byte_buffer *send = pack(&req.base);
+    grpc_byte_buffer *recv = NULL;
+    grpc_op ops[6];
+    memset(ops, 0, sizeof(ops));
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[1].op = GRPC_OP_SEND_MESSAGE;
+    ops[1].data.send_message.send_message = send;
+    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+    ops[3].data.recv_initial_metadata.recv_initial_metadata = &c.initial_md;
+    ops[4].op = GRPC_OP_RECV_MESSAGE;
+    ops[4].data.recv_message.recv_message = &recv;
+    ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    ops[5].data.recv_status_on_client.trailing_metadata = &c.trailing_md;
+    ops[5].data.recv_status_on_client.status = &c.status;
+    ops[5].data.recv_status_on_client.status_details = &c.details;
+    ops[5].data.recv_status_on_client.error_string = &c.error_string;
+    start(&c, ops, 6, TAG_STATUS);
+    wait_for(&c, TAG_STATUS);
+    grpc_byte_buffer_destroy(send);
+
+    grpc_status_code code = c.status;
+    copy_status_message(&c, msg, msglen);
+    *serving = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__UNKNOWN;
+    if (code == GRPC_STATUS_OK) {
+        Grpc__Health__V1__HealthCheckResponse *resp = NULL;
+        if (recv) {
+            grpc_slice s = flatten(recv);
+            resp = grpc__health__v1__health_check_response__unpack(NULL, GRPC_SLICE_LENGTH(s),
+                                                                   GRPC_SLICE_START_PTR(s));
+            grpc_slice_unref(s);
+        }
+        if (resp) {
+            *serving = resp->status;
+            grpc__health__v1__health_check_response__free_unpacked(resp, NULL);
+        } else {
+            code = GRPC_STATUS_INTERNAL;
+            snprintf(msg, msglen, "undecodable HealthCheckResponse");
+        }
+    }
+    if (recv)
+        grpc_byte_buffer_destroy(recv);
+    call_destroy(&c);
+    tn_rpc_cq_destroy(&cq);
+    return code;
+}
+
+grpc_channel *tn_rpc_channel_create(const char *target, uint64_t chunk_size)
+{
+    grpc_arg args[3];
+    memset(args, 0, sizeof(args));
+    args[0].type = GRPC_ARG_INTEGER;
+    args[0].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
+    args[0].value.integer = TN_RPC_MAX_RECEIVE;
+    args[1].type = GRPC_ARG_INTEGER;
+    args[1].key = (char *)GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
+    args[1].value.integer = (int)(chunk_size + SEND_OVERHEAD);
+    args[2].type = GRPC_ARG_STRING;
+    args[2].key = (char *)GRPC_ARG_PRIMARY_USER_AGENT_STRING;
+    args[2].value.string = (char *)"thumbnail_client/" TN_VERSION;
+    grpc_channel_args ca = {.num_args = 3, .args = args};
+    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
+    grpc_channel *ch = grpc_channel_create(target, creds, &ca);
+    grpc_channel_credentials_release(creds);
+    return ch;
+}
+
+static const char *state_name(grpc_connectivity_state s)
+{
+    switch (s) {
+    case GRPC_CHANNEL_IDLE: return "IDLE";
+    case GRPC_CHANNEL_CONNECTING: return "CONNECTING";
+    case GRPC_CHANNEL_READY: return "READY";
+    case GRPC_CHANNEL_TRANSIENT_FAILURE: return "TRANSIENT_FAILURE";
+    case GRPC_CHANNEL_SHUTDOWN: return "SHUTDOWN";
+    }
+    return "?";
+}
+
+int tn_rpc_wait_ready(grpc_channel *ch, double timeout, const char **name)
+{
+    grpc_completion_queue *cq = grpc_completion_queue_create_for_next(NULL);
+    gpr_timespec deadline =
+        gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+                     gpr_time_from_millis((int64_t)(timeout * 1000), GPR_TIMESPAN));
+    grpc_connectivity_state s = grpc_channel_check_connectivity_state(ch, 1);
+    while (s != GRPC_CHANNEL_READY && s != GRPC_CHANNEL_SHUTDOWN) {
+        grpc_channel_watch_connectivity_state(ch, s, deadline, cq, NULL);
+        grpc_event ev = grpc_completion_queue_next(cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+        if (ev.type != GRPC_OP_COMPLETE || !ev.success)
+            break; /* deadline: the state did not change in time */
+        /* try_to_connect again: after a failure the channel may have gone IDLE. */
+        s = grpc_channel_check_connectivity_state(ch, 1);
+        tn_log_debug("channel state %s", state_name(s));
+    }
+    tn_rpc_cq_destroy(&cq);
+    *name = state_name(s);
+    return s == GRPC_CHANNEL_READY ? 0 : -ETIMEDOUT;
+}
+
+void tn_rpc_cq_destroy(grpc_completion_queue **cq)
+{
+    if (!*cq)
+        return;
+    grpc_completion_queue_shutdown(*cq);
+    for (;;) {
+        grpc_event ev = grpc_completion_queue_next(*cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+        if (ev.type == GRPC_QUEUE_SHUTDOWN)
+            break;
+    }
+    grpc_completion_queue_destroy(*cq);
+    *cq = NULL;
+}

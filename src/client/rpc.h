@@ -1,0 +1,111 @@
+/*
+ * The client side of the gRPC API, on the C core completion-queue API.
+ *
+ * DESIGN. Each worker thread owns one completion queue (for_next) and drives
+ * one call at a time synchronously: it starts a batch, then waits on its own
+ * queue. A call has at most three batches in flight: the receive-status batch
+ * (started first, so an early error from the server — too large, not a video —
+ * is seen during the upload and stops it), one send batch, and one receive
+ * batch. Waiting wakes every 200 ms to notice an interrupt (SIGINT) and cancel.
+ * The channel is shared by all threads.
+ */
+#ifndef TN_CLIENT_RPC_H
+#define TN_CLIENT_RPC_H
+
+#include <grpc/grpc.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ipc.h"
+
+/* Big enough for any server chunk size we would configure; never rely on the 4 MiB default. */
+#define TN_RPC_MAX_RECEIVE (64 << 20)
+
+/*
+ * Channel to `target` (insecure) with explicit message size limits: receive
+ * TN_RPC_MAX_RECEIVE, send chunk_size plus room for the message framing.
+ * Never NULL (gRPC returns a lame channel for a bad target).
+ */
+grpc_channel *tn_rpc_channel_create(const char *target, uint64_t chunk_size);
+
+/*
+ * Ask the channel to connect and wait until it is READY or `timeout` seconds
+ * pass. Returns 0 when ready, else -ETIMEDOUT and the last state's name in
+ * *state_name.
+ */
+int tn_rpc_wait_ready(grpc_channel *ch, double timeout, const char **state_name);
+
+/*
+ * grpc.health.v1.Health/Check for `service`. Returns the call's status code
+ * (GRPC_STATUS_OK: *serving holds the ServingStatus enum value), with the
+ * status details in msg.
+ */
+grpc_status_code tn_rpc_health(grpc_channel *ch, const char *service, double timeout, int *serving,
+                               char *msg, size_t msglen);
+
+/* A thumbnail header as received (validated: index in range, not seen before, PNG). */
+struct tn_rpc_thumb {
+    uint32_t index; /* into the request's times (0 if none were sent) */
+    uint32_t width;
+    uint32_t height;
+    double requested_time;
+    double actual_time;
+    uint64_t size;
+};
+
+/*
+ * Where received thumbnails go. Callbacks run on the calling thread. A
+ * negative return (-errno) aborts the call: it is cancelled and reported as a
+ * local error with strerror. The rpc layer checks the sizes: data never
+ * exceeds the header's size, and a thumbnail is complete only when it is
+ * reached.
+ */
+struct tn_rpc_sink {
+    void *ctx;
+    int (*begin)(void *ctx, const struct tn_rpc_thumb *t);
+    int (*data)(void *ctx, uint32_t index, const void *p, size_t n);
+    /* n more bytes of video were accepted by gRPC; may be NULL. */
+    void (*sent)(void *ctx, uint64_t n);
+};
+
+struct tn_rpc_request {
+    int fd;                /* the video, read with pread from offset 0 */
+    uint64_t size;         /* bytes to send (declared in Options.size) */
+    const char *file_name; /* Options.file_name */
+    const struct tn_time_point *times;
+    size_t n_times; /* 0 = none: the server picks one */
+    uint32_t max_width;
+    uint32_t max_height;
+    bool upscale;
+    int mode;                    /* enum tn_mode */
+    uint64_t chunk_size;         /* bytes of video per message */
+    double timeout;              /* seconds from the start of the call */
+    volatile sig_atomic_t *stop; /* set asynchronously: cancel the call; may be NULL */
+};
+
+struct tn_rpc_result {
+    /* The gRPC status of the call. For a client-side error (local == true)
+     * this is the status the call ended with after our cancel, usually CANCELLED. */
+    grpc_status_code code;
+    bool local;       /* the failure is ours: I/O, protocol violation, interrupt */
+    bool interrupted; /* *stop was seen */
+    char message[512];
+    uint32_t thumbnails; /* complete thumbnails received */
+};
+
+/*
+ * One Generate call: upload req->size bytes of req->fd, pass the thumbnails to
+ * the sink, wait for the status. Success means code == GRPC_STATUS_OK, !local,
+ * and every expected thumbnail (max(1, n_times)) arrived complete; anything
+ * else is described in res->message. cq must be a for_next queue used by this
+ * thread only, and is empty again on return.
+ */
+void tn_rpc_generate(grpc_channel *ch, grpc_completion_queue *cq, const struct tn_rpc_request *req,
+                     const struct tn_rpc_sink *sink, struct tn_rpc_result *res);
+
+/* Shut down, drain and destroy a completion queue. NULL-safe. */
+void tn_rpc_cq_destroy(grpc_completion_queue **cq);
+
+#endif
