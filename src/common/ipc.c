@@ -50,8 +50,13 @@ int tn_ipc_send(int sock, const void *msg, size_t len, const int *fds, int nfds,
         ssize_t n = sendmsg(sock, &mh, flags | MSG_NOSIGNAL);
         if (n >= 0)
             return (size_t)n == len ? 0 : -EPROTO; /* SEQPACKET: all or nothing */
-        if (errno != EINTR)
-            return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+        if (errno == EINTR)
+            continue;
+        if (errno == EWOULDBLOCK)
+            return -EAGAIN;
+        /* A peer that closed with our earlier messages unread gives
+         * ECONNRESET once, then EPIPE: both mean "peer gone". */
+        return errno == ECONNRESET ? -EPIPE : -errno;
     }
 }
 
@@ -89,9 +94,11 @@ int tn_ipc_recv(int sock, void *buf, size_t cap, int *fds, int *nfds, int flags)
         if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
             continue;
         int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-        int got[TN_IPC_MAX_FDS + 1];
-        if (count > TN_IPC_MAX_FDS + 1)
-            count = TN_IPC_MAX_FDS + 1;
+        /* CMSG_SPACE rounds up, so the kernel may deliver more fds than
+         * TN_IPC_MAX_FDS + 1: size by the buffer so every one is closed. */
+        int got[sizeof(ctl.buf) / sizeof(int)];
+        if (count > (int)(sizeof(got) / sizeof(got[0])))
+            count = (int)(sizeof(got) / sizeof(got[0]));
         memcpy(got, CMSG_DATA(c), sizeof(int) * (size_t)count);
         for (int i = 0; i < count; i++) {
             if (*nfds < TN_IPC_MAX_FDS)

@@ -111,7 +111,8 @@ void tn_ipc_header_init(struct tn_ipc_header *h, enum tn_ipc_type type, uint64_t
  * Send one message with up to TN_IPC_MAX_FDS fds (SCM_RIGHTS; the caller keeps
  * its copies and closes them). EINTR is retried; MSG_NOSIGNAL is used.
  * flags: 0 or MSG_DONTWAIT. Returns 0, -EAGAIN (nonblocking, full), -EPIPE
- * (peer gone), or another -errno. Never a partial send (SEQPACKET).
+ * (peer gone, also for the kernel's ECONNRESET), or another -errno. Never a partial send
+ * (SEQPACKET).
  */
 int tn_ipc_send(int sock, const void *msg, size_t len, const int *fds, int nfds, int flags);
 

@@ -1,0 +1,323 @@
+/*
+ * The decode worker's job loop.
+ *
+ * DESIGN. Forked by the master before the front exists, so it never shares
+ * gRPC's threads. It blocks in recvmsg() on the shared job queue (the kernel
+ * hands each job to one idle worker), answers on the job's own reply socket
+ * (ACK with our pid, one RESULT per thumbnail carrying a sealed memfd, DONE),
+ * and closes both fds before taking the next job. The reply socket doubles as
+ * the cancel signal: the front closes it to abandon a job, which the engine
+ * notices in its reads and we notice as EPIPE.
+ *
+ * Signals: TERM/INT kill (fast stop: the front sees EOF before DONE and
+ * answers UNAVAILABLE); QUIT is a graceful stop that finishes the current job;
+ * USR1 reopens the log file between jobs; HUP is the master's business.
+ */
+#include "worker.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine.h"
+#include "ipc.h"
+#include "log.h"
+#include "status.h"
+
+static volatile sig_atomic_t quit_requested;
+static volatile sig_atomic_t reopen_requested;
+static volatile sig_atomic_t idle; /* blocked in recvmsg(), no job in hand */
+
+static void on_quit(int sig)
+{
+    (void)sig;
+    /* Idle, there is nothing to finish, and recvmsg() is restarted after a
+     * handler (tn_ipc_recv retries EINTR), so waiting for a flag would wait
+     * for the next job. _exit is async-signal-safe. */
+    if (idle)
+        _exit(0);
+    quit_requested = 1;
+}
+
+static void on_usr1(int sig)
+{
+    (void)sig;
+    reopen_requested = 1;
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int set_signals(void)
+{
+    struct sigaction sa;
+    sigset_t none;
+
+    memset(&sa, 0, sizeof(sa));
+    sigemptyset(&sa.sa_mask);
+    sa.sa_handler = SIG_DFL;
+    static const int dfl[] = {SIGTERM, SIGINT, SIGCHLD, SIGALRM};
+    for (size_t i = 0; i < sizeof(dfl) / sizeof(dfl[0]); i++)
+        if (sigaction(dfl[i], &sa, NULL) < 0)
+            return -errno;
+    sa.sa_handler = SIG_IGN; /* a closed reply socket is EPIPE, not death */
+    if (sigaction(SIGPIPE, &sa, NULL) < 0 || sigaction(SIGHUP, &sa, NULL) < 0)
+        return -errno;
+    sa.sa_handler = on_quit;
+    if (sigaction(SIGQUIT, &sa, NULL) < 0)
+        return -errno;
+    sa.sa_handler = on_usr1;
+    sa.sa_flags = SA_RESTART;
+    if (sigaction(SIGUSR1, &sa, NULL) < 0)
+        return -errno;
+    /* the master blocks signals around fork: don't inherit that */
+    sigemptyset(&none);
+    if (sigprocmask(SIG_SETMASK, &none, NULL) < 0)
+        return -errno;
+    return 0;
+}
+
+static int init(int queue_fd, const struct tn_worker_options *opt)
+{
+    pid_t parent = getppid();
+
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) {
+        tn_log_error("prctl(PR_SET_PDEATHSIG) failed: %s", strerror(errno));
+        return -1;
+    }
+    /* The master may have died before prctl took effect. (A master that died
+     * even earlier is noticed as EOF on the queue once the front is gone.) */
+    if (getppid() != parent) {
+        tn_log_error("the master exited while this worker was starting");
+        return -1;
+    }
+    int err = set_signals();
+    if (err < 0) {
+        tn_log_error("cannot set up signal handling: %s", strerror(-err));
+        return -1;
+    }
+    if (opt->memory_limit) {
+        struct rlimit rl = {.rlim_cur = opt->memory_limit, .rlim_max = opt->memory_limit};
+        if (setrlimit(RLIMIT_AS, &rl) < 0) {
+            tn_log_error("setrlimit(RLIMIT_AS, %" PRIu64 ") failed: %s", opt->memory_limit,
+                         strerror(errno));
+            return -1;
+        }
+    }
+    if (queue_fd < 0) {
+        tn_log_error("no job queue fd");
+        return -1;
+    }
+    tn_engine_global_init();
+    return 0;
+}
+
+/* ---- one job ------------------------------------------------------------ */
+
+struct job_ctx {
+    const struct tn_ipc_job *job;
+    int reply;
+    unsigned results;
+    int peer_gone;
+};
+
+static int emit_result(void *opaque, const struct tn_engine_result *r)
+{
+    struct job_ctx *ctx = opaque;
+    struct tn_ipc_result msg;
+
+    memset(&msg, 0, sizeof(msg));
+    tn_ipc_header_init(&msg.h, TN_IPC_RESULT, ctx->job->h.job_id);
+    msg.index = r->index;
+    msg.width = r->width;
+    msg.height = r->height;
+    msg.format = (uint32_t)r->format;
+    msg.requested_time = r->requested_time;
+    msg.actual_time = r->actual_time;
+    msg.size = r->size;
+    int err = tn_ipc_send(ctx->reply, &msg, sizeof(msg), &r->fd, 1, 0);
+    close(r->fd);
+    if (err == -EPIPE) {
+        ctx->peer_gone = 1;
+        return TN_CANCELLED;
+    }
+    if (err < 0) {
+        tn_log_error("sendmsg() failed while sending a result of job %" PRIu64 ": %s",
+                     ctx->job->h.job_id, strerror(-err));
+        return TN_INTERNAL;
+    }
+    ctx->results++;
+    return TN_OK;
+}
+
+/* "10%,1.5s,..." for the log line, cut short if long. */
+static void format_times(const struct tn_ipc_job *job, char *buf, size_t len)
+{
+    size_t off = 0;
+
+    buf[0] = '\0';
+    for (uint32_t i = 0; i < job->n_times && off + 1 < len; i++) {
+        const struct tn_time_point *t = &job->times[i];
+        int n = snprintf(buf + off, len - off, "%s%g%s", i ? "," : "", t->value,
+                         t->kind == TN_TIME_PERCENT ? "%" : "s");
+        if (n < 0)
+            break;
+        off += (size_t)n;
+    }
+    if (off + 1 >= len && len > 4)
+        memcpy(buf + len - 4, "...", 4);
+}
+
+static void run_job(struct tn_ipc_job *job, int video, int reply,
+                    const struct tn_worker_options *opt)
+{
+    int64_t t0 = now_ms();
+    struct job_ctx ctx = {.job = job, .reply = reply};
+    struct tn_engine_limits limits = {.max_pixels = opt->max_pixels};
+    char err[TN_IPC_MESSAGE_MAX] = "";
+    char times[128], name[TN_IPC_NAME_MAX];
+    int code, ret;
+
+    job->file_name[TN_IPC_NAME_MAX - 1] = '\0';
+    format_times(job, times, sizeof(times));
+    /* the client's name goes into our log lines: no control characters */
+    snprintf(name, sizeof(name), "%s", job->file_name[0] ? job->file_name : "-");
+    for (char *c = name; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f)
+            *c = '?';
+    /* results are sent blocking: the front reads them as they come */
+    int fl = fcntl(reply, F_GETFL);
+    if (fl >= 0 && (fl & O_NONBLOCK))
+        fcntl(reply, F_SETFL, fl & ~O_NONBLOCK);
+
+    struct tn_ipc_ack ack;
+    memset(&ack, 0, sizeof(ack));
+    tn_ipc_header_init(&ack.h, TN_IPC_ACK, job->h.job_id);
+    ack.pid = (int32_t)getpid();
+    ret = tn_ipc_send(reply, &ack, sizeof(ack), NULL, 0, 0);
+    if (ret < 0) {
+        /* EPIPE: the front gave up on the job before we took it */
+        tn_log_info("job %" PRIu64 " %s: dropped, the front is gone (%s)", job->h.job_id, name,
+                    strerror(-ret));
+        return;
+    }
+
+    uint64_t size = job->file_size;
+    if (size == 0) {
+        struct stat sb;
+        if (fstat(video, &sb) == 0 && sb.st_size > 0)
+            size = (uint64_t)sb.st_size;
+    }
+    struct tn_engine_request req = {
+        .fd = video,
+        .size = size,
+        .file_name = job->file_name,
+        .times = job->times,
+        .n_times = job->n_times,
+        .max_width = job->max_width,
+        .max_height = job->max_height,
+        .upscale = job->upscale,
+        .format = job->format,
+        .mode = job->mode,
+        .deadline_ms = job->deadline_ms,
+        .cancel_fd = reply,
+        .limits = &limits,
+    };
+    code = tn_engine_run(&req, emit_result, &ctx, err, sizeof(err));
+
+    if (!ctx.peer_gone) {
+        struct tn_ipc_done done;
+        memset(&done, 0, sizeof(done));
+        tn_ipc_header_init(&done.h, TN_IPC_DONE, job->h.job_id);
+        done.code = code;
+        if (code != TN_OK)
+            snprintf(done.message, sizeof(done.message), "%s", err);
+        ret = tn_ipc_send(reply, &done, sizeof(done), NULL, 0, 0);
+        if (ret < 0 && ret != -EPIPE)
+            tn_log_error("sendmsg() failed while sending the end of job %" PRIu64 ": %s",
+                         job->h.job_id, strerror(-ret));
+    }
+    tn_log_info("job %" PRIu64 " %s [%s]: %s%s%s, %u thumbnails, %" PRId64 " ms", job->h.job_id,
+                name, times, tn_code_name(code), code != TN_OK ? ": " : "",
+                code != TN_OK ? err : "", ctx.results, now_ms() - t0);
+}
+
+/* ---- the loop ----------------------------------------------------------- */
+
+void tn_worker_main(int queue_fd, const struct tn_worker_options *opt)
+{
+    char role[32];
+    union tn_ipc_any msg;
+    int fds[TN_IPC_MAX_FDS];
+    int nfds;
+
+    snprintf(role, sizeof(role), "worker#%d", opt->index);
+    tn_log_set_role(role);
+    if (init(queue_fd, opt) < 0)
+        exit(2);
+    tn_log_debug("ready");
+
+    for (;;) {
+        if (quit_requested) {
+            tn_log_info("stopping (graceful)");
+            exit(0);
+        }
+        if (reopen_requested) {
+            reopen_requested = 0;
+            tn_log_reopen();
+        }
+        idle = 1;
+        if (quit_requested) /* a QUIT between the check above and idle = 1 */
+            exit(0);
+        int n = tn_ipc_recv(queue_fd, &msg, sizeof(msg), fds, &nfds, 0);
+        idle = 0;
+        if (n == 0) {
+            tn_log_info("job queue closed, exiting");
+            exit(0);
+        }
+        if (n == -EPROTO || n == -EMSGSIZE) {
+            tn_log_warn("bad message on the job queue, skipped: %s", strerror(-n));
+            continue;
+        }
+        if (n < 0) {
+            tn_log_error("recvmsg() failed while reading a job: %s", strerror(-n));
+            exit(1);
+        }
+        if (msg.h.type == TN_IPC_JOB && nfds == 2 &&
+            (msg.job.n_times < 1 || msg.job.n_times > TN_IPC_MAX_TIMES)) {
+            /* a bug in the front: say so rather than look like a dead worker */
+            struct tn_ipc_done done;
+            memset(&done, 0, sizeof(done));
+            tn_ipc_header_init(&done.h, TN_IPC_DONE, msg.h.job_id);
+            done.code = TN_INTERNAL;
+            snprintf(done.message, sizeof(done.message), "bad job: %u time points (1..%d)",
+                     msg.job.n_times, TN_IPC_MAX_TIMES);
+            tn_ipc_send(fds[1], &done, sizeof(done), NULL, 0, 0);
+        }
+        if (msg.h.type != TN_IPC_JOB || nfds != 2 || msg.job.n_times < 1 ||
+            msg.job.n_times > TN_IPC_MAX_TIMES) {
+            tn_log_warn("malformed job %" PRIu64 " skipped (type %u, %d fds, %u times)",
+                        msg.h.job_id, msg.h.type, nfds,
+                        msg.h.type == TN_IPC_JOB ? msg.job.n_times : 0);
+            for (int i = 0; i < nfds; i++)
+                close(fds[i]);
+            continue;
+        }
+        run_job(&msg.job, fds[0], fds[1], opt);
+        close(fds[0]);
+        close(fds[1]);
+    }
+}
