@@ -1,0 +1,785 @@
+/*
+ * Unit test of the thumbnail engine, in process, on clips generated at start
+ * with the ffmpeg CLI into a temporary directory (skipped if ffmpeg is not
+ * installed). Checks codes and messages, geometry (size, rotation, sample
+ * aspect ratio), PNG output in sealed memfds, the times used, and, on clips
+ * whose frames encode their own index in their brightness, that ACCURATE
+ * returns exactly the first frame at or after the requested time.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <png.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine.h"
+#include "log.h"
+#include "status.h"
+
+#define MAX_RESULTS 64
+#define EPS 1e-6
+
+static char dir[256];
+static int have_ffmpeg;
+static int have_clips;
+
+/* ---- fixtures ------------------------------------------------------------ */
+
+static int run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static int run(const char *fmt, ...)
+{
+    char cmd[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof(cmd), fmt, ap);
+    va_end(ap);
+    int st = system(cmd);
+    if (st != 0)
+        fprintf(stderr, "failed (%d): %s\n", st, cmd);
+    return st == 0 ? 0 : -1;
+}
+
+static void path(char *buf, size_t len, const char *name)
+{
+    snprintf(buf, len, "%s/%s", dir, name);
+}
+
+static int write_file(const char *name, const void *data, size_t len)
+{
+    char p[512];
+    path(p, sizeof(p), name);
+    FILE *f = fopen(p, "wb");
+    if (!f)
+        return -1;
+    size_t n = fwrite(data, 1, len, f);
+    return fclose(f) == 0 && n == len ? 0 : -1;
+}
+
+#define FF "ffmpeg -nostdin -hide_banner -loglevel error -y "
+#define X265 "-c:v libx265 -x265-params log-level=error:keyint=25 "
+#define VP9 "-c:v libvpx-vp9 -deadline realtime -cpu-used 8 -g 25 "
+/* frame N has luma 16 + 3 N: the picture says which frame it is */
+#define INDEXED "-f lavfi -i \"color=c=black:s=64x64:r=10:d=6,format=gray,geq=lum='16+N*3'\" "
+
+/* Copy an MP4 with its first track's tkhd matrix entry [i] (16.16) set to v:
+ * the 5.1 CLI cannot write flips. */
+static int patch_matrix(const char *from, const char *to, int i, int32_t v)
+{
+    static unsigned char buf[1 << 20];
+    char p[512];
+    path(p, sizeof(p), from);
+    int fd = open(p, O_RDONLY);
+    ssize_t n = fd >= 0 ? read(fd, buf, sizeof(buf)) : -1;
+    if (fd >= 0)
+        close(fd);
+    unsigned char *t = n > 0 ? memmem(buf, (size_t)n, "tkhd", 4) : NULL;
+    /* version 0: the matrix is 44 bytes after the type */
+    if (!t || t[4] != 0 || t + 44 + 36 > buf + n)
+        return -1;
+    unsigned char *m = t + 44 + 4 * i;
+    m[0] = (unsigned char)((uint32_t)v >> 24);
+    m[1] = (unsigned char)((uint32_t)v >> 16);
+    m[2] = (unsigned char)((uint32_t)v >> 8);
+    m[3] = (unsigned char)v;
+    return write_file(to, buf, (size_t)n);
+}
+
+static int make_clips(void)
+{
+    const char *d = dir;
+    int r = 0;
+
+    r |= run(FF "-f lavfi -i testsrc2=s=640x360:r=25:d=3 -c:v libx264 -preset veryfast -bf 3 -g 25 "
+                "-pix_fmt yuv420p '%s/h264.mp4'",
+             d);
+    r |=
+        run(FF "-f lavfi -i testsrc2=s=320x240:r=25:d=2 " X265 "-pix_fmt yuv420p '%s/hevc.mkv'", d);
+    r |= run(FF "-f lavfi -i testsrc2=s=320x240:r=25:d=2 " VP9 "-pix_fmt yuv420p '%s/vp9.webm'", d);
+    r |= run(FF "-f lavfi -i testsrc2=s=320x240:r=25:d=2 -c:v mpeg4 -bf 2 -g 12 -pix_fmt yuv420p "
+                "'%s/mpeg4.avi'",
+             d);
+    r |= run(FF "-f lavfi -i testsrc2=s=320x240:r=25:d=2 -c:v libx264 -bf 3 -g 25 -pix_fmt yuv420p "
+                "'%s/h264.ts'",
+             d);
+    /* blue with a red top-left corner, then tagged as rotated */
+    r |= run(
+        FF "-f lavfi -i \"color=c=blue:s=320x240:r=25:d=1,drawbox=x=0:y=0:w=80:h=60:c=red:t=fill\" "
+           "-c:v libx264 -pix_fmt yuv420p '%s/box.mp4'",
+        d);
+    r |= run(FF "-i '%s/box.mp4' -c copy -metadata:s:v:0 rotate=90 '%s/rot90.mp4'", d, d);
+    r |= run(FF "-i '%s/box.mp4' -c copy -metadata:s:v:0 rotate=180 '%s/rot180.mp4'", d, d);
+    /* ffmpeg's own idea of the upright picture, to compare with */
+    r |= patch_matrix("box.mp4", "hflip.mp4", 0, -0x10000);
+    r |= patch_matrix("box.mp4", "vflip.mp4", 4, -0x10000);
+    r |= run(FF "-i '%s/rot90.mp4' -frames:v 1 -f rawvideo -pix_fmt rgb24 '%s/rot90.rgb'", d, d);
+    r |= run(FF "-i '%s/rot180.mp4' -frames:v 1 -f rawvideo -pix_fmt rgb24 '%s/rot180.rgb'", d, d);
+    r |= run(FF "-f lavfi -i testsrc2=s=320x240:r=25:d=1 -vf setsar=4/3 -c:v libx264 "
+                "-pix_fmt yuv420p '%s/anamorphic.mp4'",
+             d);
+    r |= run(FF "-f lavfi -i color=c=0x808080:s=128x72:r=25:d=1 -pix_fmt yuv420p10le " X265
+                "'%s/gray10.mkv'",
+             d);
+    r |= run(FF "-f lavfi -i sine=d=1 '%s/audio.m4a'", d);
+    r |=
+        run(FF INDEXED "-pix_fmt yuv420p -c:v libx264 -bf 3 -g 25 -sc_threshold 0 '%s/idx.mp4'", d);
+    r |= run(FF INDEXED "-pix_fmt yuv420p " X265 "'%s/idx.mkv'", d);
+    r |= run(FF INDEXED "-pix_fmt yuv420p -c:v libx264 -bf 3 -g 25 -sc_threshold 0 '%s/idx.ts'", d);
+
+    /* not videos */
+    unsigned char junk[64 * 1024];
+    srand(42);
+    for (size_t i = 0; i < sizeof(junk); i++)
+        junk[i] = (unsigned char)rand();
+    r |= write_file("random.bin", junk, sizeof(junk));
+    r |= write_file("empty.mp4", "", 0);
+    /* an MP4 written without faststart has its moov at the end: cut it off */
+    char p[512];
+    path(p, sizeof(p), "h264.mp4");
+    int fd = open(p, O_RDONLY);
+    ssize_t n = fd >= 0 ? pread(fd, junk, 1000, 0) : -1;
+    if (fd >= 0)
+        close(fd);
+    r |= n == 1000 ? write_file("truncated.mp4", junk, 1000) : -1;
+    return r;
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    tn_log_init("test", getenv("TN_TEST_DEBUG") ? TN_LOG_DEBUG : TN_LOG_WARN, NULL);
+    tn_engine_global_init();
+    have_ffmpeg = system("ffmpeg -version >/dev/null 2>&1") == 0;
+    if (!have_ffmpeg)
+        return 0;
+    const char *tmp = getenv("TMPDIR");
+    snprintf(dir, sizeof(dir), "%s/tn_test_engine.XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    if (!mkdtemp(dir))
+        return -1;
+    have_clips = make_clips() == 0;
+    return have_clips ? 0 : -1;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    if (dir[0] && !getenv("TN_TEST_KEEP"))
+        run("rm -rf '%s'", dir);
+    return 0;
+}
+
+/* ---- running the engine --------------------------------------------------- */
+
+struct result {
+    struct tn_engine_result r;
+    unsigned char *data; /* the image, read back from the memfd */
+    int sealed;
+};
+
+struct run {
+    struct result res[MAX_RESULTS];
+    size_t n;
+    size_t stop_after; /* emit returns TN_CANCELLED after this many; 0 = never */
+    int code;
+    char err[512];
+};
+
+static int emit(void *opaque, const struct tn_engine_result *r)
+{
+    struct run *run = opaque;
+    struct result *out = &run->res[run->n < MAX_RESULTS ? run->n : MAX_RESULTS - 1];
+    struct stat sb;
+
+    out->r = *r;
+    assert_int_equal(fstat(r->fd, &sb), 0);
+    assert_int_equal((uint64_t)sb.st_size, r->size);
+    int seals = fcntl(r->fd, F_GET_SEALS);
+    out->sealed = seals >= 0 && (seals & (F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW)) ==
+                                    (F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW);
+    out->data = malloc(r->size);
+    assert_non_null(out->data);
+    assert_int_equal(pread(r->fd, out->data, r->size, 0), (ssize_t)r->size);
+    close(r->fd);
+    run->n++;
+    return run->stop_after && run->n >= run->stop_after ? TN_CANCELLED : TN_OK;
+}
+
+static void run_free(struct run *run)
+{
+    for (size_t i = 0; i < run->n && i < MAX_RESULTS; i++)
+        free(run->res[i].data);
+}
+
+struct opts {
+    unsigned max_width, max_height;
+    int upscale, format, mode;
+    int64_t deadline_ms;
+    int cancel_fd;
+    const struct tn_engine_limits *limits;
+};
+
+static const struct opts defaults = {
+    .max_width = 320, .format = TN_FORMAT_PNG, .mode = TN_MODE_ACCURATE, .cancel_fd = -1};
+
+static void engine(struct run *run, const char *name, const struct tn_time_point *times,
+                   size_t n_times, const struct opts *o)
+{
+    char p[512];
+    struct stat sb;
+
+    memset(run, 0, sizeof(*run));
+    path(p, sizeof(p), name);
+    int fd = open(p, O_RDONLY | O_CLOEXEC);
+    assert_true(fd >= 0);
+    assert_int_equal(fstat(fd, &sb), 0);
+    struct tn_engine_request req = {
+        .fd = fd,
+        .size = (uint64_t)sb.st_size,
+        .file_name = name,
+        .times = times,
+        .n_times = n_times,
+        .max_width = o->max_width,
+        .max_height = o->max_height,
+        .upscale = o->upscale,
+        .format = o->format,
+        .mode = o->mode,
+        .deadline_ms = o->deadline_ms,
+        .cancel_fd = o->cancel_fd,
+        .limits = o->limits,
+    };
+    run->code = tn_engine_run(&req, emit, run, run->err, sizeof(run->err));
+    close(fd);
+    if (run->code != TN_OK)
+        assert_true(strlen(run->err) > 0);
+}
+
+/* One time point, default options but the mode. */
+static void engine1(struct run *run, const char *name, double seconds, int mode)
+{
+    struct tn_time_point t = {.kind = TN_TIME_SECONDS, .value = seconds};
+    struct opts o = defaults;
+    o.mode = mode;
+    engine(run, name, &t, 1, &o);
+}
+
+#define SKIP_WITHOUT_CLIPS()                                                                       \
+    do {                                                                                           \
+        if (!have_ffmpeg || !have_clips)                                                           \
+            skip();                                                                                \
+    } while (0)
+
+/* Decode a PNG result to RGB24 (caller frees). */
+static unsigned char *decode_png(const struct result *r, unsigned *w, unsigned *h)
+{
+    png_image img;
+    memset(&img, 0, sizeof(img));
+    img.version = PNG_IMAGE_VERSION;
+    assert_true(png_image_begin_read_from_memory(&img, r->data, r->r.size));
+    img.format = PNG_FORMAT_RGB;
+    unsigned char *buf = malloc(PNG_IMAGE_SIZE(img));
+    assert_non_null(buf);
+    assert_true(png_image_finish_read(&img, NULL, buf, 0, NULL));
+    *w = img.width;
+    *h = img.height;
+    return buf;
+}
+
+static void assert_png(const struct result *r, unsigned w, unsigned h)
+{
+    static const unsigned char sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    unsigned pw, ph;
+
+    assert_true(r->r.size > sizeof(sig));
+    assert_memory_equal(r->data, sig, sizeof(sig));
+    assert_true(r->sealed);
+    assert_int_equal(r->r.format, TN_FORMAT_PNG);
+    assert_int_equal(r->r.width, w);
+    assert_int_equal(r->r.height, h);
+    free(decode_png(r, &pw, &ph));
+    assert_int_equal(pw, w);
+    assert_int_equal(ph, h);
+}
+
+/* ---- tests -------------------------------------------------------------- */
+
+static void test_h264_mp4(void **state)
+{
+    (void)state;
+    SKIP_WITHOUT_CLIPS();
+    struct run run;
+
+    engine1(&run, "h264.mp4", 1.3, TN_MODE_ACCURATE);
+    assert_int_equal(run.code, TN_OK);
+    assert_int_equal(run.n, 1);
+    assert_png(&run.res[0], 320, 180);
+    assert_int_equal(run.res[0].r.index, 0);
+    assert_true(fabs(run.res[0].r.requested_time - 1.3) < EPS);
+    assert_true(run.res[0].r.actual_time >= 1.3 - EPS);
+    assert_true(run.res[0].r.actual_time < 1.3 + 0.04 + EPS); /* the next frame at 25 fps */
+    run_free(&run);
+
+    engine1(&run, "h264.mp4", 1.3, TN_MODE_KEYFRAME);
+    assert_int_equal(run.code, TN_OK);
+    assert_png(&run.res[0], 320, 180);
+    assert_true(fabs(run.res[0].r.actual_time - 1.0) < EPS); /* GOP of 25 frames */
+    run_free(&run);
+}
+
+static void test_other_formats(void **state)
+{
+    (void)state;
+    SKIP_WITHOUT_CLIPS();
+    static const char *const names[] = {"hevc.mkv", "vp9.webm", "mpeg4.avi", "h264.ts"};
+    static const double times[] = {0, 0.5, 1.3};
+    struct run run;
+
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        for (size_t j = 0; j < sizeof(times) / sizeof(times[0]); j++) {
+            double t = times[j];
+            engine1(&run, names[i], t, TN_MODE_ACCURATE);
+            if (run.code != TN_OK)
+                fail_msg("%s at %g: %s", names[i], t, run.err);
+            assert_png(&run.res[0], 320, 240);
+            /* AVI with B-frames: libav (and ffprobe) time frames one frame late */
+            double slack = strstr(names[i], ".avi") ? 0.08 : 0.04;
+            if (run.res[0].r.actual_time < t - EPS || run.res[0].r.actual_time > t + slack + EPS)
+                fail_msg("%s accurate at %g gave %g", names[i], t, run.res[0].r.actual_time);
+            run_free(&run);
+
+            engine1(&run, names[i], t, TN_MODE_KEYFRAME);
+            if (run.code != TN_OK)
+                fail_msg("%s keyframe at %g: %s", names[i], t, run.err);
+            assert_png(&run.res[0], 320, 240);
+            if (run.res[0].r.actual_time > t + EPS || run.res[0].r.actual_time < t - 1.0 - EPS)
+                fail_msg("%s keyframe at %g gave %g", names[i], t, run.res[0].r.actual_time);
+            run_free(&run);
+        }
+    }
+}
+
+static void test_many_times_in_order(void **state)
+{
+    (void)state;
+    SKIP_WITHOUT_CLIPS();
+    const struct tn_time_point times[] = {
+        {.kind = TN_TIME_SECONDS, .value = 2.0}, {.kind = TN_TIME_SECONDS, .value = 0.5},
+        {.kind = TN_TIME_PERCENT, .value = 50},  {.kind = TN_TIME_SECONDS, .value = 1.0},
+        {.kind = TN_TIME_SECONDS, .value = 0.5}, {.kind = TN_TIME_SECONDS, .value = 0},
+    };
+    /* sorted by time, ties by index */
+    static const unsigned order[] = {5, 1, 4, 3, 2, 0};
+    static const double resolved[] = {2.0, 0.5, 1.5, 1.0, 0.5, 0};
+    struct opts o = defaults;
+    struct run run;
+
+    for (int mode = TN_MODE_ACCURATE; mode <= TN_MODE_KEYFRAME; mode++) {
+        o.mode = mode;
+        engine(&run, "h264.mp4", times, 6, &o);
+        assert_int_equal(run.code, TN_OK);
+        assert_int_equal(run.n, 6);
+        for (size_t i = 0; i < 6; i++) {
+            const struct tn_engine_result *r = &run.res[i].r;
+            assert_int_equal(r->index, order[i]);
+            assert_true(fabs(r->requested_time - resolved[r->index]) < EPS);
+            if (mode == TN_MODE_ACCURATE)
+                assert_true(r->actual_time >= r->requested_time - EPS);
+            else
+                assert_true(r->actual_time <= r->requested_time + EPS);
+            assert_png(&run.res[i], 320, 180);
+        }
+        run_free(&run);
+    }
+}
+
+static void test_past_the_end(void **state)
+{
+    (void)state;
+    SKIP_WITHOUT_CLIPS();
+    struct run run;
+
+    for (int mode = TN_MODE_ACCURATE; mode <= TN_MODE_KEYFRAME; mode++) {
+        engine1(&run, "h264.mp4", 100, mode);
+        assert_int_equal(run.code, TN_OK);
+        assert_true(fabs(run.res[0].r.requested_time - 100) < EPS);
+        double want = mode == TN_MODE_ACCURATE ? 2.96 : 2.0; /* last frame; last keyframe */
+        if (fabs(run.res[0].r.actual_time - want) > EPS)
+            fail_msg("mode %d past the end gave %g, want %g", mode, run.res[0].r.actual_time, want);
+        run_free(&run);
+    }
+    /* 100 % is the end too */
+    const struct tn_time_point t = {.kind = TN_TIME_PERCENT, .value = 100};
+    engine(&run, "h264.mp4", &t, 1, &defaults);
+    assert_int_equal(run.code, TN_OK);
+    assert_true(fabs(run.res[0].r.requested_time - 3.0) < EPS);
+    assert_true(fabs(run.res[0].r.actual_time - 2.96) < EPS);
+    run_free(&run);
+}
+
+/* The frame index the picture shows (luma 16 + 3 N, gray). */
+static int shown_index(const struct result *r)
+{
+    unsigned w, h;
+    unsigned char *rgb = decode_png(r, &w, &h);
+    const unsigned char *px = rgb + ((size_t)(h / 2) * w + w / 2) * 3;
+    int n = (int)lround((px[1] - 16) / 3.0);
+    free(rgb);
+    return n;
+}
+
+/* ACCURATE gives exactly the first frame at or after the time: with
+ * non-reference frames skipped, B-frames reordered, the decoder continuing
+ * across points or seeking, on H.264 in MP4 and TS, and HEVC in MKV. */
+static void test_accurate_is_exact(void **state)
+{
+    (void)state;
+    SKIP_WITHOUT_CLIPS();
+    static const double secs[] = {0,   0.05, 0.35, 0.9,  1.0, 1.01, 2.45,
+                                  2.5, 2.51, 3.33, 4.96, 5.9, 7};
+    static const char *const names[] = {"idx.mp4", "idx.mkv", "idx.ts"};
+    enum { N = sizeof(secs) / sizeof(secs[0]) };
+    struct tn_time_point times[N];
+    struct opts o = defaults;
+    struct run run;
+
+    o.max_width = 0;
+    o.max_height = 64;
+    for (size_t i = 0; i < N; i++)
+        times[i] = (struct tn_time_point){.kind = TN_TIME_SECONDS, .value = secs[i]};
+    for (size_t f = 0; f < sizeof(names) / sizeof(names[0]); f++) {
+        for (int together = 0; together <= 1; together++) {
+            for (size_t i = 0; i < N; i++) {
+                if (together && i > 0)
+                    break;
+                engine(&run, names[f], together ? times : &times[i], together ? N : 1, &o);
+                if (run.code != TN_OK)
+                    fail_msg("%s: %s", names[f], run.err);
+                for (size_t k = 0; k < run.n; k++) {
+                    const struct tn_engine_result *r = &run.res[k].r;
+                    double t = secs[together ? r->index : i];
+                    int want = (int)ceil(t * 10 - EPS);
+                    if (want > 59)
+                        want = 59; /* clamped to the last frame */
+                    int got = shown_index(&run.res[k]);
+                    if (got != want || fabs(r->actual_time - want / 10.0) > EPS)
+                        fail_msg("%s at %g s (%s): frame %d at %g s, want frame %d", names[f], t,
+                                 together ? "together" : "alone", got, r->actual_time, want);
+                }
+                run_free(&run);
+            }
+        }
+    }
+}
+
+/* Which corner of an RGB image is the red one: 0 tl, 1 tr, 2 bl, 3 br, -1 none. */
+static int red_corner(const unsigned char *rgb, unsigned w, unsigned h)
+{
+    const unsigned xs[4] = {2, w - 3, 2, w - 3}, ys[4] = {2, 2, h - 3, h - 3};
+    int found = -1;
+    for (int i = 0; i < 4; i++) {
+        const unsigned char *p = rgb + ((size_t)ys[i] * w + xs[i]) * 3;
+        if (p[0] > 180 && p[2] < 80) {
+            if (found >= 0)
+                return -1;
+            found = i;
+        }
+    }
+    return found;
+}
+
+static void check_rotation(const char *name, const char *ref, unsigned rw, unsigned rh)
+{
+    char p[512];
+    struct run run;
+    unsigned w, h;
+    size_t len = (size_t)rw * rh * 3;
+    unsigned char *want = malloc(len);
+
+    assert_non_null(want);
+    path(p, sizeof(p), ref);
+    int fd = open(p, O_RDONLY);
+    assert_true(fd >= 0);
+    assert_int_equal(pread(fd, want, len, 0), (ssize_t)len);
+    close(fd);
+
+    struct opts o = defaults;
+    o.max_width = 0;
+    o.max_height = 0; /* full size */
+    const struct tn_time_point t = {.kind = TN_TIME_SECONDS, .value = 0};
+    engine(&run, name, &t, 1, &o);
+    assert_int_equal(run.code, TN_OK);
+    assert_png(&run.res[0], rw, rh);
+    unsigned char *got = decode_png(&run.res[0], &w, &h);
+    int corner = red_corner(want, rw, rh);
+    assert_true(corner >= 0);
+    assert_int_equal(red_corner(got, w, h), corner);
+    free(got);
+    free(want);
+    run_free(&run);
+
+    /* the box applies to the rotated picture */
+    o.max_width = 120;
+    o.max_height = 120;
+    engine(&run, name, &t, 1, &o);
+    assert_int_equal(run.code, TN_OK);
+    assert_int_equal(run.res[0].r.width, rw > rh ? 120 : 90);
+    assert_int_equal(run.res[0].r.height, rw > rh ? 90 : 120);
+    run_free(&run);
+}
+
+static void test_rotation(void **state)
+{
+    (void)state;
+    SKIP_WITHOUT_CLIPS();
+    check_rotation("rot90.mp4", "rot90.rgb", 240, 320);
+    check_rotation("rot180.mp4", "rot180.rgb", 320, 240);
+
+    /* mirrored: the red top-left corner goes right, or down */
+    static const char *const flips[] = {"hflip.mp4", "vflip.mp4"};
+    const struct tn_time_point t = {.kind = TN_TIME_SECONDS, .value = 0};
+    struct opts o = defaults;
+    o.max_width = 0;
+    for (int i = 0; i < 2; i++) {
+        struct run run;
+        unsigned w, h;
+        engine(&run, flips[i], &t, 1, &o);
+        assert_int_equal(run.code, TN_OK);
+        assert_png(&run.res[0], 320, 240);
+        unsigned char *got = decode_png(&run.res[0], &w, &h);
+        assert_int_equal(red_corner(got, w, h), i == 0 ? 1 : 2);
+        free(got);
+        run_free(&run);
+    }
+}
+
+static void test_anamorphic_and_box(void **state)
+{
+    (void)state;
+    SKIP_WITHOUT_CLIPS();
+    const struct tn_time_point t = {.kind = TN_TIME_PERCENT, .value = 10};
+    struct opts o = defaults;
+    struct run run;
+
+    /* 320x240 stored, SAR 4:3: displayed 427x240 (16:9) */
+    engine(&run, "anamorphic.mp4", &t, 1, &o);
+    assert_int_equal(run.code, TN_OK);
+    assert_png(&run.res[0], 320, 180);
+    run_free(&run);
+    o.max_width = 0;
+    o.max_height = 240;
+    engine(&run, "anamorphic.mp4", &t, 1, &o);
+    assert_int_equal(run.code, TN_OK);
+    assert_png(&run.res[0], 427, 240);
+    run_free(&run);
+
+    /* no upscaling unless asked */
+    o.max_width = 1280;
+    o.max_height = 0;
+    engine(&run, "h264.mp4", &t, 1, &o);
+    assert_png(&run.res[0], 640, 360);
+    run_free(&run);
+    o.upscale = 1;
+    engine(&run, "h264.mp4", &t, 1, &o);
+    assert_png(&run.res[0], 1280, 720);
+    run_free(&run);
+    /* height is the tighter side */
+    o.upscale = 0;
+    o.max_width = 320;
+    o.max_height = 90;
+    engine(&run, "h264.mp4", &t, 1, &o);
+    assert_png(&run.res[0], 160, 90);
+    run_free(&run);
+}
+
+static void test_10bit_is_not_tinted(void **state)
+{
+    (void)state;
+    SKIP_WITHOUT_CLIPS();
+    struct run run;
+    unsigned w, h;
+
+    engine1(&run, "gray10.mkv", 0.5, TN_MODE_ACCURATE);
+    assert_int_equal(run.code, TN_OK);
+    assert_png(&run.res[0], 128, 72);
+    unsigned char *rgb = decode_png(&run.res[0], &w, &h);
+    const unsigned char *px = rgb + ((size_t)(h / 2) * w + w / 2) * 3;
+    assert_true(abs(px[0] - 128) <= 4 && abs(px[1] - 128) <= 4 && abs(px[2] - 128) <= 4);
+    free(rgb);
+    run_free(&run);
+}
+
+static void expect_error(const char *name, int code, const char *text, const struct opts *o)
+{
+    const struct tn_time_point t = {.kind = TN_TIME_SECONDS, .value = 1};
+    struct run run;
+
+    engine(&run, name, &t, 1, o ? o : &defaults);
+    if (run.code != code || !strstr(run.err, text))
+        fail_msg("%s: got %s \"%s\", want %s \"...%s...\"", name, tn_code_name(run.code), run.err,
+                 tn_code_name(code), text);
+    assert_int_equal(run.n, 0);
+    run_free(&run);
+}
+
+static void test_bad_inputs(void **state)
+{
+    (void)state;
+    SKIP_WITHOUT_CLIPS();
+    struct opts o = defaults;
+    struct tn_engine_limits lim = {.max_pixels = 10000};
+
+    expect_error("audio.m4a", TN_INVALID_ARGUMENT, "no video stream", NULL);
+    expect_error("random.bin", TN_INVALID_ARGUMENT, "not a video file", NULL);
+    expect_error("empty.mp4", TN_INVALID_ARGUMENT, "empty", NULL);
+    expect_error("truncated.mp4", TN_INVALID_ARGUMENT, "truncated", NULL);
+    o.format = TN_FORMAT_JPEG;
+    expect_error("h264.mp4", TN_INVALID_ARGUMENT, "JPEG is not supported yet; use PNG", &o);
+    o = defaults;
+    o.mode = 7;
+    expect_error("h264.mp4", TN_INVALID_ARGUMENT, "seek mode", &o);
+    o = defaults;
+    o.limits = &lim;
+    expect_error("h264.mp4", TN_INVALID_ARGUMENT, "limit", &o);
+
+    const struct tn_time_point bad[] = {{.kind = TN_TIME_SECONDS, .value = -1},
+                                        {.kind = TN_TIME_PERCENT, .value = 101},
+                                        {.kind = 9, .value = 1}};
+    for (size_t i = 0; i < 3; i++) {
+        struct run run;
+        engine(&run, "h264.mp4", &bad[i], 1, &defaults);
+        assert_int_equal(run.code, TN_INVALID_ARGUMENT);
+        assert_true(strstr(run.err, "time point") != NULL);
+        run_free(&run);
+    }
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void test_deadline_and_cancel(void **state)
+{
+    (void)state;
+    SKIP_WITHOUT_CLIPS();
+    const struct tn_time_point t = {.kind = TN_TIME_SECONDS, .value = 1};
+    struct opts o = defaults;
+    struct run run;
+    int sv[2];
+
+    o.deadline_ms = now_ms() - 1;
+    engine(&run, "h264.mp4", &t, 1, &o);
+    assert_int_equal(run.code, TN_DEADLINE_EXCEEDED);
+    assert_true(strstr(run.err, "deadline") != NULL);
+    assert_int_equal(run.n, 0);
+    run_free(&run);
+
+    /* a deadline in the future is no obstacle */
+    o.deadline_ms = now_ms() + 60000;
+    engine(&run, "h264.mp4", &t, 1, &o);
+    assert_int_equal(run.code, TN_OK);
+    run_free(&run);
+
+    /* the front closing the reply socket */
+    o = defaults;
+    assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+    o.cancel_fd = sv[0];
+    engine(&run, "h264.mp4", &t, 1, &o);
+    assert_int_equal(run.code, TN_OK); /* still open: fine */
+    run_free(&run);
+    close(sv[1]);
+    engine(&run, "h264.mp4", &t, 1, &o);
+    assert_int_equal(run.code, TN_CANCELLED);
+    assert_int_equal(run.n, 0);
+    run_free(&run);
+    close(sv[0]);
+
+    /* emit refusing a result stops the job with its code */
+    const struct tn_time_point two[] = {{.kind = TN_TIME_SECONDS, .value = 0.5},
+                                        {.kind = TN_TIME_SECONDS, .value = 1.5}};
+    memset(&run, 0, sizeof(run));
+    char p[512];
+    struct stat sb;
+    path(p, sizeof(p), "h264.mp4");
+    int fd = open(p, O_RDONLY);
+    assert_int_equal(fstat(fd, &sb), 0);
+    struct tn_engine_request req = {.fd = fd,
+                                    .size = (uint64_t)sb.st_size,
+                                    .times = two,
+                                    .n_times = 2,
+                                    .max_width = 320,
+                                    .format = TN_FORMAT_PNG,
+                                    .mode = TN_MODE_ACCURATE,
+                                    .cancel_fd = -1};
+    run.stop_after = 1;
+    run.code = tn_engine_run(&req, emit, &run, run.err, sizeof(run.err));
+    close(fd);
+    assert_int_equal(run.code, TN_CANCELLED);
+    assert_int_equal(run.n, 1);
+    assert_true(run.err[0] != '\0');
+    run_free(&run);
+}
+
+static int count_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    int n = 0;
+    if (!d)
+        return -1;
+    while (readdir(d))
+        n++;
+    closedir(d);
+    return n;
+}
+
+/* A worker serves thousands of jobs: no fd may stay behind, on success or on
+ * failure. (Memory: run this test under valgrind.) */
+static void test_no_fd_leak(void **state)
+{
+    (void)state;
+    SKIP_WITHOUT_CLIPS();
+    static const char *const names[] = {"h264.mp4", "vp9.webm", "random.bin", "truncated.mp4",
+                                        "audio.m4a"};
+    struct run run;
+    int before = count_fds();
+
+    for (int i = 0; i < 3; i++)
+        for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++) {
+            engine1(&run, names[k], 0.5, i % 2 ? TN_MODE_KEYFRAME : TN_MODE_ACCURATE);
+            run_free(&run);
+        }
+    assert_int_equal(count_fds(), before);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_h264_mp4),
+        cmocka_unit_test(test_other_formats),
+        cmocka_unit_test(test_many_times_in_order),
+        cmocka_unit_test(test_past_the_end),
+        cmocka_unit_test(test_accurate_is_exact),
+        cmocka_unit_test(test_rotation),
+        cmocka_unit_test(test_anamorphic_and_box),
+        cmocka_unit_test(test_10bit_is_not_tinted),
+        cmocka_unit_test(test_bad_inputs),
+        cmocka_unit_test(test_deadline_and_cancel),
+        cmocka_unit_test(test_no_fd_leak),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
