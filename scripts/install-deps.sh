@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Install what thumbnail_server needs to build, test and run its demo, from the
+# distribution's archive only (Debian 12 / Ubuntu 22.04+). Does nothing when
+# every package is already installed, so it is cheap to call from the other
+# scripts. Run as root (or with sudo available).
+set -euo pipefail
+
+PACKAGES=(
+    # build
+    build-essential pkg-config cmake
+    libgrpc-dev protobuf-c-compiler libprotobuf-c-dev grpc-proto
+    libavformat-dev libavcodec-dev libswscale-dev libavutil-dev libpng-dev
+    # tests: unit (cmocka), test videos (ffmpeg), integration (Python grpcio + stubs)
+    libcmocka-dev ffmpeg python3 python3-grpcio python3-protobuf
+    protobuf-compiler protobuf-compiler-grpc valgrind
+    # validating docker-compose.yml (no Docker engine needed)
+    docker-compose
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
+        missing+=("$p")
+    fi
+done
+if [[ ${#missing[@]} -eq 0 ]]; then
+    echo "install-deps: all ${#PACKAGES[@]} packages are installed"
+    exit 0
+fi
+echo "install-deps: installing ${missing[*]}"
+
+SUDO=()
+if [[ $(id -u) -ne 0 ]]; then
+    command -v sudo >/dev/null || { echo "install-deps: run as root (or install sudo)" >&2; exit 1; }
+    SUDO=(sudo)
+fi
+export DEBIAN_FRONTEND=noninteractive
+APT=("${SUDO[@]}" apt-get -o DPkg::Lock::Timeout=600)
+
+# apt-get update once: when there are no package lists yet, or when the install
+# fails because the lists are stale.
+if ! compgen -G "/var/lib/apt/lists/*_Packages*" >/dev/null; then
+    "${APT[@]}" update
+    updated=1
+else
+    updated=0
+fi
+if ! "${APT[@]}" install -y --no-install-recommends "${missing[@]}"; then
+    [[ $updated -eq 1 ]] && exit 1
+    "${APT[@]}" update
+    "${APT[@]}" install -y --no-install-recommends "${missing[@]}"
+fi
