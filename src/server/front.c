@@ -614,11 +614,9 @@ static int take_options(struct gen_call *c, const Thumbnail__V1__Options *o)
     switch (o->format) {
     case THUMBNAIL__V1__IMAGE_FORMAT__IMAGE_FORMAT_UNSPECIFIED:
     case THUMBNAIL__V1__IMAGE_FORMAT__IMAGE_FORMAT_PNG: j->format = TN_FORMAT_PNG; break;
-    case THUMBNAIL__V1__IMAGE_FORMAT__IMAGE_FORMAT_JPEG:
-    case THUMBNAIL__V1__IMAGE_FORMAT__IMAGE_FORMAT_WEBP:
-        gen_fail(c, TN_INVALID_ARGUMENT, "output format %s is not supported yet; use PNG",
-                 o->format == THUMBNAIL__V1__IMAGE_FORMAT__IMAGE_FORMAT_JPEG ? "JPEG" : "WebP");
-        return -1;
+    /* The engine decides which formats it can encode. */
+    case THUMBNAIL__V1__IMAGE_FORMAT__IMAGE_FORMAT_JPEG: j->format = TN_FORMAT_JPEG; break;
+    case THUMBNAIL__V1__IMAGE_FORMAT__IMAGE_FORMAT_WEBP: j->format = TN_FORMAT_WEBP; break;
     default:
         gen_fail(c, TN_INVALID_ARGUMENT, "unknown output format %d", (int)o->format);
         return -1;
