@@ -3,7 +3,8 @@
 # integration, including the >2 GiB upload) with CTest. Extra arguments go to
 # ctest, e.g. ./scripts/test.sh -L unit  or  ./scripts/test.sh -R test_e2e
 # Environment: BUILD_DIR (default build), CMAKE_ARGS (extra -D options, e.g.
-# -DTN_SANITIZE=ON), TN_SKIP_BIG=1 skips the >2 GiB upload test.
+# -DTN_SANITIZE=ON), TN_SKIP_BIG=1 skips the >2 GiB upload test,
+# TN_NO_SANITIZE=1 skips the second, ASan+UBSan run of the suite.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 
@@ -19,3 +20,13 @@ echo "test.sh: validating docker-compose.yml"
 docker-compose -f docker-compose.yml config -q
 
 ctest --test-dir "$BUILD_DIR" --output-on-failure -j2 "$@"
+
+# The same suite again under AddressSanitizer + UndefinedBehaviorSanitizer
+# (the harness fails a test on any sanitizer report, even from a respawned
+# worker). TN_NO_SANITIZE=1 skips it.
+if [ "${TN_NO_SANITIZE:-0}" != 1 ]; then
+    echo "test.sh: the whole suite again under ASan+UBSan (${BUILD_DIR}-asan)"
+    cmake -S . -B "${BUILD_DIR}-asan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTN_SANITIZE=ON
+    cmake --build "${BUILD_DIR}-asan" -j"$JOBS"
+    ctest --test-dir "${BUILD_DIR}-asan" --output-on-failure -j2 "$@"
+fi
