@@ -18,6 +18,11 @@
  * reference-counted: one reference per outstanding batch, one while it sits on
  * the dispatch list or has a reply socket in epoll. The last unref destroys it.
  *
+ * Health/Watch and server reflection (v1, v1alpha) are streaming calls that
+ * live on the CQ thread alone (struct stream_call): they sit on f->streams so
+ * that the CQ thread can push NOT_SERVING to watchers when draining starts and
+ * end every stream when the server shuts down.
+ *
  * Lock order: front.mu before call.mu. A call is never destroyed while a lock
  * is held (unrefs that may be last are deferred until the lock is dropped).
  */
@@ -52,8 +57,10 @@
 #include <grpc/support/time.h>
 
 #include "grpc/health/v1/health.pb-c.h"
+#include "grpc/reflection/v1/reflection.pb-c.h"
 #include "ipc.h"
 #include "log.h"
+#include "reflection.h"
 #include "status.h"
 #include "thumbnail.pb-c.h"
 
@@ -80,6 +87,12 @@ enum tag_kind {
     TAG_GEN_SEND,
     TAG_GEN_CLOSE,
     TAG_SIMPLE_DONE,
+    TAG_NEW_WATCH,      /* grpc.health.v1.Health/Watch */
+    TAG_NEW_REFL,       /* grpc.reflection.v1.ServerReflection/ServerReflectionInfo */
+    TAG_NEW_REFL_ALPHA, /* the same in grpc.reflection.v1alpha */
+    TAG_STREAM_RECV,
+    TAG_STREAM_SEND,
+    TAG_STREAM_CLOSE,
     TAG_SHUTDOWN,
 };
 
@@ -89,6 +102,7 @@ struct tag {
 };
 
 struct front;
+struct stream_call;
 
 /* One thumbnail received from a worker, waiting to be streamed. Owns fd and map. */
 struct result {
@@ -165,10 +179,11 @@ struct front {
     const struct tn_config *cfg;
     grpc_server *server;
     grpc_completion_queue *cq;
-    void *m_generate, *m_health;
-    int queue_fd; /* owned */
-    int epfd;     /* owned */
-    int evfd;     /* owned: wakes the poller */
+    void *m_generate, *m_health, *m_watch, *m_refl, *m_refl_alpha;
+    struct tn_reflection *refl; /* owned; read-only once serving */
+    int queue_fd;               /* owned */
+    int epfd;                   /* owned */
+    int evfd;                   /* owned: wakes the poller */
     pthread_t poller;
     bool poller_started;
     struct tag t_shutdown;
@@ -182,6 +197,9 @@ struct front {
     int n_live;      /* all call objects with an accepted call, alive */
     int n_waiting;   /* jobs not yet picked up by a worker (pending + unacked) */
     bool draining;
+    bool stopping;               /* server shutdown started: streams are being ended */
+    struct stream_call *streams; /* Watch and reflection calls alive (CQ thread) */
+    int n_streams;
     uint64_t next_job_id;
 };
 
@@ -1071,6 +1089,300 @@ static void request_generic(struct front *f)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Streaming calls of the standard services (CQ thread only)                */
+
+/*
+ * Health/Watch and both ServerReflectionInfo methods. They never involve a
+ * worker or the poller, so every field is touched by the CQ thread alone and
+ * needs no lock; only the list they sit on (f->streams) is under f->mu.
+ * `refs` counts outstanding batches (RECV_CLOSE_ON_SERVER, at most one RECV,
+ * at most one SEND); the last completion frees the call. Reflection reads the
+ * next request only once the previous answer is sent, which keeps one SEND
+ * outstanding without a queue.
+ */
+struct stream_call {
+    struct front *f;
+    struct tag t_new, t_recv, t_send, t_close;
+    enum tag_kind kind; /* TAG_NEW_WATCH, TAG_NEW_REFL or TAG_NEW_REFL_ALPHA */
+    grpc_call *call;
+    gpr_timespec deadline;
+    grpc_metadata_array md;
+    grpc_byte_buffer *payload;  /* Watch: its one request */
+    grpc_byte_buffer *recv_buf; /* reflection: the request being received */
+    grpc_byte_buffer *send_buf; /* the message of the outstanding send */
+    grpc_byte_buffer *answer;   /* reflection: the answer waiting to be sent */
+    grpc_slice status_slice;
+    int cancelled;
+    int refs;
+    bool dead; /* cancelled or a send failed: send nothing more */
+    bool sending, md_sent;
+    bool ending, status_sent; /* ending: send the status next */
+    grpc_status_code end_code;
+    const char *end_msg;             /* static */
+    int watch_sent, watch_want;      /* serving status; -1 = none sent yet */
+    struct stream_call *prev, *next; /* f->streams, under f->mu */
+};
+
+static void request_stream(struct front *f, enum tag_kind kind);
+
+static void stream_free(struct stream_call *s)
+{
+    struct front *f = s->f;
+    bool accepted = s->call != NULL;
+    if (accepted) {
+        pthread_mutex_lock(&f->mu);
+        if (s->prev)
+            s->prev->next = s->next;
+        else if (f->streams == s)
+            f->streams = s->next;
+        if (s->next)
+            s->next->prev = s->prev;
+        f->n_live--;
+        f->n_streams--;
+        pthread_mutex_unlock(&f->mu);
+        grpc_call_unref(s->call);
+    }
+    grpc_metadata_array_destroy(&s->md);
+    if (s->payload)
+        grpc_byte_buffer_destroy(s->payload);
+    if (s->recv_buf)
+        grpc_byte_buffer_destroy(s->recv_buf);
+    if (s->send_buf)
+        grpc_byte_buffer_destroy(s->send_buf);
+    if (s->answer)
+        grpc_byte_buffer_destroy(s->answer);
+    grpc_slice_unref(s->status_slice);
+    free(s);
+}
+
+static void stream_unref(struct stream_call *s)
+{
+    if (--s->refs == 0)
+        stream_free(s);
+}
+
+static grpc_byte_buffer *watch_message(int status)
+{
+    Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+    resp.status = (Grpc__Health__V1__HealthCheckResponse__ServingStatus)status;
+    unsigned char buf[16];
+    size_t n = grpc__health__v1__health_check_response__pack(&resp, buf);
+    return buffer_from(buf, n);
+}
+
+/* Start the next send if none is outstanding: a status change or an answer,
+ * else the final status once `ending` is set. */
+static void stream_kick(struct stream_call *s)
+{
+    if (s->sending || s->status_sent || s->dead)
+        return;
+    grpc_op ops[2];
+    size_t n = 0;
+    memset(ops, 0, sizeof(ops));
+    if (!s->md_sent)
+        ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+    if (s->ending) {
+        s->status_slice = grpc_slice_from_static_string(s->end_msg ? s->end_msg : "");
+        ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+        ops[n].data.send_status_from_server.status = s->end_code;
+        ops[n++].data.send_status_from_server.status_details = s->end_msg ? &s->status_slice : NULL;
+        s->status_sent = true;
+    } else if (s->kind == TAG_NEW_WATCH && s->watch_want != s->watch_sent) {
+        s->send_buf = watch_message(s->watch_want);
+        s->watch_sent = s->watch_want;
+        ops[n].op = GRPC_OP_SEND_MESSAGE;
+        ops[n++].data.send_message.send_message = s->send_buf;
+    } else if (s->answer) {
+        s->send_buf = s->answer;
+        s->answer = NULL;
+        ops[n].op = GRPC_OP_SEND_MESSAGE;
+        ops[n++].data.send_message.send_message = s->send_buf;
+    } else {
+        return;
+    }
+    s->md_sent = true;
+    s->sending = true;
+    s->refs++;
+    start_batch(s->call, ops, n, &s->t_send);
+}
+
+static void stream_end(struct stream_call *s, grpc_status_code code, const char *msg)
+{
+    if (!s->ending) {
+        s->ending = true;
+        s->end_code = code;
+        s->end_msg = msg;
+    }
+    stream_kick(s);
+}
+
+static void stream_request_recv(struct stream_call *s)
+{
+    grpc_op op;
+    memset(&op, 0, sizeof(op));
+    op.op = GRPC_OP_RECV_MESSAGE;
+    op.data.recv_message.recv_message = &s->recv_buf;
+    s->refs++;
+    start_batch(s->call, &op, 1, &s->t_recv);
+}
+
+/* Health serving status of the whole server / of `service` for a Watch. */
+static int watch_status(struct front *f, bool known)
+{
+    if (!known)
+        return GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN;
+    return is_draining(f) ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
+                          : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+}
+
+static void on_new_stream(struct stream_call *s, bool ok)
+{
+    struct front *f = s->f;
+    if (!ok) { /* server shutting down: never accepted */
+        stream_free(s);
+        return;
+    }
+    pthread_mutex_lock(&f->mu);
+    f->n_live++;
+    s->next = f->streams;
+    if (f->streams)
+        f->streams->prev = s;
+    f->streams = s;
+    bool stopping = f->stopping;
+    /* Idle watchers cost little, but not nothing: the same cap as Generate. */
+    bool too_many = ++f->n_streams > f->cfg->max_concurrent_calls;
+    pthread_mutex_unlock(&f->mu);
+    request_stream(f, s->kind);
+
+    /* RECV_CLOSE_ON_SERVER first: it is how a client cancel is seen. */
+    grpc_op op;
+    memset(&op, 0, sizeof(op));
+    op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    op.data.recv_close_on_server.cancelled = &s->cancelled;
+    s->refs = 1;
+    start_batch(s->call, &op, 1, &s->t_close);
+
+    if (stopping) {
+        stream_end(s, GRPC_STATUS_UNAVAILABLE, "the server is shutting down");
+        return;
+    }
+    if (too_many) {
+        stream_end(s, GRPC_STATUS_RESOURCE_EXHAUSTED,
+                   "too many health watch and reflection streams open "
+                   "(--max-concurrent-calls); retry later");
+        return;
+    }
+    if (s->kind != TAG_NEW_WATCH) {
+        stream_request_recv(s);
+        return;
+    }
+    Grpc__Health__V1__HealthCheckRequest *req = NULL;
+    if (s->payload) {
+        grpc_slice sl = buffer_to_slice(s->payload);
+        req = grpc__health__v1__health_check_request__unpack(NULL, GRPC_SLICE_LENGTH(sl),
+                                                             GRPC_SLICE_START_PTR(sl));
+        grpc_slice_unref(sl);
+    }
+    if (!req) {
+        stream_end(s, GRPC_STATUS_INVALID_ARGUMENT, "malformed HealthCheckRequest");
+        return;
+    }
+    const char *svc = req->service ? req->service : "";
+    /* health.proto: an unknown service is answered SERVICE_UNKNOWN, and the
+     * stream stays open (the service might be registered later). */
+    s->watch_want = watch_status(f, !*svc || strcmp(svc, "thumbnail.v1.Thumbnailer") == 0);
+    grpc__health__v1__health_check_request__free_unpacked(req, NULL);
+    stream_kick(s);
+}
+
+static void on_stream_recv(struct stream_call *s, bool ok)
+{
+    grpc_byte_buffer *bb = s->recv_buf;
+    s->recv_buf = NULL;
+    if (s->dead || s->ending) {
+        /* nothing more to answer */
+    } else if (!ok || !bb) {
+        stream_end(s, GRPC_STATUS_OK, NULL); /* half-close (or a cancel: dead soon) */
+    } else {
+        grpc_slice sl = buffer_to_slice(bb);
+        s->answer =
+            tn_reflection_answer(s->f->refl, GRPC_SLICE_START_PTR(sl), GRPC_SLICE_LENGTH(sl));
+        grpc_slice_unref(sl);
+        stream_kick(s);
+    }
+    if (bb)
+        grpc_byte_buffer_destroy(bb);
+    stream_unref(s);
+}
+
+static void on_stream_send(struct stream_call *s, bool ok)
+{
+    s->sending = false;
+    if (s->send_buf) {
+        grpc_byte_buffer_destroy(s->send_buf);
+        s->send_buf = NULL;
+    }
+    if (!ok)
+        s->dead = true;
+    else if (s->kind != TAG_NEW_WATCH && !s->dead && !s->ending && !s->status_sent)
+        stream_request_recv(s); /* the answer is out: read the next request */
+    stream_kick(s);
+    stream_unref(s);
+}
+
+static void on_stream_close(struct stream_call *s)
+{
+    s->dead = true; /* cancelled, or our status went out: either way, done */
+    stream_unref(s);
+}
+
+/* Drain started: tell every Watch. Shutdown started: end every stream, or the
+ * server's shutdown would wait for clients that never hang up. */
+static void streams_update(struct front *f, bool stopping)
+{
+    pthread_mutex_lock(&f->mu);
+    if (stopping)
+        f->stopping = true;
+    for (struct stream_call *s = f->streams; s; s = s->next) {
+        if (stopping)
+            stream_end(s, GRPC_STATUS_UNAVAILABLE, "the server is shutting down");
+        else if (s->kind == TAG_NEW_WATCH &&
+                 s->watch_want == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING)
+            s->watch_want = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
+        stream_kick(s);
+    }
+    pthread_mutex_unlock(&f->mu);
+}
+
+static void request_stream(struct front *f, enum tag_kind kind)
+{
+    struct stream_call *s = calloc(1, sizeof(*s));
+    if (!s) {
+        tn_log_error("out of memory for a new call");
+        abort();
+    }
+    s->f = f;
+    s->kind = kind;
+    s->t_new = (struct tag){kind, s};
+    s->t_recv = (struct tag){TAG_STREAM_RECV, s};
+    s->t_send = (struct tag){TAG_STREAM_SEND, s};
+    s->t_close = (struct tag){TAG_STREAM_CLOSE, s};
+    s->status_slice = grpc_empty_slice();
+    s->watch_sent = s->watch_want = -1;
+    grpc_metadata_array_init(&s->md);
+    void *m = kind == TAG_NEW_WATCH  ? f->m_watch
+              : kind == TAG_NEW_REFL ? f->m_refl
+                                     : f->m_refl_alpha;
+    grpc_call_error e = grpc_server_request_registered_call(
+        f->server, m, &s->call, &s->deadline, &s->md, kind == TAG_NEW_WATCH ? &s->payload : NULL,
+        f->cq, f->cq, &s->t_new);
+    if (e != GRPC_CALL_OK) {
+        tn_log_error("grpc_server_request_registered_call() failed with %d", (int)e);
+        abort();
+    }
+}
+
+/* ------------------------------------------------------------------------ */
 /* Poller thread: dispatch, replies, deadlines                               */
 
 /* Unrefs collected under front.mu, released after it is dropped. */
@@ -1398,6 +1710,12 @@ static void handle_event(struct front *f, grpc_event ev, bool *shutdown_done)
     case TAG_GEN_SEND: on_send_done(t->owner, ok); break;
     case TAG_GEN_CLOSE: on_close(t->owner); break;
     case TAG_SIMPLE_DONE: simple_free(t->owner); break;
+    case TAG_NEW_WATCH:
+    case TAG_NEW_REFL:
+    case TAG_NEW_REFL_ALPHA: on_new_stream(t->owner, ok); break;
+    case TAG_STREAM_RECV: on_stream_recv(t->owner, ok); break;
+    case TAG_STREAM_SEND: on_stream_send(t->owner, ok); break;
+    case TAG_STREAM_CLOSE: on_stream_close(t->owner); break;
     case TAG_SHUTDOWN: *shutdown_done = true; break;
     }
 }
@@ -1437,6 +1755,8 @@ static int setup(struct front *f, const struct tn_config *cfg)
     args[3].value.integer = 0;
     grpc_channel_args ca = {.num_args = 4, .args = args};
 
+    if (!(f->refl = tn_reflection_new()))
+        return -1;
     f->cq = grpc_completion_queue_create_for_next(NULL);
     f->server = grpc_server_create(&ca, NULL);
     grpc_server_register_completion_queue(f->server, f->cq, NULL);
@@ -1444,6 +1764,14 @@ static int setup(struct front *f, const struct tn_config *cfg)
                                                 NULL, GRPC_SRM_PAYLOAD_NONE, 0);
     f->m_health = grpc_server_register_method(f->server, "/grpc.health.v1.Health/Check", NULL,
                                               GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+    f->m_watch = grpc_server_register_method(f->server, "/grpc.health.v1.Health/Watch", NULL,
+                                             GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+    f->m_refl = grpc_server_register_method(
+        f->server, "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", NULL,
+        GRPC_SRM_PAYLOAD_NONE, 0);
+    f->m_refl_alpha = grpc_server_register_method(
+        f->server, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", NULL,
+        GRPC_SRM_PAYLOAD_NONE, 0);
     grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
     for (size_t i = 0; i < cfg->n_listen; i++) {
         int port = grpc_server_add_http2_port(f->server, cfg->listen[i], creds);
@@ -1460,6 +1788,9 @@ static int setup(struct front *f, const struct tn_config *cfg)
     request_generate(f);
     request_health(f);
     request_generic(f);
+    request_stream(f, TAG_NEW_WATCH);
+    request_stream(f, TAG_NEW_REFL);
+    request_stream(f, TAG_NEW_REFL_ALPHA);
     return 0;
 }
 
@@ -1540,6 +1871,7 @@ int tn_front_main(const struct tn_config *cfg, int queue_fd)
         }
         int64_t now = mono_ms();
         pthread_mutex_lock(&f->mu);
+        bool was_draining = f->draining;
         if (sig_quit && !f->draining) {
             f->draining = true;
             drain_deadline = now + (int64_t)(cfg->grace_s * 1000);
@@ -1552,10 +1884,14 @@ int tn_front_main(const struct tn_config *cfg, int queue_fd)
         }
         bool drained = f->draining && (f->n_gen_calls == 0 || now >= drain_deadline);
         int live = f->n_live;
+        bool drain_started = f->draining && !was_draining;
         pthread_mutex_unlock(&f->mu);
+        if (drain_started)
+            streams_update(f, false); /* Watch: NOT_SERVING */
         if (drained && !shutting_down) {
             shutting_down = true;
             grpc_server_shutdown_and_notify(f->server, f->cq, &f->t_shutdown);
+            streams_update(f, true);
         }
         if (shutting_down && !cancelled_all && now >= drain_deadline) {
             cancelled_all = true;
@@ -1597,6 +1933,7 @@ out_grpc:
     if (f->evfd >= 0)
         close(f->evfd);
     close(f->queue_fd);
+    tn_reflection_free(&f->refl);
     pthread_mutex_destroy(&f->mu);
     tn_log_info("stopped");
     return status;
