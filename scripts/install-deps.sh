@@ -9,10 +9,12 @@ PACKAGES=(
     # build
     build-essential pkg-config cmake
     libgrpc-dev protobuf-c-compiler libprotobuf-c-dev grpc-proto
+    protobuf-compiler # the descriptor set embedded for server reflection
     libavformat-dev libavcodec-dev libswscale-dev libavutil-dev libpng-dev
+    libturbojpeg0-dev libwebp-dev
     # tests: unit (cmocka), test videos (ffmpeg), integration (Python grpcio + stubs)
-    libcmocka-dev ffmpeg python3 python3-grpcio python3-protobuf
-    protobuf-compiler protobuf-compiler-grpc valgrind
+    libcmocka-dev ffmpeg python3 python3-grpcio python3-protobuf python3-pil
+    protobuf-compiler-grpc valgrind
     # validating docker-compose.yml (no Docker engine needed)
     docker-compose
 )

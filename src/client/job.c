@@ -144,7 +144,8 @@ void tn_job_run(const struct tn_job_env *env, grpc_completion_queue *cq,
         return;
     }
     for (size_t i = 0; i < count; i++) {
-        char *p = tn_output_path(opt->output_dir, e->rel, i, count);
+        char *p =
+            tn_output_path(opt->output_dir, e->rel, tn_options_extension(opt->format), i, count);
         r = p ? tn_output_init(&outs[i], p) : -ENOMEM;
         free(p);
         if (r < 0) {
@@ -199,6 +200,10 @@ void tn_job_run(const struct tn_job_env *env, grpc_completion_queue *cq,
         .max_height = opt->max_height,
         .upscale = opt->upscale,
         .mode = opt->mode,
+        .format = opt->format,
+        .quality = opt->quality,
+        .lossless = opt->lossless,
+        .png_level = opt->png_level,
         .chunk_size = opt->chunk_size,
         .timeout = opt->timeout,
         .stop = env->stop,

@@ -16,6 +16,10 @@ enum {
     OPT_HEIGHT,
     OPT_UPSCALE,
     OPT_MODE,
+    OPT_FORMAT,
+    OPT_QUALITY,
+    OPT_LOSSLESS,
+    OPT_PNG_LEVEL,
     OPT_CHUNK,
     OPT_RETRIES,
     OPT_TIMEOUT,
@@ -32,6 +36,10 @@ static const struct option long_options[] = {
     {"height", required_argument, NULL, OPT_HEIGHT},
     {"upscale", no_argument, NULL, OPT_UPSCALE},
     {"mode", required_argument, NULL, OPT_MODE},
+    {"format", required_argument, NULL, OPT_FORMAT},
+    {"quality", required_argument, NULL, OPT_QUALITY},
+    {"lossless", no_argument, NULL, OPT_LOSSLESS},
+    {"png-level", required_argument, NULL, OPT_PNG_LEVEL},
     {"chunk-size", required_argument, NULL, OPT_CHUNK},
     {"retries", required_argument, NULL, OPT_RETRIES},
     {"timeout", required_argument, NULL, OPT_TIMEOUT},
@@ -53,7 +61,8 @@ static void usage(FILE *f)
             "Uploads every regular file under INPUT_DIR (default input/; hidden files and\n"
             "directories are skipped, symlinks to directories are not followed) to a\n"
             "thumbnail_server and writes OUTPUT_DIR/<path minus extension>.png (default\n"
-            "output/). With several --at points the outputs are <name>-1.png, <name>-2.png...\n"
+            "output/; .jpg or .webp with --format). With several --at points the outputs\n"
+            "are <name>-1.png, <name>-2.png...\n"
             "\n"
             "Options:\n"
             "  -s, --server ADDR       server address, e.g. host:50051 or unix:/run/tn.sock\n"
@@ -69,6 +78,12 @@ static void usage(FILE *f)
             "                          (neither given: width %d, height unbounded)\n"
             "      --upscale           allow scaling up videos smaller than the box\n"
             "      --mode MODE         accurate (exact frame, default) or keyframe (faster)\n"
+            "      --format FMT        png (default), jpeg (.jpg) or webp (.webp)\n"
+            "      --quality N         JPEG/WebP quality 1..100 (server default: JPEG 85,\n"
+            "                          WebP 80); with --lossless, the WebP effort\n"
+            "                          (default: fastest; 100: slowest, ~15%% smaller)\n"
+            "      --lossless          lossless WebP (needs --format webp)\n"
+            "      --png-level N       PNG zlib level 1..9 (server default 1: fast)\n"
             "      --chunk-size SIZE   bytes per upload message, e.g. 256K, 4M (default 1M)\n"
             "      --retries N         retries of a call that failed with UNAVAILABLE, with\n"
             "                          exponential backoff; the upload restarts (default %d)\n"
@@ -165,6 +180,7 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
     o->output_dir = "output/";
     o->jobs = TN_CLIENT_DEFAULT_JOBS;
     o->mode = TN_MODE_ACCURATE;
+    o->format = TN_FORMAT_PNG;
     o->chunk_size = TN_CLIENT_DEFAULT_CHUNK;
     o->retries = TN_CLIENT_DEFAULT_RETRIES;
     o->timeout = TN_CLIENT_DEFAULT_TIMEOUT;
@@ -214,6 +230,27 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
                 o->mode = TN_MODE_KEYFRAME;
             else
                 return bad("--mode", optarg, "expected accurate or keyframe");
+            break;
+        case OPT_FORMAT:
+            if (strcmp(optarg, "png") == 0)
+                o->format = TN_FORMAT_PNG;
+            else if (strcmp(optarg, "jpeg") == 0 || strcmp(optarg, "jpg") == 0)
+                o->format = TN_FORMAT_JPEG;
+            else if (strcmp(optarg, "webp") == 0)
+                o->format = TN_FORMAT_WEBP;
+            else
+                return bad("--format", optarg, "expected png, jpeg or webp");
+            break;
+        case OPT_QUALITY:
+            if (tn_parse_uint(optarg, 1, 100, &v) < 0)
+                return bad("--quality", optarg, "expected an integer 1..100");
+            o->quality = (uint32_t)v;
+            break;
+        case OPT_LOSSLESS: o->lossless = true; break;
+        case OPT_PNG_LEVEL:
+            if (tn_parse_uint(optarg, 1, 9, &v) < 0)
+                return bad("--png-level", optarg, "expected an integer 1..9");
+            o->png_level = (uint32_t)v;
             break;
         case OPT_CHUNK:
             if (tn_parse_size(optarg, &v) < 0 || v < TN_CLIENT_MIN_CHUNK || v > TN_CLIENT_MAX_CHUNK)
@@ -269,8 +306,33 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
         fprintf(stderr, "thumbnail_client: empty directory name\n");
         return TN_OPTIONS_USAGE;
     }
+    /* Options that the chosen format would silently ignore are mistakes. */
+    if (o->lossless && o->format != TN_FORMAT_WEBP) {
+        fprintf(stderr, "thumbnail_client: --lossless needs --format webp\n"
+                        "Try 'thumbnail_client --help'.\n");
+        return TN_OPTIONS_USAGE;
+    }
+    if (o->quality && o->format == TN_FORMAT_PNG) {
+        fprintf(stderr, "thumbnail_client: --quality needs --format jpeg or webp\n"
+                        "Try 'thumbnail_client --help'.\n");
+        return TN_OPTIONS_USAGE;
+    }
+    if (o->png_level && o->format != TN_FORMAT_PNG) {
+        fprintf(stderr, "thumbnail_client: --png-level needs --format png\n"
+                        "Try 'thumbnail_client --help'.\n");
+        return TN_OPTIONS_USAGE;
+    }
     /* Explicit rather than relying on the server's "both 0" rule. */
     if (!width_set && !height_set)
         o->max_width = TN_CLIENT_DEFAULT_WIDTH;
     return TN_OPTIONS_RUN;
+}
+
+const char *tn_options_extension(int format)
+{
+    switch (format) {
+    case TN_FORMAT_JPEG: return "jpg";
+    case TN_FORMAT_WEBP: return "webp";
+    default: return "png";
+    }
 }

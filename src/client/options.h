@@ -37,6 +37,10 @@ struct tn_client_options {
     uint32_t max_height;
     bool upscale;
     int mode;            /* enum tn_mode */
+    int format;          /* enum tn_format: PNG (default), JPEG, WEBP */
+    uint32_t quality;    /* JPEG/WebP 1..100; 0 = the server's default */
+    bool lossless;       /* WebP only */
+    uint32_t png_level;  /* zlib level 1..9; 0 = the server's default */
     uint64_t chunk_size; /* bytes of video per upload message */
     unsigned retries;    /* extra attempts after UNAVAILABLE */
     double timeout;      /* seconds, per-call deadline */
@@ -56,5 +60,8 @@ enum { TN_OPTIONS_RUN = 0, TN_OPTIONS_EXIT_OK = 1, TN_OPTIONS_USAGE = -1 };
  * TN_OPTIONS_USAGE after printing a message to stderr (exit 2).
  */
 int tn_options_parse(struct tn_client_options *o, int argc, char **argv);
+
+/* The file extension of an output format, without the dot: "png", "jpg", "webp". */
+const char *tn_options_extension(int format);
 
 #endif

@@ -18,7 +18,8 @@ char *tn_output_stem(const char *rel)
     return strndup(rel, len);
 }
 
-char *tn_output_path(const char *out_dir, const char *rel, size_t index, size_t count)
+char *tn_output_path(const char *out_dir, const char *rel, const char *ext, size_t index,
+                     size_t count)
 {
     char *stem = tn_output_stem(rel);
     if (!stem)
@@ -26,8 +27,8 @@ char *tn_output_path(const char *out_dir, const char *rel, size_t index, size_t 
     size_t dl = strlen(out_dir);
     const char *sep = dl && out_dir[dl - 1] == '/' ? "" : "/";
     char *p;
-    int r = count > 1 ? asprintf(&p, "%s%s%s-%zu.png", out_dir, sep, stem, index + 1)
-                      : asprintf(&p, "%s%s%s.png", out_dir, sep, stem);
+    int r = count > 1 ? asprintf(&p, "%s%s%s-%zu.%s", out_dir, sep, stem, index + 1, ext)
+                      : asprintf(&p, "%s%s%s.%s", out_dir, sep, stem, ext);
     free(stem);
     return r < 0 ? NULL : p;
 }

@@ -16,11 +16,12 @@
 
 /*
  * The output path of thumbnail `index` (0-based) of `count` for input `rel`:
- * out_dir/rel minus its extension + ".png", or "-<index+1>.png" when count > 1.
- * Only the last path component loses its extension ("a.b/c" -> "a.b/c.png").
- * Returns a malloc'd string, or NULL on ENOMEM.
+ * out_dir/rel minus its extension + "." + ext (e.g. "png"), or "-<index+1>.<ext>"
+ * when count > 1. Only the last path component loses its extension
+ * ("a.b/c" -> "a.b/c.png"). Returns a malloc'd string, or NULL on ENOMEM.
  */
-char *tn_output_path(const char *out_dir, const char *rel, size_t index, size_t count);
+char *tn_output_path(const char *out_dir, const char *rel, const char *ext, size_t index,
+                     size_t count);
 
 /* rel minus the extension of its last component, malloc'd (NULL on ENOMEM). */
 char *tn_output_stem(const char *rel);

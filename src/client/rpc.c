@@ -231,6 +231,7 @@ struct rx {
     uint32_t index;
     uint64_t remaining;
     uint32_t complete;
+    int format; /* enum tn_format asked for */
 };
 
 static int fail(struct tn_rpc_result *res, const char *fmt, ...)
@@ -262,10 +263,11 @@ static int on_response(struct rx *rx, const Thumbnail__V1__GenerateResponse *m,
                         rx->expected);
         if (rx->seen[t->index])
             return fail(res, "protocol error: thumbnail %u sent twice", t->index);
-        if (t->format != THUMBNAIL__V1__IMAGE_FORMAT__IMAGE_FORMAT_PNG &&
-            t->format != THUMBNAIL__V1__IMAGE_FORMAT__IMAGE_FORMAT_UNSPECIFIED)
-            return fail(res, "protocol error: thumbnail %u has format %d, asked for PNG", t->index,
-                        (int)t->format);
+        if ((int)t->format != rx->format &&
+            !(rx->format == TN_FORMAT_PNG &&
+              t->format == THUMBNAIL__V1__IMAGE_FORMAT__IMAGE_FORMAT_UNSPECIFIED))
+            return fail(res, "protocol error: thumbnail %u has format %d, asked for %d", t->index,
+                        (int)t->format, rx->format);
         if (t->size == 0)
             return fail(res, "protocol error: thumbnail %u is empty", t->index);
         struct tn_rpc_thumb th = {
@@ -324,7 +326,11 @@ static void build_options(const struct tn_rpc_request *req, Thumbnail__V1__Optio
     opt->max_width = req->max_width;
     opt->max_height = req->max_height;
     opt->upscale = req->upscale;
-    opt->format = THUMBNAIL__V1__IMAGE_FORMAT__IMAGE_FORMAT_PNG;
+    /* enum tn_format has the proto's values */
+    opt->format = (Thumbnail__V1__ImageFormat)(req->format ? req->format : TN_FORMAT_PNG);
+    opt->quality = req->quality;
+    opt->lossless = req->lossless;
+    opt->png_level = req->png_level;
     opt->mode = req->mode == TN_MODE_KEYFRAME ? THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_KEYFRAME
                                               : THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_ACCURATE;
 }
@@ -434,7 +440,9 @@ void tn_rpc_generate(grpc_channel *ch, grpc_completion_queue *cq, const struct t
     ops[1].data.recv_status_on_client.error_string = &c.error_string;
     start(&c, ops, 2, TAG_STATUS);
 
-    struct rx rx = {.sink = sink, .expected = req->n_times ? (uint32_t)req->n_times : 1};
+    struct rx rx = {.sink = sink,
+                    .expected = req->n_times ? (uint32_t)req->n_times : 1,
+                    .format = req->format ? req->format : TN_FORMAT_PNG};
     upload(&c, req, sink, res);
     receive(&c, &rx, res);
     wait_for(&c, TAG_STATUS);

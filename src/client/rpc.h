@@ -80,6 +80,10 @@ struct tn_rpc_request {
     uint32_t max_height;
     bool upscale;
     int mode;                    /* enum tn_mode */
+    int format;                  /* enum tn_format; 0 = PNG */
+    uint32_t quality;            /* Options.quality: 0 = the server's default */
+    bool lossless;               /* Options.lossless */
+    uint32_t png_level;          /* Options.png_level: 0 = the server's default */
     uint64_t chunk_size;         /* bytes of video per message */
     double timeout;              /* seconds from the start of the call */
     volatile sig_atomic_t *stop; /* set asynchronously: cancel the call; may be NULL */

@@ -63,10 +63,12 @@ struct tn_ipc_job {
     uint32_t n_times;    /* 1..TN_IPC_MAX_TIMES (the front fills in the 10 % default) */
     uint32_t max_width;  /* 0 = unbounded (not both: the front applies the 320 default) */
     uint32_t max_height;
-    uint8_t upscale; /* 0/1 */
-    uint8_t format;  /* enum tn_format */
-    uint8_t mode;    /* enum tn_mode */
-    uint8_t pad;
+    uint8_t upscale;    /* 0/1 */
+    uint8_t format;     /* enum tn_format */
+    uint8_t mode;       /* enum tn_mode */
+    uint8_t lossless;   /* 0/1, WebP only */
+    uint32_t quality;   /* JPEG/WebP 1..100; 0 = the engine's default */
+    uint32_t png_level; /* zlib level 1..9; 0 = the engine's default */
     struct tn_time_point times[TN_IPC_MAX_TIMES];
     char file_name[TN_IPC_NAME_MAX]; /* NUL-terminated, for logs and as a format hint */
 };

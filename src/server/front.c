@@ -645,6 +645,19 @@ static int take_options(struct gen_call *c, const Thumbnail__V1__Options *o)
     case THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_KEYFRAME: j->mode = TN_MODE_KEYFRAME; break;
     default: gen_fail(c, TN_INVALID_ARGUMENT, "unknown seek mode %d", (int)o->mode); return -1;
     }
+    if (o->quality > 100) {
+        gen_fail(c, TN_INVALID_ARGUMENT, "quality %u is out of range: use 1..100 (0 = default)",
+                 o->quality);
+        return -1;
+    }
+    if (o->png_level > 9) {
+        gen_fail(c, TN_INVALID_ARGUMENT, "png_level %u is out of range: use 1..9 (0 = default)",
+                 o->png_level);
+        return -1;
+    }
+    j->quality = o->quality;
+    j->lossless = o->lossless ? 1 : 0;
+    j->png_level = o->png_level;
     c->declared = o->size;
     int fd = open_spool(cfg->spool_dir);
     if (fd < 0) {

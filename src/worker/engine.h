@@ -17,8 +17,8 @@
 #include "ipc.h"
 
 struct tn_engine_limits {
-    uint64_t max_pixels;   /* decoder and find_stream_info; 0 = libav default */
-    int64_t probesize;     /* bytes; 0 = engine default */
+    uint64_t max_pixels; /* decoder and find_stream_info; 0 = libav default */
+    int64_t probesize;   /* bytes; 0 = engine default */
     int64_t analyzeduration_us;
 };
 
@@ -27,14 +27,19 @@ struct tn_engine_request {
     uint64_t size;         /* bytes in fd */
     const char *file_name; /* for logs and as a format hint; may be NULL */
     const struct tn_time_point *times;
-    size_t n_times;        /* >= 1 */
-    unsigned max_width;    /* 0 = unbounded; not both 0 */
+    size_t n_times;     /* >= 1 */
+    unsigned max_width; /* 0 = unbounded; not both 0 */
     unsigned max_height;
-    int upscale;           /* 0/1 */
-    int format;            /* enum tn_format; only PNG implemented (others: TN_INVALID_ARGUMENT) */
-    int mode;              /* enum tn_mode */
-    int64_t deadline_ms;   /* CLOCK_MONOTONIC ms; 0 = none. Checked in reads and between frames */
-    int cancel_fd;         /* POLLHUP/POLLERR/readable EOF on it = abandon; -1 = none */
+    int upscale; /* 0/1 */
+    int format;  /* enum tn_format */
+    /* JPEG/WebP 1..100; 0 = default (JPEG 85, WebP 80); > 100 = INVALID_ARGUMENT.
+     * Lossless WebP: the effort, 1..100 = libwebp's presets 0..9; 0 = fastest. */
+    unsigned quality;
+    int lossless;        /* 0/1: lossless WebP; ignored by the other formats */
+    unsigned png_level;  /* zlib level 1..9; 0 = default (1); else INVALID_ARGUMENT */
+    int mode;            /* enum tn_mode */
+    int64_t deadline_ms; /* CLOCK_MONOTONIC ms; 0 = none. Checked in reads and between frames */
+    int cancel_fd;       /* POLLHUP/POLLERR/readable EOF on it = abandon; -1 = none */
     const struct tn_engine_limits *limits; /* NULL = defaults */
 };
 
@@ -43,8 +48,8 @@ struct tn_engine_result {
     double requested_time; /* seconds (percent resolved against the duration) */
     double actual_time;    /* pts of the frame used, seconds */
     unsigned width, height;
-    int format;            /* enum tn_format */
-    int fd;                /* memfd with the image at offset 0, sealed; ownership passes to emit */
+    int format; /* enum tn_format */
+    int fd;     /* memfd with the image at offset 0, sealed; ownership passes to emit */
     uint64_t size;
 };
 

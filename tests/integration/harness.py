@@ -144,7 +144,8 @@ def time_point(t):
 
 def generate_requests(path=None, data=None, file_name=None, times=(), max_width=0,
                       max_height=0, upscale=False, mode=0, chunk=64 * 1024, declare_size=True,
-                      declared_size=None, send_end=True, fmt=0, on_chunk=None):
+                      declared_size=None, send_end=True, fmt=0, on_chunk=None, quality=0,
+                      lossless=False, png_level=0):
     """The request stream of one Generate call: options, data chunks, end marker."""
     if data is None:
         size = os.path.getsize(path)
@@ -155,6 +156,13 @@ def generate_requests(path=None, data=None, file_name=None, times=(), max_width=
                             else (size if declare_size else 0)),
                       times=[time_point(t) for t in times], max_width=max_width,
                       max_height=max_height, upscale=upscale, format=fmt, mode=mode)
+    # set only when asked for: the tests of older protos keep working
+    if quality:
+        opts.quality = quality
+    if lossless:
+        opts.lossless = lossless
+    if png_level:
+        opts.png_level = png_level
     yield pb.GenerateRequest(options=opts)
     if data is not None:
         for off in range(0, len(data), chunk):

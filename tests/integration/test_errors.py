@@ -81,7 +81,6 @@ class Errors(h.ServerTestCase):
         cases = [
             dict(times=["150%"]),
             dict(times=[-1]),
-            dict(fmt=h.pb.IMAGE_FORMAT_JPEG),   # reserved, not implemented
             dict(fmt=99),
             dict(mode=99),
             dict(times=[1] * 1000),              # more time points than the server allows

@@ -2,7 +2,8 @@
  * Unit test of the thumbnail engine, in process, on clips generated at start
  * with the ffmpeg CLI into a temporary directory (skipped if ffmpeg is not
  * installed). Checks codes and messages, geometry (size, rotation, sample
- * aspect ratio), PNG output in sealed memfds, the times used, and, on clips
+ * aspect ratio), PNG, JPEG and WebP output in sealed memfds (decoded back
+ * with libpng, TurboJPEG and libwebp), the times used, and, on clips
  * whose frames encode their own index in their brightness, that ACCURATE
  * returns exactly the first frame at or after the requested time.
  */
@@ -24,7 +25,9 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <turbojpeg.h>
 #include <unistd.h>
+#include <webp/decode.h>
 
 #include "engine.h"
 #include "log.h"
@@ -227,6 +230,8 @@ static void run_free(struct run *run)
 struct opts {
     unsigned max_width, max_height;
     int upscale, format, mode;
+    unsigned quality, png_level;
+    int lossless;
     int64_t deadline_ms;
     int cancel_fd;
     const struct tn_engine_limits *limits;
@@ -256,6 +261,9 @@ static void engine(struct run *run, const char *name, const struct tn_time_point
         .max_height = o->max_height,
         .upscale = o->upscale,
         .format = o->format,
+        .quality = o->quality,
+        .lossless = o->lossless,
+        .png_level = o->png_level,
         .mode = o->mode,
         .deadline_ms = o->deadline_ms,
         .cancel_fd = o->cancel_fd,
@@ -645,8 +653,15 @@ static void test_bad_inputs(void **state)
     expect_error("random.bin", TN_INVALID_ARGUMENT, "not a video file", NULL);
     expect_error("empty.mp4", TN_INVALID_ARGUMENT, "empty", NULL);
     expect_error("truncated.mp4", TN_INVALID_ARGUMENT, "truncated", NULL);
+    o.format = 9;
+    expect_error("h264.mp4", TN_INVALID_ARGUMENT, "unknown output format 9", &o);
+    o = defaults;
     o.format = TN_FORMAT_JPEG;
-    expect_error("h264.mp4", TN_INVALID_ARGUMENT, "JPEG is not supported yet; use PNG", &o);
+    o.quality = 101;
+    expect_error("h264.mp4", TN_INVALID_ARGUMENT, "quality 101 is out of range", &o);
+    o = defaults;
+    o.png_level = 10;
+    expect_error("h264.mp4", TN_INVALID_ARGUMENT, "PNG compression level 10 is out of range", &o);
     o = defaults;
     o.mode = 7;
     expect_error("h264.mp4", TN_INVALID_ARGUMENT, "seek mode", &o);
@@ -664,6 +679,144 @@ static void test_bad_inputs(void **state)
         assert_true(strstr(run.err, "time point") != NULL);
         run_free(&run);
     }
+}
+
+/* ---- JPEG and WebP ------------------------------------------------------- */
+
+/* One thumbnail of h264.mp4 at 1.3 s in the format of o; checks the result
+ * header and the seals. */
+static void engine_fmt(struct run *run, const struct opts *o)
+{
+    const struct tn_time_point t = {.kind = TN_TIME_SECONDS, .value = 1.3};
+
+    engine(run, "h264.mp4", &t, 1, o);
+    if (run->code != TN_OK)
+        fail_msg("format %d: %s %s", o->format, tn_code_name(run->code), run->err);
+    assert_int_equal(run->n, 1);
+    assert_true(run->res[0].sealed);
+    assert_int_equal(run->res[0].r.format, o->format);
+    assert_int_equal(run->res[0].r.width, 320);
+    assert_int_equal(run->res[0].r.height, 180);
+}
+
+static double mean_abs_diff(const unsigned char *a, const unsigned char *b, size_t n)
+{
+    double sum = 0;
+    for (size_t i = 0; i < n; i++)
+        sum += abs((int)a[i] - (int)b[i]);
+    return sum / (double)n;
+}
+
+static unsigned char *decode_jpeg(const struct result *r, int *w, int *h)
+{
+    static const unsigned char soi[3] = {0xff, 0xd8, 0xff};
+    int sub, cs;
+
+    assert_true(r->r.size > 4);
+    assert_memory_equal(r->data, soi, sizeof(soi));
+    tjhandle tj = tjInitDecompress();
+    assert_non_null(tj);
+    assert_int_equal(tjDecompressHeader3(tj, r->data, r->r.size, w, h, &sub, &cs), 0);
+    assert_int_equal(sub, TJSAMP_420);
+    unsigned char *rgb = malloc((size_t)*w * *h * 3);
+    assert_non_null(rgb);
+    assert_int_equal(tjDecompress2(tj, r->data, r->r.size, rgb, *w, 0, *h, TJPF_RGB, 0), 0);
+    tjDestroy(tj);
+    return rgb;
+}
+
+static unsigned char *decode_webp(const struct result *r, int *w, int *h, int *lossless)
+{
+    WebPBitstreamFeatures f;
+
+    assert_true(r->r.size > 12);
+    assert_memory_equal(r->data, "RIFF", 4);
+    assert_memory_equal(r->data + 8, "WEBP", 4);
+    assert_int_equal(WebPGetFeatures(r->data, r->r.size, &f), VP8_STATUS_OK);
+    *lossless = f.format == 2;
+    unsigned char *rgb = WebPDecodeRGB(r->data, r->r.size, w, h);
+    assert_non_null(rgb);
+    return rgb;
+}
+
+static void test_jpeg_and_webp(void **state)
+{
+    (void)state;
+    SKIP_WITHOUT_CLIPS();
+    struct run png, run;
+    struct opts o = defaults;
+    unsigned pw, ph;
+    int w, h, lossless;
+    size_t n = 320 * 180 * 3;
+    uint64_t lo, hi;
+
+    engine_fmt(&png, &o);
+    unsigned char *ref = decode_png(&png.res[0], &pw, &ph);
+
+    o.format = TN_FORMAT_JPEG; /* default quality 85 */
+    engine_fmt(&run, &o);
+    unsigned char *rgb = decode_jpeg(&run.res[0], &w, &h);
+    assert_int_equal(w, 320);
+    assert_int_equal(h, 180);
+    double d = mean_abs_diff(rgb, ref, n);
+    if (d > 5)
+        fail_msg("JPEG differs from the PNG by %.2f on average", d);
+    free(rgb);
+    run_free(&run);
+    o.quality = 30;
+    engine_fmt(&run, &o);
+    lo = run.res[0].r.size;
+    free(decode_jpeg(&run.res[0], &w, &h));
+    run_free(&run);
+    o.quality = 95;
+    engine_fmt(&run, &o);
+    hi = run.res[0].r.size;
+    run_free(&run);
+    assert_true(lo < hi);
+
+    o = defaults;
+    o.format = TN_FORMAT_WEBP; /* lossy, default quality 80 */
+    engine_fmt(&run, &o);
+    rgb = decode_webp(&run.res[0], &w, &h, &lossless);
+    assert_int_equal(w, 320);
+    assert_int_equal(h, 180);
+    assert_false(lossless);
+    d = mean_abs_diff(rgb, ref, n);
+    if (d > 5)
+        fail_msg("WebP differs from the PNG by %.2f on average", d);
+    WebPFree(rgb);
+    run_free(&run);
+    o.quality = 30;
+    engine_fmt(&run, &o);
+    lo = run.res[0].r.size;
+    run_free(&run);
+    o.quality = 95;
+    engine_fmt(&run, &o);
+    hi = run.res[0].r.size;
+    run_free(&run);
+    assert_true(lo < hi);
+
+    o.quality = 0;
+    o.lossless = 1;
+    engine_fmt(&run, &o);
+    rgb = decode_webp(&run.res[0], &w, &h, &lossless);
+    assert_true(lossless);
+    assert_memory_equal(rgb, ref, n); /* lossless: exactly the PNG's pixels */
+    WebPFree(rgb);
+    run_free(&run);
+
+    /* PNG level: same pixels, level 9 smaller than the default 1 */
+    o = defaults;
+    o.png_level = 9;
+    engine_fmt(&run, &o);
+    rgb = decode_png(&run.res[0], &pw, &ph);
+    assert_memory_equal(rgb, ref, n);
+    assert_true(run.res[0].r.size < png.res[0].r.size);
+    free(rgb);
+    run_free(&run);
+
+    free(ref);
+    run_free(&png);
 }
 
 static int64_t now_ms(void)
@@ -778,6 +931,7 @@ int main(void)
         cmocka_unit_test(test_anamorphic_and_box),
         cmocka_unit_test(test_10bit_is_not_tinted),
         cmocka_unit_test(test_bad_inputs),
+        cmocka_unit_test(test_jpeg_and_webp),
         cmocka_unit_test(test_deadline_and_cancel),
         cmocka_unit_test(test_no_fd_leak),
     };
