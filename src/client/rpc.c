@@ -15,6 +15,7 @@
 
 #include "grpc/health/v1/health.pb-c.h"
 #include "log.h"
+#include "pbbuf.h"
 #include "thumbnail.pb-c.h"
 
 #define METHOD_GENERATE "/thumbnail.v1.Thumbnailer/Generate"
@@ -143,27 +144,6 @@ static void copy_status_message(const struct call *c, char *msg, size_t len)
     } else {
         msg[0] = 0;
     }
-}
-
-static grpc_byte_buffer *pack(const ProtobufCMessage *m)
-{
-    size_t n = protobuf_c_message_get_packed_size(m);
-    grpc_slice s = grpc_slice_malloc(n);
-    protobuf_c_message_pack(m, GRPC_SLICE_START_PTR(s));
-    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1);
-    grpc_slice_unref(s);
-    return bb;
-}
-
-/* The whole message as one slice (protobuf-c wants contiguous input); caller unrefs. */
-static grpc_slice flatten(grpc_byte_buffer *bb)
-{
-    grpc_byte_buffer_reader r;
-    if (!grpc_byte_buffer_reader_init(&r, bb))
-        return grpc_empty_slice();
-    grpc_slice s = grpc_byte_buffer_reader_readall(&r);
-    grpc_byte_buffer_reader_destroy(&r);
-    return s;
 }
 
 /*
@@ -346,7 +326,7 @@ static void upload(struct call *c, const struct tn_rpc_request *req, const struc
     Thumbnail__V1__GenerateRequest m = THUMBNAIL__V1__GENERATE_REQUEST__INIT;
     m.msg_case = THUMBNAIL__V1__GENERATE_REQUEST__MSG_OPTIONS;
     m.options = &opt;
-    if (!send_message(c, pack(&m.base), true, false))
+    if (!send_message(c, tn_pb_pack(&m.base), true, false))
         return;
 
     uint64_t off = 0;
@@ -376,7 +356,7 @@ static void upload(struct call *c, const struct tn_rpc_request *req, const struc
     Thumbnail__V1__End end = THUMBNAIL__V1__END__INIT;
     m.msg_case = THUMBNAIL__V1__GENERATE_REQUEST__MSG_END;
     m.end = &end;
-    send_message(c, pack(&m.base), false, true);
+    send_message(c, tn_pb_pack(&m.base), false, true);
 }
 
 /* Read responses until the stream ends. A local error cancels the call. */
@@ -394,7 +374,7 @@ static void receive(struct call *c, struct rx *rx, struct tn_rpc_result *res)
                 grpc_byte_buffer_destroy(bb);
             return; /* end of stream, or the call failed: the status says which */
         }
-        grpc_slice s = flatten(bb);
+        grpc_slice s = tn_pb_flatten(bb);
         grpc_byte_buffer_destroy(bb);
         Thumbnail__V1__GenerateResponse *m = thumbnail__v1__generate_response__unpack(
             NULL, GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
@@ -478,7 +458,7 @@ grpc_status_code tn_rpc_health(grpc_channel *ch, const char *service, double tim
 
     Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
     req.service = (char *)service;
-    grpc_byte_buffer *send = pack(&req.base);
+    grpc_byte_buffer *send = tn_pb_pack(&req.base);
     grpc_byte_buffer *recv = NULL;
     grpc_op ops[6];
     memset(ops, 0, sizeof(ops));
@@ -505,7 +485,7 @@ grpc_status_code tn_rpc_health(grpc_channel *ch, const char *service, double tim
     if (code == GRPC_STATUS_OK) {
         Grpc__Health__V1__HealthCheckResponse *resp = NULL;
         if (recv) {
-            grpc_slice s = flatten(recv);
+            grpc_slice s = tn_pb_flatten(recv);
             resp = grpc__health__v1__health_check_response__unpack(NULL, GRPC_SLICE_LENGTH(s),
                                                                    GRPC_SLICE_START_PTR(s));
             grpc_slice_unref(s);

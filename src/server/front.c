@@ -60,6 +60,7 @@
 #include "grpc/reflection/v1/reflection.pb-c.h"
 #include "ipc.h"
 #include "log.h"
+#include "pbbuf.h"
 #include "reflection.h"
 #include "status.h"
 #include "thumbnail.pb-c.h"
@@ -251,25 +252,6 @@ static int64_t deadline_to_mono_ms(gpr_timespec dl)
     return mono_ms() + rem;
 }
 
-static grpc_byte_buffer *buffer_from(const void *p, size_t len)
-{
-    grpc_slice s = grpc_slice_from_copied_buffer(p, len);
-    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1);
-    grpc_slice_unref(s);
-    return bb;
-}
-
-/* Copy a received message into one slice (caller unrefs). */
-static grpc_slice buffer_to_slice(grpc_byte_buffer *bb)
-{
-    grpc_byte_buffer_reader r;
-    if (!grpc_byte_buffer_reader_init(&r, bb))
-        return grpc_empty_slice();
-    grpc_slice s = grpc_byte_buffer_reader_readall(&r);
-    grpc_byte_buffer_reader_destroy(&r);
-    return s;
-}
-
 /* ------------------------------------------------------------------------ */
 /* Generate: lifetime                                                       */
 
@@ -405,12 +387,7 @@ static grpc_byte_buffer *header_message(const struct tn_ipc_result *m)
     th.size = m->size;
     resp.msg_case = THUMBNAIL__V1__GENERATE_RESPONSE__MSG_THUMBNAIL;
     resp.thumbnail = &th;
-    unsigned char buf[128];
-    size_t n = thumbnail__v1__generate_response__get_packed_size(&resp);
-    if (n > sizeof(buf))
-        abort(); /* fixed-size fields: cannot happen */
-    thumbnail__v1__generate_response__pack(&resp, buf);
-    return buffer_from(buf, n);
+    return tn_pb_pack(&resp.base);
 }
 
 /* Start the next send batch if none is outstanding: results first, then the status. */
@@ -788,7 +765,7 @@ static void on_recv(struct gen_call *c, bool ok)
         goto out;
     }
 
-    grpc_slice s = buffer_to_slice(bb);
+    grpc_slice s = tn_pb_flatten(bb);
     const unsigned char *p = GRPC_SLICE_START_PTR(s);
     size_t len = GRPC_SLICE_LENGTH(s);
     bool complete = false;
@@ -972,7 +949,7 @@ static void on_new_health(struct simple_call *s, bool ok)
 
     Grpc__Health__V1__HealthCheckRequest *req = NULL;
     if (s->payload) {
-        grpc_slice sl = buffer_to_slice(s->payload);
+        grpc_slice sl = tn_pb_flatten(s->payload);
         req = grpc__health__v1__health_check_request__unpack(NULL, GRPC_SLICE_LENGTH(sl),
                                                              GRPC_SLICE_START_PTR(sl));
         grpc_slice_unref(sl);
@@ -994,9 +971,7 @@ static void on_new_health(struct simple_call *s, bool ok)
     resp.status = is_draining(f)
                       ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
                       : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
-    unsigned char buf[16];
-    size_t n = grpc__health__v1__health_check_response__pack(&resp, buf);
-    simple_answer(s, buffer_from(buf, n), GRPC_STATUS_OK, NULL);
+    simple_answer(s, tn_pb_pack(&resp.base), GRPC_STATUS_OK, NULL);
 }
 
 static void on_new_generic(struct simple_call *s, bool ok)
@@ -1178,9 +1153,7 @@ static grpc_byte_buffer *watch_message(int status)
 {
     Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
     resp.status = (Grpc__Health__V1__HealthCheckResponse__ServingStatus)status;
-    unsigned char buf[16];
-    size_t n = grpc__health__v1__health_check_response__pack(&resp, buf);
-    return buffer_from(buf, n);
+    return tn_pb_pack(&resp.base);
 }
 
 /* Start the next send if none is outstanding: a status change or an answer,
@@ -1291,7 +1264,7 @@ static void on_new_stream(struct stream_call *s, bool ok)
     }
     Grpc__Health__V1__HealthCheckRequest *req = NULL;
     if (s->payload) {
-        grpc_slice sl = buffer_to_slice(s->payload);
+        grpc_slice sl = tn_pb_flatten(s->payload);
         req = grpc__health__v1__health_check_request__unpack(NULL, GRPC_SLICE_LENGTH(sl),
                                                              GRPC_SLICE_START_PTR(sl));
         grpc_slice_unref(sl);
@@ -1317,7 +1290,7 @@ static void on_stream_recv(struct stream_call *s, bool ok)
     } else if (!ok || !bb) {
         stream_end(s, GRPC_STATUS_OK, NULL); /* half-close (or a cancel: dead soon) */
     } else {
-        grpc_slice sl = buffer_to_slice(bb);
+        grpc_slice sl = tn_pb_flatten(bb);
         s->answer =
             tn_reflection_answer(s->f->refl, GRPC_SLICE_START_PTR(sl), GRPC_SLICE_LENGTH(sl));
         grpc_slice_unref(sl);

@@ -19,6 +19,7 @@
 
 #include "grpc/reflection/v1/reflection.pb-c.h"
 #include "log.h"
+#include "pbbuf.h"
 
 /* Server reflection's index of the embedded descriptor set (built at start-up). */
 struct tn_reflection {
@@ -436,11 +437,7 @@ grpc_byte_buffer *tn_reflection_answer(const struct tn_reflection *ix, const uns
         resp.file_descriptor_response = &fdr;
     }
 pack:;
-    size_t n = grpc__reflection__v1__server_reflection_response__get_packed_size(&resp);
-    grpc_slice s = grpc_slice_malloc(n);
-    grpc__reflection__v1__server_reflection_response__pack(&resp, GRPC_SLICE_START_PTR(s));
-    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1);
-    grpc_slice_unref(s);
+    grpc_byte_buffer *bb = tn_pb_pack(&resp.base);
     if (req)
         grpc__reflection__v1__server_reflection_request__free_unpacked(req, NULL);
     free(files);
