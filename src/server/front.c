@@ -232,13 +232,17 @@ static double elapsed_ms(const struct timespec *since)
 }
 
 /* A grpc_call_error other than OK is a bug in our code: abort loudly. */
-static void start_batch(grpc_call *call, const grpc_op *ops, size_t n, void *tag)
+static void must_succeed(grpc_call_error e, const char *what)
 {
-    grpc_call_error e = grpc_call_start_batch(call, ops, n, tag, NULL);
     if (e != GRPC_CALL_OK) {
-        tn_log_error("grpc_call_start_batch() failed with %d: a bug in the front", (int)e);
+        tn_log_error("%s() failed with %d: a bug in the front", what, (int)e);
         abort();
     }
+}
+
+static void start_batch(grpc_call *call, const grpc_op *ops, size_t n, void *tag)
+{
+    must_succeed(grpc_call_start_batch(call, ops, n, tag, NULL), "grpc_call_start_batch");
 }
 
 /* Milliseconds on CLOCK_MONOTONIC at which a gRPC deadline expires; 0 = none. */
@@ -1045,10 +1049,7 @@ static void request_generate(struct front *f)
     }
     grpc_call_error e = grpc_server_request_registered_call(
         f->server, f->m_generate, &c->call, &c->deadline, &c->md, NULL, f->cq, f->cq, &c->t_new);
-    if (e != GRPC_CALL_OK) {
-        tn_log_error("grpc_server_request_registered_call() failed with %d", (int)e);
-        abort();
-    }
+    must_succeed(e, "grpc_server_request_registered_call");
 }
 
 static void request_health(struct front *f)
@@ -1057,10 +1058,7 @@ static void request_health(struct front *f)
     grpc_call_error e =
         grpc_server_request_registered_call(f->server, f->m_health, &s->call, &s->deadline, &s->md,
                                             &s->payload, f->cq, f->cq, &s->t_new);
-    if (e != GRPC_CALL_OK) {
-        tn_log_error("grpc_server_request_registered_call() failed with %d", (int)e);
-        abort();
-    }
+    must_succeed(e, "grpc_server_request_registered_call");
 }
 
 /* Unknown methods hang until the client's deadline unless a generic request is
@@ -1070,10 +1068,7 @@ static void request_generic(struct front *f)
     struct simple_call *s = simple_new(f, TAG_NEW_GENERIC);
     grpc_call_error e =
         grpc_server_request_call(f->server, &s->call, &s->details, &s->md, f->cq, f->cq, &s->t_new);
-    if (e != GRPC_CALL_OK) {
-        tn_log_error("grpc_server_request_call() failed with %d", (int)e);
-        abort();
-    }
+    must_succeed(e, "grpc_server_request_call");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1362,10 +1357,7 @@ static void request_stream(struct front *f, enum tag_kind kind)
     grpc_call_error e = grpc_server_request_registered_call(
         f->server, m, &s->call, &s->deadline, &s->md, kind == TAG_NEW_WATCH ? &s->payload : NULL,
         f->cq, f->cq, &s->t_new);
-    if (e != GRPC_CALL_OK) {
-        tn_log_error("grpc_server_request_registered_call() failed with %d", (int)e);
-        abort();
-    }
+    must_succeed(e, "grpc_server_request_registered_call");
 }
 
 /* ------------------------------------------------------------------------ */
