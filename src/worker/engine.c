@@ -335,9 +335,14 @@ static int fail_av(struct engine *e, int code, int averr, const char *what)
                     e->frames, e->done, e->req->n_times);
     if (code == TN_CANCELLED)
         return fail(e, code, "job cancelled (the client went away or the server gave up on it)");
+    /* Under RLIMIT_AS, ENOMEM is the file's doing (e.g. an MP4 sample table that
+     * claims 2^28 entries): undecodable here, and a retry cannot help. Server
+     * limits, not files, are what RESOURCE_EXHAUSTED reports. */
     if (averr == AVERROR(ENOMEM))
-        return fail(e, TN_RESOURCE_EXHAUSTED,
-                    "%s: out of memory (the video needs more memory than a worker may use)", what);
+        return fail(e, TN_INVALID_ARGUMENT,
+                    "%s: the file needs more memory than a worker may use (--worker-memory): "
+                    "it is damaged or too large to thumbnail",
+                    what);
     av_last_suffix(last, sizeof(last));
     return fail(e, code, "%s: %s%s", what, av_err2str(averr), last);
 }
@@ -450,12 +455,12 @@ static int open_input(struct engine *e)
     buf = av_malloc(IO_BUFFER_SIZE);
     if (!e->fmt || !buf) {
         av_free(buf);
-        return fail_av(e, TN_RESOURCE_EXHAUSTED, AVERROR(ENOMEM), "cannot set up the demuxer");
+        return fail_av(e, TN_INVALID_ARGUMENT, AVERROR(ENOMEM), "cannot set up the demuxer");
     }
     e->avio = avio_alloc_context(buf, IO_BUFFER_SIZE, 0, &e->io, io_read, NULL, io_seek);
     if (!e->avio) {
         av_free(buf);
-        return fail_av(e, TN_RESOURCE_EXHAUSTED, AVERROR(ENOMEM), "cannot set up the demuxer");
+        return fail_av(e, TN_INVALID_ARGUMENT, AVERROR(ENOMEM), "cannot set up the demuxer");
     }
     e->fmt->pb = e->avio;
     e->fmt->flags |= AVFMT_FLAG_CUSTOM_IO;
@@ -504,7 +509,7 @@ static int open_input(struct engine *e)
         if (e->io.stop)
             return fail_av(e, e->io.stop, ret, "");
         if (ret == AVERROR(ENOMEM))
-            return fail_av(e, TN_RESOURCE_EXHAUSTED, ret, "opening the file");
+            return fail_av(e, TN_INVALID_ARGUMENT, ret, "opening the file");
         if (e->probe_score <= AVPROBE_SCORE_RETRY)
             return fail(e, TN_INVALID_ARGUMENT,
                         "not a video file: no known container format recognised");
@@ -546,7 +551,7 @@ static int find_stream_info(struct engine *e)
     if (n > 0) {
         sopts = av_calloc(n, sizeof(*sopts));
         if (!sopts)
-            return fail_av(e, TN_RESOURCE_EXHAUSTED, AVERROR(ENOMEM), "cannot probe the streams");
+            return fail_av(e, TN_INVALID_ARGUMENT, AVERROR(ENOMEM), "cannot probe the streams");
         for (unsigned i = 0; i < n; i++) {
             /* it opens decoders of its own: they need the pixel cap too */
             if (lim && lim->max_pixels)
@@ -598,7 +603,7 @@ static int open_stream(struct engine *e)
                     par->width, par->height, lim->max_pixels);
     e->dec = avcodec_alloc_context3(codec);
     if (!e->dec)
-        return fail_av(e, TN_RESOURCE_EXHAUSTED, AVERROR(ENOMEM), "cannot set up the decoder");
+        return fail_av(e, TN_INVALID_ARGUMENT, AVERROR(ENOMEM), "cannot set up the decoder");
     ret = avcodec_parameters_to_context(e->dec, par);
     if (ret < 0)
         return fail_av(e, TN_INTERNAL, ret, "cannot set up the decoder");
@@ -1185,7 +1190,7 @@ static int scale(struct engine *e, const AVFrame *f, const struct geom *g, int *
                                  sws_getCoefficients(SWS_CS_DEFAULT), 1, 0, 1 << 16, 1 << 16);
     *stride = FFALIGN(g->sw * 3, 64);
     if (grow(&e->rgb, &e->rgb_cap, (size_t)*stride * g->sh + 64) < 0)
-        return fail_av(e, TN_RESOURCE_EXHAUSTED, AVERROR(ENOMEM), "scaling");
+        return fail_av(e, TN_INVALID_ARGUMENT, AVERROR(ENOMEM), "scaling");
     uint8_t *dst[4] = {e->rgb};
     int dst_stride[4] = {*stride};
     int ret = sws_scale(e->sws, (const uint8_t *const *)f->data, f->linesize, 0, f->height, dst,
@@ -1199,7 +1204,7 @@ static int scale(struct engine *e, const AVFrame *f, const struct geom *g, int *
 static int rotate(struct engine *e, const struct geom *g, int stride)
 {
     if (grow(&e->rot, &e->rot_cap, (size_t)g->ow * g->oh * 3) < 0)
-        return fail_av(e, TN_RESOURCE_EXHAUSTED, AVERROR(ENOMEM), "rotating");
+        return fail_av(e, TN_INVALID_ARGUMENT, AVERROR(ENOMEM), "rotating");
     for (int y = 0; y < g->oh; y++) {
         uint8_t *out = e->rot + (size_t)y * g->ow * 3;
         for (int x = 0; x < g->ow; x++, out += 3) {
@@ -1455,9 +1460,9 @@ static int encode(struct engine *e, const uint8_t *img, int w, int h, size_t str
     if (rc < 0) {
         WebPMemoryWriterClear(&webp);
         if (!perr[0] || !strcmp(perr, "out of memory"))
-            return -fail(e, TN_RESOURCE_EXHAUSTED,
+            return -fail(e, TN_INVALID_ARGUMENT,
                          "%s encoding failed: out of memory (the thumbnail is too large for a "
-                         "worker's memory)",
+                         "worker's memory; ask for a smaller size)",
                          format_name(req->format));
         return -fail(e, TN_INTERNAL, "%s encoding failed: %s", format_name(req->format), perr);
     }
@@ -1546,7 +1551,8 @@ int tn_engine_run(const struct tn_engine_request *req, tn_engine_emit_fn emit, v
     e.cur = av_frame_alloc();
     points = calloc(req->n_times, sizeof(*points));
     if (!e.pkt || !e.frame || !e.prev || !e.cur || !points) {
-        code = fail_av(&e, TN_RESOURCE_EXHAUSTED, AVERROR(ENOMEM), "starting");
+        /* Nothing of the file is read yet: the worker itself is short. */
+        code = fail(&e, TN_UNAVAILABLE, "the decode worker is out of memory; retrying is safe");
         goto out;
     }
     if ((code = open_input(&e)) != TN_OK)
