@@ -56,6 +56,7 @@ enum {
     OPT_LOG_LEVEL,
     OPT_GRACE,
     OPT_JOB_TIMEOUT,
+    OPT_IDLE_TIMEOUT,
     OPT_MAX_CALLS,
     OPT_MAX_QUEUED,
     OPT_MAX_PIXELS,
@@ -75,6 +76,7 @@ static const struct option long_options[] = {
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
     {"grace", required_argument, NULL, OPT_GRACE},
     {"job-timeout", required_argument, NULL, OPT_JOB_TIMEOUT},
+    {"idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT},
     {"max-concurrent-calls", required_argument, NULL, OPT_MAX_CALLS},
     {"max-queued-jobs", required_argument, NULL, OPT_MAX_QUEUED},
     {"max-pixels", required_argument, NULL, OPT_MAX_PIXELS},
@@ -146,6 +148,8 @@ static void print_help(FILE *f, const struct tn_config *d)
             "                            (default: %d)\n"
             "  --max-queued-jobs N       uploaded jobs waiting for a free worker; more get\n"
             "                            RESOURCE_EXHAUSTED (default: %d)\n"
+            "  --idle-timeout DURATION   end an upload that sends nothing for this long with\n"
+            "                            DEADLINE_EXCEEDED; 0 = never (default: %gs)\n"
             "  --spool-dir DIR           writable directory for uploads in progress (unnamed\n"
             "                            O_TMPFILE files) (default: $TMPDIR, else /tmp; here %s)\n"
             "\n"
@@ -190,9 +194,9 @@ static void print_help(FILE *f, const struct tn_config *d)
             "or pidfile that cannot be written, or already running).\n",
             TN_MAX_LISTEN, DEFAULT_LISTEN, fmt_size(d->max_upload_bytes, s1, sizeof(s1)),
             fmt_size(d->max_message_bytes, s2, sizeof(s2)), fmt_size(d->chunk_size, s3, sizeof(s3)),
-            d->max_concurrent_calls, d->max_queued_jobs, d->spool_dir, MAX_WORKERS, d->workers,
-            d->job_timeout_s, d->max_pixels, fmt_size(d->worker_memory, s4, sizeof(s4)),
-            level_names[d->log_level], d->grace_s);
+            d->max_concurrent_calls, d->max_queued_jobs, d->idle_timeout_s, d->spool_dir,
+            MAX_WORKERS, d->workers, d->job_timeout_s, d->max_pixels,
+            fmt_size(d->worker_memory, s4, sizeof(s4)), level_names[d->log_level], d->grace_s);
 }
 
 /*
@@ -323,6 +327,7 @@ int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, siz
     cfg->log_level = TN_LOG_INFO;
     cfg->grace_s = 30;
     cfg->job_timeout_s = 30;
+    cfg->idle_timeout_s = 60;
     cfg->max_concurrent_calls = 256;
     cfg->max_queued_jobs = 64;
     cfg->max_pixels = 8192ull * 8192ull;
@@ -401,6 +406,11 @@ int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, siz
             break;
         case OPT_JOB_TIMEOUT:
             if (parse_duration_opt("--job-timeout", optarg, false, &cfg->job_timeout_s, err,
+                                   errlen) < 0)
+                return -1;
+            break;
+        case OPT_IDLE_TIMEOUT:
+            if (parse_duration_opt("--idle-timeout", optarg, true, &cfg->idle_timeout_s, err,
                                    errlen) < 0)
                 return -1;
             break;

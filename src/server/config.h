@@ -26,6 +26,7 @@ struct tn_config {
     int log_level;                     /* --log-level; enum tn_log_level; default info */
     double grace_s;                    /* --grace; SIGQUIT drain time; default 30 */
     double job_timeout_s;              /* --job-timeout; default 30; per job, from upload end */
+    double idle_timeout_s;             /* --idle-timeout; default 60; 0 = off; upload silence */
     int max_concurrent_calls;          /* --max-concurrent-calls; default 256 */
     int max_queued_jobs;               /* --max-queued-jobs; default 64 (not yet picked up) */
     uint64_t max_pixels;               /* --max-pixels; default 8192*8192 */

@@ -18,6 +18,10 @@
  * reference-counted: one reference per outstanding batch, one while it sits on
  * the dispatch list or has a reply socket in epoll. The last unref destroys it.
  *
+ * Uploads waiting for a message sit on f->recving (CQ thread only); the main
+ * loop scans it every POLL_TICK_MS and ends the ones silent for longer than
+ * --idle-timeout with DEADLINE_EXCEEDED.
+ *
  * Health/Watch and server reflection (v1, v1alpha) are streaming calls that
  * live on the CQ thread alone (struct stream_call): they sit on f->streams so
  * that the CQ thread can push NOT_SERVING to watchers when draining starts and
@@ -45,6 +49,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -79,6 +84,7 @@ _Static_assert((int)THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_KEYFRAME == (int)TN_MODE
 #define STATUS_MAX 600
 #define DEFAULT_MAX_WIDTH 320
 #define MAX_BOX 16384
+#define SPOOL_MARGIN (64ull << 20) /* free space kept in the spool beyond declared uploads */
 
 enum tag_kind {
     TAG_NEW_GENERATE,
@@ -132,6 +138,10 @@ struct gen_call {
     struct tn_ipc_job job;
     struct timespec started;
     char peer[128];
+    int64_t last_msg_ms;                    /* when the last message arrived (--idle-timeout) */
+    bool idle_ended;                        /* ended by --idle-timeout */
+    struct gen_call *recv_prev, *recv_next; /* f->recving: a RECV_MESSAGE is outstanding */
+    bool on_recv_list;
 
     /* Everything below is protected by mu. */
     pthread_mutex_t mu;
@@ -200,6 +210,7 @@ struct front {
     bool draining;
     bool stopping;               /* server shutdown started: streams are being ended */
     struct stream_call *streams; /* Watch and reflection calls alive (CQ thread) */
+    struct gen_call *recving;    /* uploads with a RECV_MESSAGE outstanding (CQ thread) */
     int n_streams;
     uint64_t next_job_id;
 };
@@ -522,8 +533,39 @@ static void gen_fail(struct gen_call *c, int code, const char *fmt, ...)
     pthread_mutex_unlock(&c->mu);
 }
 
+/* The list of uploads waiting for a message, scanned for --idle-timeout. CQ
+ * thread only; a call on it cannot be destroyed: its RECV holds a reference. */
+static void recv_list_add(struct gen_call *c)
+{
+    struct front *f = c->f;
+    if (c->on_recv_list)
+        return;
+    c->recv_prev = NULL;
+    c->recv_next = f->recving;
+    if (f->recving)
+        f->recving->recv_prev = c;
+    f->recving = c;
+    c->on_recv_list = true;
+}
+
+static void recv_list_remove(struct gen_call *c)
+{
+    struct front *f = c->f;
+    if (!c->on_recv_list)
+        return;
+    if (c->recv_prev)
+        c->recv_prev->recv_next = c->recv_next;
+    else
+        f->recving = c->recv_next;
+    if (c->recv_next)
+        c->recv_next->recv_prev = c->recv_prev;
+    c->recv_prev = c->recv_next = NULL;
+    c->on_recv_list = false;
+}
+
 static void request_message(struct gen_call *c)
 {
+    recv_list_add(c);
     grpc_op op;
     memset(&op, 0, sizeof(op));
     op.op = GRPC_OP_RECV_MESSAGE;
@@ -547,6 +589,34 @@ static int open_spool(const char *dir)
         return -errno;
     unlink(path);
     return fd;
+}
+
+/* Refuse an upload whose declared size does not fit in the spool's free space
+ * (minus SPOOL_MARGIN, or 1 % of the file system if that is more) now, rather
+ * than with ENOSPC after the client sent most of it. Returns 0 or fails the
+ * call and returns -1. A statvfs() error skips the check: writes still map
+ * ENOSPC to RESOURCE_EXHAUSTED. */
+static int check_spool_space(struct gen_call *c)
+{
+    const char *dir = c->f->cfg->spool_dir;
+    struct statvfs sv;
+    if (statvfs(dir, &sv) < 0) {
+        tn_log_warn("statvfs(%s) failed: %s", dir, strerror(errno));
+        return 0;
+    }
+    uint64_t bsize = sv.f_frsize ? sv.f_frsize : sv.f_bsize;
+    uint64_t avail = (uint64_t)sv.f_bavail * bsize;
+    uint64_t margin = (uint64_t)sv.f_blocks * bsize / 100;
+    if (margin < SPOOL_MARGIN)
+        margin = SPOOL_MARGIN;
+    uint64_t usable = avail > margin ? avail - margin : 0;
+    if (c->declared <= usable)
+        return 0;
+    gen_fail(c, TN_RESOURCE_EXHAUSTED,
+             "the server's spool (--spool-dir) has %" PRIu64 " MiB free, the upload needs %" PRIu64
+             " MiB; retry later",
+             usable >> 20, (c->declared + (1u << 20) - 1) >> 20);
+    return -1;
 }
 
 /* Validate Options into c->job. Returns 0 or fails the call and returns -1. */
@@ -640,6 +710,8 @@ static int take_options(struct gen_call *c, const Thumbnail__V1__Options *o)
     j->lossless = o->lossless ? 1 : 0;
     j->png_level = o->png_level;
     c->declared = o->size;
+    if (c->declared && check_spool_space(c) < 0)
+        return -1;
     int fd = open_spool(cfg->spool_dir);
     if (fd < 0) {
         tn_log_error("cannot create a spool file in %s: %s", cfg->spool_dir, strerror(-fd));
@@ -750,6 +822,8 @@ static void on_recv(struct gen_call *c, bool ok)
 {
     grpc_byte_buffer *bb = c->recv_buf;
     c->recv_buf = NULL;
+    recv_list_remove(c); /* request_message() puts it back */
+    c->last_msg_ms = mono_ms();
 
     pthread_mutex_lock(&c->mu);
     bool stop = c->dead || c->status_set;
@@ -1026,6 +1100,7 @@ static void on_new_generate(struct gen_call *c, bool ok)
     c->refs = 1;
     pthread_mutex_unlock(&c->mu);
     start_batch(c->call, &op, 1, &c->t_close);
+    c->last_msg_ms = mono_ms();
 
     if (draining) {
         gen_fail(c, TN_UNAVAILABLE, "the server is shutting down; retry on another instance");
@@ -1674,6 +1749,29 @@ static void *poller_main(void *arg)
 }
 
 /* ------------------------------------------------------------------------ */
+/* --idle-timeout (CQ thread)                                                */
+
+/* End uploads that have waited for a message longer than --idle-timeout. The
+ * status ends the call; its outstanding RECV_MESSAGE then completes and
+ * on_recv() sees status_set and releases its reference, so the call, its slot
+ * and its spool file go away as for any other failed upload. */
+static void check_idle(struct front *f, int64_t now)
+{
+    double t = f->cfg->idle_timeout_s;
+    if (t <= 0)
+        return;
+    int64_t limit = (int64_t)(t * 1000);
+    for (struct gen_call *c = f->recving; c; c = c->recv_next) {
+        if (c->idle_ended || now - c->last_msg_ms < limit)
+            continue;
+        c->idle_ended = true;
+        tn_log_info("Generate peer=%s: no upload data for %g s: ending it", c->peer, t);
+        gen_fail(c, TN_DEADLINE_EXCEEDED,
+                 "no upload data for %g s; the call was ended (--idle-timeout)", t);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
 /* Set-up, main loop, shutdown                                               */
 
 static void handle_event(struct front *f, grpc_event ev, bool *shutdown_done)
@@ -1841,7 +1939,7 @@ int tn_front_main(const struct tn_config *cfg, int queue_fd)
     }
 
     bool shutting_down = false, shutdown_done = false, cancelled_all = false;
-    int64_t drain_deadline = 0;
+    int64_t drain_deadline = 0, last_idle_check = 0;
     for (;;) {
         if (sig_usr1) {
             sig_usr1 = 0;
@@ -1883,6 +1981,11 @@ int tn_front_main(const struct tn_config *cfg, int queue_fd)
             NULL);
         if (ev.type == GRPC_OP_COMPLETE)
             handle_event(f, ev, &shutdown_done);
+        int64_t t_now = mono_ms();
+        if (t_now - last_idle_check >= POLL_TICK_MS) {
+            last_idle_check = t_now;
+            check_idle(f, t_now);
+        }
     }
 
     if (f->poller_started) {

@@ -83,6 +83,7 @@ static void test_defaults(void **state)
     assert_null(cfg.log_file);
     assert_int_equal(cfg.log_level, TN_LOG_INFO);
     assert_true(cfg.grace_s == 30 && cfg.job_timeout_s == 30);
+    assert_true(cfg.idle_timeout_s == 60);
     assert_int_equal(cfg.max_concurrent_calls, 256);
     assert_int_equal(cfg.max_queued_jobs, 64);
     assert_true(cfg.max_pixels == 8192ull * 8192);
@@ -97,7 +98,7 @@ static void test_flags(void **state)
               "--max-message-bytes", "8MiB", "--chunk-size", "64K", "--pidfile", "/run/tn.pid",
               "--log-file", "/tmp/tn.log", "--daemon", "--log-level", "DEBUG", "--grace", "2.5s",
               "--job-timeout", "500ms", "--max-concurrent-calls", "10", "--max-queued-jobs", "5",
-              "--max-pixels", "1000000", "--worker-memory", "0", NULL),
+              "--max-pixels", "1000000", "--worker-memory", "0", "--idle-timeout", "1.5s", NULL),
         0);
     assert_int_equal(cfg.n_listen, 3);
     assert_string_equal(cfg.listen[1], "[::1]:9001");
@@ -113,6 +114,7 @@ static void test_flags(void **state)
     assert_int_equal(cfg.log_level, TN_LOG_DEBUG);
     assert_true(cfg.grace_s == 2.5);
     assert_true(cfg.job_timeout_s == 0.5);
+    assert_true(cfg.idle_timeout_s == 1.5);
     assert_int_equal(cfg.max_concurrent_calls, 10);
     assert_int_equal(cfg.max_queued_jobs, 5);
     assert_true(cfg.max_pixels == 1000000);
@@ -165,6 +167,8 @@ static void test_bad_values(void **state)
     bad("--grace 'soon'", "--grace", "soon", NULL);
     bad("--grace '25h'", "--grace", "25h", NULL);
     bad("--job-timeout '0'", "--job-timeout", "0", NULL);
+    bad("--idle-timeout 'x'", "--idle-timeout", "x", NULL);
+    bad("--idle-timeout '25h'", "--idle-timeout", "25h", NULL);
     bad("--max-concurrent-calls '0'", "--max-concurrent-calls", "0", NULL);
     bad("--max-queued-jobs '-1'", "--max-queued-jobs", "-1", NULL);
     bad("--max-pixels '0'", "--max-pixels", "0", NULL);
