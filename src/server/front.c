@@ -41,6 +41,7 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,6 +109,39 @@ struct tag {
     void *owner;
 };
 
+/* An intrusive doubly-linked list with a sentinel head (a head is a dlink
+ * whose prev/next point to itself when empty; a node is unlinked when its
+ * next is NULL). */
+struct dlink {
+    struct dlink *prev, *next;
+};
+
+#define DLINK_ENTRY(p, type, member) ((type *)((char *)(p)-offsetof(type, member)))
+
+static void dlink_init(struct dlink *head)
+{
+    head->prev = head->next = head;
+}
+
+static void dlink_push(struct dlink *head, struct dlink *n)
+{
+    if (n->next)
+        return; /* already linked */
+    n->prev = head;
+    n->next = head->next;
+    head->next->prev = n;
+    head->next = n;
+}
+
+static void dlink_remove(struct dlink *n)
+{
+    if (!n->next)
+        return;
+    n->prev->next = n->next;
+    n->next->prev = n->prev;
+    n->prev = n->next = NULL;
+}
+
 struct front;
 struct stream_call;
 
@@ -138,10 +172,9 @@ struct gen_call {
     struct tn_ipc_job job;
     struct timespec started;
     char peer[128];
-    int64_t last_msg_ms;                    /* when the last message arrived (--idle-timeout) */
-    bool idle_ended;                        /* ended by --idle-timeout */
-    struct gen_call *recv_prev, *recv_next; /* f->recving: a RECV_MESSAGE is outstanding */
-    bool on_recv_list;
+    int64_t last_msg_ms;    /* when the last message arrived (--idle-timeout) */
+    bool idle_ended;        /* ended by --idle-timeout */
+    struct dlink recv_link; /* on f->recving while a RECV_MESSAGE is outstanding */
 
     /* Everything below is protected by mu. */
     pthread_mutex_t mu;
@@ -166,9 +199,8 @@ struct gen_call {
     unsigned thumbs_out;
 
     /* Lists owned by front.mu. */
-    struct gen_call *pend_next;           /* dispatch list */
-    struct gen_call *run_prev, *run_next; /* running list (reply socket in epoll) */
-    bool on_run_list;
+    struct gen_call *pend_next; /* dispatch list */
+    struct dlink run_link;      /* on f->running while its reply socket is in epoll */
 };
 
 /* A unary Health/Check call or an unknown method: one batch answers it. */
@@ -201,7 +233,7 @@ struct front {
 
     pthread_mutex_t mu;
     struct gen_call *pend_head, *pend_tail;
-    struct gen_call *run_head;
+    struct dlink running; /* jobs with a reply socket in epoll (poller; under mu) */
     bool queue_blocked;
     bool stop_poller;
     int n_gen_calls; /* Generate calls alive */
@@ -210,7 +242,7 @@ struct front {
     bool draining;
     bool stopping;               /* server shutdown started: streams are being ended */
     struct stream_call *streams; /* Watch and reflection calls alive (CQ thread) */
-    struct gen_call *recving;    /* uploads with a RECV_MESSAGE outstanding (CQ thread) */
+    struct dlink recving;        /* uploads with a RECV_MESSAGE outstanding (CQ thread) */
     int n_streams;
     uint64_t next_job_id;
 };
@@ -249,6 +281,19 @@ static void must_succeed(grpc_call_error e, const char *what)
         tn_log_error("%s() failed with %d: a bug in the front", what, (int)e);
         abort();
     }
+}
+
+/* A call object, zeroed. Out of memory while accepting calls, the front cannot
+ * keep its promises (an outstanding request per method): abort, the master
+ * respawns it. */
+static void *call_alloc(size_t size)
+{
+    void *p = calloc(1, size);
+    if (!p) {
+        tn_log_error("out of memory for a new call");
+        abort();
+    }
+    return p;
 }
 
 static void start_batch(grpc_call *call, const grpc_op *ops, size_t n, void *tag)
@@ -295,9 +340,7 @@ static void drop_results(struct gen_call *c)
 
 static struct gen_call *gen_new(struct front *f)
 {
-    struct gen_call *c = calloc(1, sizeof(*c));
-    if (!c)
-        return NULL;
+    struct gen_call *c = call_alloc(sizeof(*c));
     c->f = f;
     c->t_new = (struct tag){TAG_NEW_GENERATE, c};
     c->t_recv = (struct tag){TAG_GEN_RECV, c};
@@ -533,39 +576,11 @@ static void gen_fail(struct gen_call *c, int code, const char *fmt, ...)
     pthread_mutex_unlock(&c->mu);
 }
 
-/* The list of uploads waiting for a message, scanned for --idle-timeout. CQ
- * thread only; a call on it cannot be destroyed: its RECV holds a reference. */
-static void recv_list_add(struct gen_call *c)
-{
-    struct front *f = c->f;
-    if (c->on_recv_list)
-        return;
-    c->recv_prev = NULL;
-    c->recv_next = f->recving;
-    if (f->recving)
-        f->recving->recv_prev = c;
-    f->recving = c;
-    c->on_recv_list = true;
-}
-
-static void recv_list_remove(struct gen_call *c)
-{
-    struct front *f = c->f;
-    if (!c->on_recv_list)
-        return;
-    if (c->recv_prev)
-        c->recv_prev->recv_next = c->recv_next;
-    else
-        f->recving = c->recv_next;
-    if (c->recv_next)
-        c->recv_next->recv_prev = c->recv_prev;
-    c->recv_prev = c->recv_next = NULL;
-    c->on_recv_list = false;
-}
-
+/* f->recving: the uploads waiting for a message, scanned for --idle-timeout.
+ * CQ thread only; a call on it cannot be destroyed: its RECV holds a reference. */
 static void request_message(struct gen_call *c)
 {
-    recv_list_add(c);
+    dlink_push(&c->f->recving, &c->recv_link);
     grpc_op op;
     memset(&op, 0, sizeof(op));
     op.op = GRPC_OP_RECV_MESSAGE;
@@ -822,7 +837,7 @@ static void on_recv(struct gen_call *c, bool ok)
 {
     grpc_byte_buffer *bb = c->recv_buf;
     c->recv_buf = NULL;
-    recv_list_remove(c); /* request_message() puts it back */
+    dlink_remove(&c->recv_link); /* request_message() puts it back */
     c->last_msg_ms = mono_ms();
 
     pthread_mutex_lock(&c->mu);
@@ -967,11 +982,7 @@ static void simple_free(struct simple_call *s)
 
 static struct simple_call *simple_new(struct front *f, enum tag_kind kind)
 {
-    struct simple_call *s = calloc(1, sizeof(*s));
-    if (!s) {
-        tn_log_error("out of memory for a new call");
-        abort();
-    }
+    struct simple_call *s = call_alloc(sizeof(*s));
     s->f = f;
     s->kind = kind;
     s->t_new = (struct tag){kind, s};
@@ -1118,10 +1129,6 @@ static void on_new_generate(struct gen_call *c, bool ok)
 static void request_generate(struct front *f)
 {
     struct gen_call *c = gen_new(f);
-    if (!c) {
-        tn_log_error("out of memory for a new call");
-        abort();
-    }
     grpc_call_error e = grpc_server_request_registered_call(
         f->server, f->m_generate, &c->call, &c->deadline, &c->md, NULL, f->cq, f->cq, &c->t_new);
     must_succeed(e, "grpc_server_request_registered_call");
@@ -1412,11 +1419,7 @@ static void streams_update(struct front *f, bool stopping)
 
 static void request_stream(struct front *f, enum tag_kind kind)
 {
-    struct stream_call *s = calloc(1, sizeof(*s));
-    if (!s) {
-        tn_log_error("out of memory for a new call");
-        abort();
-    }
+    struct stream_call *s = call_alloc(sizeof(*s));
     s->f = f;
     s->kind = kind;
     s->t_new = (struct tag){kind, s};
@@ -1462,20 +1465,6 @@ static void unref_flush(struct unref_list *l)
     l->n = 0;
 }
 
-static void run_list_remove_locked(struct front *f, struct gen_call *c)
-{
-    if (!c->on_run_list)
-        return;
-    if (c->run_prev)
-        c->run_prev->run_next = c->run_next;
-    else
-        f->run_head = c->run_next;
-    if (c->run_next)
-        c->run_next->run_prev = c->run_prev;
-    c->run_prev = c->run_next = NULL;
-    c->on_run_list = false;
-}
-
 /* The job is over for the poller: stop watching the reply socket. Caller holds
  * f->mu and c->mu; the poller's reference goes to l. */
 static void job_release_locked(struct front *f, struct gen_call *c, bool acked,
@@ -1488,7 +1477,7 @@ static void job_release_locked(struct front *f, struct gen_call *c, bool acked,
     }
     if (!acked)
         f->n_waiting--;
-    run_list_remove_locked(f, c);
+    dlink_remove(&c->run_link);
     unref_later(l, c);
 }
 
@@ -1551,12 +1540,7 @@ static void dispatch_pending(struct front *f)
             pthread_mutex_unlock(&c->mu);
             continue;
         }
-        c->run_prev = NULL;
-        c->run_next = f->run_head;
-        if (f->run_head)
-            f->run_head->run_prev = c;
-        f->run_head = c;
-        c->on_run_list = true;
+        dlink_push(&f->running, &c->run_link);
         tn_log_debug("job %" PRIu64 " queued: \"%s\", %" PRIu64 " bytes", c->job.h.job_id,
                      c->job.file_name, c->job.file_size);
         pthread_mutex_unlock(&c->mu);
@@ -1696,7 +1680,8 @@ static void check_deadlines(struct front *f)
 {
     int64_t now = mono_ms();
     pthread_mutex_lock(&f->mu);
-    for (struct gen_call *c = f->run_head; c; c = c->run_next) {
+    for (struct dlink *l = f->running.next; l != &f->running; l = l->next) {
+        struct gen_call *c = DLINK_ENTRY(l, struct gen_call, run_link);
         pthread_mutex_lock(&c->mu);
         if (c->job_deadline_ms && now > c->job_deadline_ms + KILL_MARGIN_MS && !c->killed) {
             c->killed = true;
@@ -1761,7 +1746,8 @@ static void check_idle(struct front *f, int64_t now)
     if (t <= 0)
         return;
     int64_t limit = (int64_t)(t * 1000);
-    for (struct gen_call *c = f->recving; c; c = c->recv_next) {
+    for (struct dlink *l = f->recving.next; l != &f->recving; l = l->next) {
+        struct gen_call *c = DLINK_ENTRY(l, struct gen_call, recv_link);
         if (c->idle_ended || now - c->last_msg_ms < limit)
             continue;
         c->idle_ended = true;
@@ -1876,6 +1862,8 @@ int tn_front_main(const struct tn_config *cfg, int queue_fd)
     struct front *f = &fr;
     int status = 1;
     memset(f, 0, sizeof(*f));
+    dlink_init(&f->running);
+    dlink_init(&f->recving);
     f->cfg = cfg;
     f->queue_fd = queue_fd;
     f->epfd = f->evfd = -1;
