@@ -1024,6 +1024,18 @@ static bool is_draining(struct front *f)
     return d;
 }
 
+/* The HealthCheckRequest of a Check or Watch call; NULL if absent or malformed. */
+static Grpc__Health__V1__HealthCheckRequest *health_request(grpc_byte_buffer *payload)
+{
+    if (!payload)
+        return NULL;
+    grpc_slice sl = tn_pb_flatten(payload);
+    Grpc__Health__V1__HealthCheckRequest *req = grpc__health__v1__health_check_request__unpack(
+        NULL, GRPC_SLICE_LENGTH(sl), GRPC_SLICE_START_PTR(sl));
+    grpc_slice_unref(sl);
+    return req;
+}
+
 static void on_new_health(struct simple_call *s, bool ok)
 {
     struct front *f = s->f;
@@ -1036,13 +1048,7 @@ static void on_new_health(struct simple_call *s, bool ok)
     pthread_mutex_unlock(&f->mu);
     request_health(f);
 
-    Grpc__Health__V1__HealthCheckRequest *req = NULL;
-    if (s->payload) {
-        grpc_slice sl = tn_pb_flatten(s->payload);
-        req = grpc__health__v1__health_check_request__unpack(NULL, GRPC_SLICE_LENGTH(sl),
-                                                             GRPC_SLICE_START_PTR(sl));
-        grpc_slice_unref(sl);
-    }
+    Grpc__Health__V1__HealthCheckRequest *req = health_request(s->payload);
     if (!req) {
         simple_answer(s, NULL, GRPC_STATUS_INVALID_ARGUMENT, "malformed HealthCheckRequest");
         return;
@@ -1339,13 +1345,7 @@ static void on_new_stream(struct stream_call *s, bool ok)
         stream_request_recv(s);
         return;
     }
-    Grpc__Health__V1__HealthCheckRequest *req = NULL;
-    if (s->payload) {
-        grpc_slice sl = tn_pb_flatten(s->payload);
-        req = grpc__health__v1__health_check_request__unpack(NULL, GRPC_SLICE_LENGTH(sl),
-                                                             GRPC_SLICE_START_PTR(sl));
-        grpc_slice_unref(sl);
-    }
+    Grpc__Health__V1__HealthCheckRequest *req = health_request(s->payload);
     if (!req) {
         stream_end(s, GRPC_STATUS_INVALID_ARGUMENT, "malformed HealthCheckRequest");
         return;
