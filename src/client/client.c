@@ -21,10 +21,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "grpc/health/v1/health.pb-c.h"
+#include "ipc.h" /* tn_mono_ms */
 #include "job.h"
 #include "log.h"
 #include "options.h"
@@ -131,13 +131,6 @@ out:
         free(s[k].stem);
     free(s);
     return ret;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 /* The channel for opt, READY; or NULL after printing why (exit 2). grpc_init() done by caller. */
@@ -264,7 +257,7 @@ static int run_batch(const struct tn_client_options *opt)
     size_t n_threads = opt->jobs < files.n ? opt->jobs : files.n;
     pthread_t threads[TN_CLIENT_MAX_JOBS];
     size_t started = 0;
-    double t0 = now_s();
+    double t0 = ((double)tn_mono_ms() / 1e3);
     tn_progress_init(!opt->quiet && isatty(STDERR_FILENO), files.n);
     for (; started < n_threads; started++) {
         int e = pthread_create(&threads[started], NULL, worker_main, &run);
@@ -277,7 +270,7 @@ static int run_batch(const struct tn_client_options *opt)
         worker_main(&run); /* no threads at all: still do the work, one at a time */
     for (size_t i = 0; i < started; i++)
         pthread_join(threads[i], NULL);
-    double wall = now_s() - t0;
+    double wall = ((double)tn_mono_ms() / 1e3) - t0;
     tn_progress_finish();
     pthread_mutex_destroy(&run.lock);
 

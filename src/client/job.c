@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ipc.h" /* tn_mono_ms */
 #include "log.h"
 #include "output.h"
 #include "progress.h"
@@ -48,13 +49,6 @@ static void sink_sent(void *p, uint64_t n)
     tn_progress_add_bytes(n);
 }
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
 /* Sleep BACKOFF_BASE_MS * 2^attempt plus up to half that again of jitter; wake early on *stop. */
 static void backoff(unsigned attempt, volatile sig_atomic_t *stop)
 {
@@ -65,9 +59,9 @@ static void backoff(unsigned attempt, volatile sig_atomic_t *stop)
     if (base > BACKOFF_MAX_MS)
         base = BACKOFF_MAX_MS;
     double ms = base + base / 2 * ((double)rand_r(&seed) / RAND_MAX);
-    double end = now_ms() + ms;
+    double end = (double)tn_mono_ms() + ms;
     tn_log_debug("retrying in %.0f ms", ms);
-    for (double left = ms; left > 0 && !*stop; left = end - now_ms()) {
+    for (double left = ms; left > 0 && !*stop; left = end - (double)tn_mono_ms()) {
         double step = left < 50 ? left : 50;
         struct timespec ts = {0, (long)(step * 1e6)};
         nanosleep(&ts, NULL);
@@ -135,7 +129,7 @@ void tn_job_run(const struct tn_job_env *env, grpc_completion_queue *cq,
     size_t n_send = 0, n_ready = 0;
     char *in_path = NULL;
     int fd = -1, r;
-    double t0 = now_ms();
+    double t0 = (double)tn_mono_ms();
 
     memset(rep, 0, sizeof(*rep));
     rep->outcome = TN_JOB_FAILED;
@@ -251,7 +245,7 @@ void tn_job_run(const struct tn_job_env *env, grpc_completion_queue *cq,
         rep->thumbnails++;
     }
     rep->outcome = TN_JOB_OK;
-    rep->line = ok_line(e->rel, outs, info, existed, count, now_ms() - t0, attempt);
+    rep->line = ok_line(e->rel, outs, info, existed, count, (double)tn_mono_ms() - t0, attempt);
 
 out:
     for (size_t i = 0; i < n_ready; i++)

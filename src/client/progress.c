@@ -3,7 +3,8 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
-#include <time.h>
+
+#include "ipc.h" /* tn_mono_ms */
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static bool bar_enabled;
@@ -13,13 +14,6 @@ static size_t files_done;
 static uint64_t bytes_sent;
 static double started;
 static double last_draw;
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 const char *tn_progress_fmt_bytes(char *buf, size_t len, double bytes)
 {
@@ -48,7 +42,7 @@ static void draw_locked(bool force)
 {
     if (!bar_enabled)
         return;
-    double t = now();
+    double t = ((double)tn_mono_ms() / 1e3);
     if (!force && t - last_draw < 0.1)
         return;
     last_draw = t;
@@ -75,7 +69,7 @@ void tn_progress_init(bool bar, size_t total_files)
     files_total = total_files;
     files_done = 0;
     bytes_sent = 0;
-    started = now();
+    started = ((double)tn_mono_ms() / 1e3);
     last_draw = 0;
     draw_locked(true);
     pthread_mutex_unlock(&lock);

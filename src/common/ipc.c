@@ -3,7 +3,15 @@
 #include <errno.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
+
+int64_t tn_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 void tn_ipc_header_init(struct tn_ipc_header *h, enum tn_ipc_type type, uint64_t job_id)
 {

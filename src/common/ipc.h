@@ -106,6 +106,10 @@ union tn_ipc_any {
     struct tn_ipc_done done;
 };
 
+/* Milliseconds on CLOCK_MONOTONIC: the clock of tn_ipc_job.deadline_ms. The
+ * clock is system-wide, so the front's deadline means the same in a worker. */
+int64_t tn_mono_ms(void);
+
 /* Fill in magic, version, type and job id. */
 void tn_ipc_header_init(struct tn_ipc_header *h, enum tn_ipc_type type, uint64_t job_id);
 

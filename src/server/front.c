@@ -259,13 +259,6 @@ static void on_signal(int sig)
         sig_stop = 1;
 }
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static double elapsed_ms(const struct timespec *since)
 {
     struct timespec now;
@@ -309,7 +302,7 @@ static int64_t deadline_to_mono_ms(gpr_timespec dl)
         return 0;
     gpr_timespec now = gpr_now(GPR_CLOCK_REALTIME);
     int64_t rem = (rt.tv_sec - now.tv_sec) * 1000 + (rt.tv_nsec - now.tv_nsec) / 1000000;
-    return mono_ms() + rem;
+    return tn_mono_ms() + rem;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -788,7 +781,7 @@ static void upload_complete(struct gen_call *c)
         gen_fail(c, TN_UNAVAILABLE, "the server is out of resources (%s)", strerror(errno));
         return;
     }
-    int64_t now = mono_ms();
+    int64_t now = tn_mono_ms();
     int64_t dl = now + (int64_t)(cfg->job_timeout_s * 1000);
     int64_t call_dl = deadline_to_mono_ms(c->deadline);
     if (call_dl && call_dl < dl)
@@ -838,7 +831,7 @@ static void on_recv(struct gen_call *c, bool ok)
     grpc_byte_buffer *bb = c->recv_buf;
     c->recv_buf = NULL;
     dlink_remove(&c->recv_link); /* request_message() puts it back */
-    c->last_msg_ms = mono_ms();
+    c->last_msg_ms = tn_mono_ms();
 
     pthread_mutex_lock(&c->mu);
     bool stop = c->dead || c->status_set;
@@ -1117,7 +1110,7 @@ static void on_new_generate(struct gen_call *c, bool ok)
     c->refs = 1;
     pthread_mutex_unlock(&c->mu);
     start_batch(c->call, &op, 1, &c->t_close);
-    c->last_msg_ms = mono_ms();
+    c->last_msg_ms = tn_mono_ms();
 
     if (draining) {
         gen_fail(c, TN_UNAVAILABLE, "the server is shutting down; retry on another instance");
@@ -1678,7 +1671,7 @@ static void handle_reply(struct front *f, struct gen_call *c)
 
 static void check_deadlines(struct front *f)
 {
-    int64_t now = mono_ms();
+    int64_t now = tn_mono_ms();
     pthread_mutex_lock(&f->mu);
     for (struct dlink *l = f->running.next; l != &f->running; l = l->next) {
         struct gen_call *c = DLINK_ENTRY(l, struct gen_call, run_link);
@@ -1933,7 +1926,7 @@ int tn_front_main(const struct tn_config *cfg, int queue_fd)
             sig_usr1 = 0;
             tn_log_reopen();
         }
-        int64_t now = mono_ms();
+        int64_t now = tn_mono_ms();
         pthread_mutex_lock(&f->mu);
         bool was_draining = f->draining;
         if (sig_quit && !f->draining) {
@@ -1969,7 +1962,7 @@ int tn_front_main(const struct tn_config *cfg, int queue_fd)
             NULL);
         if (ev.type == GRPC_OP_COMPLETE)
             handle_event(f, ev, &shutdown_done);
-        int64_t t_now = mono_ms();
+        int64_t t_now = tn_mono_ms();
         if (t_now - last_idle_check >= POLL_TICK_MS) {
             last_idle_check = t_now;
             check_idle(f, t_now);

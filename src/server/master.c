@@ -35,7 +35,6 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "front.h"
@@ -122,13 +121,6 @@ static void on_signal(int sig)
     case SIGALRM: sig_alarm = 1; break;
     default: break;
     }
-}
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static const char *sig_name(int sig)
@@ -246,7 +238,7 @@ __attribute__((noreturn)) static void run_child(const struct master *m, const st
 
 static void spawn(struct master *m, struct slot *s)
 {
-    int64_t now = now_ms();
+    int64_t now = tn_mono_ms();
     pid_t pid = fork();
     if (pid < 0) {
         tn_log_error("fork() failed while spawning %s: %s; retrying in %d ms", s->name,
@@ -314,7 +306,7 @@ static void begin_stop(struct master *m, int status)
         if (!alive(&m->slots[i]) && m->slots[i].state == SLOT_WAITING)
             m->slots[i].state = SLOT_DONE;
     m->phase = PHASE_STOPPING;
-    m->deadline_ms = now_ms() + STOP_TIMEOUT_MS;
+    m->deadline_ms = tn_mono_ms() + STOP_TIMEOUT_MS;
     signal_all(m, SIGTERM);
 }
 
@@ -332,7 +324,7 @@ static void begin_drain(struct master *m)
         return;
     }
     m->phase = PHASE_DRAINING;
-    m->deadline_ms = now_ms() + (int64_t)(m->cfg->grace_s * 1000) + DRAIN_EXTRA_MS;
+    m->deadline_ms = tn_mono_ms() + (int64_t)(m->cfg->grace_s * 1000) + DRAIN_EXTRA_MS;
     tn_log_info("graceful stop: front %d has %gs to finish in-flight calls", (int)m->front->pid,
                 m->cfg->grace_s);
     signal_slot(m->front, SIGQUIT);
@@ -383,7 +375,7 @@ static bool all_workers_fatal(const struct master *m)
 
 static void child_ended(struct master *m, struct slot *s, int st)
 {
-    int64_t now = now_ms();
+    int64_t now = tn_mono_ms();
     pid_t pid = s->pid;
     char how[96];
     describe_status(st, how, sizeof(how));
@@ -645,14 +637,14 @@ int tn_master_run(const struct tn_config *cfg)
     sigemptyset(&none);
     for (;;) {
         handle_signals(&m);
-        int64_t now = now_ms();
+        int64_t now = tn_mono_ms();
         if (m.phase == PHASE_RUNNING || m.phase == PHASE_DRAINING)
             respawn_due(&m, now);
         if (advance_stop(&m, now))
             break;
         int64_t next = next_wakeup(&m);
         if (next >= 0) {
-            int64_t delay = next - now_ms() + 1; /* +1: never wake a hair too early */
+            int64_t delay = next - tn_mono_ms() + 1; /* +1: never wake a hair too early */
             arm_timer(delay < 1 ? 1 : delay);
         } else {
             arm_timer(0);

@@ -38,7 +38,6 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <libavcodec/avcodec.h>
@@ -153,13 +152,6 @@ struct io {
     int stop; /* sticky: TN_DEADLINE_EXCEEDED or TN_CANCELLED once seen */
 };
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* The front closes its end of the reply socket to abandon the job. */
 static int peer_gone(int fd)
 {
@@ -185,7 +177,7 @@ static int io_check(struct io *io, int force)
 {
     if (io->stop)
         return io->stop;
-    if (io->deadline_ms > 0 && now_ms() >= io->deadline_ms)
+    if (io->deadline_ms > 0 && tn_mono_ms() >= io->deadline_ms)
         io->stop = TN_DEADLINE_EXCEEDED;
     else if (io->cancel_fd >= 0 && (force || io->calls++ % CANCEL_POLL_EVERY == 0) &&
              peer_gone(io->cancel_fd))

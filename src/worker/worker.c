@@ -25,7 +25,6 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "engine.h"
@@ -52,13 +51,6 @@ static void on_usr1(int sig)
 {
     (void)sig;
     reopen_requested = 1;
-}
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static int set_signals(void)
@@ -184,7 +176,7 @@ static void format_times(const struct tn_ipc_job *job, char *buf, size_t len)
 static void run_job(struct tn_ipc_job *job, int video, int reply,
                     const struct tn_worker_options *opt)
 {
-    int64_t t0 = now_ms();
+    int64_t t0 = tn_mono_ms();
     struct job_ctx ctx = {.job = job, .reply = reply};
     struct tn_engine_limits limits = {.max_pixels = opt->max_pixels};
     char err[TN_IPC_MESSAGE_MAX] = "";
@@ -255,7 +247,7 @@ static void run_job(struct tn_ipc_job *job, int video, int reply,
     }
     tn_log_info("job %" PRIu64 " %s [%s]: %s%s%s, %u thumbnails, %" PRId64 " ms", job->h.job_id,
                 name, times, tn_code_name(code), code != TN_OK ? ": " : "",
-                code != TN_OK ? err : "", ctx.results, now_ms() - t0);
+                code != TN_OK ? err : "", ctx.results, tn_mono_ms() - t0);
 }
 
 /* ---- the loop ----------------------------------------------------------- */
