@@ -50,6 +50,18 @@ def fd_count(pid):
     return len(os.listdir("/proc/%d/fd" % pid))
 
 
+def spool_fds(pid, spool):
+    """Files of the spool dir that pid holds open: one per upload the front accepted
+    (O_TMPFILE files read as "SPOOL/#inode (deleted)")."""
+    n = 0
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            n += os.readlink("/proc/%d/fd/%s" % (pid, fd)).startswith(spool + "/")
+        except OSError:
+            pass
+    return n
+
+
 class Overload(h.ServerTestCase):
     workers = 1
     server_extra = ("--max-concurrent-calls", "2", "--idle-timeout", "1s")
@@ -74,9 +86,13 @@ class Overload(h.ServerTestCase):
 
     # ------------------------------------------------------------------
     def test_max_concurrent_calls(self):
+        front = self.server.front_pid()
         a = self.slow()
         b = self.slow()
-        time.sleep(0.3)  # both accepted by the front
+        # Both must hold their slots before the third call: wait for the front to
+        # have opened both spool files (a fixed sleep raced on a loaded machine).
+        h.wait_for(lambda: spool_fds(front, self.server.spool) >= 2, 10,
+                   what="both slow uploads accepted by the front")
         t0 = time.monotonic()
         with self.assertRaises(h.grpc.RpcError) as cm:
             h.generate(self.server.addr, path=h.video("h264.mp4"), timeout=30)
