@@ -142,6 +142,12 @@ static int make_clips(void)
         run(FF INDEXED "-pix_fmt yuv420p -c:v libx264 -bf 3 -g 25 -sc_threshold 0 '%s/idx.mp4'", d);
     r |= run(FF INDEXED "-pix_fmt yuv420p " X265 "'%s/idx.mkv'", d);
     r |= run(FF INDEXED "-pix_fmt yuv420p -c:v libx264 -bf 3 -g 25 -sc_threshold 0 '%s/idx.ts'", d);
+    r |= run(FF INDEXED "-pix_fmt yuv420p " VP9 "'%s/idx.webm'", d);
+    /* a circle of radius 100 (displayed), stored squeezed to 75x100 radii at SAR 4:3 */
+    r |= run(FF "-f lavfi -i \"color=c=black:s=320x240:r=25:d=1,format=gray,"
+                "geq=lum='if(lte(pow((X-160)/75,2)+pow((Y-120)/100,2),1),235,16)'\" "
+                "-vf setsar=4/3 -c:v libx264 -pix_fmt yuv420p '%s/circle.mp4'",
+             d);
 
     /* not videos */
     unsigned char junk[64 * 1024];
@@ -450,14 +456,15 @@ static int shown_index(const struct result *r)
 
 /* ACCURATE gives exactly the first frame at or after the time: with
  * non-reference frames skipped, B-frames reordered, the decoder continuing
- * across points or seeking, on H.264 in MP4 and TS, and HEVC in MKV. */
+ * across points or seeking, on H.264 in MP4 and TS, HEVC in MKV and VP9 in
+ * WebM. */
 static void test_accurate_is_exact(void **state)
 {
     (void)state;
     SKIP_WITHOUT_CLIPS();
     static const double secs[] = {0,   0.05, 0.35, 0.9,  1.0, 1.01, 2.45,
                                   2.5, 2.51, 3.33, 4.96, 5.9, 7};
-    static const char *const names[] = {"idx.mp4", "idx.mkv", "idx.ts"};
+    static const char *const names[] = {"idx.mp4", "idx.mkv", "idx.ts", "idx.webm"};
     enum { N = sizeof(secs) / sizeof(secs[0]) };
     struct tn_time_point times[N];
     struct opts o = defaults;
@@ -571,6 +578,94 @@ static void test_rotation(void **state)
         free(got);
         run_free(&run);
     }
+}
+
+/* All 8 display matrices (the dihedral group: 4 rotations, each mirrored or
+ * not) written into the tkhd of the red-corner clip. Where the red corner
+ * must land follows from the matrix itself: libavutil/display.h maps a
+ * source point (x, y) to (a x + c y, b x + d y), y down; the size tells a
+ * transposed picture from a plain one. (rot90/rot180 above check the same
+ * convention against the ffmpeg CLI.) */
+static void test_eight_orientations(void **state)
+{
+    (void)state;
+    SKIP_WITHOUT_CLIPS();
+    static const int m[8][4] = {{1, 0, 0, 1},  {-1, 0, 0, 1}, {1, 0, 0, -1}, {-1, 0, 0, -1},
+                                {0, 1, -1, 0}, {0, -1, 1, 0}, {0, 1, 1, 0},  {0, -1, -1, 0}};
+    const struct tn_time_point t = {.kind = TN_TIME_SECONDS, .value = 0};
+    struct opts o = defaults;
+    o.max_width = 0;
+
+    for (int i = 0; i < 8; i++) {
+        char name[32];
+        struct run run;
+        unsigned w, h;
+        snprintf(name, sizeof(name), "orient%d.mp4", i);
+        /* tkhd matrix entries 0, 1, 3, 4 are a, b, c, d */
+        assert_int_equal(patch_matrix("box.mp4", name, 0, m[i][0] * 0x10000), 0);
+        assert_int_equal(patch_matrix(name, name, 1, m[i][1] * 0x10000), 0);
+        assert_int_equal(patch_matrix(name, name, 3, m[i][2] * 0x10000), 0);
+        assert_int_equal(patch_matrix(name, name, 4, m[i][3] * 0x10000), 0);
+        /* the red corner is at (-1, -1) from the centre */
+        int dx = -m[i][0] - m[i][2], dy = -m[i][1] - m[i][3];
+        int want = (dx > 0) + 2 * (dy > 0);
+        int transposed = m[i][0] == 0;
+
+        engine(&run, name, &t, 1, &o);
+        if (run.code != TN_OK)
+            fail_msg("%s: %s", name, run.err);
+        assert_png(&run.res[0], transposed ? 240 : 320, transposed ? 320 : 240);
+        unsigned char *got = decode_png(&run.res[0], &w, &h);
+        int corner = red_corner(got, w, h);
+        if (corner != want)
+            fail_msg("matrix [%d %d; %d %d]: red corner %d, want %d", m[i][0], m[i][1], m[i][2],
+                     m[i][3], corner, want);
+        free(got);
+        run_free(&run);
+    }
+}
+
+/* A circle in an anamorphic clip (SAR 4:3) stays a circle: its width and
+ * height in the thumbnail agree within 2 %, in a box that shrinks it too. */
+static void check_circle(unsigned max_w, unsigned max_h, unsigned want_w, unsigned want_h)
+{
+    const struct tn_time_point t = {.kind = TN_TIME_SECONDS, .value = 0.5};
+    struct opts o = defaults;
+    struct run run;
+    unsigned w, h;
+
+    o.max_width = max_w;
+    o.max_height = max_h;
+    engine(&run, "circle.mp4", &t, 1, &o);
+    assert_int_equal(run.code, TN_OK);
+    assert_png(&run.res[0], want_w, want_h);
+    unsigned char *rgb = decode_png(&run.res[0], &w, &h);
+    /* extent of the bright pixels (half-level: sub-pixel edges count half) */
+    double cw = 0, ch = 0;
+    for (unsigned y = 0; y < h; y++) {
+        double row = 0;
+        for (unsigned x = 0; x < w; x++)
+            row += fmin(1, fmax(0, (rgb[((size_t)y * w + x) * 3 + 1] - 16) / 219.0));
+        cw = fmax(cw, row);
+    }
+    for (unsigned x = 0; x < w; x++) {
+        double col = 0;
+        for (unsigned y = 0; y < h; y++)
+            col += fmin(1, fmax(0, (rgb[((size_t)y * w + x) * 3 + 1] - 16) / 219.0));
+        ch = fmax(ch, col);
+    }
+    free(rgb);
+    run_free(&run);
+    if (fabs(cw / ch - 1) > 0.02)
+        fail_msg("circle in %ux%u is %.1f wide and %.1f high", want_w, want_h, cw, ch);
+}
+
+static void test_anamorphic_circle(void **state)
+{
+    (void)state;
+    SKIP_WITHOUT_CLIPS();
+    check_circle(0, 240, 427, 240);
+    check_circle(200, 0, 200, 113);
 }
 
 static void test_anamorphic_and_box(void **state)
@@ -928,6 +1023,8 @@ int main(void)
         cmocka_unit_test(test_past_the_end),
         cmocka_unit_test(test_accurate_is_exact),
         cmocka_unit_test(test_rotation),
+        cmocka_unit_test(test_eight_orientations),
+        cmocka_unit_test(test_anamorphic_circle),
         cmocka_unit_test(test_anamorphic_and_box),
         cmocka_unit_test(test_10bit_is_not_tinted),
         cmocka_unit_test(test_bad_inputs),
