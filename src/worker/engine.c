@@ -45,11 +45,11 @@
 #include <libavutil/avstring.h>
 #include <libavutil/display.h>
 #include <libavutil/pixdesc.h>
-#include <libswscale/swscale.h>
 #include <png.h>
 #include <turbojpeg.h>
 #include <webp/encode.h>
 
+#include "colour.h"
 #include "log.h"
 #include "status.h"
 
@@ -262,10 +262,11 @@ struct engine {
     int si;
     AVCodecContext *dec;
     AVPacket *pkt;
-    AVFrame *frame; /* receive_frame scratch */
-    AVFrame *prev;  /* latest frame before the target: used if the stream ends first */
-    AVFrame *cur;   /* the frame chosen for the current point */
-    struct SwsContext *sws;
+    AVFrame *frame;           /* receive_frame scratch */
+    AVFrame *prev;            /* latest frame before the target: used if the stream ends first */
+    AVFrame *cur;             /* the frame chosen for the current point */
+    struct tn_colour *colour; /* made on first use */
+    unsigned colour_did;      /* enum tn_colour_did of the latest image */
 
     int64_t start_pts; /* stream time base */
     int64_t end_pts;   /* start + video duration; AV_NOPTS_VALUE if unknown */
@@ -1120,34 +1121,6 @@ static int fit(struct engine *e, const AVFrame *f, struct geom *g)
     return TN_OK;
 }
 
-static int sws_colorspace(const AVFrame *f)
-{
-    switch (f->colorspace) {
-    case AVCOL_SPC_BT709: return SWS_CS_ITU709;
-    case AVCOL_SPC_FCC: return SWS_CS_FCC;
-    case AVCOL_SPC_SMPTE240M: return SWS_CS_SMPTE240M;
-    case AVCOL_SPC_BT2020_NCL:
-    case AVCOL_SPC_BT2020_CL: return SWS_CS_BT2020;
-    case AVCOL_SPC_BT470BG:
-    case AVCOL_SPC_SMPTE170M: return SWS_CS_ITU601;
-    default: /* unspecified: what players assume */
-        return f->width >= 1280 || f->height > 576 ? SWS_CS_ITU709 : SWS_CS_ITU601;
-    }
-}
-
-/* The yuvj formats are yuv with full range; swscale wants it said that way. */
-static enum AVPixelFormat unjpeg(enum AVPixelFormat f, int *full)
-{
-    switch (f) {
-    case AV_PIX_FMT_YUVJ420P: *full = 1; return AV_PIX_FMT_YUV420P;
-    case AV_PIX_FMT_YUVJ422P: *full = 1; return AV_PIX_FMT_YUV422P;
-    case AV_PIX_FMT_YUVJ444P: *full = 1; return AV_PIX_FMT_YUV444P;
-    case AV_PIX_FMT_YUVJ440P: *full = 1; return AV_PIX_FMT_YUV440P;
-    case AV_PIX_FMT_YUVJ411P: *full = 1; return AV_PIX_FMT_YUV411P;
-    default: return f;
-    }
-}
-
 static int grow(uint8_t **buf, size_t *cap, size_t need)
 {
     if (need <= *cap)
@@ -1161,34 +1134,24 @@ static int grow(uint8_t **buf, size_t *cap, size_t need)
     return 0;
 }
 
-/* Scale f to g->sw x g->sh RGB24 into e->rgb (stride *stride). */
+/* Scale f to g->sw x g->sh RGB24 into e->rgb (stride *stride), colour
+ * converted (colour.h); what that involved goes into e->colour_did. */
 static int scale(struct engine *e, const AVFrame *f, const struct geom *g, int *stride)
 {
-    int full = f->color_range == AVCOL_RANGE_JPEG;
-    enum AVPixelFormat src = unjpeg((enum AVPixelFormat)f->format, &full);
-    int up = g->sw > f->width || g->sh > f->height;
-    const AVPixFmtDescriptor *desc = av_pix_fmt_desc_get(src);
+    char cerr[128];
 
-    if (!desc || !sws_isSupportedInput(src))
-        return fail(e, TN_INVALID_ARGUMENT, "pixel format %s cannot be converted",
-                    desc ? desc->name : "?");
-    e->sws = sws_getCachedContext(e->sws, f->width, f->height, src, g->sw, g->sh, AV_PIX_FMT_RGB24,
-                                  up ? SWS_BICUBIC : SWS_AREA, NULL, NULL, NULL);
-    if (!e->sws)
-        return fail(e, TN_INTERNAL, "cannot convert %dx%d %s to %dx%d RGB", f->width, f->height,
-                    desc->name, g->sw, g->sh);
-    if (!(desc->flags & (AV_PIX_FMT_FLAG_RGB | AV_PIX_FMT_FLAG_PAL)))
-        sws_setColorspaceDetails(e->sws, sws_getCoefficients(sws_colorspace(f)), full,
-                                 sws_getCoefficients(SWS_CS_DEFAULT), 1, 0, 1 << 16, 1 << 16);
+    if (!e->colour && !(e->colour = tn_colour_new()))
+        return fail_av(e, TN_INVALID_ARGUMENT, AVERROR(ENOMEM), "scaling");
     *stride = FFALIGN(g->sw * 3, 64);
     if (grow(&e->rgb, &e->rgb_cap, (size_t)*stride * g->sh + 64) < 0)
         return fail_av(e, TN_INVALID_ARGUMENT, AVERROR(ENOMEM), "scaling");
-    uint8_t *dst[4] = {e->rgb};
-    int dst_stride[4] = {*stride};
-    int ret = sws_scale(e->sws, (const uint8_t *const *)f->data, f->linesize, 0, f->height, dst,
-                        dst_stride);
-    if (ret <= 0)
-        return fail(e, TN_INTERNAL, "scaling %dx%d %s failed", f->width, f->height, desc->name);
+    if (tn_colour_to_rgb(e->colour, f, g->sw, g->sh, e->rgb, *stride, &e->colour_did, cerr,
+                         sizeof(cerr)) < 0) {
+        if (!strcmp(cerr, "out of memory"))
+            return fail_av(e, TN_INVALID_ARGUMENT, AVERROR(ENOMEM), "scaling");
+        return fail(e, strncmp(cerr, "pixel format", 12) ? TN_INTERNAL : TN_INVALID_ARGUMENT, "%s",
+                    cerr);
+    }
     return TN_OK;
 }
 
@@ -1580,7 +1543,7 @@ out:
         tjDestroy(e.tj);
     av_freep(&e.rgb);
     av_freep(&e.rot);
-    sws_freeContext(e.sws);
+    tn_colour_free(&e.colour);
     av_frame_free(&e.cur);
     av_frame_free(&e.prev);
     av_frame_free(&e.frame);

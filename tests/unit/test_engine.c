@@ -102,6 +102,21 @@ static int patch_matrix(const char *from, const char *to, int i, int32_t v)
     return write_file(to, buf, (size_t)n);
 }
 
+/* The colour bars: white, then 75 % yellow, cyan, green, magenta, red, blue,
+ * then near-black; 40 x 64 each. */
+static const unsigned char bars[8][3] = {{255, 255, 255}, {191, 191, 0}, {0, 191, 191},
+                                         {0, 191, 0},     {191, 0, 191}, {191, 0, 0},
+                                         {0, 0, 191},     {16, 16, 16}};
+
+static int write_bars(void)
+{
+    static unsigned char img[64][320][3];
+    for (int y = 0; y < 64; y++)
+        for (int x = 0; x < 320; x++)
+            memcpy(img[y][x], bars[x / 40], 3);
+    return write_file("bars.rgb", img, sizeof(img));
+}
+
 static int make_clips(void)
 {
     const char *d = dir;
@@ -148,6 +163,52 @@ static int make_clips(void)
                 "geq=lum='if(lte(pow((X-160)/75,2)+pow((Y-120)/100,2),1),235,16)'\" "
                 "-vf setsar=4/3 -c:v libx264 -pix_fmt yuv420p '%s/circle.mp4'",
              d);
+
+    /* colour bars with known RGB (bars.rgb, written here), encoded with each
+     * matrix, range, depth and transfer */
+    r |= write_bars();
+#define BARS FF "-f rawvideo -pix_fmt rgb24 -s 320x64 -r 25 -i '%s/bars.rgb' -frames:v 2 "
+#define TAGS(p, t, m, rg)                                                                          \
+    "-color_primaries " p " -color_trc " t " -colorspace " m " -color_range " rg " "
+    r |= run(BARS "-vf scale=out_color_matrix=bt709:out_range=tv,format=yuv420p " TAGS(
+                 "bt709", "bt709", "bt709", "tv") "-c:v libx264 -crf 8 '%s/bars709.mp4'",
+             d, d);
+    r |= run(BARS "-vf scale=out_color_matrix=bt709:out_range=pc,format=yuv420p " TAGS(
+                 "bt709", "bt709", "bt709", "pc") "-c:v libx264 -crf 8 '%s/bars709full.mp4'",
+             d, d);
+    r |= run(BARS "-vf scale=out_color_matrix=bt709:out_range=tv,format=yuv420p10le " TAGS(
+                 "bt709", "bt709", "bt709", "tv") "-c:v libx264 -crf 8 '%s/bars709_10.mp4'",
+             d, d);
+    r |= run(BARS "-vf scale=out_color_matrix=bt2020:out_range=tv,format=yuv420p10le " TAGS(
+                 "bt709", "bt709", "bt2020nc", "tv") X265 "-crf 8 '%s/bars2020m_10.mkv'",
+             d, d);
+    /* untagged SD: BT.601 is what players assume */
+    r |= run(BARS "-vf scale=out_color_matrix=bt601:out_range=tv,format=yuv420p "
+                  "-c:v libx264 -crf 8 '%s/bars601.mp4'",
+             d, d);
+    /* untagged HD: BT.709 */
+    r |= run(BARS "-vf scale=1280:256:flags=neighbor:out_color_matrix=bt709:out_range=tv,"
+                  "format=yuv420p -c:v libx264 -crf 8 '%s/bars_hd.mp4'",
+             d, d);
+    /* HDR10 and HLG: SDR white at 203 cd/m2 (BT.2408), BT.2020 primaries */
+#define HDR(t)                                                                                     \
+    "-vf zscale=tin=bt709:pin=bt709:min=gbr:rin=full:t=" t ":p=bt2020:m=bt2020nc:r=limited:"       \
+    "npl=203,format=yuv420p10le "
+    r |= run(BARS HDR("smpte2084") TAGS("bt2020", "smpte2084", "bt2020nc", "tv") X265
+             "'%s/bars_pq.mkv'",
+             d, d);
+    r |= run(BARS HDR("arib-std-b67") TAGS("bt2020", "arib-std-b67", "bt2020nc", "tv") X265
+             "'%s/bars_hlg.mkv'",
+             d, d);
+    /* a white box moving 8 px a field over black, interlaced (TFF) */
+    r |= run(FF "-f lavfi -i \"color=black:s=320x240:r=50:d=1[bg];color=white:s=60x120[b];"
+                "[bg][b]overlay=x='20+t*400':y=60:shortest=1,tinterlace=mode=interleave_top,"
+                "format=yuv420p\" -c:v libx264 -flags +ildct+ilme -x264-params tff=1 "
+                "'%s/interlaced.mp4'",
+             d);
+    r |= run(FF "-i '%s/interlaced.mp4' -ss 0.4 -frames:v 1 -f rawvideo -pix_fmt rgb24 "
+                "'%s/interlaced.rgb'",
+             d, d);
 
     /* not videos */
     unsigned char junk[64 * 1024];
@@ -724,6 +785,183 @@ static void test_10bit_is_not_tinted(void **state)
     run_free(&run);
 }
 
+/* ---- colour -------------------------------------------------------------- */
+
+/* sRGB 8-bit -> CIE L*a*b* (D65) */
+static void lab(const double rgb[3], double out[3])
+{
+    double l[3], xyz[3];
+    for (int i = 0; i < 3; i++) {
+        double v = rgb[i] / 255;
+        l[i] = v <= 0.04045 ? v / 12.92 : pow((v + 0.055) / 1.055, 2.4);
+    }
+    xyz[0] = (0.4124 * l[0] + 0.3576 * l[1] + 0.1805 * l[2]) / 0.95047;
+    xyz[1] = 0.2126 * l[0] + 0.7152 * l[1] + 0.0722 * l[2];
+    xyz[2] = (0.0193 * l[0] + 0.1192 * l[1] + 0.9505 * l[2]) / 1.08883;
+    for (int i = 0; i < 3; i++)
+        xyz[i] = xyz[i] > 0.008856 ? cbrt(xyz[i]) : 7.787 * xyz[i] + 16.0 / 116;
+    out[0] = 116 * xyz[1] - 16;
+    out[1] = 500 * (xyz[0] - xyz[1]);
+    out[2] = 200 * (xyz[1] - xyz[2]);
+}
+
+/* CIE76 colour difference */
+static double delta_e(const double a[3], const double b[3])
+{
+    double la[3], lb[3];
+    lab(a, la);
+    lab(b, lb);
+    return sqrt(pow(la[0] - lb[0], 2) + pow(la[1] - lb[1], 2) + pow(la[2] - lb[2], 2));
+}
+
+/* The 8 bars of a full-size thumbnail of name: the mean of the middle of
+ * each bar into got[8]. Returns the largest delta E against the reference,
+ * and the mean luminance (Rec. 709 weights, 0..255) in *luma. */
+static double bars_delta_e(const char *name, double got[8][3], double *luma, double *worst_bar)
+{
+    const struct tn_time_point t = {.kind = TN_TIME_SECONDS, .value = 0};
+    struct opts o = defaults;
+    struct run run;
+    unsigned w, h;
+    double worst = 0, y = 0, ry = 0;
+
+    o.max_width = 320;
+    engine(&run, name, &t, 1, &o);
+    if (run.code != TN_OK)
+        fail_msg("%s: %s", name, run.err);
+    assert_png(&run.res[0], 320, 64);
+    unsigned char *rgb = decode_png(&run.res[0], &w, &h);
+    for (int b = 0; b < 8; b++) {
+        double sum[3] = {0, 0, 0}, want[3];
+        int n = 0;
+        for (unsigned py = 16; py < 48; py++)
+            for (unsigned px = b * 40 + 10; px < (unsigned)b * 40 + 30; px++, n++)
+                for (int c = 0; c < 3; c++)
+                    sum[c] += rgb[((size_t)py * w + px) * 3 + c];
+        for (int c = 0; c < 3; c++) {
+            got[b][c] = sum[c] / n;
+            want[c] = bars[b][c];
+        }
+        double de = delta_e(got[b], want);
+        if (de > worst) {
+            worst = de;
+            *worst_bar = b;
+        }
+        y += 0.2126 * got[b][0] + 0.7152 * got[b][1] + 0.0722 * got[b][2];
+        ry += 0.2126 * want[0] + 0.7152 * want[1] + 0.0722 * want[2];
+    }
+    *luma = y / 8;
+    free(rgb);
+    run_free(&run);
+    (void)ry;
+    return worst;
+}
+
+static double ref_luma(void)
+{
+    double y = 0;
+    for (int b = 0; b < 8; b++)
+        y += 0.2126 * bars[b][0] + 0.7152 * bars[b][1] + 0.0722 * bars[b][2];
+    return y / 8;
+}
+
+/* Each matrix, range and depth: every bar within a small delta E of the RGB
+ * it was made from. The limit, 3, is "just noticeable"; a wrong matrix
+ * (601 for 709) is 5..10 on these bars, a wrong range ~10. */
+static void test_colour_bars(void **state)
+{
+    (void)state;
+    SKIP_WITHOUT_CLIPS();
+    static const char *const names[] = {"bars709.mp4",      "bars709full.mp4", "bars709_10.mp4",
+                                        "bars2020m_10.mkv", "bars601.mp4",     "bars_hd.mp4"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        double got[8][3], luma, bar = -1;
+        double de = bars_delta_e(names[i], got, &luma, &bar);
+        int b = (int)bar;
+        print_message("%-18s worst delta E %.2f (bar %d: %.0f %.0f %.0f)\n", names[i], de, b,
+                      b >= 0 ? got[b][0] : 0, b >= 0 ? got[b][1] : 0, b >= 0 ? got[b][2] : 0);
+        if (de > 3)
+            fail_msg("%s: bar %d is %.0f %.0f %.0f, want %d %d %d (delta E %.1f)", names[i], b,
+                     got[b][0], got[b][1], got[b][2], bars[b][0], bars[b][1], bars[b][2], de);
+    }
+}
+
+/* HDR10 and HLG made from the bars by zscale (SDR white at 203 cd/m2, HLG
+ * 75 %): tone-mapped back, the mean luminance is that of the SDR bars within
+ * 10 % and every bar within delta E 10. The delta E is what catches a
+ * washed-out picture: PQ code values shown as BT.709 turn the 75 % yellow
+ * into 130 129 78. */
+static void test_hdr_tonemap(void **state)
+{
+    (void)state;
+    SKIP_WITHOUT_CLIPS();
+    static const char *const names[] = {"bars_pq.mkv", "bars_hlg.mkv"};
+    double want = ref_luma();
+    for (size_t i = 0; i < 2; i++) {
+        double got[8][3], luma, bar = -1;
+        double de = bars_delta_e(names[i], got, &luma, &bar);
+        int b = (int)bar;
+        print_message("%-14s mean luma %.1f (SDR %.1f), worst delta E %.2f (bar %d: %.0f %.0f "
+                      "%.0f)\n",
+                      names[i], luma, want, de, b, got[b][0], got[b][1], got[b][2]);
+        if (fabs(luma / want - 1) > 0.10)
+            fail_msg("%s: mean luminance %.1f, the SDR original's is %.1f", names[i], luma, want);
+        if (de > 10)
+            fail_msg("%s: bar %d is %.0f %.0f %.0f, want %d %d %d (delta E %.1f)", names[i], b,
+                     got[b][0], got[b][1], got[b][2], bars[b][0], bars[b][1], bars[b][2], de);
+    }
+}
+
+/* Pixels that differ from both vertical neighbours in the same direction by
+ * more than 60 levels (green): the comb teeth of an interlaced picture. */
+static size_t comb_pixels(const unsigned char *rgb, unsigned w, unsigned h)
+{
+    size_t n = 0;
+    for (unsigned y = 1; y + 1 < h; y++)
+        for (unsigned x = 0; x < w; x++) {
+            int p = rgb[((size_t)y * w + x) * 3 + 1];
+            int u = rgb[((size_t)(y - 1) * w + x) * 3 + 1];
+            int d = rgb[((size_t)(y + 1) * w + x) * 3 + 1];
+            if ((p - u > 60 && p - d > 60) || (u - p > 60 && d - p > 60))
+                n++;
+        }
+    return n;
+}
+
+/* An interlaced clip of a moving box: the ffmpeg CLI's raw frame is
+ * combed (the metric sees it), ours is not. */
+static void test_deinterlace(void **state)
+{
+    (void)state;
+    SKIP_WITHOUT_CLIPS();
+    const struct tn_time_point t = {.kind = TN_TIME_SECONDS, .value = 0.4};
+    struct opts o = defaults;
+    struct run run;
+    unsigned w, h;
+    static unsigned char raw[240][320][3];
+    char p[512];
+
+    path(p, sizeof(p), "interlaced.rgb");
+    int fd = open(p, O_RDONLY);
+    assert_true(fd >= 0);
+    assert_int_equal(pread(fd, raw, sizeof(raw), 0), (ssize_t)sizeof(raw));
+    close(fd);
+    size_t combed = comb_pixels(&raw[0][0][0], 320, 240);
+    assert_true(combed > 1000); /* 120 lines x 2 edges x 16 px, about */
+
+    o.max_width = 0;
+    o.max_height = 0;
+    engine(&run, "interlaced.mp4", &t, 1, &o);
+    assert_int_equal(run.code, TN_OK);
+    assert_png(&run.res[0], 320, 240);
+    unsigned char *rgb = decode_png(&run.res[0], &w, &h);
+    size_t ours = comb_pixels(rgb, w, h);
+    print_message("comb pixels: ffmpeg raw %zu, ours %zu\n", combed, ours);
+    assert_true(ours < 20);
+    free(rgb);
+    run_free(&run);
+}
+
 static void expect_error(const char *name, int code, const char *text, const struct opts *o)
 {
     const struct tn_time_point t = {.kind = TN_TIME_SECONDS, .value = 1};
@@ -1027,6 +1265,9 @@ int main(void)
         cmocka_unit_test(test_anamorphic_circle),
         cmocka_unit_test(test_anamorphic_and_box),
         cmocka_unit_test(test_10bit_is_not_tinted),
+        cmocka_unit_test(test_colour_bars),
+        cmocka_unit_test(test_hdr_tonemap),
+        cmocka_unit_test(test_deinterlace),
         cmocka_unit_test(test_bad_inputs),
         cmocka_unit_test(test_jpeg_and_webp),
         cmocka_unit_test(test_deadline_and_cancel),
