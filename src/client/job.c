@@ -101,7 +101,8 @@ static char *ok_line(const char *rel, struct tn_output_file *outs, const struct 
         if (existed[i])
             fprintf(f, "(exists");
         else
-            fprintf(f, "(%ux%u, t=%.2fs", info[i].width, info[i].height, info[i].actual_time);
+            fprintf(f, "(%ux%u, t=%.2fs%s%s", info[i].width, info[i].height, info[i].actual_time,
+                    info[i].reason[0] ? ", " : "", info[i].reason);
         if (count > 1)
             fputc(')', f);
     }
@@ -120,7 +121,8 @@ void tn_job_run(const struct tn_job_env *env, grpc_completion_queue *cq,
                 const struct tn_walk_entry *e, const char *collides_with, struct tn_job_report *rep)
 {
     const struct tn_client_options *opt = env->opt;
-    size_t count = opt->n_times ? opt->n_times : 1;
+    size_t count = tn_options_outputs(opt);
+    bool every = opt->every > 0; /* the server decides how many: 1..count */
     struct tn_output_file outs[TN_IPC_MAX_TIMES];
     struct tn_rpc_thumb info[TN_IPC_MAX_TIMES];
     struct tn_time_point times[TN_IPC_MAX_TIMES];
@@ -132,6 +134,7 @@ void tn_job_run(const struct tn_job_env *env, grpc_completion_queue *cq,
     double t0 = (double)tn_mono_ms();
 
     memset(rep, 0, sizeof(*rep));
+    memset(info, 0, sizeof(info));
     rep->outcome = TN_JOB_FAILED;
     if (e->err) {
         rep->line = format_line("FAIL %s: %s", e->rel, strerror(e->err));
@@ -151,6 +154,23 @@ void tn_job_run(const struct tn_job_env *env, grpc_completion_queue *cq,
         existed[i] = !opt->overwrite && lstat(outs[i].final, &st) == 0;
         if (!existed[i])
             map[n_send++] = i;
+    }
+    if (opt->count || every) {
+        /* One call makes them all: all exist (--every: the first) = skip,
+         * some exist = ask for --overwrite rather than replace or mix. */
+        size_t n_existed = count - n_send;
+        if ((every && existed[0]) || n_existed == count) {
+            n_send = 0;
+        } else if (n_existed) {
+            rep->line = format_line("FAIL %s: %zu of the %zu outputs exist (%s...): use "
+                                    "--overwrite or remove them",
+                                    e->rel, n_existed, count, outs[0].final);
+            goto out;
+        } else {
+            for (size_t i = 0; i < count; i++)
+                map[i] = i;
+            n_send = count;
+        }
     }
     if (collides_with) {
         rep->line = format_line("FAIL %s: output %s would also be the output of %s", e->rel,
@@ -201,6 +221,11 @@ void tn_job_run(const struct tn_job_env *env, grpc_completion_queue *cq,
         .chunk_size = opt->chunk_size,
         .timeout = opt->timeout,
         .stop = env->stop,
+        .fit = opt->fit,
+        .pad_color = opt->pad_color,
+        .count = opt->count,
+        .every = opt->every,
+        .cover_art = opt->cover_art,
     };
     struct sink_ctx sctx = {.outs = outs, .map = map, .info = info};
     struct tn_rpc_sink sink = {
@@ -233,6 +258,10 @@ void tn_job_run(const struct tn_job_env *env, grpc_completion_queue *cq,
             rep->line = format_line("FAIL %s: %s%s%s%s", e->rel, tn_code_name((int)res.code), sep,
                                     res.message, after);
         goto out;
+    }
+    if (every) { /* only what arrived: indices 0..thumbnails-1 */
+        n_send = res.thumbnails;
+        count = res.thumbnails;
     }
     for (size_t k = 0; k < n_send; k++) {
         size_t i = map[k];

@@ -1,5 +1,6 @@
 #include "options.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <grpc/grpc.h>
@@ -26,6 +27,11 @@ enum {
     OPT_CONNECT_TIMEOUT,
     OPT_OVERWRITE,
     OPT_HEALTH,
+    OPT_FIT,
+    OPT_PAD_COLOR,
+    OPT_COUNT,
+    OPT_EVERY,
+    OPT_COVER_ART,
 };
 
 static const struct option long_options[] = {
@@ -48,6 +54,11 @@ static const struct option long_options[] = {
     {"quiet", no_argument, NULL, 'q'},
     {"verbose", no_argument, NULL, 'v'},
     {"health", no_argument, NULL, OPT_HEALTH},
+    {"fit", required_argument, NULL, OPT_FIT},
+    {"pad-color", required_argument, NULL, OPT_PAD_COLOR},
+    {"count", required_argument, NULL, OPT_COUNT},
+    {"every", required_argument, NULL, OPT_EVERY},
+    {"cover-art", no_argument, NULL, OPT_COVER_ART},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -107,6 +118,22 @@ static void usage(FILE *f)
             TN_CLIENT_MAX_JOBS, TN_CLIENT_DEFAULT_JOBS, TN_IPC_MAX_TIMES, TN_CLIENT_DEFAULT_WIDTH,
             TN_CLIENT_DEFAULT_RETRIES, TN_CLIENT_DEFAULT_TIMEOUT, TN_CLIENT_DEFAULT_HEALTH_TIMEOUT,
             TN_CLIENT_DEFAULT_CONNECT_TIMEOUT);
+    /* engine options: a section of their own, so merges of the text above stay easy */
+    fprintf(f,
+            "\n"
+            "Engine options:\n"
+            "      --mode smart        among keyframes near the time, skip black and blank\n"
+            "                          ones and take the most representative (the reason is\n"
+            "                          shown in the ok line)\n"
+            "      --fit MODE          fit (inside the box, default), fill (cover the box,\n"
+            "                          centre crop) or pad (letterbox to exactly the box);\n"
+            "                          fill and pad need --width and --height\n"
+            "      --pad-color RRGGBB  border colour for --fit pad (default 000000)\n"
+            "      --count N           N evenly spaced thumbnails, 1..%d (instead of --at)\n"
+            "      --every SECS        a thumbnail every SECS seconds from the start, at most\n"
+            "                          %d (instead of --at); outputs <name>-1, -2...\n"
+            "      --cover-art         use the file's embedded cover art when it has one\n",
+            TN_IPC_MAX_TIMES, TN_IPC_MAX_TIMES);
 }
 
 static int bad(const char *what, const char *value, const char *fmt, ...)
@@ -228,8 +255,10 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
                 o->mode = TN_MODE_ACCURATE;
             else if (strcmp(optarg, "keyframe") == 0)
                 o->mode = TN_MODE_KEYFRAME;
+            else if (strcmp(optarg, "smart") == 0)
+                o->mode = TN_MODE_SMART;
             else
-                return bad("--mode", optarg, "expected accurate or keyframe");
+                return bad("--mode", optarg, "expected accurate, keyframe or smart");
             break;
         case OPT_FORMAT:
             if (strcmp(optarg, "png") == 0)
@@ -275,6 +304,37 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
         case 'q': o->quiet = true; break;
         case 'v': o->verbose = true; break;
         case OPT_HEALTH: o->health = true; break;
+        case OPT_FIT:
+            if (strcmp(optarg, "fit") == 0)
+                o->fit = TN_FIT_FIT;
+            else if (strcmp(optarg, "fill") == 0)
+                o->fit = TN_FIT_FILL;
+            else if (strcmp(optarg, "pad") == 0)
+                o->fit = TN_FIT_PAD;
+            else
+                return bad("--fit", optarg, "expected fit, fill or pad");
+            break;
+        case OPT_PAD_COLOR: {
+            const char *h = optarg[0] == '#' ? optarg + 1 : optarg;
+            char *end;
+            unsigned long rgb = strtoul(h, &end, 16);
+            if (strlen(h) != 6 || *end || !isxdigit((unsigned char)h[0]))
+                return bad("--pad-color", optarg, "expected RRGGBB in hex, e.g. 202020");
+            o->pad_color = (uint32_t)rgb;
+            break;
+        }
+        case OPT_COUNT:
+            if (tn_parse_uint(optarg, 1, TN_IPC_MAX_TIMES, &v) < 0)
+                return bad("--count", optarg, "expected an integer 1..64");
+            o->count = (uint32_t)v;
+            break;
+        case OPT_EVERY:
+            if (parse_seconds("--every", optarg, &o->every) < 0)
+                return TN_OPTIONS_USAGE;
+            if (o->every < 0.001)
+                return bad("--every", optarg, "expected an interval of at least 0.001 s");
+            break;
+        case OPT_COVER_ART: o->cover_art = true; break;
         case 'h': usage(stdout); return TN_OPTIONS_EXIT_OK;
         case 'V':
             printf("thumbnail_client %s (gRPC core %s)\n", TN_VERSION, grpc_version_string());
@@ -322,10 +382,31 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
                         "Try 'thumbnail_client --help'.\n");
         return TN_OPTIONS_USAGE;
     }
+    if ((o->count != 0) + (o->every > 0) + (o->n_times != 0) > 1) {
+        fprintf(stderr, "thumbnail_client: give one of --at, --count and --every\n"
+                        "Try 'thumbnail_client --help'.\n");
+        return TN_OPTIONS_USAGE;
+    }
+    if ((o->fit == TN_FIT_FILL || o->fit == TN_FIT_PAD) && (!o->max_width || !o->max_height)) {
+        fprintf(stderr,
+                "thumbnail_client: --fit %s needs --width and --height\n"
+                "Try 'thumbnail_client --help'.\n",
+                o->fit == TN_FIT_FILL ? "fill" : "pad");
+        return TN_OPTIONS_USAGE;
+    }
     /* Explicit rather than relying on the server's "both 0" rule. */
     if (!width_set && !height_set)
         o->max_width = TN_CLIENT_DEFAULT_WIDTH;
     return TN_OPTIONS_RUN;
+}
+
+size_t tn_options_outputs(const struct tn_client_options *o)
+{
+    if (o->count)
+        return o->count;
+    if (o->every > 0)
+        return TN_IPC_MAX_TIMES;
+    return o->n_times ? o->n_times : 1;
 }
 
 const char *tn_options_extension(int format)

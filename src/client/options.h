@@ -50,7 +50,17 @@ struct tn_client_options {
     bool quiet;
     bool verbose;
     bool health;
+    /* engine options */
+    int fit;            /* enum tn_fit; 0 = the server's default (FIT) */
+    uint32_t pad_color; /* 0xRRGGBB for --fit pad */
+    uint32_t count;     /* --count: N evenly spaced thumbnails (outputs -1..-N) */
+    double every;       /* --every: one thumbnail every this many seconds */
+    bool cover_art;
 };
+
+/* How many outputs a file can have: N for --count, TN_IPC_MAX_TIMES for
+ * --every (as many as the server sends), the --at points, or 1. */
+size_t tn_options_outputs(const struct tn_client_options *o);
 
 enum { TN_OPTIONS_RUN = 0, TN_OPTIONS_EXIT_OK = 1, TN_OPTIONS_USAGE = -1 };
 

@@ -258,6 +258,7 @@ static int on_response(struct rx *rx, const Thumbnail__V1__GenerateResponse *m,
             .actual_time = t->actual_time,
             .size = t->size,
         };
+        snprintf(th.reason, sizeof(th.reason), "%s", t->reason ? t->reason : "");
         if ((r = rx->sink->begin(rx->sink->ctx, &th)) < 0)
             return fail(res, "cannot write thumbnail %u: %s", t->index, strerror(-r));
         rx->seen[t->index] = true;
@@ -312,7 +313,13 @@ static void build_options(const struct tn_rpc_request *req, Thumbnail__V1__Optio
     opt->lossless = req->lossless;
     opt->png_level = req->png_level;
     opt->mode = req->mode == TN_MODE_KEYFRAME ? THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_KEYFRAME
+                : req->mode == TN_MODE_SMART  ? THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_SMART
                                               : THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_ACCURATE;
+    opt->fit = (Thumbnail__V1__FitMode)req->fit; /* enum tn_fit has the proto's values */
+    opt->pad_color = req->pad_color;
+    opt->count = req->count;
+    opt->every = req->every;
+    opt->cover_art = req->cover_art;
 }
 
 /* Upload options, data, end. Stops early when the status arrives or a send fails. */
@@ -421,7 +428,10 @@ void tn_rpc_generate(grpc_channel *ch, grpc_completion_queue *cq, const struct t
     start(&c, ops, 2, TAG_STATUS);
 
     struct rx rx = {.sink = sink,
-                    .expected = req->n_times ? (uint32_t)req->n_times : 1,
+                    .expected = req->count       ? req->count
+                                : req->every > 0 ? TN_IPC_MAX_TIMES
+                                : req->n_times   ? (uint32_t)req->n_times
+                                                 : 1,
                     .format = req->format ? req->format : TN_FORMAT_PNG};
     upload(&c, req, sink, res);
     receive(&c, &rx, res);
@@ -442,7 +452,7 @@ void tn_rpc_generate(grpc_channel *ch, grpc_completion_queue *cq, const struct t
     } else if (rx.in_thumb) {
         fail(res, "protocol error: stream ended with %llu bytes of thumbnail %u missing",
              (unsigned long long)rx.remaining, rx.index);
-    } else if (rx.complete < rx.expected) {
+    } else if (req->every > 0 ? rx.complete < 1 : rx.complete < rx.expected) {
         fail(res, "server sent %u of %u thumbnails", rx.complete, rx.expected);
     }
     call_destroy(&c);

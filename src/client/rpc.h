@@ -53,6 +53,7 @@ struct tn_rpc_thumb {
     double requested_time;
     double actual_time;
     uint64_t size;
+    char reason[TN_IPC_REASON_MAX]; /* Thumbnail.reason: how the server got the picture */
 };
 
 /*
@@ -87,6 +88,12 @@ struct tn_rpc_request {
     uint64_t chunk_size;         /* bytes of video per message */
     double timeout;              /* seconds from the start of the call */
     volatile sig_atomic_t *stop; /* set asynchronously: cancel the call; may be NULL */
+    /* engine options */
+    int fit;            /* enum tn_fit; 0 = the server's default */
+    uint32_t pad_color; /* 0xRRGGBB */
+    uint32_t count;     /* > 0: expect this many thumbnails (n_times must be 0) */
+    double every;       /* > 0: expect 1..TN_IPC_MAX_TIMES thumbnails (n_times must be 0) */
+    bool cover_art;
 };
 
 struct tn_rpc_result {
@@ -102,7 +109,8 @@ struct tn_rpc_result {
 /*
  * One Generate call: upload req->size bytes of req->fd, pass the thumbnails to
  * the sink, wait for the status. Success means code == GRPC_STATUS_OK, !local,
- * and every expected thumbnail (max(1, n_times)) arrived complete; anything
+ * and every expected thumbnail (count, or max(1, n_times); with every, at
+ * least one) arrived complete; anything
  * else is described in res->message. cq must be a for_next queue used by this
  * thread only, and is empty again on return.
  */

@@ -29,6 +29,7 @@ size_t tn_ipc_size(unsigned type)
     case TN_IPC_ACK: return sizeof(struct tn_ipc_ack);
     case TN_IPC_RESULT: return sizeof(struct tn_ipc_result);
     case TN_IPC_DONE: return sizeof(struct tn_ipc_done);
+    case TN_IPC_RESULT_INFO: return sizeof(struct tn_ipc_result_info);
     default: return 0;
     }
 }

@@ -35,11 +35,15 @@ enum tn_ipc_type {
     TN_IPC_ACK = 2,    /* worker -> front: job taken, by this pid */
     TN_IPC_RESULT = 3, /* worker -> front, fd [memfd with the image] */
     TN_IPC_DONE = 4,   /* worker -> front: last message of a job */
+    /* engine (10..14) */
+    TN_IPC_RESULT_INFO = 10, /* worker -> front: the reason text of the next RESULT */
 };
 
 /* Same values as the proto's ImageFormat and SeekMode enums (checked in the front). */
 enum tn_format { TN_FORMAT_PNG = 1, TN_FORMAT_JPEG = 2, TN_FORMAT_WEBP = 3 };
-enum tn_mode { TN_MODE_ACCURATE = 1, TN_MODE_KEYFRAME = 2 };
+enum tn_mode { TN_MODE_ACCURATE = 1, TN_MODE_KEYFRAME = 2, TN_MODE_SMART = 3 };
+/* Same values as the proto's FitMode. */
+enum tn_fit { TN_FIT_FIT = 1, TN_FIT_FILL = 2, TN_FIT_PAD = 3 };
 
 enum tn_time_kind { TN_TIME_SECONDS = 1, TN_TIME_PERCENT = 2 };
 
@@ -71,6 +75,14 @@ struct tn_ipc_job {
     uint32_t png_level; /* zlib level 1..9; 0 = the engine's default */
     struct tn_time_point times[TN_IPC_MAX_TIMES];
     char file_name[TN_IPC_NAME_MAX]; /* NUL-terminated, for logs and as a format hint */
+    /* engine options */
+    uint8_t fit;       /* enum tn_fit; 0 = FIT */
+    uint8_t cover_art; /* 0/1: prefer the attached picture */
+    uint16_t engine_pad;
+    uint32_t pad_color; /* 0xRRGGBB for TN_FIT_PAD */
+    uint32_t count;     /* > 0: this many evenly spaced points instead of times */
+    uint32_t engine_pad2;
+    double every; /* > 0: a point every this many seconds instead of times */
 };
 
 struct tn_ipc_ack {
@@ -90,6 +102,17 @@ struct tn_ipc_result {
     uint64_t size;         /* bytes of the image in the memfd (from offset 0) */
 };
 
+#define TN_IPC_REASON_MAX 200
+
+/* Sent just before the RESULT of the same index when the engine has
+ * something to say about how it got the picture. */
+struct tn_ipc_result_info {
+    struct tn_ipc_header h;
+    uint32_t index;
+    uint32_t pad;
+    char reason[TN_IPC_REASON_MAX]; /* NUL-terminated */
+};
+
 struct tn_ipc_done {
     struct tn_ipc_header h;
     int32_t code; /* enum tn_code */
@@ -104,6 +127,7 @@ union tn_ipc_any {
     struct tn_ipc_ack ack;
     struct tn_ipc_result result;
     struct tn_ipc_done done;
+    struct tn_ipc_result_info info;
 };
 
 /* Milliseconds on CLOCK_MONOTONIC: the clock of tn_ipc_job.deadline_ms. The

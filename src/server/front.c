@@ -79,6 +79,8 @@ _Static_assert(GRPC_STATUS_DEADLINE_EXCEEDED == (int)TN_DEADLINE_EXCEEDED, "stat
 _Static_assert(GRPC_STATUS_UNAUTHENTICATED == (int)TN_UNAUTHENTICATED, "status numbering");
 _Static_assert((int)THUMBNAIL__V1__IMAGE_FORMAT__IMAGE_FORMAT_PNG == (int)TN_FORMAT_PNG, "format");
 _Static_assert((int)THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_KEYFRAME == (int)TN_MODE_KEYFRAME, "mode");
+_Static_assert((int)THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_SMART == (int)TN_MODE_SMART, "mode");
+_Static_assert((int)THUMBNAIL__V1__FIT_MODE__FIT_MODE_PAD == (int)TN_FIT_PAD, "fit");
 
 #define KILL_MARGIN_MS 1000 /* past the job deadline before the worker is killed */
 #define POLL_TICK_MS 100
@@ -149,6 +151,7 @@ struct stream_call;
 struct result {
     struct result *next;
     struct tn_ipc_result meta;
+    char reason[TN_IPC_REASON_MAX]; /* from the RESULT_INFO before it; "" if none */
     int fd;
     unsigned char *map;
 };
@@ -187,7 +190,8 @@ struct gen_call {
     bool killed;
     int64_t job_deadline_ms;
     struct result *res_head, *res_tail;
-    struct result *cur; /* being streamed */
+    struct tn_ipc_result_info next_info; /* engine: applies to the next RESULT of its index */
+    struct result *cur;                  /* being streamed */
     bool cur_header_sent;
     uint64_t cur_off;
     bool sending;
@@ -425,7 +429,7 @@ static grpc_byte_buffer *data_message(const unsigned char *p, size_t len)
     return bb;
 }
 
-static grpc_byte_buffer *header_message(const struct tn_ipc_result *m)
+static grpc_byte_buffer *header_message(const struct tn_ipc_result *m, const char *reason)
 {
     Thumbnail__V1__Thumbnail th = THUMBNAIL__V1__THUMBNAIL__INIT;
     Thumbnail__V1__GenerateResponse resp = THUMBNAIL__V1__GENERATE_RESPONSE__INIT;
@@ -436,6 +440,7 @@ static grpc_byte_buffer *header_message(const struct tn_ipc_result *m)
     th.height = m->height;
     th.format = (Thumbnail__V1__ImageFormat)m->format;
     th.size = m->size;
+    th.reason = (char *)reason;
     resp.msg_case = THUMBNAIL__V1__GENERATE_RESPONSE__MSG_THUMBNAIL;
     resp.thumbnail = &th;
     return tn_pb_pack(&resp.base);
@@ -463,7 +468,7 @@ static void kick_send_locked(struct gen_call *c)
     }
     if (!c->dead && c->cur) {
         if (!c->cur_header_sent) {
-            c->send_buf = header_message(&c->cur->meta);
+            c->send_buf = header_message(&c->cur->meta, c->cur->reason);
         } else {
             uint64_t left = c->cur->meta.size - c->cur_off;
             size_t len = (size_t)(left < c->f->cfg->chunk_size ? left : c->f->cfg->chunk_size);
@@ -627,6 +632,51 @@ static int check_spool_space(struct gen_call *c)
     return -1;
 }
 
+/* engine: fit, pad colour, count / every, cover art into c->job. The engine
+ * checks them against the video (every vs the duration); here only what
+ * needs no video. Returns 0 or fails the call and returns -1. */
+static int take_engine_options(struct gen_call *c, const Thumbnail__V1__Options *o)
+{
+    struct tn_ipc_job *j = &c->job;
+
+    switch (o->fit) {
+    case THUMBNAIL__V1__FIT_MODE__FIT_MODE_UNSPECIFIED:
+    case THUMBNAIL__V1__FIT_MODE__FIT_MODE_FIT: j->fit = TN_FIT_FIT; break;
+    case THUMBNAIL__V1__FIT_MODE__FIT_MODE_FILL: j->fit = TN_FIT_FILL; break;
+    case THUMBNAIL__V1__FIT_MODE__FIT_MODE_PAD: j->fit = TN_FIT_PAD; break;
+    default: gen_fail(c, TN_INVALID_ARGUMENT, "unknown fit mode %d", (int)o->fit); return -1;
+    }
+    if (j->fit != TN_FIT_FIT && (!o->max_width || !o->max_height)) {
+        gen_fail(c, TN_INVALID_ARGUMENT, "fit %s needs a box: give both max_width and max_height",
+                 j->fit == TN_FIT_FILL ? "FILL" : "PAD");
+        return -1;
+    }
+    if (o->pad_color > 0xffffff) {
+        gen_fail(c, TN_INVALID_ARGUMENT, "pad_color 0x%x is not an RGB colour 0xRRGGBB",
+                 o->pad_color);
+        return -1;
+    }
+    if (o->every != 0 && (!isfinite(o->every) || o->every < 0.001)) {
+        gen_fail(c, TN_INVALID_ARGUMENT, "every %g s: use an interval of at least 0.001 s",
+                 o->every);
+        return -1;
+    }
+    if (o->count > TN_IPC_MAX_TIMES) {
+        gen_fail(c, TN_INVALID_ARGUMENT, "count %u: at most %d thumbnails per call", o->count,
+                 TN_IPC_MAX_TIMES);
+        return -1;
+    }
+    if ((o->count || o->every > 0) && (o->n_times || (o->count && o->every > 0))) {
+        gen_fail(c, TN_INVALID_ARGUMENT, "give one of times, count and every");
+        return -1;
+    }
+    j->pad_color = o->pad_color;
+    j->count = o->count;
+    j->every = o->every;
+    j->cover_art = o->cover_art ? 1 : 0;
+    return 0;
+}
+
 /* Validate Options into c->job. Returns 0 or fails the call and returns -1. */
 static int take_options(struct gen_call *c, const Thumbnail__V1__Options *o)
 {
@@ -702,6 +752,7 @@ static int take_options(struct gen_call *c, const Thumbnail__V1__Options *o)
     case THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_UNSPECIFIED:
     case THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_ACCURATE: j->mode = TN_MODE_ACCURATE; break;
     case THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_KEYFRAME: j->mode = TN_MODE_KEYFRAME; break;
+    case THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_SMART: j->mode = TN_MODE_SMART; break;
     default: gen_fail(c, TN_INVALID_ARGUMENT, "unknown seek mode %d", (int)o->mode); return -1;
     }
     if (o->quality > 100) {
@@ -717,6 +768,8 @@ static int take_options(struct gen_call *c, const Thumbnail__V1__Options *o)
     j->quality = o->quality;
     j->lossless = o->lossless ? 1 : 0;
     j->png_level = o->png_level;
+    if (take_engine_options(c, o) < 0)
+        return -1;
     c->declared = o->size;
     if (c->declared && check_spool_space(c) < 0)
         return -1;
@@ -1643,6 +1696,9 @@ static void handle_reply(struct front *f, struct gen_call *c)
                 free_result(r);
                 break;
             }
+            if (c->next_info.h.type == TN_IPC_RESULT_INFO && c->next_info.index == r->meta.index)
+                memcpy(r->reason, c->next_info.reason, sizeof(r->reason));
+            c->next_info.h.type = 0;
             if (c->res_tail)
                 c->res_tail->next = r;
             else
@@ -1651,6 +1707,10 @@ static void handle_reply(struct front *f, struct gen_call *c)
             kick_send_locked(c);
             break;
         }
+        case TN_IPC_RESULT_INFO:
+            m.info.reason[sizeof(m.info.reason) - 1] = 0;
+            c->next_info = m.info;
+            break;
         case TN_IPC_DONE:
             m.done.message[sizeof(m.done.message) - 1] = 0;
             if (m.done.code == TN_OK)

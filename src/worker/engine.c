@@ -51,6 +51,7 @@
 
 #include "colour.h"
 #include "log.h"
+#include "smart.h"
 #include "status.h"
 
 #define IO_BUFFER_SIZE (64 * 1024)
@@ -68,6 +69,10 @@
 #define PNG_LEVEL 1     /* default zlib level: see encode_png() */
 #define JPEG_QUALITY 85 /* quality 0 in the request: these, as the proto documents */
 #define WEBP_QUALITY 80
+#define SMART_NEAR 5  /* SMART: keyframes compared (frames kept) */
+#define SMART_MAX 12  /* SMART: keyframes decoded at most, looking past black ones */
+#define SMART_SIDE 64 /* SMART: the analysis image, SMART_SIDE x SMART_SIDE */
+#define REASON_MAX 200
 
 /* Real video containers only. No playlists (hls, dash, concat), no image
  * sequences (image2): those name other files. Matched against the demuxer's
@@ -298,7 +303,13 @@ struct engine {
     uint8_t *rgb, *rot; /* scaled image, rotated image */
     size_t rgb_cap, rot_cap;
     struct membuf out; /* the encoded image (PNG and JPEG; WebP has its own writer) */
-    tjhandle tj;       /* JPEG compressor, made on first use */
+    uint8_t *canvas;   /* PAD: the box, border colour around the picture */
+    size_t canvas_cap;
+    const AVStream *img_st;    /* whose geometry (matrix, SAR) e->cur has: st or the cover */
+    char pick[REASON_MAX];     /* how e->cur was chosen (SMART, cover art), for the reason */
+    struct tn_colour *analyse; /* SMART's small renderings, made on first use */
+    size_t n_points;
+    tjhandle tj; /* JPEG compressor, made on first use */
 };
 
 static int fail(struct engine *e, int code, const char *fmt, ...)
@@ -325,7 +336,7 @@ static int fail_av(struct engine *e, int code, int averr, const char *what)
         return fail(e, code,
                     "deadline exceeded after decoding %" PRId64
                     " frames (%zu of %zu thumbnails done)",
-                    e->frames, e->done, e->req->n_times);
+                    e->frames, e->done, e->n_points);
     if (code == TN_CANCELLED)
         return fail(e, code, "job cancelled (the client went away or the server gave up on it)");
     /* Under RLIMIT_AS, ENOMEM is the file's doing (e.g. an MP4 sample table that
@@ -374,11 +385,39 @@ static int validate_request(struct engine *e)
         return fail(e, TN_INVALID_ARGUMENT,
                     "PNG compression level %u is out of range: use 1..9 (0 = default)",
                     req->png_level);
-    if (req->mode != TN_MODE_ACCURATE && req->mode != TN_MODE_KEYFRAME)
-        return fail(e, TN_INVALID_ARGUMENT, "unknown seek mode %d; use ACCURATE or KEYFRAME",
+    if (req->mode != TN_MODE_ACCURATE && req->mode != TN_MODE_KEYFRAME &&
+        req->mode != TN_MODE_SMART)
+        return fail(e, TN_INVALID_ARGUMENT, "unknown seek mode %d; use ACCURATE, KEYFRAME or SMART",
                     req->mode);
-    if (!req->times || req->n_times == 0)
+    if (req->fit != 0 && req->fit != TN_FIT_FIT && req->fit != TN_FIT_FILL &&
+        req->fit != TN_FIT_PAD)
+        return fail(e, TN_INVALID_ARGUMENT, "unknown fit mode %d; use FIT, FILL or PAD", req->fit);
+    if ((req->fit == TN_FIT_FILL || req->fit == TN_FIT_PAD) &&
+        (!req->max_width || !req->max_height))
+        return fail(e, TN_INVALID_ARGUMENT, "%s needs a box: give both max_width and max_height",
+                    req->fit == TN_FIT_FILL ? "fit FILL" : "fit PAD");
+    if (req->pad_color > 0xffffff)
+        return fail(e, TN_INVALID_ARGUMENT, "pad colour 0x%x is not an RGB colour 0xRRGGBB",
+                    req->pad_color);
+    if (req->every != 0 && (!isfinite(req->every) || req->every < 0.001))
+        return fail(e, TN_INVALID_ARGUMENT,
+                    "every %g s: the interval must be at least 0.001 s (0 = not used)", req->every);
+    if (req->count > TN_IPC_MAX_TIMES)
+        return fail(e, TN_INVALID_ARGUMENT, "count %u: at most %d thumbnails per call", req->count,
+                    TN_IPC_MAX_TIMES);
+    if (req->count && req->every > 0)
+        return fail(e, TN_INVALID_ARGUMENT, "give count or every, not both");
+    if (req->count || req->every > 0) {
+        if (req->n_times)
+            return fail(e, TN_INVALID_ARGUMENT,
+                        "give time points or count/every, not both (%zu time points given)",
+                        req->n_times);
+    } else if (!req->times || req->n_times == 0) {
         return fail(e, TN_INVALID_ARGUMENT, "no time points requested");
+    } else if (req->n_times > TN_IPC_MAX_TIMES) {
+        return fail(e, TN_INVALID_ARGUMENT, "%zu time points: at most %d per call", req->n_times,
+                    TN_IPC_MAX_TIMES);
+    }
     if (req->max_width > MAX_OUTPUT_SIDE || req->max_height > MAX_OUTPUT_SIDE)
         return fail(e, TN_INVALID_ARGUMENT, "thumbnail size %ux%u is too large (at most %d a side)",
                     req->max_width, req->max_height, MAX_OUTPUT_SIDE);
@@ -676,10 +715,43 @@ static int cmp_point(const void *a, const void *b)
     return p->index < q->index ? -1 : p->index > q->index;
 }
 
-static void resolve_times(struct engine *e, struct point *pts)
+static void set_point(struct engine *e, struct point *p, unsigned index, double s)
+{
+    p->index = index;
+    p->seconds = s;
+    /* 1e9 s (31 years) keeps the arithmetic in range; it is past any end */
+    int64_t us = llrint(fmin(s, 1e9) * AV_TIME_BASE);
+    p->target = e->start_pts + av_rescale_q(us, AV_TIME_BASE_Q, e->st->time_base);
+}
+
+/* The points to serve, sorted by time, into pts (room for TN_IPC_MAX_TIMES):
+ * the request's times, or count / every resolved against the duration. */
+static int resolve_times(struct engine *e, struct point *pts)
 {
     const struct tn_engine_request *req = e->req;
 
+    if (req->count || req->every > 0) {
+        if (e->duration <= 0)
+            return fail(e, TN_INVALID_ARGUMENT,
+                        "the video's duration is unknown: count and every need it; give times");
+        if (req->count) {
+            e->n_points = req->count;
+            for (unsigned i = 0; i < req->count; i++)
+                set_point(e, &pts[i], i, e->duration * (i + 0.5) / req->count);
+        } else {
+            double n = floor(e->duration / req->every - 1e-9) + 1;
+            if (n > TN_IPC_MAX_TIMES)
+                return fail(e, TN_INVALID_ARGUMENT,
+                            "every %g s makes %.0f thumbnails of this %.1f s video; at most %d per "
+                            "call: use a longer interval or count",
+                            req->every, n, e->duration, TN_IPC_MAX_TIMES);
+            e->n_points = (size_t)n;
+            for (size_t i = 0; i < e->n_points; i++)
+                set_point(e, &pts[i], (unsigned)i, req->every * (double)i);
+        }
+        return TN_OK;
+    }
+    e->n_points = req->n_times;
     for (size_t i = 0; i < req->n_times; i++) {
         const struct tn_time_point *tp = &req->times[i];
         double s = tp->value;
@@ -691,13 +763,10 @@ static void resolve_times(struct engine *e, struct point *pts)
                 s = e->duration * tp->value / 100.0;
             }
         }
-        pts[i].index = (unsigned)i;
-        pts[i].seconds = s;
-        /* 1e9 s (31 years) keeps the arithmetic in range; it is past any end */
-        int64_t us = llrint(fmin(s, 1e9) * AV_TIME_BASE);
-        pts[i].target = e->start_pts + av_rescale_q(us, AV_TIME_BASE_Q, e->st->time_base);
+        set_point(e, &pts[i], (unsigned)i, s);
     }
     qsort(pts, req->n_times, sizeof(*pts), cmp_point);
+    return TN_OK;
 }
 
 /* ---- decoding ----------------------------------------------------------- */
@@ -1057,13 +1126,167 @@ static int serve_keyframe(struct engine *e, int64_t target)
     return code;
 }
 
+/* SMART: a small rendering of e->cur, judged (smart.h). */
+static int judge(struct engine *e, struct tn_smart_stats *st)
+{
+    uint8_t small[SMART_SIDE * SMART_SIDE * 3 + 64];
+    char cerr[128];
+    unsigned did;
+
+    if (!e->analyse && !(e->analyse = tn_colour_new()))
+        return fail_av(e, TN_INVALID_ARGUMENT, AVERROR(ENOMEM), "smart mode");
+    if (tn_colour_to_rgb(e->analyse, e->cur, SMART_SIDE, SMART_SIDE, small, SMART_SIDE * 3, &did,
+                         cerr, sizeof(cerr)) < 0)
+        return fail(e, TN_INVALID_ARGUMENT, "smart mode: %s", cerr);
+    tn_smart_analyse(small, SMART_SIDE, SMART_SIDE, SMART_SIDE * 3, st);
+    return TN_OK;
+}
+
+/* The keyframe at or before ts per the index, AV_NOPTS_VALUE if unknown. */
+static int64_t indexed_key(const struct engine *e, int64_t ts)
+{
+    if (avformat_index_get_entries_count(e->st) <= 0)
+        return AV_NOPTS_VALUE;
+    int idx = av_index_search_timestamp(e->st, ts, AVSEEK_FLAG_BACKWARD);
+    return idx < 0 ? AV_NOPTS_VALUE : avformat_index_get_entry(e->st, idx)->timestamp;
+}
+
+/* SMART: keyframes at target + 0, 1, 2, 3, 4 steps (a step is 1/20 of the
+ * video, at least 1 s), each decoded alone; if all of those are black or
+ * blank, further ones at growing distances until one is not (at most
+ * SMART_MAX decoded). The chosen frame ends in e->cur, the reason in
+ * e->pick. Only the SMART_NEAR candidates' frames are kept. */
+static int serve_smart(struct engine *e, int64_t target)
+{
+    AVFrame *keep[SMART_NEAR] = {0};
+    int64_t keep_pts[SMART_NEAR], keep_key[SMART_NEAR], seen[SMART_MAX];
+    struct tn_smart_stats st[SMART_MAX];
+    size_t n = 0, n_seen = 0;
+    int code = TN_OK, picked = -1;
+    double step_s = e->duration > 0 ? fmax(1.0, e->duration / 20) : 2.0;
+    int64_t step = av_rescale_q(llrint(step_s * AV_TIME_BASE), AV_TIME_BASE_Q, e->st->time_base);
+    double off = 0;
+
+    for (int k = 0; k < 64 && n < SMART_MAX; k++) {
+        if (k > 0) /* 1, 2, 3, 4, then x1.5 each */
+            off = k < SMART_NEAR ? k : off * 1.5;
+        int64_t t = target + (int64_t)(off * (double)step);
+        if (k > 0 && e->end_pts != AV_NOPTS_VALUE && t >= e->end_pts)
+            break;
+        int64_t kf = indexed_key(e, t), dup = 0;
+        for (size_t i = 0; i < n_seen && kf != AV_NOPTS_VALUE; i++)
+            dup |= seen[i] == kf;
+        if (dup)
+            continue;
+        e->have_cur = 0; /* the previous candidate was moved out */
+        if ((code = serve_keyframe(e, t)) != TN_OK)
+            goto out;
+        int64_t key = e->cur_key != AV_NOPTS_VALUE ? e->cur_key : e->cur_pts;
+        for (size_t i = 0; i < n_seen; i++)
+            dup |= seen[i] == key;
+        if (dup)
+            continue;
+        seen[n_seen++] = key;
+        if ((code = judge(e, &st[n])) != TN_OK)
+            goto out;
+        tn_log_debug("smart: candidate at %" PRId64 ": mean %.1f, stddev %.1f -> %s", e->cur_pts,
+                     st[n].mean, st[n].stddev,
+                     st[n].verdict == TN_SMART_OK      ? "ok"
+                     : st[n].verdict == TN_SMART_BLACK ? "black"
+                                                       : "blank");
+        if (n < SMART_NEAR) {
+            if (!(keep[n] = av_frame_alloc())) {
+                code = fail_av(e, TN_INVALID_ARGUMENT, AVERROR(ENOMEM), "smart mode");
+                goto out;
+            }
+            av_frame_move_ref(keep[n], e->cur);
+            keep_pts[n] = e->cur_pts;
+            keep_key[n] = key;
+            n++;
+        } else {
+            n++;
+            if (st[n - 1].verdict == TN_SMART_OK) { /* the first good one out here */
+                picked = (int)n - 1;
+                e->have_cur = 1;
+                break;
+            }
+        }
+        /* enough when the near ones are done and one of them was good */
+        if (n >= SMART_NEAR && tn_smart_pick(st, n) >= 0)
+            break;
+        if (k + 1 >= SMART_NEAR && n < SMART_NEAR && tn_smart_pick(st, n) >= 0)
+            break;
+    }
+    if (picked < 0) {
+        picked = tn_smart_pick(st, n < SMART_NEAR ? n : SMART_NEAR);
+        int use = picked >= 0 ? picked : 0; /* none good: the requested time's */
+        if (n == 0) {
+            code = fail(e, TN_INVALID_ARGUMENT, "the video stream has no decodable frame");
+            goto out;
+        }
+        av_frame_unref(e->cur);
+        av_frame_move_ref(e->cur, keep[use]);
+        e->cur_pts = keep_pts[use];
+        e->cur_key = keep_key[use];
+        e->have_cur = 1;
+        e->cur_exact = 0;
+    }
+    tn_smart_reason(st, n, picked, e->pick, sizeof(e->pick));
+out:
+    for (size_t i = 0; i < SMART_NEAR; i++)
+        av_frame_free(&keep[i]);
+    return code;
+}
+
+/* The attached picture (cover art) decoded into e->cur; e->img_st is its
+ * stream. 1 if there is one, 0 if not (or it cannot be decoded: then the
+ * video is used, and the log says why), else a failure code (negative). */
+static int cover_art(struct engine *e)
+{
+    AVCodecContext *dec = NULL;
+    int found = 0, ret;
+
+    for (unsigned i = 0; i < e->fmt->nb_streams && !found; i++) {
+        const AVStream *cs = e->fmt->streams[i];
+        if (!(cs->disposition & AV_DISPOSITION_ATTACHED_PIC) || cs->attached_pic.size <= 0)
+            continue;
+        const AVCodec *codec = avcodec_find_decoder(cs->codecpar->codec_id);
+        if (!codec || !(dec = avcodec_alloc_context3(codec)) ||
+            avcodec_parameters_to_context(dec, cs->codecpar) < 0) {
+            avcodec_free_context(&dec);
+            continue;
+        }
+        if (e->req->limits && e->req->limits->max_pixels)
+            dec->max_pixels = (int64_t)e->req->limits->max_pixels;
+        dec->thread_count = 1;
+        if ((ret = avcodec_open2(dec, codec, NULL)) >= 0 &&
+            (ret = avcodec_send_packet(dec, &cs->attached_pic)) >= 0 &&
+            (ret = avcodec_send_packet(dec, NULL)) >= 0 &&
+            (ret = avcodec_receive_frame(dec, e->frame)) >= 0) {
+            av_frame_unref(e->cur);
+            av_frame_move_ref(e->cur, e->frame);
+            e->img_st = cs;
+            found = 1;
+        } else {
+            tn_log_info("cover art in stream %u cannot be decoded (%s): using the video", i,
+                        av_err2str(ret));
+        }
+        avcodec_free_context(&dec);
+    }
+    return found;
+}
+
 /* ---- image: geometry, scale, rotate, PNG, memfd ------------------------- */
 
 struct geom {
     int sw, sh;       /* scaled size, before rotation */
-    int ow, oh;       /* output size */
+    int ow, oh;       /* scaled size, rotated */
     int transpose;    /* rotated by 90 or 270 degrees */
     int rev_a, rev_b; /* see orient() */
+    int cx, cy;       /* FILL: the window of ow x oh that is kept, cw x ch */
+    int cw, ch;
+    int bw, bh; /* the image: cw x ch, or PAD's box with the picture at px, py */
+    int px, py;
 };
 
 /* From the display matrix (row-major a b u / c d v / x y w, 16.16), to the
@@ -1091,24 +1314,43 @@ static void orient(const AVStream *st, struct geom *g)
     }
 }
 
-/* Fit the displayed picture (SAR applied, rotated) in the box. */
+/* Fit the displayed picture (SAR applied, rotated) in the box: FIT inside
+ * it, FILL covering it (then cropped to it), PAD inside it on a canvas of
+ * exactly the box. Without upscale nothing is enlarged: FILL then crops to
+ * the box's aspect at the video's scale, PAD centres the picture. */
 static int fit(struct engine *e, const AVFrame *f, struct geom *g)
 {
     const struct tn_engine_request *req = e->req;
-    AVRational sar = av_guess_sample_aspect_ratio(e->fmt, e->st, (AVFrame *)f);
+    const AVStream *st = e->img_st ? e->img_st : e->st;
+    AVRational sar = f->sample_aspect_ratio;
     double dw = f->width, dh = f->height;
+    int mode = req->fit ? req->fit : TN_FIT_FIT;
 
+    if (st == e->st)
+        sar = av_guess_sample_aspect_ratio(e->fmt, (AVStream *)st, (AVFrame *)f);
     if (sar.num > 0 && sar.den > 0)
         dw = dw * sar.num / sar.den;
-    orient(e->st, g);
+    if (st == e->st)
+        orient(st, g);
+    else
+        g->transpose = g->rev_a = g->rev_b = 0; /* cover art: no display matrix */
     double rw = g->transpose ? dh : dw, rh = g->transpose ? dw : dh;
-    double s = INFINITY;
-    if (req->max_width)
-        s = req->max_width / rw;
-    if (req->max_height)
-        s = fmin(s, req->max_height / rh);
-    if (!isfinite(s) || (!req->upscale && s > 1))
-        s = 1;
+    double s = INFINITY, bw = req->max_width, bh = req->max_height;
+    if (mode == TN_FIT_FILL) {
+        s = fmax(bw / rw, bh / rh);
+        if (!req->upscale && s > 1) { /* the largest window of the box's aspect */
+            bw /= s;
+            bh /= s;
+            s = 1;
+        }
+    } else {
+        if (req->max_width)
+            s = bw / rw;
+        if (req->max_height)
+            s = fmin(s, bh / rh);
+        if (!isfinite(s) || (!req->upscale && s > 1))
+            s = 1;
+    }
     double ow = fmax(1, round(rw * s)), oh = fmax(1, round(rh * s));
     if (ow > MAX_OUTPUT_SIDE || oh > MAX_OUTPUT_SIDE)
         return fail(e, TN_INVALID_ARGUMENT,
@@ -1118,6 +1360,24 @@ static int fit(struct engine *e, const AVFrame *f, struct geom *g)
     g->oh = (int)oh;
     g->sw = g->transpose ? g->oh : g->ow;
     g->sh = g->transpose ? g->ow : g->oh;
+    g->cw = g->ow;
+    g->ch = g->oh;
+    g->cx = g->cy = 0;
+    if (mode == TN_FIT_FILL) {
+        g->cw = (int)fmin(g->ow, fmax(1, round(bw)));
+        g->ch = (int)fmin(g->oh, fmax(1, round(bh)));
+        g->cx = (g->ow - g->cw) / 2;
+        g->cy = (g->oh - g->ch) / 2;
+    }
+    g->bw = g->cw;
+    g->bh = g->ch;
+    g->px = g->py = 0;
+    if (mode == TN_FIT_PAD) {
+        g->bw = (int)fmax(g->cw, req->max_width);
+        g->bh = (int)fmax(g->ch, req->max_height);
+        g->px = (g->bw - g->cw) / 2;
+        g->py = (g->bh - g->ch) / 2;
+    }
     return TN_OK;
 }
 
@@ -1430,11 +1690,46 @@ static int encode(struct engine *e, const uint8_t *img, int w, int h, size_t str
     return fd;
 }
 
+/* PAD: the picture (w x h at img, stride) centred on the box in the
+ * border colour, into e->canvas. Returns the canvas or NULL (ENOMEM). */
+static const uint8_t *pad(struct engine *e, const struct geom *g, const uint8_t *img, size_t stride)
+{
+    size_t row = (size_t)g->bw * 3;
+    uint8_t rgb[3] = {(uint8_t)(e->req->pad_color >> 16), (uint8_t)(e->req->pad_color >> 8),
+                      (uint8_t)e->req->pad_color};
+
+    if (grow(&e->canvas, &e->canvas_cap, row * g->bh) < 0)
+        return NULL;
+    for (int y = 0; y < g->bh; y++) {
+        uint8_t *o = e->canvas + (size_t)y * row;
+        if (y >= g->py && y < g->py + g->ch) {
+            memcpy(o + (size_t)g->px * 3, img + (size_t)(y - g->py) * stride, (size_t)g->cw * 3);
+            for (int x = 0; x < g->px; x++)
+                memcpy(o + (size_t)x * 3, rgb, 3);
+            for (int x = g->px + g->cw; x < g->bw; x++)
+                memcpy(o + (size_t)x * 3, rgb, 3);
+        } else {
+            for (int x = 0; x < g->bw; x++)
+                memcpy(o + (size_t)x * 3, rgb, 3);
+        }
+    }
+    return e->canvas;
+}
+
+/* "<how it was picked>; <what the colour step did>" */
+static void make_reason(const struct engine *e, char *buf, size_t len)
+{
+    char colour[128];
+    tn_colour_describe(e->colour_did, colour, sizeof(colour));
+    snprintf(buf, len, "%s%s%s", e->pick, e->pick[0] && colour[0] ? "; " : "", colour);
+}
+
 static int emit_point(struct engine *e, const struct point *p, tn_engine_emit_fn emit, void *opaque)
 {
     struct geom g = {0};
     uint64_t size = 0;
     int stride = 0, code;
+    char reason[REASON_MAX];
 
     if ((code = fit(e, e->cur, &g)) != TN_OK || (code = scale(e, e->cur, &g, &stride)) != TN_OK)
         return code;
@@ -1446,25 +1741,34 @@ static int emit_point(struct engine *e, const struct point *p, tn_engine_emit_fn
         img = e->rot;
         img_stride = (size_t)g.ow * 3;
     }
-    int fd = encode(e, img, g.ow, g.oh, img_stride, &size);
+    img += (size_t)g.cy * img_stride + (size_t)g.cx * 3; /* FILL's crop */
+    if (g.bw != g.cw || g.bh != g.ch) {
+        if (!(img = pad(e, &g, img, img_stride)))
+            return fail_av(e, TN_INVALID_ARGUMENT, AVERROR(ENOMEM), "padding");
+        img_stride = (size_t)g.bw * 3;
+    }
+    int fd = encode(e, img, g.bw, g.bh, img_stride, &size);
     if (fd < 0)
         return -fd;
 
+    make_reason(e, reason, sizeof(reason));
+    const AVStream *st = e->img_st ? e->img_st : e->st;
     struct tn_engine_result r = {
         .index = p->index,
         .requested_time = p->seconds,
-        .actual_time = (e->cur_pts - e->start_pts) * av_q2d(e->st->time_base),
-        .width = (unsigned)g.ow,
-        .height = (unsigned)g.oh,
+        .actual_time = st == e->st ? (e->cur_pts - e->start_pts) * av_q2d(e->st->time_base) : 0,
+        .width = (unsigned)g.bw,
+        .height = (unsigned)g.bh,
         .format = e->req->format,
         .fd = fd,
         .size = size,
+        .reason = reason,
     };
     code = emit(opaque, &r); /* owns fd now */
     if (code != TN_OK)
         return fail(e, code,
                     "stopped after %zu of %zu thumbnails: the result could not be delivered",
-                    e->done, e->req->n_times);
+                    e->done, e->n_points);
     e->done++;
     return TN_OK;
 }
@@ -1504,7 +1808,7 @@ int tn_engine_run(const struct tn_engine_request *req, tn_engine_emit_fn emit, v
     e.frame = av_frame_alloc();
     e.prev = av_frame_alloc();
     e.cur = av_frame_alloc();
-    points = calloc(req->n_times, sizeof(*points));
+    points = calloc(TN_IPC_MAX_TIMES, sizeof(*points));
     if (!e.pkt || !e.frame || !e.prev || !e.cur || !points) {
         /* Nothing of the file is read yet: the worker itself is short. */
         code = fail(&e, TN_UNAVAILABLE, "the decode worker is out of memory; retrying is safe");
@@ -1518,19 +1822,38 @@ int tn_engine_run(const struct tn_engine_request *req, tn_engine_emit_fn emit, v
     if ((code = open_stream(&e)) != TN_OK)
         goto out;
     setup_timing(&e);
-    resolve_times(&e, points);
+    if ((code = resolve_times(&e, points)) != TN_OK)
+        goto out;
     tn_log_debug("%s: %s, %s %dx%d, %.3f s, stream info %s, nonref skip %s",
                  req->file_name ? req->file_name : "-", e.fmt->iformat->name,
                  avcodec_get_name(e.st->codecpar->codec_id), e.st->codecpar->width,
                  e.st->codecpar->height, e.duration, probe_streams ? "probed" : "from the header",
                  e.can_skip_nonref ? "on" : "off");
 
-    for (size_t i = 0; i < req->n_times; i++) {
-        code = req->mode == TN_MODE_KEYFRAME ? serve_keyframe(&e, points[i].target)
-                                             : serve_accurate(&e, points[i].target);
+    for (size_t i = 0; i < e.n_points; i++) {
+        e.pick[0] = '\0';
+        e.img_st = NULL;
+        if (req->cover_art && points[i].index == 0 && (code = cover_art(&e)) != 0) {
+            if (code < 0) {
+                code = -code;
+                goto out;
+            }
+            snprintf(e.pick, sizeof(e.pick), "cover art");
+            code = TN_OK;
+        } else if (req->mode == TN_MODE_SMART) {
+            code = serve_smart(&e, points[i].target);
+        } else {
+            code = req->mode == TN_MODE_KEYFRAME ? serve_keyframe(&e, points[i].target)
+                                                 : serve_accurate(&e, points[i].target);
+        }
         if (code != TN_OK || (code = check_stop(&e)) != TN_OK ||
             (code = emit_point(&e, &points[i], emit, opaque)) != TN_OK)
             goto out;
+        if (e.img_st) { /* the cover took e->cur: the next point decodes afresh */
+            av_frame_unref(e.cur);
+            e.have_cur = 0;
+            e.img_st = NULL;
+        }
     }
     code = TN_OK;
 
@@ -1544,6 +1867,8 @@ out:
     av_freep(&e.rgb);
     av_freep(&e.rot);
     tn_colour_free(&e.colour);
+    tn_colour_free(&e.analyse);
+    av_freep(&e.canvas);
     av_frame_free(&e.cur);
     av_frame_free(&e.prev);
     av_frame_free(&e.frame);

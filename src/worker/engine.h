@@ -27,7 +27,7 @@ struct tn_engine_request {
     uint64_t size;         /* bytes in fd */
     const char *file_name; /* for logs and as a format hint; may be NULL */
     const struct tn_time_point *times;
-    size_t n_times;     /* >= 1 */
+    size_t n_times;     /* >= 1, unless count or every is set; at most TN_IPC_MAX_TIMES */
     unsigned max_width; /* 0 = unbounded; not both 0 */
     unsigned max_height;
     int upscale; /* 0/1 */
@@ -41,6 +41,12 @@ struct tn_engine_request {
     int64_t deadline_ms; /* CLOCK_MONOTONIC ms; 0 = none. Checked in reads and between frames */
     int cancel_fd;       /* POLLHUP/POLLERR/readable EOF on it = abandon; -1 = none */
     const struct tn_engine_limits *limits; /* NULL = defaults */
+    /* engine options */
+    int fit;            /* enum tn_fit; 0 = FIT. FILL and PAD need both box sides */
+    uint32_t pad_color; /* 0xRRGGBB, PAD's border */
+    unsigned count;     /* > 0: this many evenly spaced points; times is ignored */
+    double every;       /* > 0: a point every this many seconds; times is ignored */
+    int cover_art;      /* 0/1: index 0 is the attached picture when there is one */
 };
 
 struct tn_engine_result {
@@ -51,6 +57,9 @@ struct tn_engine_result {
     int format; /* enum tn_format */
     int fd;     /* memfd with the image at offset 0, sealed; ownership passes to emit */
     uint64_t size;
+    /* For people: how the picture was chosen or treated ("skipped 2 black
+     * frames", "deinterlaced"); "" if nothing to say. Valid during emit. */
+    const char *reason;
 };
 
 /* Called once per thumbnail. Takes ownership of r->fd (must close it). Nonzero = stop the job
@@ -62,6 +71,10 @@ typedef int (*tn_engine_emit_fn)(void *opaque, const struct tn_engine_result *r)
  * emitted); on failure a message a user can act on is written to err, e.g.
  * "not a video file (no container format recognised)", "no video stream",
  * "deadline exceeded after decoding 120 frames".
+ *
+ * Modes: ACCURATE and KEYFRAME as in the proto; SMART looks at a few
+ * keyframes from the requested time on and takes the most representative
+ * one that is not black or blank (smart.h).
  */
 int tn_engine_run(const struct tn_engine_request *req, tn_engine_emit_fn emit, void *opaque,
                   char *err, size_t errlen);

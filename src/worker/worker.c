@@ -131,6 +131,24 @@ static int emit_result(void *opaque, const struct tn_engine_result *r)
     struct job_ctx *ctx = opaque;
     struct tn_ipc_result msg;
 
+    if (r->reason && r->reason[0]) {
+        struct tn_ipc_result_info info;
+        memset(&info, 0, sizeof(info));
+        tn_ipc_header_init(&info.h, TN_IPC_RESULT_INFO, ctx->job->h.job_id);
+        info.index = r->index;
+        snprintf(info.reason, sizeof(info.reason), "%s", r->reason);
+        int err = tn_ipc_send(ctx->reply, &info, sizeof(info), NULL, 0, 0);
+        if (err < 0) {
+            close(r->fd);
+            if (err == -EPIPE) {
+                ctx->peer_gone = 1;
+                return TN_CANCELLED;
+            }
+            tn_log_error("sendmsg() failed while sending a result of job %" PRIu64 ": %s",
+                         ctx->job->h.job_id, strerror(-err));
+            return TN_INTERNAL;
+        }
+    }
     memset(&msg, 0, sizeof(msg));
     tn_ipc_header_init(&msg.h, TN_IPC_RESULT, ctx->job->h.job_id);
     msg.index = r->index;
@@ -161,6 +179,13 @@ static void format_times(const struct tn_ipc_job *job, char *buf, size_t len)
     size_t off = 0;
 
     buf[0] = '\0';
+    if (job->count || job->every > 0) {
+        if (job->count)
+            snprintf(buf, len, "count %u", job->count);
+        else
+            snprintf(buf, len, "every %gs", job->every);
+        return;
+    }
     for (uint32_t i = 0; i < job->n_times && off + 1 < len; i++) {
         const struct tn_time_point *t = &job->times[i];
         int n = snprintf(buf + off, len - off, "%s%g%s", i ? "," : "", t->value,
@@ -218,7 +243,7 @@ static void run_job(struct tn_ipc_job *job, int video, int reply,
         .size = size,
         .file_name = job->file_name,
         .times = job->times,
-        .n_times = job->n_times,
+        .n_times = job->count || job->every > 0 ? 0 : job->n_times,
         .max_width = job->max_width,
         .max_height = job->max_height,
         .upscale = job->upscale,
@@ -230,6 +255,11 @@ static void run_job(struct tn_ipc_job *job, int video, int reply,
         .deadline_ms = job->deadline_ms,
         .cancel_fd = reply,
         .limits = &limits,
+        .fit = job->fit,
+        .pad_color = job->pad_color,
+        .count = job->count,
+        .every = job->every,
+        .cover_art = job->cover_art,
     };
     code = tn_engine_run(&req, emit_result, &ctx, err, sizeof(err));
 
@@ -291,6 +321,7 @@ void tn_worker_main(int queue_fd, const struct tn_worker_options *opt)
             tn_log_error("recvmsg() failed while reading a job: %s", strerror(-n));
             exit(1);
         }
+        /* count / every jobs carry the front's default point, ignored */
         if (msg.h.type == TN_IPC_JOB && nfds == 2 &&
             (msg.job.n_times < 1 || msg.job.n_times > TN_IPC_MAX_TIMES)) {
             /* a bug in the front: say so rather than look like a dead worker */

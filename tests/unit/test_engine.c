@@ -210,6 +210,17 @@ static int make_clips(void)
                 "'%s/interlaced.rgb'",
              d, d);
 
+    /* 5 s of black, then 5 s of picture: a scene-cut keyframe at 5 s */
+    r |= run(FF "-f lavfi -i \"color=black:s=320x180:r=25:d=5[a];testsrc2=s=320x180:r=25:d=5[b];"
+                "[a][b]concat=n=2:v=1:a=0\" -c:v libx264 -preset veryfast -pix_fmt yuv420p "
+                "'%s/blackintro.mp4'",
+             d);
+    /* h264.mp4 with a red 200x200 PNG as cover art */
+    r |= run(FF "-f lavfi -i color=c=red:s=200x200:d=1 -frames:v 1 '%s/cover.png'", d);
+    r |= run(FF "-i '%s/h264.mp4' -i '%s/cover.png' -map 0 -map 1 -c copy -c:v:1 png "
+                "-disposition:v:1 attached_pic '%s/cover.mp4'",
+             d, d, d);
+
     /* not videos */
     unsigned char junk[64 * 1024];
     srand(42);
@@ -256,6 +267,7 @@ static int group_teardown(void **state)
 
 struct result {
     struct tn_engine_result r;
+    char reason[256];
     unsigned char *data; /* the image, read back from the memfd */
     int sealed;
 };
@@ -275,6 +287,7 @@ static int emit(void *opaque, const struct tn_engine_result *r)
     struct stat sb;
 
     out->r = *r;
+    snprintf(out->reason, sizeof(out->reason), "%s", r->reason ? r->reason : "");
     assert_int_equal(fstat(r->fd, &sb), 0);
     assert_int_equal((uint64_t)sb.st_size, r->size);
     int seals = fcntl(r->fd, F_GET_SEALS);
@@ -295,6 +308,11 @@ static void run_free(struct run *run)
 }
 
 struct opts {
+    int fit;
+    uint32_t pad_color;
+    unsigned count;
+    double every;
+    int cover_art;
     unsigned max_width, max_height;
     int upscale, format, mode;
     unsigned quality, png_level;
@@ -335,6 +353,11 @@ static void engine(struct run *run, const char *name, const struct tn_time_point
         .deadline_ms = o->deadline_ms,
         .cancel_fd = o->cancel_fd,
         .limits = o->limits,
+        .fit = o->fit,
+        .pad_color = o->pad_color,
+        .count = o->count,
+        .every = o->every,
+        .cover_art = o->cover_art,
     };
     run->code = tn_engine_run(&req, emit, run, run->err, sizeof(run->err));
     close(fd);
@@ -962,6 +985,214 @@ static void test_deinterlace(void **state)
     run_free(&run);
 }
 
+/* ---- fit, count / every, smart, cover art ---------------------------------- */
+
+static void expect_error(const char *name, int code, const char *text, const struct opts *o);
+
+static const unsigned char *px(const unsigned char *rgb, unsigned w, unsigned x, unsigned y)
+{
+    return rgb + ((size_t)y * w + x) * 3;
+}
+
+static int is_rgb(const unsigned char *p, int r, int g, int b)
+{
+    return abs(p[0] - r) < 40 && abs(p[1] - g) < 40 && abs(p[2] - b) < 40;
+}
+
+/* One thumbnail of box.mp4 (320x240 blue, red 80x60 top-left) in o's box. */
+static unsigned char *box_thumb(const struct opts *o, unsigned w, unsigned h)
+{
+    const struct tn_time_point t = {.kind = TN_TIME_SECONDS, .value = 0};
+    struct run run;
+    unsigned gw, gh;
+
+    engine(&run, "box.mp4", &t, 1, o);
+    if (run.code != TN_OK)
+        fail_msg("box.mp4: %s", run.err);
+    assert_png(&run.res[0], w, h);
+    unsigned char *rgb = decode_png(&run.res[0], &gw, &gh);
+    run_free(&run);
+    return rgb;
+}
+
+static void test_fit_fill_pad(void **state)
+{
+    (void)state;
+    SKIP_WITHOUT_CLIPS();
+    struct opts o = defaults;
+    unsigned char *rgb;
+
+    o.max_width = 100;
+    o.max_height = 100;
+    rgb = box_thumb(&o, 100, 75); /* FIT (default) */
+    assert_true(is_rgb(px(rgb, 100, 2, 2), 255, 0, 0));
+    free(rgb);
+
+    /* FILL: scaled to 133x100, centre 100 kept: the red corner (33x25) loses 16 columns */
+    o.fit = TN_FIT_FILL;
+    rgb = box_thumb(&o, 100, 100);
+    assert_true(is_rgb(px(rgb, 100, 2, 2), 255, 0, 0));
+    assert_true(is_rgb(px(rgb, 100, 12, 12), 255, 0, 0));
+    assert_true(is_rgb(px(rgb, 100, 22, 12), 0, 0, 255));
+    assert_true(is_rgb(px(rgb, 100, 97, 97), 0, 0, 255));
+    free(rgb);
+
+    /* PAD: 100x75 centred on green: 12 rows above, 13 below */
+    o.fit = TN_FIT_PAD;
+    o.pad_color = 0x00ff00;
+    rgb = box_thumb(&o, 100, 100);
+    assert_true(is_rgb(px(rgb, 100, 50, 5), 0, 255, 0));
+    assert_true(is_rgb(px(rgb, 100, 50, 80), 0, 0, 255));
+    assert_true(is_rgb(px(rgb, 100, 50, 90), 0, 255, 0));
+    assert_true(is_rgb(px(rgb, 100, 2, 14), 255, 0, 0));
+    free(rgb);
+
+    /* no upscaling: FILL crops to the box's aspect, PAD centres the video */
+    o.max_width = 1000;
+    o.max_height = 500;
+    o.fit = TN_FIT_FILL;
+    free(box_thumb(&o, 320, 160));
+    o.fit = TN_FIT_PAD;
+    rgb = box_thumb(&o, 1000, 500);
+    assert_true(is_rgb(px(rgb, 1000, 339, 128), 0, 255, 0));
+    assert_true(is_rgb(px(rgb, 1000, 342, 132), 255, 0, 0));
+    free(rgb);
+    o.upscale = 1;
+    o.fit = TN_FIT_FILL;
+    free(box_thumb(&o, 1000, 500));
+
+    o = defaults;
+    o.fit = TN_FIT_FILL;
+    expect_error("h264.mp4", TN_INVALID_ARGUMENT, "needs a box", &o);
+    o.fit = 7;
+    expect_error("h264.mp4", TN_INVALID_ARGUMENT, "unknown fit mode", &o);
+}
+
+static void test_count_and_every(void **state)
+{
+    (void)state;
+    SKIP_WITHOUT_CLIPS();
+    struct opts o = defaults;
+    struct run run;
+
+    /* h264.mp4 is 3 s: count 4 = 0.375, 1.125, 1.875, 2.625 s */
+    o.count = 4;
+    engine(&run, "h264.mp4", NULL, 0, &o);
+    if (run.code != TN_OK)
+        fail_msg("%s", run.err);
+    assert_int_equal(run.n, 4);
+    for (size_t i = 0; i < 4; i++) {
+        assert_int_equal(run.res[i].r.index, i);
+        assert_true(fabs(run.res[i].r.requested_time - (i + 0.5) * 0.75) < 1e-6);
+        assert_true(run.res[i].r.actual_time >= run.res[i].r.requested_time - 1e-6);
+        assert_true(run.res[i].r.actual_time < run.res[i].r.requested_time + 0.041);
+    }
+    run_free(&run);
+
+    o.count = 0;
+    o.every = 1;
+    engine(&run, "h264.mp4", NULL, 0, &o);
+    assert_int_equal(run.code, TN_OK);
+    assert_int_equal(run.n, 3);
+    for (size_t i = 0; i < 3; i++)
+        assert_true(fabs(run.res[i].r.actual_time - (double)i) < 1e-6);
+    run_free(&run);
+
+    o.every = 0.04; /* 75 thumbnails */
+    engine(&run, "h264.mp4", NULL, 0, &o);
+    assert_int_equal(run.code, TN_INVALID_ARGUMENT);
+    assert_non_null(strstr(run.err, "at most 64"));
+    o.every = 1;
+    o.count = 2;
+    engine(&run, "h264.mp4", NULL, 0, &o);
+    assert_int_equal(run.code, TN_INVALID_ARGUMENT);
+    assert_non_null(strstr(run.err, "not both"));
+    o.count = 0; /* times and every */
+    expect_error("h264.mp4", TN_INVALID_ARGUMENT, "not both", &o);
+}
+
+static double mean_luma(const struct result *r)
+{
+    unsigned w, h;
+    unsigned char *rgb = decode_png(r, &w, &h);
+    double sum = 0;
+    for (size_t i = 0; i < (size_t)w * h; i++)
+        sum += 0.2126 * rgb[i * 3] + 0.7152 * rgb[i * 3 + 1] + 0.0722 * rgb[i * 3 + 2];
+    free(rgb);
+    return sum / ((double)w * h);
+}
+
+/* 5 s of black then picture: at 10 % (1 s) ACCURATE gives the black frame
+ * that was asked for, SMART a picture after the black, and says so. */
+static void test_smart_black_intro(void **state)
+{
+    (void)state;
+    SKIP_WITHOUT_CLIPS();
+    const struct tn_time_point t = {.kind = TN_TIME_PERCENT, .value = 10};
+    struct opts o = defaults;
+    struct run run;
+
+    engine(&run, "blackintro.mp4", &t, 1, &o);
+    assert_int_equal(run.code, TN_OK);
+    assert_true(fabs(run.res[0].r.actual_time - 1.0) < 1e-6);
+    assert_true(mean_luma(&run.res[0]) < 20);
+    run_free(&run);
+
+    o.mode = TN_MODE_SMART;
+    engine(&run, "blackintro.mp4", &t, 1, &o);
+    if (run.code != TN_OK)
+        fail_msg("%s", run.err);
+    double y = mean_luma(&run.res[0]);
+    print_message("smart: t=%.2f s, mean luma %.1f, reason \"%s\"\n", run.res[0].r.actual_time, y,
+                  run.res[0].reason);
+    assert_true(run.res[0].r.actual_time >= 5.0 - 1e-6);
+    assert_true(y > 40);
+    assert_non_null(strstr(run.res[0].reason, "black"));
+    run_free(&run);
+
+    /* a picture from the start: nothing to skip, several keyframes compared */
+    engine(&run, "h264.mp4", &t, 1, &o);
+    assert_int_equal(run.code, TN_OK);
+    assert_null(strstr(run.res[0].reason, "skipped"));
+    run_free(&run);
+}
+
+static void test_cover_art(void **state)
+{
+    (void)state;
+    SKIP_WITHOUT_CLIPS();
+    const struct tn_time_point t[2] = {{.kind = TN_TIME_SECONDS, .value = 1},
+                                       {.kind = TN_TIME_SECONDS, .value = 2}};
+    struct opts o = defaults;
+    struct run run;
+    unsigned w, h;
+
+    engine(&run, "cover.mp4", t, 2, &o); /* not asked: the video */
+    assert_int_equal(run.code, TN_OK);
+    assert_png(&run.res[0], 320, 180);
+    run_free(&run);
+
+    o.cover_art = 1;
+    engine(&run, "cover.mp4", t, 2, &o);
+    if (run.code != TN_OK)
+        fail_msg("%s", run.err);
+    assert_int_equal(run.n, 2);
+    assert_png(&run.res[0], 200, 200);
+    assert_string_equal(run.res[0].reason, "cover art");
+    unsigned char *rgb = decode_png(&run.res[0], &w, &h);
+    assert_true(is_rgb(px(rgb, w, 100, 100), 255, 0, 0));
+    free(rgb);
+    assert_png(&run.res[1], 320, 180); /* the second point is the video's */
+    assert_true(fabs(run.res[1].r.actual_time - 2) < 1e-6);
+    run_free(&run);
+
+    engine(&run, "h264.mp4", t, 1, &o); /* asked, but there is none */
+    assert_int_equal(run.code, TN_OK);
+    assert_png(&run.res[0], 320, 180);
+    assert_string_equal(run.res[0].reason, "");
+    run_free(&run);
+}
+
 static void expect_error(const char *name, int code, const char *text, const struct opts *o)
 {
     const struct tn_time_point t = {.kind = TN_TIME_SECONDS, .value = 1};
@@ -1269,6 +1500,10 @@ int main(void)
         cmocka_unit_test(test_hdr_tonemap),
         cmocka_unit_test(test_deinterlace),
         cmocka_unit_test(test_bad_inputs),
+        cmocka_unit_test(test_fit_fill_pad),
+        cmocka_unit_test(test_count_and_every),
+        cmocka_unit_test(test_smart_black_intro),
+        cmocka_unit_test(test_cover_art),
         cmocka_unit_test(test_jpeg_and_webp),
         cmocka_unit_test(test_deadline_and_cancel),
         cmocka_unit_test(test_no_fd_leak),
