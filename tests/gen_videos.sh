@@ -59,6 +59,29 @@ if [[ "$sar" != "4:3" ]]; then
     exit 1
 fi
 
+# --- engine: smart mode, cover art, HDR, interlaced, orientation -------------------
+# 5 s of black, then picture (x264 puts a scene-cut keyframe at 5 s)
+ff -f lavfi -i "color=black:s=320x180:r=25:d=5[a];testsrc2=s=320x180:r=25:d=5[b];[a][b]concat=n=2:v=1:a=0" \
+    -c:v libx264 -preset veryfast -pix_fmt yuv420p "$tmp/blackintro.mp4"
+# h264.mp4 with a red 200x200 PNG as an attached picture
+ff -f lavfi -i "color=c=red:s=200x200:d=1" -frames:v 1 "$tmp/.cover.png"
+ff -i "$tmp/h264.mp4" -i "$tmp/.cover.png" -map 0 -map 1 -c copy -c:v:1 png \
+    -disposition:v:1 attached_pic "$tmp/cover.mp4"
+rm -f "$tmp/.cover.png"
+# HDR10: 75 % colour bars in PQ / BT.2020, SDR white at 203 cd/m2 (BT.2408)
+ff -f lavfi -i "smptebars=s=320x180:r=25:d=1" \
+    -vf "zscale=tin=bt709:pin=bt709:min=bt709:rin=limited:t=smpte2084:p=bt2020:m=bt2020nc:r=limited:npl=203,format=yuv420p10le" \
+    -c:v libx265 -x265-params log-level=error -color_primaries bt2020 -color_trc smpte2084 \
+    -colorspace bt2020nc "$tmp/hdr10.mkv"
+ff -f lavfi -i "smptebars=s=320x180:r=25:d=1" -c:v libx264 -preset veryfast -pix_fmt yuv420p \
+    -color_primaries bt709 -color_trc bt709 -colorspace bt709 "$tmp/sdr_bars.mp4"
+# interlaced (TFF): a white box moving 8 px a field
+ff -f lavfi -i "color=black:s=320x240:r=50:d=1[bg];color=white:s=60x120[b];[bg][b]overlay=x='20+t*400':y=60:shortest=1,tinterlace=mode=interleave_top,format=yuv420p" \
+    -c:v libx264 -flags +ildct+ilme -x264-params tff=1 "$tmp/interlaced.mp4"
+# blue with a red top-left corner: the orientation tests patch its tkhd matrix
+ff -f lavfi -i "color=c=blue:s=320x240:r=25:d=1,drawbox=x=0:y=0:w=80:h=60:c=red:t=fill" \
+    -c:v libx264 -pix_fmt yuv420p "$tmp/box.mp4"
+
 # --- not videos ---------------------------------------------------------------
 ff -f lavfi -i "sine=frequency=440:duration=2" -c:a aac -b:a 64k "$tmp/audio_only.m4a"
 # 1 MiB of reproducible random bytes (no openssl needed).

@@ -731,20 +731,24 @@ static int resolve_times(struct engine *e, struct point *pts)
     const struct tn_engine_request *req = e->req;
 
     if (req->count || req->every > 0) {
-        if (e->duration <= 0)
+        /* the video's own length: the container's may include a longer audio track */
+        double dur = e->end_pts != AV_NOPTS_VALUE
+                         ? (e->end_pts - e->start_pts) * av_q2d(e->st->time_base)
+                         : e->duration;
+        if (dur <= 0)
             return fail(e, TN_INVALID_ARGUMENT,
                         "the video's duration is unknown: count and every need it; give times");
         if (req->count) {
             e->n_points = req->count;
             for (unsigned i = 0; i < req->count; i++)
-                set_point(e, &pts[i], i, e->duration * (i + 0.5) / req->count);
+                set_point(e, &pts[i], i, dur * (i + 0.5) / req->count);
         } else {
-            double n = floor(e->duration / req->every - 1e-9) + 1;
+            double n = floor(dur / req->every - 1e-9) + 1;
             if (n > TN_IPC_MAX_TIMES)
                 return fail(e, TN_INVALID_ARGUMENT,
                             "every %g s makes %.0f thumbnails of this %.1f s video; at most %d per "
                             "call: use a longer interval or count",
-                            req->every, n, e->duration, TN_IPC_MAX_TIMES);
+                            req->every, n, dur, TN_IPC_MAX_TIMES);
             e->n_points = (size_t)n;
             for (size_t i = 0; i < e->n_points; i++)
                 set_point(e, &pts[i], (unsigned)i, req->every * (double)i);

@@ -145,7 +145,7 @@ def time_point(t):
 def generate_requests(path=None, data=None, file_name=None, times=(), max_width=0,
                       max_height=0, upscale=False, mode=0, chunk=64 * 1024, declare_size=True,
                       declared_size=None, send_end=True, fmt=0, on_chunk=None, quality=0,
-                      lossless=False, png_level=0):
+                      lossless=False, png_level=0, engine=None):
     """The request stream of one Generate call: options, data chunks, end marker."""
     if data is None:
         size = os.path.getsize(path)
@@ -163,6 +163,8 @@ def generate_requests(path=None, data=None, file_name=None, times=(), max_width=
         opts.lossless = lossless
     if png_level:
         opts.png_level = png_level
+    for k, v in (engine or {}).items():  # engine options: fit, count, every, cover_art...
+        setattr(opts, k, v)
     yield pb.GenerateRequest(options=opts)
     if data is not None:
         for off in range(0, len(data), chunk):
