@@ -14,6 +14,7 @@
  * is started, and the summary is still printed (exit 130).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <grpc/grpc.h>
 #include <pthread.h>
 #include <signal.h>
@@ -187,6 +188,85 @@ out:
     return rc;
 }
 
+/* --probe: the sink keeps the JSON in memory */
+struct probe_buf {
+    char *data;
+    size_t len;
+};
+
+static int probe_begin(void *ctx, const struct tn_rpc_thumb *t)
+{
+    struct probe_buf *b = ctx;
+    free(b->data);
+    b->len = 0;
+    b->data = malloc(t->size + 1);
+    return b->data ? 0 : -ENOMEM;
+}
+
+static int probe_data(void *ctx, uint32_t index, const void *p, size_t n)
+{
+    struct probe_buf *b = ctx;
+    (void)index;
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+    return 0;
+}
+
+/* One Probe call per file; its JSON on stdout. 0, EXIT_FAILED if any file
+ * failed, EXIT_USAGE if the server is unreachable. */
+static int run_probe(const struct tn_client_options *opt)
+{
+    grpc_init();
+    int rc = EXIT_USAGE;
+    grpc_completion_queue *cq = NULL;
+    grpc_channel *ch = connect_server(opt);
+    if (!ch)
+        goto out;
+    cq = grpc_completion_queue_create_for_next(NULL);
+    rc = 0;
+    for (size_t i = 0; i < opt->n_probe_files; i++) {
+        const char *path = opt->probe_files[i];
+        struct stat st;
+        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+        if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+            fprintf(stderr, "thumbnail_client: %s: %s\n", path,
+                    fd < 0 ? strerror(errno) : "not a regular file");
+            if (fd >= 0)
+                close(fd);
+            rc = EXIT_FAILED;
+            continue;
+        }
+        const char *base = strrchr(path, '/');
+        struct tn_rpc_request req = {.fd = fd,
+                                     .size = (uint64_t)st.st_size,
+                                     .file_name = base ? base + 1 : path,
+                                     .chunk_size = opt->chunk_size,
+                                     .timeout = opt->timeout,
+                                     .probe = true};
+        struct probe_buf buf = {0};
+        struct tn_rpc_sink sink = {.ctx = &buf, .begin = probe_begin, .data = probe_data};
+        struct tn_rpc_result res;
+        tn_rpc_generate(ch, cq, &req, &sink, &res);
+        close(fd);
+        if (!res.local && res.code == GRPC_STATUS_OK && buf.data) {
+            fputs(buf.data, stdout);
+            fflush(stdout);
+        } else {
+            fprintf(stderr, "thumbnail_client: %s: %s%s%s\n", path,
+                    res.local ? "" : tn_code_name((int)res.code),
+                    res.local || !res.message[0] ? "" : ": ", res.message);
+            rc = EXIT_FAILED;
+        }
+        free(buf.data);
+    }
+    tn_rpc_cq_destroy(&cq);
+    grpc_channel_destroy(ch);
+out:
+    grpc_shutdown();
+    return rc;
+}
+
 static int run_batch(const struct tn_client_options *opt)
 {
     struct tn_walk_list files = {0};
@@ -310,5 +390,7 @@ int main(int argc, char **argv)
     tn_log_init("client", opt.verbose ? TN_LOG_DEBUG : TN_LOG_WARN, NULL);
     /* Lines from several threads, each written whole and in order with the bar on stderr. */
     setvbuf(stdout, NULL, _IOLBF, 0);
+    if (opt.probe)
+        return run_probe(&opt);
     return opt.health ? run_health(&opt) : run_batch(&opt);
 }

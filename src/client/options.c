@@ -32,6 +32,7 @@ enum {
     OPT_COUNT,
     OPT_EVERY,
     OPT_COVER_ART,
+    OPT_PROBE,
 };
 
 static const struct option long_options[] = {
@@ -59,6 +60,7 @@ static const struct option long_options[] = {
     {"count", required_argument, NULL, OPT_COUNT},
     {"every", required_argument, NULL, OPT_EVERY},
     {"cover-art", no_argument, NULL, OPT_COVER_ART},
+    {"probe", no_argument, NULL, OPT_PROBE},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -132,7 +134,10 @@ static void usage(FILE *f)
             "      --count N           N evenly spaced thumbnails, 1..%d (instead of --at)\n"
             "      --every SECS        a thumbnail every SECS seconds from the start, at most\n"
             "                          %d (instead of --at); outputs <name>-1, -2...\n"
-            "      --cover-art         use the file's embedded cover art when it has one\n",
+            "      --cover-art         use the file's embedded cover art when it has one\n"
+            "      --probe FILE...     print what is in each FILE as JSON (container,\n"
+            "                          duration, streams, colour, HDR, rotation, keyframe\n"
+            "                          interval), one line per file; nothing is decoded\n",
             TN_IPC_MAX_TIMES, TN_IPC_MAX_TIMES);
 }
 
@@ -335,6 +340,7 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
                 return bad("--every", optarg, "expected an interval of at least 0.001 s");
             break;
         case OPT_COVER_ART: o->cover_art = true; break;
+        case OPT_PROBE: o->probe = true; break;
         case 'h': usage(stdout); return TN_OPTIONS_EXIT_OK;
         case 'V':
             printf("thumbnail_client %s (gRPC core %s)\n", TN_VERSION, grpc_version_string());
@@ -351,6 +357,16 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
         }
     }
     int rest = argc - optind;
+    if (o->probe) {
+        if (rest < 1) {
+            fprintf(stderr, "thumbnail_client: --probe needs at least one FILE\n"
+                            "Try 'thumbnail_client --help'.\n");
+            return TN_OPTIONS_USAGE;
+        }
+        o->probe_files = argv + optind;
+        o->n_probe_files = (size_t)rest;
+        rest = 0;
+    }
     if (rest > 2) {
         fprintf(stderr,
                 "thumbnail_client: too many arguments ('%s')\n"

@@ -56,6 +56,9 @@ struct tn_client_options {
     uint32_t count;     /* --count: N evenly spaced thumbnails (outputs -1..-N) */
     double every;       /* --every: one thumbnail every this many seconds */
     bool cover_art;
+    bool probe;         /* --probe FILE...: print each file's JSON */
+    char **probe_files; /* the FILE arguments (argv) */
+    size_t n_probe_files;
 };
 
 /* How many outputs a file can have: N for --count, TN_IPC_MAX_TIMES for

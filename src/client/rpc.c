@@ -19,6 +19,7 @@
 #include "thumbnail.pb-c.h"
 
 #define METHOD_GENERATE "/thumbnail.v1.Thumbnailer/Generate"
+#define METHOD_PROBE "/thumbnail.v1.Thumbnailer/Probe"
 #define METHOD_HEALTH_CHECK "/grpc.health.v1.Health/Check"
 #define POLL_MS 200
 /* Room for the GenerateRequest framing around a data chunk, and for the Options message. */
@@ -212,6 +213,7 @@ struct rx {
     uint64_t remaining;
     uint32_t complete;
     int format; /* enum tn_format asked for */
+    bool probe; /* the one response is a ProbeResponse */
 };
 
 static int fail(struct tn_rpc_result *res, const char *fmt, ...)
@@ -383,6 +385,30 @@ static void receive(struct call *c, struct rx *rx, struct tn_rpc_result *res)
         }
         grpc_slice s = tn_pb_flatten(bb);
         grpc_byte_buffer_destroy(bb);
+        if (rx->probe) {
+            Thumbnail__V1__ProbeResponse *p = thumbnail__v1__probe_response__unpack(
+                NULL, GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
+            grpc_slice_unref(s);
+            int r = 0;
+            if (!p || rx->complete)
+                r = fail(res, "protocol error: %s",
+                         p ? "more than one ProbeResponse" : "undecodable ProbeResponse");
+            if (r == 0) {
+                struct tn_rpc_thumb th = {.size = strlen(p->json)};
+                r = rx->sink->begin(rx->sink->ctx, &th);
+                if (r == 0)
+                    r = rx->sink->data(rx->sink->ctx, 0, p->json, th.size);
+                if (r < 0)
+                    r = fail(res, "cannot keep the probe result: %s", strerror(-r));
+                else
+                    rx->complete++;
+            }
+            if (p)
+                thumbnail__v1__probe_response__free_unpacked(p, NULL);
+            if (r < 0)
+                cancel(c);
+            continue;
+        }
         Thumbnail__V1__GenerateResponse *m = thumbnail__v1__generate_response__unpack(
             NULL, GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
         grpc_slice_unref(s);
@@ -413,7 +439,7 @@ void tn_rpc_generate(grpc_channel *ch, grpc_completion_queue *cq, const struct t
     memset(res, 0, sizeof(*res));
     struct call c;
     call_init(&c, cq, req->stop);
-    c.call = create_call(ch, cq, METHOD_GENERATE, req->timeout);
+    c.call = create_call(ch, cq, req->probe ? METHOD_PROBE : METHOD_GENERATE, req->timeout);
 
     /* Status first: an early error from the server must end the upload promptly. */
     grpc_op ops[2];
@@ -432,7 +458,10 @@ void tn_rpc_generate(grpc_channel *ch, grpc_completion_queue *cq, const struct t
                                 : req->every > 0 ? TN_IPC_MAX_TIMES
                                 : req->n_times   ? (uint32_t)req->n_times
                                                  : 1,
-                    .format = req->format ? req->format : TN_FORMAT_PNG};
+                    .format = req->format ? req->format : TN_FORMAT_PNG,
+                    .probe = req->probe};
+    if (req->probe)
+        rx.expected = 1;
     upload(&c, req, sink, res);
     receive(&c, &rx, res);
     wait_for(&c, TAG_STATUS);

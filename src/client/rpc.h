@@ -94,6 +94,7 @@ struct tn_rpc_request {
     uint32_t count;     /* > 0: expect this many thumbnails (n_times must be 0) */
     double every;       /* > 0: expect 1..TN_IPC_MAX_TIMES thumbnails (n_times must be 0) */
     bool cover_art;
+    bool probe; /* call Probe instead: the sink gets the JSON as thumbnail 0 */
 };
 
 struct tn_rpc_result {

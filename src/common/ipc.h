@@ -78,7 +78,8 @@ struct tn_ipc_job {
     /* engine options */
     uint8_t fit;       /* enum tn_fit; 0 = FIT */
     uint8_t cover_art; /* 0/1: prefer the attached picture */
-    uint16_t engine_pad;
+    uint8_t probe;     /* 0/1: a Probe call: one RESULT (format 0) whose memfd holds JSON */
+    uint8_t engine_pad;
     uint32_t pad_color; /* 0xRRGGBB for TN_FIT_PAD */
     uint32_t count;     /* > 0: this many evenly spaced points instead of times */
     uint32_t engine_pad2;

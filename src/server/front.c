@@ -191,7 +191,8 @@ struct gen_call {
     int64_t job_deadline_ms;
     struct result *res_head, *res_tail;
     struct tn_ipc_result_info next_info; /* engine: applies to the next RESULT of its index */
-    struct result *cur;                  /* being streamed */
+    bool probe; /* engine: a Probe call: one ProbeResponse from the one result, then status */
+    struct result *cur; /* being streamed */
     bool cur_header_sent;
     uint64_t cur_off;
     bool sending;
@@ -227,6 +228,7 @@ struct front {
     grpc_server *server;
     grpc_completion_queue *cq;
     void *m_generate, *m_health, *m_watch, *m_refl, *m_refl_alpha;
+    void *m_probe;              /* engine: Thumbnailer/Probe, served by the Generate code */
     struct tn_reflection *refl; /* owned; read-only once serving */
     int queue_fd;               /* owned */
     int epfd;                   /* owned */
@@ -355,10 +357,10 @@ static void gen_destroy(struct gen_call *c)
     struct front *f = c->f;
     bool accepted = c->call != NULL;
     if (accepted) {
-        tn_log_info("Generate peer=%s file=\"%s\" in=%" PRIu64 " out=%" PRIu64
+        tn_log_info("%s peer=%s file=\"%s\" in=%" PRIu64 " out=%" PRIu64
                     " thumbnails=%u ms=%.1f status=%s%s%s",
-                    c->peer, c->job.file_name, c->received, c->bytes_out, c->thumbs_out,
-                    elapsed_ms(&c->started),
+                    c->probe ? "Probe" : "Generate", c->peer, c->job.file_name, c->received,
+                    c->bytes_out, c->thumbs_out, elapsed_ms(&c->started),
                     c->status_sent ? tn_code_name(c->status_code) : "CANCELLED",
                     c->status_sent && c->status_code ? " message=" : "",
                     c->status_sent && c->status_code ? c->status_msg : "");
@@ -466,7 +468,18 @@ static void kick_send_locked(struct gen_call *c)
         c->cur_header_sent = false;
         c->cur_off = 0;
     }
-    if (!c->dead && c->cur) {
+    if (!c->dead && c->cur && c->probe) {
+        /* ProbeResponse{json}: the whole result in one message, then done */
+        Thumbnail__V1__ProbeResponse pr = THUMBNAIL__V1__PROBE_RESPONSE__INIT;
+        char *json = strndup((const char *)c->cur->map, (size_t)c->cur->meta.size);
+        pr.json = json ? json : "";
+        c->send_buf = tn_pb_pack(&pr.base);
+        free(json);
+        c->cur_off = c->cur->meta.size;
+        ops[n].op = GRPC_OP_SEND_MESSAGE;
+        ops[n].data.send_message.send_message = c->send_buf;
+        n++;
+    } else if (!c->dead && c->cur) {
         if (!c->cur_header_sent) {
             c->send_buf = header_message(&c->cur->meta, c->cur->reason);
         } else {
@@ -770,6 +783,7 @@ static int take_options(struct gen_call *c, const Thumbnail__V1__Options *o)
     j->png_level = o->png_level;
     if (take_engine_options(c, o) < 0)
         return -1;
+    j->probe = c->probe;
     c->declared = o->size;
     if (c->declared && check_spool_space(c) < 0)
         return -1;
@@ -1001,6 +1015,7 @@ static void on_close(struct gen_call *c)
 /* New calls (CQ thread)                                                     */
 
 static void request_generate(struct front *f);
+static void request_probe(struct front *f);
 static void request_health(struct front *f);
 static void request_generic(struct front *f);
 
@@ -1152,7 +1167,10 @@ static void on_new_generate(struct gen_call *c, bool ok)
     int n = f->n_gen_calls;
     bool draining = f->draining;
     pthread_mutex_unlock(&f->mu);
-    request_generate(f);
+    if (c->probe)
+        request_probe(f);
+    else
+        request_generate(f);
 
     /* RECV_CLOSE_ON_SERVER first: it is how a client cancel is seen. */
     grpc_op op;
@@ -1183,6 +1201,17 @@ static void request_generate(struct front *f)
     struct gen_call *c = gen_new(f);
     grpc_call_error e = grpc_server_request_registered_call(
         f->server, f->m_generate, &c->call, &c->deadline, &c->md, NULL, f->cq, f->cq, &c->t_new);
+    must_succeed(e, "grpc_server_request_registered_call");
+}
+
+/* engine: Probe calls are Generate calls with c->probe set (same upload,
+ * same job path; the worker answers with JSON, sent as one ProbeResponse). */
+static void request_probe(struct front *f)
+{
+    struct gen_call *c = gen_new(f);
+    c->probe = true;
+    grpc_call_error e = grpc_server_request_registered_call(
+        f->server, f->m_probe, &c->call, &c->deadline, &c->md, NULL, f->cq, f->cq, &c->t_new);
     must_succeed(e, "grpc_server_request_registered_call");
 }
 
@@ -1877,6 +1906,8 @@ static int setup(struct front *f, const struct tn_config *cfg)
     grpc_server_register_completion_queue(f->server, f->cq, NULL);
     f->m_generate = grpc_server_register_method(f->server, "/thumbnail.v1.Thumbnailer/Generate",
                                                 NULL, GRPC_SRM_PAYLOAD_NONE, 0);
+    f->m_probe = grpc_server_register_method(f->server, "/thumbnail.v1.Thumbnailer/Probe", NULL,
+                                             GRPC_SRM_PAYLOAD_NONE, 0);
     f->m_health = grpc_server_register_method(f->server, "/grpc.health.v1.Health/Check", NULL,
                                               GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
     f->m_watch = grpc_server_register_method(f->server, "/grpc.health.v1.Health/Watch", NULL,
@@ -1901,6 +1932,7 @@ static int setup(struct front *f, const struct tn_config *cfg)
     grpc_server_credentials_release(creds);
     grpc_server_start(f->server);
     request_generate(f);
+    request_probe(f);
     request_health(f);
     request_generic(f);
     request_stream(f, TAG_NEW_WATCH);

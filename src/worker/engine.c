@@ -51,6 +51,7 @@
 
 #include "colour.h"
 #include "log.h"
+#include "probe.h"
 #include "smart.h"
 #include "status.h"
 
@@ -375,6 +376,8 @@ static int validate_request(struct engine *e)
     const struct tn_engine_request *req = e->req;
     const char *name = format_name(req->format);
 
+    if (req->probe)
+        return req->size ? TN_OK : fail(e, TN_INVALID_ARGUMENT, "the file is empty (0 bytes)");
     if (!name)
         return fail(e, TN_INVALID_ARGUMENT, "unknown output format %d; use PNG, JPEG or WEBP",
                     req->format);
@@ -1777,6 +1780,43 @@ static int emit_point(struct engine *e, const struct point *p, tn_engine_emit_fn
     return TN_OK;
 }
 
+/* ---- probe ------------------------------------------------------------------ */
+
+static int probe_stop(void *opaque)
+{
+    return io_check(opaque, 0);
+}
+
+/* The probe.h JSON of the open file as the one result. */
+static int run_probe(struct engine *e, tn_engine_emit_fn emit, void *opaque)
+{
+    int undecodable, code;
+    char *json = NULL;
+    size_t len = 0;
+
+    if ((code = find_stream_info(e)) != TN_OK)
+        return code;
+    int si = select_stream(e->fmt, &undecodable);
+    if (si < 0 && undecodable >= 0)
+        si = undecodable;
+    if (tn_probe_json(e->fmt, si, e->req->size, 2000, probe_stop, &e->io, &json, &len) < 0)
+        return fail_av(e, TN_INVALID_ARGUMENT, AVERROR(ENOMEM), "probing");
+    if (e->io.stop) {
+        free(json);
+        return check_stop(e);
+    }
+    int fd = sealed_memfd((const uint8_t *)json, len);
+    free(json);
+    if (fd < 0)
+        return fail(e, fd == -ENOMEM || fd == -EMFILE ? TN_RESOURCE_EXHAUSTED : TN_INTERNAL,
+                    "cannot store the probe result in a memfd: %s", strerror(-fd));
+    struct tn_engine_result r = {.fd = fd, .size = len, .reason = ""};
+    e->n_points = 1;
+    if ((code = emit(opaque, &r)) != TN_OK)
+        return fail(e, code, "the probe result could not be delivered");
+    return TN_OK;
+}
+
 /* ---- the request ---------------------------------------------------------- */
 
 int tn_engine_run(const struct tn_engine_request *req, tn_engine_emit_fn emit, void *opaque,
@@ -1820,6 +1860,10 @@ int tn_engine_run(const struct tn_engine_request *req, tn_engine_emit_fn emit, v
     }
     if ((code = open_input(&e)) != TN_OK)
         goto out;
+    if (req->probe) {
+        code = run_probe(&e, emit, opaque);
+        goto out;
+    }
     int probe_streams = !header_is_enough(e.fmt);
     if (probe_streams && (code = find_stream_info(&e)) != TN_OK)
         goto out;

@@ -47,6 +47,7 @@ struct tn_engine_request {
     unsigned count;     /* > 0: this many evenly spaced points; times is ignored */
     double every;       /* > 0: a point every this many seconds; times is ignored */
     int cover_art;      /* 0/1: index 0 is the attached picture when there is one */
+    int probe; /* 0/1: one result, index 0, format 0: the probe.h JSON; times etc. ignored */
 };
 
 struct tn_engine_result {

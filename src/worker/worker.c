@@ -260,6 +260,7 @@ static void run_job(struct tn_ipc_job *job, int video, int reply,
         .count = job->count,
         .every = job->every,
         .cover_art = job->cover_art,
+        .probe = job->probe,
     };
     code = tn_engine_run(&req, emit_result, &ctx, err, sizeof(err));
 

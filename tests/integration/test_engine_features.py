@@ -9,6 +9,7 @@ when asked; an HDR10 clip comes back within the luminance of its SDR
 original and says it was tone-mapped; an interlaced clip shows no combing.
 The in-process unit test (test_engine) checks the same at finer grain.
 """
+import json
 import os
 import struct
 import tempfile
@@ -166,6 +167,56 @@ class EngineFeatures(h.ServerTestCase):
                 if (p - u > 60 and p - d > 60) or (u - p > 60 and d - p > 60):
                     teeth += 1
         self.assertLess(teeth, 20)
+
+    def probe(self, name):
+        with h.channel(self.server.addr) as ch:
+            stub = h.pb_grpc.ThumbnailerStub(ch)
+            r = stub.Probe(h.generate_requests(path=h.video(name)), timeout=60)
+        return json.loads(r.json)
+
+    def test_probe_fields(self):
+        p = self.probe("h264.mp4")  # 640x360 25 fps, -g 50, AAC
+        self.assertEqual(p["container"], "mov,mp4,m4a,3gp,3g2,mj2")
+        self.assertAlmostEqual(p["duration"], 4.0, delta=0.05)
+        self.assertGreater(p["bit_rate"], 0)
+        self.assertEqual(p["size"], os.path.getsize(h.video("h264.mp4")))
+        v = p["video"][0]
+        for k, want in (("codec", "h264"), ("pix_fmt", "yuv420p"), ("bit_depth", 8),
+                        ("width", 640), ("height", 360), ("sar", "1:1"), ("dar", "16:9"),
+                        ("frame_rate", 25), ("rotation", 0), ("hdr", None), ("main", True)):
+            self.assertEqual(v[k], want, k)
+        self.assertAlmostEqual(p["keyframe_interval"], 2.0, delta=0.01)
+        self.assertEqual([a["codec"] for a in p["audio"]], ["aac"])
+        self.assertFalse(p["cover_art"])
+
+        v = self.probe("rotate90.mp4")["video"][0]
+        self.assertIn(v["rotation"], (90, 270))
+        self.assertEqual((v["display_width"], v["display_height"]), (360, 640))
+        v = self.probe("anamorphic.mp4")["video"][0]
+        self.assertEqual((v["sar"], v["dar"], v["display_width"]), ("4:3", "16:9", 640))
+        v = self.probe("hdr10.mkv")["video"][0]
+        self.assertEqual((v["hdr"], v["bit_depth"], v["color_primaries"], v["color_transfer"],
+                          v["color_matrix"], v["color_range"]),
+                         ("HDR10", 10, "bt2020", "smpte2084", "bt2020nc", "tv"))
+        self.assertTrue(self.probe("interlaced.mp4")["video"][0]["interlaced"])
+        p = self.probe("cover.mp4")
+        self.assertTrue(p["cover_art"])
+        self.assertEqual(p["cover_art_streams"][0]["codec"], "png")
+        self.assertEqual(self.probe("vp9.webm")["video"][0]["codec"], "vp9")
+        self.assertEqual(self.probe("hevc.mkv")["video"][0]["codec"], "hevc")
+        with self.assertRaises(h.grpc.RpcError) as e:
+            self.probe("random.bin")
+        self.assertEqual(e.exception.code(), h.grpc.StatusCode.INVALID_ARGUMENT)
+
+    def test_client_probe(self):
+        r = self.client("--probe", h.video("hdr10.mkv"), h.video("h264.mp4"), check_rc=0)
+        lines = r.stdout.splitlines()
+        self.assertEqual(len(lines), 2, r)
+        self.assertEqual(json.loads(lines[0]), self.probe("hdr10.mkv"))
+        self.assertEqual(json.loads(lines[1])["video"][0]["codec"], "h264")
+        r = self.client("--probe", h.video("random.bin"), check_rc=1)
+        self.assertIn("not a video file", r.stderr)
+        self.client("--probe", check_rc=2)
 
 
 if __name__ == "__main__":
