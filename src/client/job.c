@@ -122,7 +122,7 @@ void tn_job_run(const struct tn_job_env *env, grpc_completion_queue *cq,
 {
     const struct tn_client_options *opt = env->opt;
     size_t count = tn_options_outputs(opt);
-    bool every = opt->every > 0; /* the server decides how many: 1..count */
+    bool every = opt->every > 0 && !opt->storyboard; /* the server decides how many: 1..count */
     struct tn_output_file outs[TN_IPC_MAX_TIMES];
     struct tn_rpc_thumb info[TN_IPC_MAX_TIMES];
     struct tn_time_point times[TN_IPC_MAX_TIMES];
@@ -141,8 +141,12 @@ void tn_job_run(const struct tn_job_env *env, grpc_completion_queue *cq,
         return;
     }
     for (size_t i = 0; i < count; i++) {
-        char *p =
-            tn_output_path(opt->output_dir, e->rel, tn_options_extension(opt->format), i, count);
+        char sprite[32];
+        snprintf(sprite, sizeof(sprite), "sprite.%s", tn_options_extension(opt->format));
+        char *p = opt->storyboard
+                      ? tn_output_path(opt->output_dir, e->rel, i ? "vtt" : sprite, 0, 1)
+                      : tn_output_path(opt->output_dir, e->rel, tn_options_extension(opt->format),
+                                       i, count);
         r = p ? tn_output_init(&outs[i], p) : -ENOMEM;
         free(p);
         if (r < 0) {
@@ -155,7 +159,7 @@ void tn_job_run(const struct tn_job_env *env, grpc_completion_queue *cq,
         if (!existed[i])
             map[n_send++] = i;
     }
-    if (opt->count || every) {
+    if (opt->count || every || opt->storyboard) {
         /* One call makes them all: all exist (--every: the first) = skip,
          * some exist = ask for --overwrite rather than replace or mix. */
         size_t n_existed = count - n_send;
@@ -213,7 +217,7 @@ void tn_job_run(const struct tn_job_env *env, grpc_completion_queue *cq,
         .max_width = opt->max_width,
         .max_height = opt->max_height,
         .upscale = opt->upscale,
-        .mode = opt->mode,
+        .mode = opt->storyboard && !opt->mode_set ? TN_MODE_KEYFRAME : opt->mode,
         .format = opt->format,
         .quality = opt->quality,
         .lossless = opt->lossless,
@@ -226,6 +230,9 @@ void tn_job_run(const struct tn_job_env *env, grpc_completion_queue *cq,
         .count = opt->count,
         .every = opt->every,
         .cover_art = opt->cover_art,
+        .storyboard = opt->storyboard,
+        .tile_width = opt->tile_width,
+        .columns = opt->columns,
     };
     struct sink_ctx sctx = {.outs = outs, .map = map, .info = info};
     struct tn_rpc_sink sink = {

@@ -33,6 +33,9 @@ enum {
     OPT_EVERY,
     OPT_COVER_ART,
     OPT_PROBE,
+    OPT_STORYBOARD,
+    OPT_TILE_WIDTH,
+    OPT_COLUMNS,
 };
 
 static const struct option long_options[] = {
@@ -61,6 +64,9 @@ static const struct option long_options[] = {
     {"every", required_argument, NULL, OPT_EVERY},
     {"cover-art", no_argument, NULL, OPT_COVER_ART},
     {"probe", no_argument, NULL, OPT_PROBE},
+    {"storyboard", no_argument, NULL, OPT_STORYBOARD},
+    {"tile-width", required_argument, NULL, OPT_TILE_WIDTH},
+    {"columns", required_argument, NULL, OPT_COLUMNS},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -137,7 +143,13 @@ static void usage(FILE *f)
             "      --cover-art         use the file's embedded cover art when it has one\n"
             "      --probe FILE...     print what is in each FILE as JSON (container,\n"
             "                          duration, streams, colour, HDR, rotation, keyframe\n"
-            "                          interval), one line per file; nothing is decoded\n",
+            "                          interval), one line per file; nothing is decoded\n"
+            "      --storyboard        a sprite sheet <name>.sprite.<ext> and a WebVTT\n"
+            "                          <name>.vtt of seek previews (tiles at --every or\n"
+            "                          --count points, default every duration/100, at\n"
+            "                          least 1 s; keyframes unless --mode is given)\n"
+            "      --tile-width W      storyboard tile width, 1..1024 (default 160)\n"
+            "      --columns N         storyboard columns, 1..100 (default 10)\n",
             TN_IPC_MAX_TIMES, TN_IPC_MAX_TIMES);
 }
 
@@ -264,6 +276,7 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
                 o->mode = TN_MODE_SMART;
             else
                 return bad("--mode", optarg, "expected accurate, keyframe or smart");
+            o->mode_set = true;
             break;
         case OPT_FORMAT:
             if (strcmp(optarg, "png") == 0)
@@ -329,8 +342,9 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
             break;
         }
         case OPT_COUNT:
-            if (tn_parse_uint(optarg, 1, TN_IPC_MAX_TIMES, &v) < 0)
-                return bad("--count", optarg, "expected an integer 1..64");
+            if (tn_parse_uint(optarg, 1, TN_STORYBOARD_MAX_TILES, &v) < 0)
+                return bad("--count", optarg,
+                           "expected an integer 1..64 (1..1000 with --storyboard)");
             o->count = (uint32_t)v;
             break;
         case OPT_EVERY:
@@ -341,6 +355,17 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
             break;
         case OPT_COVER_ART: o->cover_art = true; break;
         case OPT_PROBE: o->probe = true; break;
+        case OPT_STORYBOARD: o->storyboard = true; break;
+        case OPT_TILE_WIDTH:
+            if (tn_parse_uint(optarg, 1, 1024, &v) < 0)
+                return bad("--tile-width", optarg, "expected an integer 1..1024");
+            o->tile_width = (uint32_t)v;
+            break;
+        case OPT_COLUMNS:
+            if (tn_parse_uint(optarg, 1, 100, &v) < 0)
+                return bad("--columns", optarg, "expected an integer 1..100");
+            o->columns = (uint32_t)v;
+            break;
         case 'h': usage(stdout); return TN_OPTIONS_EXIT_OK;
         case 'V':
             printf("thumbnail_client %s (gRPC core %s)\n", TN_VERSION, grpc_version_string());
@@ -403,6 +428,18 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
                         "Try 'thumbnail_client --help'.\n");
         return TN_OPTIONS_USAGE;
     }
+    if (o->count > TN_IPC_MAX_TIMES && !o->storyboard) {
+        fprintf(stderr,
+                "thumbnail_client: --count %u: at most %d thumbnails (1000 tiles with "
+                "--storyboard)\nTry 'thumbnail_client --help'.\n",
+                o->count, TN_IPC_MAX_TIMES);
+        return TN_OPTIONS_USAGE;
+    }
+    if (o->storyboard && o->n_times) {
+        fprintf(stderr, "thumbnail_client: --storyboard takes --every or --count, not --at\n"
+                        "Try 'thumbnail_client --help'.\n");
+        return TN_OPTIONS_USAGE;
+    }
     if ((o->fit == TN_FIT_FILL || o->fit == TN_FIT_PAD) && (!o->max_width || !o->max_height)) {
         fprintf(stderr,
                 "thumbnail_client: --fit %s needs --width and --height\n"
@@ -418,6 +455,8 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
 
 size_t tn_options_outputs(const struct tn_client_options *o)
 {
+    if (o->storyboard)
+        return 2;
     if (o->count)
         return o->count;
     if (o->every > 0)

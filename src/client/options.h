@@ -56,12 +56,16 @@ struct tn_client_options {
     uint32_t count;     /* --count: N evenly spaced thumbnails (outputs -1..-N) */
     double every;       /* --every: one thumbnail every this many seconds */
     bool cover_art;
-    bool probe;         /* --probe FILE...: print each file's JSON */
-    char **probe_files; /* the FILE arguments (argv) */
+    bool storyboard;     /* --storyboard: <name>.sprite.<ext> and <name>.vtt */
+    bool mode_set;       /* --mode given (a storyboard defaults to keyframe) */
+    uint32_t tile_width; /* 0 = the server's default */
+    uint32_t columns;    /* 0 = the server's default */
+    bool probe;          /* --probe FILE...: print each file's JSON */
+    char **probe_files;  /* the FILE arguments (argv) */
     size_t n_probe_files;
 };
 
-/* How many outputs a file can have: N for --count, TN_IPC_MAX_TIMES for
+/* How many outputs a file can have: 2 for --storyboard, N for --count, TN_IPC_MAX_TIMES for
  * --every (as many as the server sends), the --at points, or 1. */
 size_t tn_options_outputs(const struct tn_client_options *o);
 

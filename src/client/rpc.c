@@ -245,7 +245,8 @@ static int on_response(struct rx *rx, const Thumbnail__V1__GenerateResponse *m,
                         rx->expected);
         if (rx->seen[t->index])
             return fail(res, "protocol error: thumbnail %u sent twice", t->index);
-        if ((int)t->format != rx->format &&
+        if (t->kind != THUMBNAIL__V1__THUMBNAIL_KIND__THUMBNAIL_KIND_VTT &&
+            (int)t->format != rx->format &&
             !(rx->format == TN_FORMAT_PNG &&
               t->format == THUMBNAIL__V1__IMAGE_FORMAT__IMAGE_FORMAT_UNSPECIFIED))
             return fail(res, "protocol error: thumbnail %u has format %d, asked for %d", t->index,
@@ -261,6 +262,7 @@ static int on_response(struct rx *rx, const Thumbnail__V1__GenerateResponse *m,
             .size = t->size,
         };
         snprintf(th.reason, sizeof(th.reason), "%s", t->reason ? t->reason : "");
+        th.kind = (int)t->kind;
         if ((r = rx->sink->begin(rx->sink->ctx, &th)) < 0)
             return fail(res, "cannot write thumbnail %u: %s", t->index, strerror(-r));
         rx->seen[t->index] = true;
@@ -322,6 +324,9 @@ static void build_options(const struct tn_rpc_request *req, Thumbnail__V1__Optio
     opt->count = req->count;
     opt->every = req->every;
     opt->cover_art = req->cover_art;
+    opt->storyboard = req->storyboard;
+    opt->tile_width = req->tile_width;
+    opt->columns = req->columns;
 }
 
 /* Upload options, data, end. Stops early when the status arrives or a send fails. */
@@ -462,6 +467,8 @@ void tn_rpc_generate(grpc_channel *ch, grpc_completion_queue *cq, const struct t
                     .probe = req->probe};
     if (req->probe)
         rx.expected = 1;
+    if (req->storyboard)
+        rx.expected = 2;
     upload(&c, req, sink, res);
     receive(&c, &rx, res);
     wait_for(&c, TAG_STATUS);

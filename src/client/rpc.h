@@ -54,6 +54,7 @@ struct tn_rpc_thumb {
     double actual_time;
     uint64_t size;
     char reason[TN_IPC_REASON_MAX]; /* Thumbnail.reason: how the server got the picture */
+    int kind;                       /* Thumbnail.kind: 0 image, 1 sprite, 2 WebVTT */
 };
 
 /*
@@ -94,7 +95,10 @@ struct tn_rpc_request {
     uint32_t count;     /* > 0: expect this many thumbnails (n_times must be 0) */
     double every;       /* > 0: expect 1..TN_IPC_MAX_TIMES thumbnails (n_times must be 0) */
     bool cover_art;
-    bool probe; /* call Probe instead: the sink gets the JSON as thumbnail 0 */
+    bool probe;      /* call Probe instead: the sink gets the JSON as thumbnail 0 */
+    bool storyboard; /* expect the sprite (index 0) and the WebVTT (index 1) */
+    uint32_t tile_width;
+    uint32_t columns;
 };
 
 struct tn_rpc_result {

@@ -29,6 +29,7 @@
 #define TN_IPC_MAX_FDS 2
 #define TN_IPC_NAME_MAX 256
 #define TN_IPC_MESSAGE_MAX 512
+#define TN_STORYBOARD_MAX_TILES 1000 /* engine: tiles of one storyboard */
 
 enum tn_ipc_type {
     TN_IPC_JOB = 1,    /* front -> worker, fds [video, reply] */
@@ -76,13 +77,14 @@ struct tn_ipc_job {
     struct tn_time_point times[TN_IPC_MAX_TIMES];
     char file_name[TN_IPC_NAME_MAX]; /* NUL-terminated, for logs and as a format hint */
     /* engine options */
-    uint8_t fit;       /* enum tn_fit; 0 = FIT */
-    uint8_t cover_art; /* 0/1: prefer the attached picture */
-    uint8_t probe;     /* 0/1: a Probe call: one RESULT (format 0) whose memfd holds JSON */
-    uint8_t engine_pad;
-    uint32_t pad_color; /* 0xRRGGBB for TN_FIT_PAD */
-    uint32_t count;     /* > 0: this many evenly spaced points instead of times */
-    uint32_t engine_pad2;
+    uint8_t fit;         /* enum tn_fit; 0 = FIT */
+    uint8_t cover_art;   /* 0/1: prefer the attached picture */
+    uint8_t probe;       /* 0/1: a Probe call: one RESULT (format 0) whose memfd holds JSON */
+    uint8_t storyboard;  /* 0/1: a sprite and a WebVTT instead of thumbnails */
+    uint32_t pad_color;  /* 0xRRGGBB for TN_FIT_PAD */
+    uint32_t count;      /* > 0: this many evenly spaced points instead of times */
+    uint16_t tile_width; /* storyboard; 0 = the engine's default */
+    uint16_t columns;
     double every; /* > 0: a point every this many seconds instead of times */
 };
 
@@ -110,7 +112,7 @@ struct tn_ipc_result {
 struct tn_ipc_result_info {
     struct tn_ipc_header h;
     uint32_t index;
-    uint32_t pad;
+    uint32_t kind;                  /* the proto's ThumbnailKind: 0 image, 1 sprite, 2 VTT */
     char reason[TN_IPC_REASON_MAX]; /* NUL-terminated */
 };
 

@@ -152,6 +152,7 @@ struct result {
     struct result *next;
     struct tn_ipc_result meta;
     char reason[TN_IPC_REASON_MAX]; /* from the RESULT_INFO before it; "" if none */
+    uint32_t kind;                  /* ditto: ThumbnailKind */
     int fd;
     unsigned char *map;
 };
@@ -431,7 +432,8 @@ static grpc_byte_buffer *data_message(const unsigned char *p, size_t len)
     return bb;
 }
 
-static grpc_byte_buffer *header_message(const struct tn_ipc_result *m, const char *reason)
+static grpc_byte_buffer *header_message(const struct tn_ipc_result *m, const char *reason,
+                                        uint32_t kind)
 {
     Thumbnail__V1__Thumbnail th = THUMBNAIL__V1__THUMBNAIL__INIT;
     Thumbnail__V1__GenerateResponse resp = THUMBNAIL__V1__GENERATE_RESPONSE__INIT;
@@ -443,6 +445,7 @@ static grpc_byte_buffer *header_message(const struct tn_ipc_result *m, const cha
     th.format = (Thumbnail__V1__ImageFormat)m->format;
     th.size = m->size;
     th.reason = (char *)reason;
+    th.kind = (Thumbnail__V1__ThumbnailKind)kind;
     resp.msg_case = THUMBNAIL__V1__GENERATE_RESPONSE__MSG_THUMBNAIL;
     resp.thumbnail = &th;
     return tn_pb_pack(&resp.base);
@@ -481,7 +484,7 @@ static void kick_send_locked(struct gen_call *c)
         n++;
     } else if (!c->dead && c->cur) {
         if (!c->cur_header_sent) {
-            c->send_buf = header_message(&c->cur->meta, c->cur->reason);
+            c->send_buf = header_message(&c->cur->meta, c->cur->reason, c->cur->kind);
         } else {
             uint64_t left = c->cur->meta.size - c->cur_off;
             size_t len = (size_t)(left < c->f->cfg->chunk_size ? left : c->f->cfg->chunk_size);
@@ -674,11 +677,27 @@ static int take_engine_options(struct gen_call *c, const Thumbnail__V1__Options 
                  o->every);
         return -1;
     }
-    if (o->count > TN_IPC_MAX_TIMES) {
-        gen_fail(c, TN_INVALID_ARGUMENT, "count %u: at most %d thumbnails per call", o->count,
-                 TN_IPC_MAX_TIMES);
+    if (o->count > (o->storyboard ? TN_STORYBOARD_MAX_TILES : TN_IPC_MAX_TIMES)) {
+        gen_fail(c, TN_INVALID_ARGUMENT, "count %u: at most %d %s per call", o->count,
+                 o->storyboard ? TN_STORYBOARD_MAX_TILES : TN_IPC_MAX_TIMES,
+                 o->storyboard ? "storyboard tiles" : "thumbnails");
         return -1;
     }
+    if (o->storyboard && (o->tile_width > 1024 || o->columns > 100)) {
+        gen_fail(c, TN_INVALID_ARGUMENT,
+                 "storyboard tile_width %u / columns %u: at most 1024 pixels and 100 columns",
+                 o->tile_width, o->columns);
+        return -1;
+    }
+    if (o->storyboard && o->n_times) {
+        gen_fail(c, TN_INVALID_ARGUMENT, "a storyboard takes count or every, not times");
+        return -1;
+    }
+    j->storyboard = o->storyboard ? 1 : 0;
+    j->tile_width = (uint16_t)o->tile_width;
+    j->columns = (uint16_t)o->columns;
+    if (o->storyboard && o->mode == THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_UNSPECIFIED)
+        j->mode = TN_MODE_KEYFRAME; /* one cheap pass by default */
     if ((o->count || o->every > 0) && (o->n_times || (o->count && o->every > 0))) {
         gen_fail(c, TN_INVALID_ARGUMENT, "give one of times, count and every");
         return -1;
@@ -1725,8 +1744,10 @@ static void handle_reply(struct front *f, struct gen_call *c)
                 free_result(r);
                 break;
             }
-            if (c->next_info.h.type == TN_IPC_RESULT_INFO && c->next_info.index == r->meta.index)
+            if (c->next_info.h.type == TN_IPC_RESULT_INFO && c->next_info.index == r->meta.index) {
                 memcpy(r->reason, c->next_info.reason, sizeof(r->reason));
+                r->kind = c->next_info.kind;
+            }
             c->next_info.h.type = 0;
             if (c->res_tail)
                 c->res_tail->next = r;

@@ -249,6 +249,13 @@ struct point {
     int64_t target; /* in stream time base, start included */
 };
 
+/* The box of the image being made: the request's, or a storyboard tile's. */
+struct box {
+    unsigned max_width, max_height;
+    int upscale;
+    int fit; /* enum tn_fit; 0 = FIT */
+};
+
 struct membuf {
     uint8_t *data;
     size_t len, cap;
@@ -307,6 +314,7 @@ struct engine {
     uint8_t *canvas;   /* PAD: the box, border colour around the picture */
     size_t canvas_cap;
     const AVStream *img_st;    /* whose geometry (matrix, SAR) e->cur has: st or the cover */
+    struct box box;            /* fit() fits e->cur into this */
     char pick[REASON_MAX];     /* how e->cur was chosen (SMART, cover art), for the reason */
     struct tn_colour *analyse; /* SMART's small renderings, made on first use */
     size_t n_points;
@@ -405,12 +413,19 @@ static int validate_request(struct engine *e)
     if (req->every != 0 && (!isfinite(req->every) || req->every < 0.001))
         return fail(e, TN_INVALID_ARGUMENT,
                     "every %g s: the interval must be at least 0.001 s (0 = not used)", req->every);
-    if (req->count > TN_IPC_MAX_TIMES)
-        return fail(e, TN_INVALID_ARGUMENT, "count %u: at most %d thumbnails per call", req->count,
-                    TN_IPC_MAX_TIMES);
+    if (req->count > (req->storyboard ? TN_STORYBOARD_MAX_TILES : TN_IPC_MAX_TIMES))
+        return fail(e, TN_INVALID_ARGUMENT, "count %u: at most %d %s per call", req->count,
+                    req->storyboard ? TN_STORYBOARD_MAX_TILES : TN_IPC_MAX_TIMES,
+                    req->storyboard ? "storyboard tiles" : "thumbnails");
+    if (req->storyboard && (req->tile_width > 1024 || req->columns > 100))
+        return fail(e, TN_INVALID_ARGUMENT,
+                    "storyboard tile width %u / columns %u: at most 1024 pixels and 100 columns",
+                    req->tile_width, req->columns);
     if (req->count && req->every > 0)
         return fail(e, TN_INVALID_ARGUMENT, "give count or every, not both");
-    if (req->count || req->every > 0) {
+    if (req->storyboard) {
+        /* times are not used */
+    } else if (req->count || req->every > 0) {
         if (req->n_times)
             return fail(e, TN_INVALID_ARGUMENT,
                         "give time points or count/every, not both (%zu time points given)",
@@ -727,13 +742,13 @@ static void set_point(struct engine *e, struct point *p, unsigned index, double 
     p->target = e->start_pts + av_rescale_q(us, AV_TIME_BASE_Q, e->st->time_base);
 }
 
-/* The points to serve, sorted by time, into pts (room for TN_IPC_MAX_TIMES):
+/* The points to serve, sorted by time, into pts (room for TN_STORYBOARD_MAX_TILES):
  * the request's times, or count / every resolved against the duration. */
 static int resolve_times(struct engine *e, struct point *pts)
 {
     const struct tn_engine_request *req = e->req;
 
-    if (req->count || req->every > 0) {
+    if (req->count || req->every > 0 || req->storyboard) {
         /* the video's own length: the container's may include a longer audio track */
         double dur = e->end_pts != AV_NOPTS_VALUE
                          ? (e->end_pts - e->start_pts) * av_q2d(e->st->time_base)
@@ -741,20 +756,25 @@ static int resolve_times(struct engine *e, struct point *pts)
         if (dur <= 0)
             return fail(e, TN_INVALID_ARGUMENT,
                         "the video's duration is unknown: count and every need it; give times");
+        size_t max = req->storyboard ? TN_STORYBOARD_MAX_TILES : TN_IPC_MAX_TIMES;
+        double every = req->every;
+        if (req->storyboard && !req->count && every <= 0)
+            every = fmax(1.0, dur / 100);
         if (req->count) {
             e->n_points = req->count;
             for (unsigned i = 0; i < req->count; i++)
                 set_point(e, &pts[i], i, dur * (i + 0.5) / req->count);
         } else {
-            double n = floor(dur / req->every - 1e-9) + 1;
-            if (n > TN_IPC_MAX_TIMES)
-                return fail(e, TN_INVALID_ARGUMENT,
-                            "every %g s makes %.0f thumbnails of this %.1f s video; at most %d per "
-                            "call: use a longer interval or count",
-                            req->every, n, dur, TN_IPC_MAX_TIMES);
+            double n = floor(dur / every - 1e-9) + 1;
+            if (n > (double)max)
+                return fail(
+                    e, TN_INVALID_ARGUMENT,
+                    "every %g s makes %.0f thumbnails of this %.1f s video; at most %zu per "
+                    "call: use a longer interval or count",
+                    every, n, dur, max);
             e->n_points = (size_t)n;
             for (size_t i = 0; i < e->n_points; i++)
-                set_point(e, &pts[i], (unsigned)i, req->every * (double)i);
+                set_point(e, &pts[i], (unsigned)i, every * (double)i);
         }
         return TN_OK;
     }
@@ -1327,7 +1347,7 @@ static void orient(const AVStream *st, struct geom *g)
  * the box's aspect at the video's scale, PAD centres the picture. */
 static int fit(struct engine *e, const AVFrame *f, struct geom *g)
 {
-    const struct tn_engine_request *req = e->req;
+    const struct box *req = &e->box;
     const AVStream *st = e->img_st ? e->img_st : e->st;
     AVRational sar = f->sample_aspect_ratio;
     double dw = f->width, dh = f->height;
@@ -1702,8 +1722,8 @@ static int encode(struct engine *e, const uint8_t *img, int w, int h, size_t str
 static const uint8_t *pad(struct engine *e, const struct geom *g, const uint8_t *img, size_t stride)
 {
     size_t row = (size_t)g->bw * 3;
-    uint8_t rgb[3] = {(uint8_t)(e->req->pad_color >> 16), (uint8_t)(e->req->pad_color >> 8),
-                      (uint8_t)e->req->pad_color};
+    uint32_t c = e->box.fit == TN_FIT_PAD && e->req->storyboard ? 0 : e->req->pad_color;
+    uint8_t rgb[3] = {(uint8_t)(c >> 16), (uint8_t)(c >> 8), (uint8_t)c};
 
     if (grow(&e->canvas, &e->canvas_cap, row * g->bh) < 0)
         return NULL;
@@ -1731,29 +1751,42 @@ static void make_reason(const struct engine *e, char *buf, size_t len)
     snprintf(buf, len, "%s%s%s", e->pick, e->pick[0] && colour[0] ? "; " : "", colour);
 }
 
+/* e->cur fitted into e->box, scaled, rotated, cropped and padded: *img
+ * (g->bw x g->bh, *stride bytes a row, in one of the engine's buffers). */
+static int render(struct engine *e, struct geom *g, const uint8_t **img, size_t *img_stride)
+{
+    int stride = 0, code;
+
+    if ((code = fit(e, e->cur, g)) != TN_OK || (code = scale(e, e->cur, g, &stride)) != TN_OK)
+        return code;
+    *img = e->rgb;
+    *img_stride = (size_t)stride;
+    if (g->transpose || g->rev_a || g->rev_b) {
+        if ((code = rotate(e, g, stride)) != TN_OK)
+            return code;
+        *img = e->rot;
+        *img_stride = (size_t)g->ow * 3;
+    }
+    *img += (size_t)g->cy * *img_stride + (size_t)g->cx * 3; /* FILL's crop */
+    if (g->bw != g->cw || g->bh != g->ch) {
+        if (!(*img = pad(e, g, *img, *img_stride)))
+            return fail_av(e, TN_INVALID_ARGUMENT, AVERROR(ENOMEM), "padding");
+        *img_stride = (size_t)g->bw * 3;
+    }
+    return TN_OK;
+}
+
 static int emit_point(struct engine *e, const struct point *p, tn_engine_emit_fn emit, void *opaque)
 {
     struct geom g = {0};
     uint64_t size = 0;
-    int stride = 0, code;
+    int code;
     char reason[REASON_MAX];
+    const uint8_t *img = NULL;
+    size_t img_stride = 0;
 
-    if ((code = fit(e, e->cur, &g)) != TN_OK || (code = scale(e, e->cur, &g, &stride)) != TN_OK)
+    if ((code = render(e, &g, &img, &img_stride)) != TN_OK)
         return code;
-    const uint8_t *img = e->rgb;
-    size_t img_stride = (size_t)stride;
-    if (g.transpose || g.rev_a || g.rev_b) {
-        if ((code = rotate(e, &g, stride)) != TN_OK)
-            return code;
-        img = e->rot;
-        img_stride = (size_t)g.ow * 3;
-    }
-    img += (size_t)g.cy * img_stride + (size_t)g.cx * 3; /* FILL's crop */
-    if (g.bw != g.cw || g.bh != g.ch) {
-        if (!(img = pad(e, &g, img, img_stride)))
-            return fail_av(e, TN_INVALID_ARGUMENT, AVERROR(ENOMEM), "padding");
-        img_stride = (size_t)g.bw * 3;
-    }
     int fd = encode(e, img, g.bw, g.bh, img_stride, &size);
     if (fd < 0)
         return -fd;
@@ -1778,6 +1811,164 @@ static int emit_point(struct engine *e, const struct point *p, tn_engine_emit_fn
                     e->done, e->n_points);
     e->done++;
     return TN_OK;
+}
+
+/* ---- storyboard --------------------------------------------------------------- */
+
+static int serve(struct engine *e, int64_t target)
+{
+    switch (e->req->mode) {
+    case TN_MODE_KEYFRAME: return serve_keyframe(e, target);
+    case TN_MODE_SMART: return serve_smart(e, target);
+    default: return serve_accurate(e, target);
+    }
+}
+
+/* "00:01:02.500" */
+static void vtt_time(FILE *f, double s)
+{
+    long long ms = llround(fmax(0, s) * 1000);
+    fprintf(f, "%02lld:%02lld:%02lld.%03lld", ms / 3600000, ms / 60000 % 60, ms / 1000 % 60,
+            ms % 1000);
+}
+
+/* The sprite's name as the client writes it beside the VTT: the upload's
+ * base name without its extension, ".sprite.", the format's extension. */
+static void sprite_name(const struct engine *e, char *buf, size_t len)
+{
+    const char *name = e->req->file_name && e->req->file_name[0] ? e->req->file_name : "video";
+    const char *base = strrchr(name, '/') ? strrchr(name, '/') + 1 : name;
+    const char *dot = strrchr(base, '.');
+    int n = dot && dot != base ? (int)(dot - base) : (int)strlen(base);
+    const char *ext = e->req->format == TN_FORMAT_JPEG   ? "jpg"
+                      : e->req->format == TN_FORMAT_WEBP ? "webp"
+                                                         : "png";
+    snprintf(buf, len, "%.*s.sprite.%s", n, base, ext);
+}
+
+/* Every tile into one sheet (one decoder pass, in time order), then the
+ * sheet (index 0) and the WebVTT (index 1). */
+static int run_storyboard(struct engine *e, const struct point *points, tn_engine_emit_fn emit,
+                          void *opaque)
+{
+    const struct tn_engine_request *req = e->req;
+    int tw = req->tile_width ? (int)req->tile_width : 160;
+    int cols = req->columns ? (int)req->columns : 10;
+    size_t n = e->n_points;
+    uint8_t *sheet = NULL;
+    char *vtt = NULL, name[TN_IPC_NAME_MAX + 16], reason[REASON_MAX];
+    size_t vtt_len = 0, sheet_stride = 0;
+    int th = 0, sw = 0, shh = 0, code = TN_OK, fd = -1;
+    uint64_t size = 0;
+
+    if ((size_t)cols > n)
+        cols = (int)n;
+    int rows = (int)((n + (size_t)cols - 1) / (size_t)cols);
+    e->box = (struct box){.max_width = (unsigned)tw, .upscale = 1, .fit = TN_FIT_FIT};
+    for (size_t i = 0; i < n; i++) {
+        struct geom g = {0};
+        const uint8_t *img;
+        size_t stride;
+        e->pick[0] = '\0';
+        if ((code = serve(e, points[i].target)) != TN_OK || (code = check_stop(e)) != TN_OK ||
+            (code = render(e, &g, &img, &stride)) != TN_OK)
+            goto out;
+        if (!sheet) { /* the first tile sets the tile height; later ones are padded to it */
+            th = g.bh;
+            sw = tw * cols;
+            shh = th * rows;
+            if (sw > MAX_OUTPUT_SIDE || shh > MAX_OUTPUT_SIDE) {
+                code = fail(e, TN_INVALID_ARGUMENT,
+                            "the storyboard would be %dx%d (%zu tiles of %dx%d in %d columns), "
+                            "over %d a side: use fewer tiles, more columns or smaller tiles",
+                            sw, shh, n, tw, th, cols, MAX_OUTPUT_SIDE);
+                goto out;
+            }
+            sheet_stride = (size_t)sw * 3;
+            if (!(sheet = av_mallocz(sheet_stride * (size_t)shh))) {
+                code = fail_av(e, TN_INVALID_ARGUMENT, AVERROR(ENOMEM), "storyboard");
+                goto out;
+            }
+            e->box = (struct box){.max_width = (unsigned)tw,
+                                  .max_height = (unsigned)th,
+                                  .upscale = 1,
+                                  .fit = TN_FIT_PAD};
+        }
+        int x0 = (int)(i % (size_t)cols) * tw, y0 = (int)(i / (size_t)cols) * th;
+        for (int y = 0; y < g.bh && y < th; y++)
+            memcpy(sheet + (size_t)(y0 + y) * sheet_stride + (size_t)x0 * 3,
+                   img + (size_t)y * stride, (size_t)(g.bw < tw ? g.bw : tw) * 3);
+    }
+    if ((fd = encode(e, sheet, sw, shh, sheet_stride, &size)) < 0) {
+        code = -fd;
+        fd = -1;
+        goto out;
+    }
+    snprintf(reason, sizeof(reason), "storyboard: %zu tiles of %dx%d, %d columns", n, tw, th, cols);
+    struct tn_engine_result r = {.index = 0,
+                                 .requested_time = points[0].seconds,
+                                 .actual_time = points[0].seconds,
+                                 .width = (unsigned)sw,
+                                 .height = (unsigned)shh,
+                                 .format = req->format,
+                                 .fd = fd,
+                                 .size = size,
+                                 .reason = reason,
+                                 .kind = TN_KIND_SPRITE};
+    fd = -1;
+    if ((code = emit(opaque, &r)) != TN_OK) {
+        code = fail(e, code, "the storyboard could not be delivered");
+        goto out;
+    }
+
+    /* WebVTT: cue i spans from tile i's point to the next one's (the last to the end) */
+    FILE *f = open_memstream(&vtt, &vtt_len);
+    if (!f) {
+        code = fail_av(e, TN_INVALID_ARGUMENT, AVERROR(ENOMEM), "storyboard");
+        goto out;
+    }
+    double end = e->end_pts != AV_NOPTS_VALUE
+                     ? (e->end_pts - e->start_pts) * av_q2d(e->st->time_base)
+                     : e->duration;
+    double step = n > 1 ? points[1].seconds - points[0].seconds : end;
+    sprite_name(e, name, sizeof(name));
+    fputs("WEBVTT\n", f);
+    for (size_t i = 0; i < n; i++) {
+        double a = req->count ? step * (double)i : points[i].seconds;
+        double b = i + 1 < n ? (req->count ? step * (double)(i + 1) : points[i + 1].seconds) : end;
+        fputc('\n', f);
+        vtt_time(f, a);
+        fputs(" --> ", f);
+        vtt_time(f, fmax(a, b));
+        fprintf(f, "\n%s#xywh=%d,%d,%d,%d\n", name, (int)(i % (size_t)cols) * tw,
+                (int)(i / (size_t)cols) * th, tw, th);
+    }
+    if (fclose(f) != 0) {
+        code = fail_av(e, TN_INVALID_ARGUMENT, AVERROR(ENOMEM), "storyboard");
+        goto out;
+    }
+    if ((fd = sealed_memfd((const uint8_t *)vtt, vtt_len)) < 0) {
+        code = fail(e, TN_INTERNAL, "cannot store the storyboard in a memfd: %s", strerror(-fd));
+        fd = -1;
+        goto out;
+    }
+    struct tn_engine_result v = {.index = 1,
+                                 .requested_time = points[0].seconds,
+                                 .width = (unsigned)sw,
+                                 .height = (unsigned)shh,
+                                 .fd = fd,
+                                 .size = vtt_len,
+                                 .reason = "",
+                                 .kind = TN_KIND_VTT};
+    fd = -1;
+    if ((code = emit(opaque, &v)) != TN_OK)
+        code = fail(e, code, "the storyboard could not be delivered");
+out:
+    if (fd >= 0)
+        close(fd);
+    free(vtt);
+    av_free(sheet);
+    return code;
 }
 
 /* ---- probe ------------------------------------------------------------------ */
@@ -1852,7 +2043,7 @@ int tn_engine_run(const struct tn_engine_request *req, tn_engine_emit_fn emit, v
     e.frame = av_frame_alloc();
     e.prev = av_frame_alloc();
     e.cur = av_frame_alloc();
-    points = calloc(TN_IPC_MAX_TIMES, sizeof(*points));
+    points = calloc(TN_STORYBOARD_MAX_TILES, sizeof(*points));
     if (!e.pkt || !e.frame || !e.prev || !e.cur || !points) {
         /* Nothing of the file is read yet: the worker itself is short. */
         code = fail(&e, TN_UNAVAILABLE, "the decode worker is out of memory; retrying is safe");
@@ -1872,6 +2063,14 @@ int tn_engine_run(const struct tn_engine_request *req, tn_engine_emit_fn emit, v
     setup_timing(&e);
     if ((code = resolve_times(&e, points)) != TN_OK)
         goto out;
+    e.box = (struct box){.max_width = req->max_width,
+                         .max_height = req->max_height,
+                         .upscale = req->upscale,
+                         .fit = req->fit};
+    if (req->storyboard) {
+        code = run_storyboard(&e, points, emit, opaque);
+        goto out;
+    }
     tn_log_debug("%s: %s, %s %dx%d, %.3f s, stream info %s, nonref skip %s",
                  req->file_name ? req->file_name : "-", e.fmt->iformat->name,
                  avcodec_get_name(e.st->codecpar->codec_id), e.st->codecpar->width,

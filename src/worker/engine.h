@@ -16,6 +16,9 @@
 
 #include "ipc.h"
 
+/* What a result holds (the proto's ThumbnailKind). */
+enum tn_result_kind { TN_KIND_IMAGE = 0, TN_KIND_SPRITE = 1, TN_KIND_VTT = 2 };
+
 struct tn_engine_limits {
     uint64_t max_pixels; /* decoder and find_stream_info; 0 = libav default */
     int64_t probesize;   /* bytes; 0 = engine default */
@@ -48,6 +51,14 @@ struct tn_engine_request {
     double every;       /* > 0: a point every this many seconds; times is ignored */
     int cover_art;      /* 0/1: index 0 is the attached picture when there is one */
     int probe; /* 0/1: one result, index 0, format 0: the probe.h JSON; times etc. ignored */
+    /* Storyboard: tiles at the count / every points (default: every
+     * max(1 s, duration / 100)), tile_width wide (0 = 160), in a grid of
+     * `columns` (0 = 10), into one sprite (index 0, the requested format)
+     * and a WebVTT file (index 1, format 0) whose cues point into it with
+     * #xywh= fragments. max_width/max_height, fit and times are ignored. */
+    int storyboard;
+    unsigned tile_width;
+    unsigned columns;
 };
 
 struct tn_engine_result {
@@ -61,6 +72,7 @@ struct tn_engine_result {
     /* For people: how the picture was chosen or treated ("skipped 2 black
      * frames", "deinterlaced"); "" if nothing to say. Valid during emit. */
     const char *reason;
+    int kind; /* enum tn_result_kind */
 };
 
 /* Called once per thumbnail. Takes ownership of r->fd (must close it). Nonzero = stop the job

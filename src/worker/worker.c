@@ -131,12 +131,13 @@ static int emit_result(void *opaque, const struct tn_engine_result *r)
     struct job_ctx *ctx = opaque;
     struct tn_ipc_result msg;
 
-    if (r->reason && r->reason[0]) {
+    if ((r->reason && r->reason[0]) || r->kind) {
         struct tn_ipc_result_info info;
         memset(&info, 0, sizeof(info));
         tn_ipc_header_init(&info.h, TN_IPC_RESULT_INFO, ctx->job->h.job_id);
         info.index = r->index;
-        snprintf(info.reason, sizeof(info.reason), "%s", r->reason);
+        info.kind = (uint32_t)r->kind;
+        snprintf(info.reason, sizeof(info.reason), "%s", r->reason ? r->reason : "");
         int err = tn_ipc_send(ctx->reply, &info, sizeof(info), NULL, 0, 0);
         if (err < 0) {
             close(r->fd);
@@ -261,6 +262,9 @@ static void run_job(struct tn_ipc_job *job, int video, int reply,
         .every = job->every,
         .cover_art = job->cover_art,
         .probe = job->probe,
+        .storyboard = job->storyboard,
+        .tile_width = job->tile_width,
+        .columns = job->columns,
     };
     code = tn_engine_run(&req, emit_result, &ctx, err, sizeof(err));
 

@@ -168,6 +168,36 @@ class EngineFeatures(h.ServerTestCase):
                     teeth += 1
         self.assertLess(teeth, 20)
 
+    def test_client_storyboard(self):
+        inp = h.make_input_dir(["h264.mp4"], parent=self.tmpdir())
+        out = os.path.join(self.tmpdir(), "out")
+        r = self.client("--storyboard", "--every", "0.5", "--tile-width", "64", "--columns", "3",
+                        inp, out, check_rc=0)
+        self.assertEqual(h.tree_files(out), ["h264.sprite.png", "h264.vtt"], r)
+        sprite = h.png_file(os.path.join(out, "h264.sprite.png"))
+        self.assertEqual((sprite.width, sprite.height), (3 * 64, 3 * 36))  # 8 tiles of 64x36
+        with open(os.path.join(out, "h264.vtt")) as f:
+            vtt = f.read()
+        self.assertTrue(vtt.startswith("WEBVTT\n"), vtt)
+        cues = [c.splitlines() for c in vtt.split("\n\n")[1:]]
+        self.assertEqual(len(cues), 8, vtt)
+        for i, (times, target) in enumerate(cues):
+            a, b = times.split(" --> ")
+            self.assertEqual(a, "00:00:%06.3f" % (i * 0.5))
+            self.assertEqual(b, "00:00:%06.3f" % ((i + 1) * 0.5))
+            name, xywh = target.split("#xywh=")
+            self.assertEqual(name, "h264.sprite.png")
+            self.assertEqual([int(v) for v in xywh.split(",")], [i % 3 * 64, i // 3 * 36, 64, 36])
+            # the tile is the keyframe at or before its time: 0 s before 2 s, then 2 s
+            t = self.gen("h264.mp4", times=[i * 0.5], max_width=64, mode=2)[0]
+            tile = h.png_decode(t.data)
+            x0, y0 = i % 3 * 64, i // 3 * 36
+            diff = sum(abs(sprite.pixel(x0 + x, y0 + y)[1] - tile.pixel(x, y)[1])
+                       for y in range(0, 36, 3) for x in range(0, 64, 3)) / (12 * 22)
+            self.assertLess(diff, 2, "tile %d" % i)
+        # the unused cells of the last row are black
+        self.assertEqual(sprite.pixel(2 * 64 + 30, 2 * 36 + 18)[:3], (0, 0, 0))
+
     def probe(self, name):
         with h.channel(self.server.addr) as ch:
             stub = h.pb_grpc.ThumbnailerStub(ch)

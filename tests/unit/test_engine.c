@@ -268,6 +268,7 @@ static int group_teardown(void **state)
 struct result {
     struct tn_engine_result r;
     char reason[256];
+    int kind;
     unsigned char *data; /* the image, read back from the memfd */
     int sealed;
 };
@@ -287,6 +288,7 @@ static int emit(void *opaque, const struct tn_engine_result *r)
     struct stat sb;
 
     out->r = *r;
+    out->kind = r->kind;
     snprintf(out->reason, sizeof(out->reason), "%s", r->reason ? r->reason : "");
     assert_int_equal(fstat(r->fd, &sb), 0);
     assert_int_equal((uint64_t)sb.st_size, r->size);
@@ -308,6 +310,8 @@ static void run_free(struct run *run)
 }
 
 struct opts {
+    int storyboard;
+    unsigned tile_width, columns;
     int fit;
     uint32_t pad_color;
     unsigned count;
@@ -358,6 +362,9 @@ static void engine(struct run *run, const char *name, const struct tn_time_point
         .count = o->count,
         .every = o->every,
         .cover_art = o->cover_art,
+        .storyboard = o->storyboard,
+        .tile_width = o->tile_width,
+        .columns = o->columns,
     };
     run->code = tn_engine_run(&req, emit, run, run->err, sizeof(run->err));
     close(fd);
@@ -1193,6 +1200,79 @@ static void test_cover_art(void **state)
     run_free(&run);
 }
 
+/* A storyboard of the self-numbering clip (10 fps, 6 s, frame N has luma
+ * 16 + 3 N): 6 tiles at 0.5, 1.5 ... 5.5 s in 4 columns; every cue of the
+ * WebVTT covers its second and points at the tile that is the thumbnail
+ * of that time (a neighbouring frame would be 3 levels off). */
+static void test_storyboard(void **state)
+{
+    (void)state;
+    SKIP_WITHOUT_CLIPS();
+    struct opts o = defaults;
+    struct run run;
+    unsigned w, h;
+
+    o.storyboard = 1;
+    o.count = 6;
+    o.tile_width = 48;
+    o.columns = 4;
+    o.mode = TN_MODE_ACCURATE;
+    engine(&run, "idx.mp4", NULL, 0, &o);
+    if (run.code != TN_OK)
+        fail_msg("%s", run.err);
+    assert_int_equal(run.n, 2);
+    assert_int_equal(run.res[0].kind, TN_KIND_SPRITE);
+    assert_int_equal(run.res[1].kind, TN_KIND_VTT);
+    assert_png(&run.res[0], 4 * 48, 2 * 48);
+    unsigned char *rgb = decode_png(&run.res[0], &w, &h);
+    char *vtt = strndup((const char *)run.res[1].data, run.res[1].r.size);
+    assert_non_null(vtt);
+    assert_memory_equal(vtt, "WEBVTT\n", 7);
+    int cues = 0;
+    for (char *line = strstr(vtt, "\n\n"); line; line = strstr(line + 1, "\n\n")) {
+        int h1, m1, s1, ms1, h2, m2, s2, ms2, x, y, cw, ch;
+        char name[64];
+        if (sscanf(line + 2, "%d:%d:%d.%d --> %d:%d:%d.%d\n%63[^#]#xywh=%d,%d,%d,%d", &h1, &m1, &s1,
+                   &ms1, &h2, &m2, &s2, &ms2, name, &x, &y, &cw, &ch) != 13)
+            fail_msg("bad cue: %.80s", line + 2);
+        assert_string_equal(name, "idx.sprite.png");
+        assert_int_equal(s1 * 1000 + ms1, cues * 1000);
+        assert_int_equal(s2 * 1000 + ms2, (cues + 1) * 1000);
+        assert_int_equal(x, (cues % 4) * 48);
+        assert_int_equal(y, (cues / 4) * 48);
+        assert_int_equal(cw, 48);
+        assert_int_equal(ch, 48);
+        /* the tile is the thumbnail of its time: the same frame (frames differ
+         * by 3 levels), within the coordinates the cue gives */
+        struct run one;
+        struct opts o1 = defaults;
+        unsigned ow, oh;
+        o1.max_width = 48;
+        const struct tn_time_point t = {.kind = TN_TIME_SECONDS, .value = cues + 0.5};
+        engine(&one, "idx.mp4", &t, 1, &o1);
+        assert_int_equal(one.code, TN_OK);
+        unsigned char *want = decode_png(&one.res[0], &ow, &oh);
+        assert_int_equal(ow, 48);
+        assert_int_equal(oh, 48);
+        double diff = 0;
+        for (int ty = 0; ty < ch; ty++)
+            for (int tx = 0; tx < cw; tx++)
+                diff += abs(px(rgb, w, (unsigned)(x + tx), (unsigned)(y + ty))[1] -
+                            px(want, ow, (unsigned)tx, (unsigned)ty)[1]);
+        diff /= cw * ch;
+        if (diff > 1)
+            fail_msg("tile %d differs from the thumbnail at %g s by %.1f levels", cues, t.value,
+                     diff);
+        free(want);
+        run_free(&one);
+        cues++;
+    }
+    assert_int_equal(cues, 6);
+    free(vtt);
+    free(rgb);
+    run_free(&run);
+}
+
 static void expect_error(const char *name, int code, const char *text, const struct opts *o)
 {
     const struct tn_time_point t = {.kind = TN_TIME_SECONDS, .value = 1};
@@ -1504,6 +1584,7 @@ int main(void)
         cmocka_unit_test(test_count_and_every),
         cmocka_unit_test(test_smart_black_intro),
         cmocka_unit_test(test_cover_art),
+        cmocka_unit_test(test_storyboard),
         cmocka_unit_test(test_jpeg_and_webp),
         cmocka_unit_test(test_deadline_and_cancel),
         cmocka_unit_test(test_no_fd_leak),
