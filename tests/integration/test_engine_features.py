@@ -198,6 +198,21 @@ class EngineFeatures(h.ServerTestCase):
         # the unused cells of the last row are black
         self.assertEqual(sprite.pixel(2 * 64 + 30, 2 * 36 + 18)[:3], (0, 0, 0))
 
+    def test_client_usage_errors(self):
+        for args, text in ((["--fit", "cover"], "expected fit, fill or pad"),
+                           (["--pad-color", "12345g"], "RRGGBB"),
+                           (["--count", "65"], "at most 64"),
+                           (["--count", "2", "--every", "1"], "one of --at, --count and --every"),
+                           (["--storyboard", "--at", "1"], "not --at"),
+                           (["--tile-width", "2000"], "1..1024"),
+                           (["--mode", "best"], "accurate, keyframe or smart")):
+            r = self.client(*(args + ["in", "out"]), check_rc=2)
+            self.assertIn(text, r.stderr, args)
+        r = h.run_client(["--help"], check_rc=0)
+        for flag in ("--fit", "--pad-color", "--count", "--every", "--cover-art", "--probe",
+                     "--storyboard", "--tile-width", "--columns", "smart"):
+            self.assertIn(flag, r.stdout)
+
     def probe(self, name):
         with h.channel(self.server.addr) as ch:
             stub = h.pb_grpc.ThumbnailerStub(ch)
