@@ -209,7 +209,8 @@ void tn_job_run(const struct tn_job_env *env, grpc_completion_queue *cq,
     /* pull and local mode */
     if (opt->local)
         req.transfer = TN_RPC_LOCAL;
-    else if (opt->pull == 1 || (opt->pull < 0 && req.size >= opt->pull_threshold))
+    else if (req.size > 0 && /* an empty file: the server's "empty" error, not pull's */
+             (opt->pull == 1 || (opt->pull < 0 && req.size >= opt->pull_threshold)))
         req.transfer = TN_RPC_PULL;
     struct sink_ctx sctx = {.outs = outs, .map = map, .info = info};
     struct tn_rpc_sink sink = {

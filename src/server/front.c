@@ -1979,7 +1979,7 @@ static void handle_reply(struct front *f, struct gen_call *c)
                 finish_locked(c, TN_INTERNAL, "the decode worker sent a malformed read request");
                 abandon_job_locked(c);
             } else if (c->dead || c->status_set) {
-                /* ending: the worker is abandoned, or soon */
+                abandon_job_locked(c); /* ending: nobody will answer */
             } else if (c->recv_closed) {
                 finish_locked(c, TN_INVALID_ARGUMENT,
                               "the client closed its request stream, but the server needs more "
