@@ -29,6 +29,9 @@ from harness import pb, pb_grpc
 CORPUS = ["h264.mp4", "hevc.mkv", "vp9.webm", "mpeg4.avi", "rotate90.mp4", "anamorphic.mp4",
           "h264_1080p.mp4"]
 BAD = ["random.bin", "truncated.mp4", "audio_only.m4a"]
+# Made from h264_1080p.mp4 by stream copy: 16 MB, so seeking needs the index at the end
+# (MP4 moov, Matroska cues, AVI idx1) and pull mode must fetch it first.
+REMUXED = ["moov_last.mp4", "cues_last.mkv", "index_last.avi"]
 
 
 def ff(*args):
@@ -139,7 +142,11 @@ class PullCorpus(h.ServerTestCase):
         os.mkdir(cls.input)
         for n in CORPUS:
             shutil.copyfile(h.video(n), os.path.join(cls.input, n))
-        moov_at_end(h.video("h264_1080p.mp4"), os.path.join(cls.input, "moov_last.mp4"))
+        src = h.video("h264_1080p.mp4")
+        moov_at_end(src, os.path.join(cls.input, "moov_last.mp4"))
+        ff("-i", src, "-c", "copy", os.path.join(cls.input, "cues_last.mkv"))
+        ff("-i", src, "-c", "copy", "-bsf:v", "h264_mp4toannexb",
+           os.path.join(cls.input, "index_last.avi"))
 
     @classmethod
     def tearDownClass(cls):
@@ -156,12 +163,12 @@ class PullCorpus(h.ServerTestCase):
         ru = self.client(up, "--no-pull")
         rp = self.client(pull, "--pull")
         files = h.tree_files(up)
-        self.assertEqual(len(files), 4 * (len(CORPUS) + 1), ru)
+        self.assertEqual(len(files), 4 * (len(CORPUS) + len(REMUXED)), ru)
         self.assertEqual(files, h.tree_files(pull))
         for f in files:
             self.assertEqual(h.read_bytes(os.path.join(up, f)), h.read_bytes(os.path.join(pull, f)),
                              "%s differs between upload and pull mode" % f)
-        for n in CORPUS + ["moov_last.mp4"]:
+        for n in CORPUS + REMUXED:
             line = rp.line_for(n)
             self.assertRegex(line or "", r"pull: sent [0-9.]+ [KMG]?i?B of ", rp)
             self.assertNotIn("pull:", ru.line_for(n))
@@ -182,7 +189,7 @@ class PullCorpus(h.ServerTestCase):
 
     def test_grpcio_client_identical(self):
         """An independent client answering in 256 KiB pieces gets the upload's bytes."""
-        for n in CORPUS + ["moov_last.mp4"]:
+        for n in CORPUS + REMUXED:
             path = os.path.join(self.input, n)
             for mode in (pb.SEEK_MODE_ACCURATE, pb.SEEK_MODE_KEYFRAME):
                 call = PullCall(self.server.addr, path, times=[h.time_point("50%")], mode=mode)
