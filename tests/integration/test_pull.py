@@ -293,8 +293,15 @@ class PullMisbehaving(h.ServerTestCase):
 
     def tearDown(self):
         # nothing leaked: the front and every worker are back to their fd counts, and serve
-        h.wait_for(lambda: {p: fd_count(p) for p in self.fds} == self.fds, 10,
-                   what="fd counts back to %s" % self.fds)
+        try:
+            h.wait_for(lambda: {p: fd_count(p) for p in self.fds} == self.fds, 10,
+                       what="fd counts back to %s" % self.fds)
+        except AssertionError:
+            now = {p: fd_count(p) for p in self.fds}
+            links = {p: sorted(os.readlink("/proc/%d/fd/%s" % (p, fd))
+                               for fd in os.listdir("/proc/%d/fd" % p))
+                     for p in self.fds if now[p] != self.fds[p]}
+            raise AssertionError("fds before %s, now %s: %s" % (self.fds, now, links))
         call = PullCall(self.server.addr, self.path)
         self.assertIsNotNone(call.run(), call.error)
 
