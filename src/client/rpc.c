@@ -401,9 +401,10 @@ static int answer_range(struct call *c, const struct tn_rpc_request *req,
         size_t n = left < req->chunk_size ? (size_t)left : (size_t)req->chunk_size;
         int err = 0;
         grpc_byte_buffer *bb = range_data_message(req->fd, rr->offset + done, n, &err);
+        uint64_t end = rr->offset + done + n;
         if (!bb)
             return err == -ENODATA ? fail(res, "file shrank (it ends before byte %llu)",
-                                          (unsigned long long)(rr->offset + done + n))
+                                          (unsigned long long)end)
                                    : fail(res, "read failed: %s", strerror(-err));
         if (!send_message(c, bb, false, false))
             return 0; /* the call is over: its status says why */

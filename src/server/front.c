@@ -185,10 +185,10 @@ struct gen_call {
     bool idle_ended;        /* ended by --idle-timeout */
     struct dlink recv_link; /* on f->recving while a RECV_MESSAGE is outstanding */
     /* pull and local mode (CQ thread) */
+    int pull_fd;        /* pull: our own fd of the spool file, written with range data; owned */
     bool pull;          /* Options.pull: the worker asks for ranges */
     bool local;         /* Options.local_path: spool_fd is the file under --media-root */
     uint64_t file_size; /* pull: declared; local: fstat */
-    int pull_fd;        /* pull: our own fd of the spool file, written with range data; owned */
 
     /* Everything below is protected by mu. */
     pthread_mutex_t mu;
@@ -212,12 +212,12 @@ struct gen_call {
     uint64_t bytes_out;
     unsigned thumbs_out;
     /* pull mode, under mu: the one range the worker waits for */
-    bool range_out;     /* asked, not all received */
-    bool range_to_send; /* the RangeRequest message is not sent yet */
-    bool recv_closed;   /* the client half-closed: no more range data can come */
     uint64_t range_off, range_len, range_got;
     int64_t range_since_ms; /* when it was asked (--idle-timeout) */
     uint64_t pulled;        /* bytes asked for so far (--max-upload-bytes) */
+    bool range_out;         /* asked, not all received */
+    bool range_to_send;     /* the RangeRequest message is not sent yet */
+    bool recv_closed;       /* the client half-closed: no more range data can come */
 
     /* Lists owned by front.mu. */
     struct gen_call *pend_next; /* dispatch list */
