@@ -12,6 +12,7 @@
   bytes, a wrong offset, unsolicited bytes, a half-close with a range
   outstanding -> INVALID_ARGUMENT. Afterwards the front and the workers hold no
   more file descriptors than before and still serve.
+* --max-upload-bytes bounds the bytes pulled (RESOURCE_EXHAUSTED), not the file's size.
 """
 import os
 import queue
@@ -393,6 +394,31 @@ class PullIdleTimeout(h.ServerTestCase):
         call = PullCall(self.server.addr, h.video("h264_1080p.mp4"), delay=0.5)
         self.assertIsNotNone(call.run(), call.error)
         self.assertGreater(call.elapsed, 1.0)
+
+
+class PullLimit(h.ServerTestCase):
+    """--max-upload-bytes bounds the bytes pulled, not the size of the file."""
+    workers = 1
+    server_extra = ("--max-upload-bytes", "1M")
+
+    def test_big_file_small_pull_is_fine(self):
+        # 16 MB declared, over the 1M limit; keyframe at 0 needs one 256 KiB block
+        call = PullCall(self.server.addr, h.video("h264_1080p.mp4"), times=[h.time_point(0)],
+                        mode=pb.SEEK_MODE_KEYFRAME)
+        self.assertIsNotNone(call.run(), call.error)
+        self.assertLessEqual(call.sent, 1 << 20)
+
+    def test_pulling_more_is_resource_exhausted(self):
+        call = PullCall(self.server.addr, h.video("h264_1080p.mp4"),
+                        times=[h.time_point("90%")])
+        call.run()
+        self.assertRpcCode(call.error, "RESOURCE_EXHAUSTED", "max-upload-bytes")
+        self.assertLessEqual(call.sent, 1 << 20)
+
+    def test_upload_is_still_refused(self):
+        with self.assertRaises(h.grpc.RpcError) as cm:
+            h.generate(self.server.addr, path=h.video("h264_1080p.mp4"))
+        self.assertRpcCode(cm.exception, "RESOURCE_EXHAUSTED", "max-upload-bytes")
 
 
 if __name__ == "__main__":
