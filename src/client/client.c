@@ -356,16 +356,17 @@ static int run_batch(const struct tn_client_options *opt)
 
     size_t not_started = files.n - run.next;
     if (!opt->quiet) {
-        char sent[32], rate[32];
+        char sent[32], rate[32], video[32];
         uint64_t bytes = tn_progress_bytes();
         tn_progress_fmt_bytes(sent, sizeof(sent), (double)bytes);
+        tn_progress_fmt_bytes(video, sizeof(video), (double)tn_progress_video_bytes());
         tn_progress_fmt_bytes(rate, sizeof(rate), wall > 0 ? (double)bytes / wall : 0);
         printf("%s: %zu ok, %zu failed, %zu skipped", stop_flag ? "interrupted" : "done", run.ok,
                run.failed, run.skipped);
         if (not_started)
             printf(", %zu not started", not_started);
-        printf("; %s sent in %.2f s (%s/s); %.1f thumbnails/s\n", sent, wall, rate,
-               wall > 0 ? (double)run.thumbnails / wall : 0);
+        printf("; %s sent for %s of video in %.2f s (%s/s); %.1f thumbnails/s\n", sent, video, wall,
+               rate, wall > 0 ? (double)run.thumbnails / wall : 0);
     }
     rc = stop_flag ? EXIT_INTERRUPTED : run.failed ? EXIT_FAILED : 0;
 

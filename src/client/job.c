@@ -88,7 +88,8 @@ static char *join_path(const char *dir, const char *rel)
 
 /* "ok   a.mp4 -> out/a.png (320x180, t=6.00s, 12 ms)", one entry per output. */
 static char *ok_line(const char *rel, struct tn_output_file *outs, const struct tn_rpc_thumb *info,
-                     const bool *existed, size_t count, double ms, unsigned retries)
+                     const bool *existed, size_t count, double ms, unsigned retries,
+                     const char *how)
 {
     char *buf = NULL;
     size_t len = 0;
@@ -109,6 +110,8 @@ static char *ok_line(const char *rel, struct tn_output_file *outs, const struct 
     fprintf(f, "%s%.0f ms", count > 1 ? " (" : ", ", ms);
     if (retries)
         fprintf(f, ", %u %s", retries, retries == 1 ? "retry" : "retries");
+    if (how)
+        fprintf(f, ", %s", how);
     fputc(')', f);
     if (fclose(f) != 0) {
         free(buf);
@@ -233,7 +236,14 @@ void tn_job_run(const struct tn_job_env *env, grpc_completion_queue *cq,
         .storyboard = opt->storyboard,
         .tile_width = opt->tile_width,
         .columns = opt->columns,
+        .local_path = e->rel,
     };
+    /* pull and local mode */
+    if (opt->local)
+        req.transfer = TN_RPC_LOCAL;
+    else if (req.size > 0 && /* an empty file: the server's "empty" error, not pull's */
+             (opt->pull == 1 || (opt->pull < 0 && req.size >= opt->pull_threshold)))
+        req.transfer = TN_RPC_PULL;
     struct sink_ctx sctx = {.outs = outs, .map = map, .info = info};
     struct tn_rpc_sink sink = {
         .ctx = &sctx, .begin = sink_begin, .data = sink_data, .sent = sink_sent};
@@ -280,8 +290,22 @@ void tn_job_run(const struct tn_job_env *env, grpc_completion_queue *cq,
         }
         rep->thumbnails++;
     }
+    char sent[32], total[32], how[96] = "";
+    tn_progress_fmt_bytes(sent, sizeof(sent), (double)res.bytes_sent);
+    tn_progress_fmt_bytes(total, sizeof(total), (double)req.size);
+    tn_progress_add_video(req.size);
+    if (req.transfer == TN_RPC_PULL)
+        snprintf(how, sizeof(how), "pull: sent %s of %s in %u ranges", sent, total, res.ranges);
+    else if (req.transfer == TN_RPC_LOCAL)
+        snprintf(how, sizeof(how), "local: sent 0 B of %s", total);
+    tn_log_debug("%s: sent %llu of %llu bytes (%s)", e->rel, (unsigned long long)res.bytes_sent,
+                 (unsigned long long)req.size,
+                 req.transfer == TN_RPC_PULL    ? "pull"
+                 : req.transfer == TN_RPC_LOCAL ? "local"
+                                                : "upload");
     rep->outcome = TN_JOB_OK;
-    rep->line = ok_line(e->rel, outs, info, existed, count, (double)tn_mono_ms() - t0, attempt);
+    rep->line = ok_line(e->rel, outs, info, existed, count, (double)tn_mono_ms() - t0, attempt,
+                        how[0] ? how : NULL);
 
 out:
     for (size_t i = 0; i < n_ready; i++)

@@ -36,6 +36,10 @@ enum {
     OPT_STORYBOARD,
     OPT_TILE_WIDTH,
     OPT_COLUMNS,
+    OPT_PULL, /* pull and local mode */
+    OPT_NO_PULL,
+    OPT_PULL_THRESHOLD,
+    OPT_LOCAL,
 };
 
 static const struct option long_options[] = {
@@ -67,6 +71,10 @@ static const struct option long_options[] = {
     {"storyboard", no_argument, NULL, OPT_STORYBOARD},
     {"tile-width", required_argument, NULL, OPT_TILE_WIDTH},
     {"columns", required_argument, NULL, OPT_COLUMNS},
+    {"pull", no_argument, NULL, OPT_PULL},
+    {"no-pull", no_argument, NULL, OPT_NO_PULL},
+    {"pull-threshold", required_argument, NULL, OPT_PULL_THRESHOLD},
+    {"local", no_argument, NULL, OPT_LOCAL},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -111,6 +119,16 @@ static void usage(FILE *f)
             "      --connect-timeout SECS\n"
             "                          how long to wait for the server at start-up\n"
             "                          (default %.0f s); unreachable = exit status 2\n"
+            "      --pull              pull mode for every file: the server asks for the byte\n"
+            "                          ranges it needs and only those are sent (a thumbnail\n"
+            "                          of a 10 GB file costs megabytes, not gigabytes)\n"
+            "      --no-pull           upload every file whole\n"
+            "      --pull-threshold SIZE\n"
+            "                          without --pull/--no-pull: pull files of at least SIZE,\n"
+            "                          upload smaller ones (default 64M)\n"
+            "      --local             send paths relative to INPUT_DIR instead of bytes; the\n"
+            "                          server's --media-root must be the same folder (e.g. a\n"
+            "                          shared volume)\n"
             "      --overwrite         replace existing outputs (default: a file whose\n"
             "                          outputs all exist is skipped)\n"
             "  -q, --quiet             print only failures: no ok/skip lines, progress bar\n"
@@ -229,6 +247,8 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
     o->retries = TN_CLIENT_DEFAULT_RETRIES;
     o->timeout = TN_CLIENT_DEFAULT_TIMEOUT;
     o->connect_timeout = TN_CLIENT_DEFAULT_CONNECT_TIMEOUT;
+    o->pull = -1;
+    o->pull_threshold = TN_CLIENT_DEFAULT_PULL_THRESHOLD;
 
     const char *env = getenv("THUMBNAIL_SERVER");
     if (env && *env)
@@ -304,6 +324,14 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
                 return bad("--chunk-size", optarg, "expected a size 1K..256M such as 64K or 4M");
             o->chunk_size = v;
             break;
+        case OPT_PULL: o->pull = 1; break;
+        case OPT_NO_PULL: o->pull = 0; break;
+        case OPT_PULL_THRESHOLD:
+            if (tn_parse_size(optarg, &v) < 0 || v == 0)
+                return bad("--pull-threshold", optarg, "expected a size > 0 such as 64M or 1G");
+            o->pull_threshold = v;
+            break;
+        case OPT_LOCAL: o->local = true; break;
         case OPT_RETRIES:
             if (tn_parse_uint(optarg, 0, 20, &v) < 0)
                 return bad("--retries", optarg, "expected an integer 0..20");
@@ -445,6 +473,11 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
                 "thumbnail_client: --fit %s needs --width and --height\n"
                 "Try 'thumbnail_client --help'.\n",
                 o->fit == TN_FIT_FILL ? "fill" : "pad");
+        return TN_OPTIONS_USAGE;
+    }
+    if (o->local && o->pull == 1) {
+        fprintf(stderr, "thumbnail_client: --local and --pull cannot be used together\n"
+                        "Try 'thumbnail_client --help'.\n");
         return TN_OPTIONS_USAGE;
     }
     /* Explicit rather than relying on the server's "both 0" rule. */

@@ -25,6 +25,7 @@
 #define TN_CLIENT_MAX_JOBS 256
 #define TN_CLIENT_MAX_CHUNK (256u << 20)
 #define TN_CLIENT_MIN_CHUNK 1024u
+#define TN_CLIENT_DEFAULT_PULL_THRESHOLD (64ull << 20)
 
 struct tn_client_options {
     const char *server; /* gRPC target: "host:port", "unix:/path", ... */
@@ -63,6 +64,10 @@ struct tn_client_options {
     bool probe;          /* --probe FILE...: print each file's JSON */
     char **probe_files;  /* the FILE arguments (argv) */
     size_t n_probe_files;
+    /* pull and local mode */
+    int pull;                /* 1 = --pull, 0 = --no-pull, -1 = by --pull-threshold */
+    uint64_t pull_threshold; /* files of at least this many bytes are pulled, not uploaded */
+    bool local;              /* --local: send paths relative to INPUT_DIR (server's --media-root) */
 };
 
 /* How many outputs a file can have: 2 for --storyboard, N for --count, TN_IPC_MAX_TIMES for

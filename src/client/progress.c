@@ -12,6 +12,7 @@ static bool bar_shown;
 static size_t files_total;
 static size_t files_done;
 static uint64_t bytes_sent;
+static uint64_t video_bytes; /* whole files done, however they were sent */
 static double started;
 static double last_draw;
 
@@ -69,6 +70,7 @@ void tn_progress_init(bool bar, size_t total_files)
     files_total = total_files;
     files_done = 0;
     bytes_sent = 0;
+    video_bytes = 0;
     started = ((double)tn_mono_ms() / 1e3);
     last_draw = 0;
     draw_locked(true);
@@ -117,6 +119,21 @@ void tn_progress_finish(void)
     erase_locked();
     bar_enabled = false;
     pthread_mutex_unlock(&lock);
+}
+
+void tn_progress_add_video(uint64_t n)
+{
+    pthread_mutex_lock(&lock);
+    video_bytes += n;
+    pthread_mutex_unlock(&lock);
+}
+
+uint64_t tn_progress_video_bytes(void)
+{
+    pthread_mutex_lock(&lock);
+    uint64_t b = video_bytes;
+    pthread_mutex_unlock(&lock);
+    return b;
 }
 
 uint64_t tn_progress_bytes(void)

@@ -30,6 +30,11 @@ void tn_progress_finish(void);
 
 uint64_t tn_progress_bytes(void);
 
+/* Pull and local mode: n more bytes of video thumbnailed (whole files, however
+ * few of their bytes were sent), for "sent 3.1 MiB for 1.2 GiB of video". */
+void tn_progress_add_video(uint64_t n);
+uint64_t tn_progress_video_bytes(void);
+
 /* "12.3 MiB" into buf. */
 const char *tn_progress_fmt_bytes(char *buf, size_t len, double bytes);
 

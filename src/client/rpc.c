@@ -27,6 +27,12 @@
 /* GenerateRequest.data: field 2, wire type 2 (length-delimited). Checked against the descriptor. */
 #define DATA_FIELD_NUMBER 2
 #define DATA_KEY ((DATA_FIELD_NUMBER << 3) | 2)
+/* GenerateRequest.range_data (field 5) = RangeData{offset = 1 (varint), data = 2 (bytes)}:
+ * framed by hand like data, for the same reason. Checked against the descriptor. */
+#define RANGE_DATA_FIELD_NUMBER 5
+#define RANGE_DATA_KEY ((RANGE_DATA_FIELD_NUMBER << 3) | 2)
+/* The largest range request we answer: the server asks for at most 4 MiB. */
+#define MAX_RANGE (64u << 20)
 
 /* The batches of one call; the tag of a batch is its enum value + 1. */
 enum tag { TAG_SEND, TAG_RECV, TAG_STATUS, N_TAGS };
@@ -145,6 +151,57 @@ static void copy_status_message(const struct call *c, char *msg, size_t len)
     } else {
         msg[0] = 0;
     }
+}
+
+static size_t put_varint(uint8_t *p, uint64_t v)
+{
+    size_t h = 0;
+    do {
+        uint8_t b = v & 0x7f;
+        v >>= 7;
+        p[h++] = b | (v ? 0x80 : 0);
+    } while (v);
+    return h;
+}
+
+/* Read n bytes of fd at off into p; 0, -errno, or -ENODATA if the file ended early. */
+static int read_exact(int fd, uint8_t *p, size_t n, uint64_t off)
+{
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = pread(fd, p + got, n - got, (off_t)(off + got));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return r < 0 ? -errno : -ENODATA;
+        got += (size_t)r;
+    }
+    return 0;
+}
+
+/* A GenerateRequest{range_data{offset, data}} with n bytes of fd at off, read
+ * straight into the slice gRPC sends. NULL with *err as for data_message(). */
+static grpc_byte_buffer *range_data_message(int fd, uint64_t off, size_t n, int *err)
+{
+    uint8_t inner[24], outer[12];
+    size_t i = 0, o = 0;
+    inner[i++] = 0x08; /* RangeData.offset: field 1, varint */
+    i += put_varint(inner + i, off);
+    inner[i++] = 0x12; /* RangeData.data: field 2, length-delimited */
+    i += put_varint(inner + i, n);
+    outer[o++] = RANGE_DATA_KEY;
+    o += put_varint(outer + o, i + n);
+    grpc_slice s = grpc_slice_malloc(o + i + n);
+    uint8_t *p = GRPC_SLICE_START_PTR(s);
+    memcpy(p, outer, o);
+    memcpy(p + o, inner, i);
+    if ((*err = read_exact(fd, p + o + i, n, off)) < 0) {
+        grpc_slice_unref(s);
+        return NULL;
+    }
+    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1);
+    grpc_slice_unref(s);
+    return bb;
 }
 
 /*
@@ -327,6 +384,50 @@ static void build_options(const struct tn_rpc_request *req, Thumbnail__V1__Optio
     opt->storyboard = req->storyboard;
     opt->tile_width = req->tile_width;
     opt->columns = req->columns;
+    opt->pull = req->transfer == TN_RPC_PULL;
+    if (req->transfer == TN_RPC_LOCAL) {
+        opt->local_path = (char *)req->local_path;
+        opt->size = 0; /* the server's file is what counts */
+    }
+}
+
+/* Pull mode: answer one RangeRequest with the bytes of our file, in messages
+ * of at most chunk_size. Returns 0, or -1 with res->message set (the caller
+ * cancels). */
+static int answer_range(struct call *c, const struct tn_rpc_request *req,
+                        const Thumbnail__V1__RangeRequest *rr, const struct tn_rpc_sink *sink,
+                        struct tn_rpc_result *res)
+{
+    if (req->transfer != TN_RPC_PULL)
+        return fail(res, "protocol error: a range request outside pull mode");
+    if (rr->length == 0 || rr->length > MAX_RANGE || rr->offset > req->size ||
+        rr->length > req->size - rr->offset)
+        return fail(res,
+                    "protocol error: range request for %llu bytes at offset %llu of a %llu-byte "
+                    "file",
+                    (unsigned long long)rr->length, (unsigned long long)rr->offset,
+                    (unsigned long long)req->size);
+    tn_log_debug("%s: range request %llu+%llu", req->file_name, (unsigned long long)rr->offset,
+                 (unsigned long long)rr->length);
+    res->ranges++;
+    for (uint64_t done = 0; done < rr->length;) {
+        uint64_t left = rr->length - done;
+        size_t n = left < req->chunk_size ? (size_t)left : (size_t)req->chunk_size;
+        int err = 0;
+        grpc_byte_buffer *bb = range_data_message(req->fd, rr->offset + done, n, &err);
+        uint64_t end = rr->offset + done + n;
+        if (!bb)
+            return err == -ENODATA ? fail(res, "file shrank (it ends before byte %llu)",
+                                          (unsigned long long)end)
+                                   : fail(res, "read failed: %s", strerror(-err));
+        if (!send_message(c, bb, false, false))
+            return 0; /* the call is over: its status says why */
+        done += n;
+        res->bytes_sent += n;
+        if (sink->sent)
+            sink->sent(sink->ctx, n);
+    }
+    return 0;
 }
 
 /* Upload options, data, end. Stops early when the status arrives or a send fails. */
@@ -340,7 +441,10 @@ static void upload(struct call *c, const struct tn_rpc_request *req, const struc
     Thumbnail__V1__GenerateRequest m = THUMBNAIL__V1__GENERATE_REQUEST__INIT;
     m.msg_case = THUMBNAIL__V1__GENERATE_REQUEST__MSG_OPTIONS;
     m.options = &opt;
-    if (!send_message(c, tn_pb_pack(&m.base), true, false))
+    /* Local mode: nothing follows the options. Pull mode: range data follows,
+     * when asked for, so the stream stays open (see receive()). */
+    if (!send_message(c, tn_pb_pack(&m.base), true, req->transfer == TN_RPC_LOCAL) ||
+        req->transfer != TN_RPC_UPLOAD)
         return;
 
     uint64_t off = 0;
@@ -361,6 +465,7 @@ static void upload(struct call *c, const struct tn_rpc_request *req, const struc
         if (!send_message(c, bb, false, false))
             return;
         off += n;
+        res->bytes_sent += n;
         if (sink->sent)
             sink->sent(sink->ctx, n);
     }
@@ -373,8 +478,10 @@ static void upload(struct call *c, const struct tn_rpc_request *req, const struc
     send_message(c, tn_pb_pack(&m.base), false, true);
 }
 
-/* Read responses until the stream ends. A local error cancels the call. */
-static void receive(struct call *c, struct rx *rx, struct tn_rpc_result *res)
+/* Read responses until the stream ends, answering range requests (pull
+ * mode). A local error cancels the call. */
+static void receive(struct call *c, struct rx *rx, const struct tn_rpc_request *req,
+                    const struct tn_rpc_sink *sink, struct tn_rpc_result *res)
 {
     while (!c->cancelled) {
         grpc_byte_buffer *bb = NULL;
@@ -417,8 +524,10 @@ static void receive(struct call *c, struct rx *rx, struct tn_rpc_result *res)
         Thumbnail__V1__GenerateResponse *m = thumbnail__v1__generate_response__unpack(
             NULL, GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
         grpc_slice_unref(s);
-        int r =
-            m ? on_response(rx, m, res) : fail(res, "protocol error: undecodable response message");
+        int r = !m ? fail(res, "protocol error: undecodable response message")
+                : m->msg_case == THUMBNAIL__V1__GENERATE_RESPONSE__MSG_RANGE_REQUEST
+                    ? answer_range(c, req, m->range_request, sink, res)
+                    : on_response(rx, m, res);
         if (m)
             thumbnail__v1__generate_response__free_unpacked(m, NULL);
         if (r < 0)
@@ -433,6 +542,20 @@ static void check_wire_format(void)
         &thumbnail__v1__generate_request__descriptor, "data");
     if (!f || f->id != DATA_FIELD_NUMBER || f->type != PROTOBUF_C_TYPE_BYTES) {
         tn_log_error("GenerateRequest.data is not field %d of type bytes", DATA_FIELD_NUMBER);
+        abort();
+    }
+    f = protobuf_c_message_descriptor_get_field_by_name(
+        &thumbnail__v1__generate_request__descriptor, "range_data");
+    const ProtobufCFieldDescriptor *off = protobuf_c_message_descriptor_get_field_by_name(
+        &thumbnail__v1__range_data__descriptor, "offset");
+    const ProtobufCFieldDescriptor *data = protobuf_c_message_descriptor_get_field_by_name(
+        &thumbnail__v1__range_data__descriptor, "data");
+    if (!f || f->id != RANGE_DATA_FIELD_NUMBER || !off || off->id != 1 ||
+        off->type != PROTOBUF_C_TYPE_UINT64 || !data || data->id != 2 ||
+        data->type != PROTOBUF_C_TYPE_BYTES) {
+        tn_log_error(
+            "GenerateRequest.range_data is not field %d {uint64 offset = 1; bytes data = 2}",
+            RANGE_DATA_FIELD_NUMBER);
         abort();
     }
 }
@@ -470,7 +593,7 @@ void tn_rpc_generate(grpc_channel *ch, grpc_completion_queue *cq, const struct t
     if (req->storyboard)
         rx.expected = 2;
     upload(&c, req, sink, res);
-    receive(&c, &rx, res);
+    receive(&c, &rx, req, sink, res);
     wait_for(&c, TAG_STATUS);
 
     res->code = c.status;

@@ -72,6 +72,13 @@ struct tn_rpc_sink {
     void (*sent)(void *ctx, uint64_t n);
 };
 
+/* How the video reaches the server. */
+enum tn_rpc_transfer {
+    TN_RPC_UPLOAD = 0, /* the whole file, in chunk_size messages */
+    TN_RPC_PULL,       /* only the ranges the server asks for (Options.pull) */
+    TN_RPC_LOCAL,      /* a path under the server's --media-root (Options.local_path) */
+};
+
 struct tn_rpc_request {
     int fd;                /* the video, read with pread from offset 0 */
     uint64_t size;         /* bytes to send (declared in Options.size) */
@@ -99,6 +106,8 @@ struct tn_rpc_request {
     bool storyboard; /* expect the sprite (index 0) and the WebVTT (index 1) */
     uint32_t tile_width;
     uint32_t columns;
+    int transfer;                /* enum tn_rpc_transfer */
+    const char *local_path;      /* TN_RPC_LOCAL: relative to the server's --media-root */
 };
 
 struct tn_rpc_result {
@@ -109,10 +118,13 @@ struct tn_rpc_result {
     bool interrupted; /* *stop was seen */
     char message[512];
     uint32_t thumbnails; /* complete thumbnails received */
+    uint64_t bytes_sent; /* bytes of video sent (all of them, the pulled ranges, or none) */
+    uint32_t ranges;     /* pull mode: range requests answered */
 };
 
 /*
- * One Generate call: upload req->size bytes of req->fd, pass the thumbnails to
+ * One Generate call: upload req->size bytes of req->fd (or answer the server's
+ * range requests from it, or name req->local_path), pass the thumbnails to
  * the sink, wait for the status. Success means code == GRPC_STATUS_OK, !local,
  * and every expected thumbnail (count, or max(1, n_times); with every, at
  * least one) arrived complete; anything

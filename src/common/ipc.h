@@ -38,6 +38,9 @@ enum tn_ipc_type {
     TN_IPC_DONE = 4,   /* worker -> front: last message of a job */
     /* engine (10..14) */
     TN_IPC_RESULT_INFO = 10, /* worker -> front: the reason text of the next RESULT */
+    /* pull and local mode */
+    TN_IPC_READ = 5,       /* worker -> front (pull): fetch bytes into the video fd */
+    TN_IPC_READ_REPLY = 6, /* front -> worker (pull): those bytes are in the video fd now */
 };
 
 /* Same values as the proto's ImageFormat and SeekMode enums (checked in the front). */
@@ -86,6 +89,26 @@ struct tn_ipc_job {
     uint16_t tile_width; /* storyboard; 0 = the engine's default */
     uint16_t columns;
     double every; /* > 0: a point every this many seconds instead of times */
+    /* pull and local mode */
+    uint8_t pull; /* 0/1: the video fd is an empty spool file of file_size bytes to be;
+                   * read it only where a READ_REPLY said it was filled */
+    uint8_t pad_pull[7];
+};
+
+/*
+ * Pull mode. The worker sends READ {offset, length} on the reply socket and
+ * waits; the front asks the client for those bytes, writes them into the video
+ * fd (the job's spool file) at that offset, and answers READ_REPLY with the
+ * same offset and length. One READ outstanding at a time; offset + length <=
+ * file_size; 0 < length <= TN_IPC_READ_MAX. The front closing the socket
+ * instead means: abandon the job.
+ */
+#define TN_IPC_READ_MAX (4u << 20)
+
+struct tn_ipc_read {
+    struct tn_ipc_header h;
+    uint64_t offset;
+    uint64_t length;
 };
 
 struct tn_ipc_ack {
@@ -131,6 +154,7 @@ union tn_ipc_any {
     struct tn_ipc_result result;
     struct tn_ipc_done done;
     struct tn_ipc_result_info info;
+    struct tn_ipc_read read; /* TN_IPC_READ and TN_IPC_READ_REPLY */
 };
 
 /* Milliseconds on CLOCK_MONOTONIC: the clock of tn_ipc_job.deadline_ms. The

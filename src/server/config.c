@@ -41,6 +41,7 @@
 static char abs_spool[PATH_MAX];
 static char abs_pidfile[PATH_MAX];
 static char abs_log[PATH_MAX];
+static char abs_media_root[PATH_MAX];
 static char abs_listen[TN_MAX_LISTEN][sizeof("unix:") + UNIX_PATH_MAX];
 
 enum {
@@ -61,6 +62,7 @@ enum {
     OPT_MAX_QUEUED,
     OPT_MAX_PIXELS,
     OPT_WORKER_MEMORY,
+    OPT_MEDIA_ROOT, /* pull and local mode */
 };
 
 static const struct option long_options[] = {
@@ -81,6 +83,7 @@ static const struct option long_options[] = {
     {"max-queued-jobs", required_argument, NULL, OPT_MAX_QUEUED},
     {"max-pixels", required_argument, NULL, OPT_MAX_PIXELS},
     {"worker-memory", required_argument, NULL, OPT_WORKER_MEMORY},
+    {"media-root", required_argument, NULL, OPT_MEDIA_ROOT},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -152,12 +155,16 @@ static void print_help(FILE *f, const struct tn_config *d)
             "                            DEADLINE_EXCEEDED; 0 = never (default: %gs)\n"
             "  --spool-dir DIR           writable directory for uploads in progress (unnamed\n"
             "                            O_TMPFILE files) (default: $TMPDIR, else /tmp; here %s)\n"
+            "  --media-root DIR          local mode: clients that share DIR may name a file by\n"
+            "                            its path relative to DIR instead of uploading it; paths\n"
+            "                            leading outside DIR are refused (default: off)\n"
             "\n"
             "Decode workers:\n"
             "  --workers N               worker processes, 1..%d (default: $NUM_WORKERS, else\n"
             "                            the number of online CPUs; here %d)\n"
             "  --job-timeout DURATION    time allowed for one job, counted from the end of its\n"
-            "                            upload; more than 0 (default: %gs)\n"
+            "                            upload (pull and local mode: from the options); more\n"
+            "                            than 0 (default: %gs)\n"
             "  --max-pixels N            largest frame a worker will decode, in pixels\n"
             "                            (default: %" PRIu64 " = 8192*8192)\n"
             "  --worker-memory SIZE      address-space limit (RLIMIT_AS) per worker; 0 = none,\n"
@@ -439,6 +446,11 @@ int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, siz
                             optarg);
             cfg->worker_memory = u;
             break;
+        case OPT_MEDIA_ROOT:
+            if (!*optarg)
+                return fail(err, errlen, "--media-root: expected a directory");
+            cfg->media_root = optarg;
+            break;
         default:
             return fail(err, errlen, "internal error: unhandled option '%s'", argv[optind - 1]);
         }
@@ -481,6 +493,18 @@ int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, siz
         if (!p)
             return fail(err, errlen, "--pidfile '%s': path too long", cfg->pidfile);
         cfg->pidfile = p;
+    }
+    if (cfg->media_root) {
+        struct stat st;
+        p = absolutize(cfg->media_root, abs_media_root, sizeof(abs_media_root));
+        if (!p)
+            return fail(err, errlen, "--media-root '%s': path too long", cfg->media_root);
+        if (stat(p, &st) < 0)
+            return fail(err, errlen, "--media-root '%s': %s", cfg->media_root,
+                        errno == ENOENT ? "no such directory" : strerror(errno));
+        if (!S_ISDIR(st.st_mode))
+            return fail(err, errlen, "--media-root '%s': not a directory", cfg->media_root);
+        cfg->media_root = p;
     }
     if (cfg->log_file) {
         p = absolutize(cfg->log_file, abs_log, sizeof(abs_log));

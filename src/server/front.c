@@ -27,6 +27,13 @@
  * that the CQ thread can push NOT_SERVING to watchers when draining starts and
  * end every stream when the server shuts down.
  *
+ * Pull mode: the job is dispatched as soon as the options arrive, with an
+ * empty spool file. The worker's TN_IPC_READ reaches the poller, which records
+ * the range on the call and sends a RangeRequest; the CQ thread checks each
+ * RangeData against it, pwrite()s it into the spool file and, once the range
+ * is complete, answers TN_IPC_READ_REPLY. Local mode: the file opened under
+ * --media-root takes the place of the spool file and the job leaves at once.
+ *
  * Lock order: front.mu before call.mu. A call is never destroyed while a lock
  * is held (unrefs that may be last are deferred until the lock is dropped).
  */
@@ -51,6 +58,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -61,6 +69,7 @@
 #include <grpc/slice.h>
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
+#include <linux/openat2.h>
 
 #include "grpc/health/v1/health.pb-c.h"
 #include "grpc/reflection/v1/reflection.pb-c.h"
@@ -179,6 +188,11 @@ struct gen_call {
     int64_t last_msg_ms;    /* when the last message arrived (--idle-timeout) */
     bool idle_ended;        /* ended by --idle-timeout */
     struct dlink recv_link; /* on f->recving while a RECV_MESSAGE is outstanding */
+    /* pull and local mode (CQ thread) */
+    int pull_fd;        /* pull: our own fd of the spool file, written with range data; owned */
+    bool pull;          /* Options.pull: the worker asks for ranges */
+    bool local;         /* Options.local_path: spool_fd is the file under --media-root */
+    uint64_t file_size; /* pull: declared; local: fstat */
 
     /* Everything below is protected by mu. */
     pthread_mutex_t mu;
@@ -203,6 +217,13 @@ struct gen_call {
     char status_msg[STATUS_MAX];
     uint64_t bytes_out;
     unsigned thumbs_out;
+    /* pull mode, under mu: the one range the worker waits for */
+    uint64_t range_off, range_len, range_got;
+    int64_t range_since_ms; /* when it was asked (--idle-timeout) */
+    uint64_t pulled;        /* bytes asked for so far (--max-upload-bytes) */
+    bool range_out;         /* asked, not all received */
+    bool range_to_send;     /* the RangeRequest message is not sent yet */
+    bool recv_closed;       /* the client half-closed: no more range data can come */
 
     /* Lists owned by front.mu. */
     struct gen_call *pend_next; /* dispatch list */
@@ -252,6 +273,7 @@ struct front {
     struct dlink recving;        /* uploads with a RECV_MESSAGE outstanding (CQ thread) */
     int n_streams;
     uint64_t next_job_id;
+    int media_root_fd; /* --media-root opened O_PATH; -1 = local mode off; owned */
 };
 
 static volatile sig_atomic_t sig_stop, sig_quit, sig_usr1;
@@ -346,7 +368,7 @@ static struct gen_call *gen_new(struct front *f)
     c->t_recv = (struct tag){TAG_GEN_RECV, c};
     c->t_send = (struct tag){TAG_GEN_SEND, c};
     c->t_close = (struct tag){TAG_GEN_CLOSE, c};
-    c->spool_fd = c->reply_fd = c->worker_fd = -1;
+    c->spool_fd = c->reply_fd = c->worker_fd = c->pull_fd = -1;
     c->status_slice = grpc_empty_slice();
     grpc_metadata_array_init(&c->md);
     pthread_mutex_init(&c->mu, NULL);
@@ -358,10 +380,13 @@ static void gen_destroy(struct gen_call *c)
     struct front *f = c->f;
     bool accepted = c->call != NULL;
     if (accepted) {
-        tn_log_info("%s peer=%s file=\"%s\" in=%" PRIu64 " out=%" PRIu64
+        tn_log_info("%s peer=%s file=\"%s\"%s in=%" PRIu64 " out=%" PRIu64
                     " thumbnails=%u ms=%.1f status=%s%s%s",
-                    c->probe ? "Probe" : "Generate", c->peer, c->job.file_name, c->received,
-                    c->bytes_out, c->thumbs_out, elapsed_ms(&c->started),
+                    c->probe ? "Probe" : "Generate", c->peer, c->job.file_name,
+                    c->pull    ? " mode=pull"
+                    : c->local ? " mode=local"
+                               : "",
+                    c->received, c->bytes_out, c->thumbs_out, elapsed_ms(&c->started),
                     c->status_sent ? tn_code_name(c->status_code) : "CANCELLED",
                     c->status_sent && c->status_code ? " message=" : "",
                     c->status_sent && c->status_code ? c->status_msg : "");
@@ -375,6 +400,8 @@ static void gen_destroy(struct gen_call *c)
         grpc_byte_buffer_destroy(c->send_buf);
     if (c->spool_fd >= 0)
         close(c->spool_fd);
+    if (c->pull_fd >= 0)
+        close(c->pull_fd);
     if (c->reply_fd >= 0)
         close(c->reply_fd);
     if (c->worker_fd >= 0)
@@ -451,7 +478,19 @@ static grpc_byte_buffer *header_message(const struct tn_ipc_result *m, const cha
     return tn_pb_pack(&resp.base);
 }
 
-/* Start the next send batch if none is outstanding: results first, then the status. */
+static grpc_byte_buffer *range_message(uint64_t offset, uint64_t length)
+{
+    Thumbnail__V1__RangeRequest rr = THUMBNAIL__V1__RANGE_REQUEST__INIT;
+    Thumbnail__V1__GenerateResponse resp = THUMBNAIL__V1__GENERATE_RESPONSE__INIT;
+    rr.offset = offset;
+    rr.length = length;
+    resp.msg_case = THUMBNAIL__V1__GENERATE_RESPONSE__MSG_RANGE_REQUEST;
+    resp.range_request = &rr;
+    return tn_pb_pack(&resp.base);
+}
+
+/* Start the next send batch if none is outstanding: a range request (between
+ * thumbnails, never inside one), results, then the status. */
 static void kick_send_locked(struct gen_call *c)
 {
     if (c->sending || c->status_sent || !c->call)
@@ -463,7 +502,14 @@ static void kick_send_locked(struct gen_call *c)
         ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
         n++;
     }
-    if (!c->dead && !c->cur && c->res_head) {
+    bool range = !c->dead && !c->cur && c->range_to_send && !c->status_set;
+    if (range) {
+        c->range_to_send = false;
+        c->send_buf = range_message(c->range_off, c->range_len);
+        ops[n].op = GRPC_OP_SEND_MESSAGE;
+        ops[n].data.send_message.send_message = c->send_buf;
+        n++;
+    } else if (!c->dead && !c->cur && c->res_head) {
         c->cur = c->res_head;
         c->res_head = c->cur->next;
         if (!c->res_head)
@@ -471,7 +517,9 @@ static void kick_send_locked(struct gen_call *c)
         c->cur_header_sent = false;
         c->cur_off = 0;
     }
-    if (!c->dead && c->cur && c->probe) {
+    if (range) {
+        /* the range request is in ops */
+    } else if (!c->dead && c->cur && c->probe) {
         /* ProbeResponse{json}: the whole result in one message, then done */
         Thumbnail__V1__ProbeResponse pr = THUMBNAIL__V1__PROBE_RESPONSE__INIT;
         char *json = strndup((const char *)c->cur->map, (size_t)c->cur->meta.size);
@@ -587,6 +635,7 @@ static void gen_fail(struct gen_call *c, int code, const char *fmt, ...)
     }
     pthread_mutex_lock(&c->mu);
     finish_locked(c, code, "%s", msg);
+    abandon_job_locked(c); /* pull mode: a job is running already */
     pthread_mutex_unlock(&c->mu);
 }
 
@@ -709,6 +758,151 @@ static int take_engine_options(struct gen_call *c, const Thumbnail__V1__Options 
     return 0;
 }
 
+/* ---- local mode ---- */
+
+/* openat2() has no glibc wrapper in Debian 12; -ENOSYS on kernels before 5.6. */
+static int openat2_beneath(int root, const char *path, int flags)
+{
+    struct open_how how = {
+        .flags = (uint64_t)flags,
+        .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS,
+    };
+    long fd;
+    do
+        fd = syscall(SYS_openat2, root, path, &how, sizeof(how));
+    while (fd < 0 && errno == EINTR);
+    return fd >= 0 ? (int)fd : -errno;
+}
+
+/* Without openat2: walk the path one component at a time and follow no
+ * symlink at all (stricter than RESOLVE_BENEATH: -ELOOP for any symlink). */
+static int walk_beneath(int root, const char *path, int flags)
+{
+    char buf[PATH_MAX];
+    snprintf(buf, sizeof(buf), "%s", path);
+    int dir = dup(root);
+    if (dir < 0)
+        return -errno;
+    char *save = NULL;
+    char *comp = strtok_r(buf, "/", &save);
+    while (comp) {
+        char *next = strtok_r(NULL, "/", &save);
+        if (!strcmp(comp, ".")) {
+            comp = next;
+            continue;
+        }
+        int fd = openat(dir, comp,
+                        next ? O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC : flags | O_NOFOLLOW);
+        int e = errno;
+        struct stat st;
+        /* O_DIRECTORY | O_NOFOLLOW on a symlink to a directory is ENOTDIR too */
+        if (fd < 0 && e == ENOTDIR && next && fstatat(dir, comp, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+            S_ISLNK(st.st_mode))
+            e = ELOOP;
+        close(dir);
+        if (fd < 0)
+            return -e;
+        dir = fd;
+        comp = next;
+        if (!comp)
+            return dir;
+    }
+    close(dir);
+    return -EISDIR; /* only "." components: the root itself */
+}
+
+/*
+ * Open local_path under --media-root for a local-mode job. Returns the fd and
+ * its size, or fails the call (the status says why, in the user's terms) and
+ * returns -1.
+ */
+static int open_local(struct gen_call *c, const char *path, uint64_t *size)
+{
+    struct front *f = c->f;
+    if (f->media_root_fd < 0) {
+        gen_fail(c, TN_FAILED_PRECONDITION,
+                 "local mode is off on this server (no --media-root): upload the file instead");
+        return -1;
+    }
+    if (path[0] == '/') {
+        gen_fail(c, TN_INVALID_ARGUMENT,
+                 "local_path \"%.200s\" is absolute: give a path relative to the server's "
+                 "--media-root",
+                 path);
+        return -1;
+    }
+    if (strlen(path) >= PATH_MAX) {
+        gen_fail(c, TN_INVALID_ARGUMENT, "local_path is longer than %d bytes", PATH_MAX - 1);
+        return -1;
+    }
+    for (const char *p = path; *p;) {
+        size_t n = strcspn(p, "/");
+        if (n == 2 && p[0] == '.' && p[1] == '.') {
+            gen_fail(c, TN_PERMISSION_DENIED,
+                     "local_path \"%.200s\" contains \"..\": only files under the server's "
+                     "--media-root can be read",
+                     path);
+            return -1;
+        }
+        p += n;
+        p += strspn(p, "/");
+    }
+    int flags = O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK; /* a FIFO must not block us */
+    /* CQ thread only. TN_NO_OPENAT2 in the environment forces the fallback, so
+     * that the tests cover it on kernels that have openat2. */
+    static int no_openat2 = -1;
+    if (no_openat2 < 0)
+        no_openat2 = getenv("TN_NO_OPENAT2") != NULL;
+    int fd = no_openat2 ? -ENOSYS : openat2_beneath(f->media_root_fd, path, flags);
+    if (fd == -ENOSYS) {
+        no_openat2 = 1;
+        fd = walk_beneath(f->media_root_fd, path, flags);
+    }
+    if (fd < 0) {
+        int code;
+        const char *why;
+        switch (-fd) {
+        case ENOENT:
+        case ENOTDIR:
+            code = TN_NOT_FOUND;
+            why = "no such file under the server's --media-root";
+            break;
+        case EXDEV:
+        case ELOOP:
+            code = TN_PERMISSION_DENIED;
+            why = "it leads outside the server's --media-root (a symlink?)";
+            break;
+        case EACCES:
+        case EPERM:
+            code = TN_PERMISSION_DENIED;
+            why = "the server may not read it";
+            break;
+        case EISDIR:
+            code = TN_INVALID_ARGUMENT;
+            why = "a directory, not a video file";
+            break;
+        default: code = TN_UNAVAILABLE; why = strerror(-fd);
+        }
+        gen_fail(c, code, "local_path \"%.200s\": %s", path, why);
+        return -1;
+    }
+    struct stat st;
+    const char *bad = NULL;
+    if (fstat(fd, &st) < 0)
+        bad = strerror(errno);
+    else if (!S_ISREG(st.st_mode))
+        bad = "not a regular file";
+    else if (st.st_size == 0)
+        bad = "the file is empty (0 bytes): not a video";
+    if (bad) {
+        close(fd);
+        gen_fail(c, TN_INVALID_ARGUMENT, "local_path \"%.200s\": %s", path, bad);
+        return -1;
+    }
+    *size = (uint64_t)st.st_size;
+    return fd;
+}
+
 /* Validate Options into c->job. Returns 0 or fails the call and returns -1. */
 static int take_options(struct gen_call *c, const Thumbnail__V1__Options *o)
 {
@@ -719,7 +913,17 @@ static int take_options(struct gen_call *c, const Thumbnail__V1__Options *o)
     for (char *p = j->file_name; *p; p++)
         if ((unsigned char)*p < 0x20 || *p == '"')
             *p = '?'; /* keep log lines one line */
-    if (o->size > cfg->max_upload_bytes) {
+    bool local = o->local_path && o->local_path[0];
+    if (o->pull && local) {
+        gen_fail(c, TN_INVALID_ARGUMENT, "pull and local_path cannot be used together");
+        return -1;
+    }
+    if (o->pull && o->size == 0) {
+        gen_fail(c, TN_INVALID_ARGUMENT, "pull mode needs the file's size in options.size");
+        return -1;
+    }
+    /* Pull mode: --max-upload-bytes bounds the bytes pulled (see handle_reply). */
+    if (!o->pull && !local && o->size > cfg->max_upload_bytes) {
         gen_fail(c, TN_RESOURCE_EXHAUSTED,
                  "file is %" PRIu64 " bytes, over this server's --max-upload-bytes of %" PRIu64,
                  o->size, cfg->max_upload_bytes);
@@ -803,8 +1007,21 @@ static int take_options(struct gen_call *c, const Thumbnail__V1__Options *o)
     if (take_engine_options(c, o) < 0)
         return -1;
     j->probe = c->probe;
+    if (local) {
+        int lfd = open_local(c, o->local_path, &c->file_size);
+        if (lfd < 0)
+            return -1;
+        c->spool_fd = lfd;
+        c->local = true;
+        c->have_options = true;
+        return 0;
+    }
+    c->pull = o->pull;
     c->declared = o->size;
-    if (c->declared && check_spool_space(c) < 0)
+    c->file_size = o->size;
+    /* Pull mode: the spool file only holds the ranges pulled; ENOSPC while
+     * writing them is RESOURCE_EXHAUSTED. */
+    if (c->declared && !c->pull && check_spool_space(c) < 0)
         return -1;
     int fd = open_spool(cfg->spool_dir);
     if (fd < 0) {
@@ -814,7 +1031,71 @@ static int take_options(struct gen_call *c, const Thumbnail__V1__Options *o)
         return -1;
     }
     c->spool_fd = fd;
+    if (c->pull && (c->pull_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0) {
+        tn_log_error("dup() of a spool file failed: %s", strerror(errno));
+        gen_fail(c, TN_UNAVAILABLE, "the server is out of resources (%s)", strerror(errno));
+        return -1;
+    }
     c->have_options = true;
+    return 0;
+}
+
+/* Pull mode: one RangeData message. Returns 0 or fails the call and returns -1. */
+static int take_range(struct gen_call *c, uint64_t offset, const uint8_t *data, size_t len)
+{
+    pthread_mutex_lock(&c->mu);
+    bool out = c->range_out;
+    uint64_t want = c->range_off + c->range_got, left = c->range_len - c->range_got;
+    pthread_mutex_unlock(&c->mu);
+    if (!out) {
+        gen_fail(c, TN_INVALID_ARGUMENT,
+                 "range_data (%zu bytes at offset %" PRIu64 ") sent while no range was requested",
+                 len, offset);
+        return -1;
+    }
+    if (offset != want || len == 0 || len > left) {
+        gen_fail(c, TN_INVALID_ARGUMENT,
+                 "range_data of %zu bytes at offset %" PRIu64 " does not answer the request: "
+                 "%" PRIu64 " more bytes were expected at offset %" PRIu64,
+                 len, offset, left, want);
+        return -1;
+    }
+    for (size_t done = 0; done < len;) {
+        ssize_t n = pwrite(c->pull_fd, data + done, len - done, (off_t)(offset + done));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            int e = errno;
+            tn_log_error("pwrite() to spool file failed: %s", strerror(e));
+            gen_fail(c, e == ENOSPC || e == EDQUOT ? TN_RESOURCE_EXHAUSTED : TN_UNAVAILABLE,
+                     "the server could not store the pulled bytes: %s", strerror(e));
+            return -1;
+        }
+        done += (size_t)n;
+    }
+    c->received += len;
+
+    pthread_mutex_lock(&c->mu);
+    c->range_got += len;
+    if (c->range_got == c->range_len) {
+        c->range_out = false;
+        struct tn_ipc_read rd;
+        memset(&rd, 0, sizeof(rd));
+        tn_ipc_header_init(&rd.h, TN_IPC_READ_REPLY, c->job.h.job_id);
+        rd.offset = c->range_off;
+        rd.length = c->range_len;
+        /* The worker waits for this: its socket buffer is empty. -EPIPE: the
+         * worker is gone, which the poller reports. */
+        int rc =
+            c->reply_fd >= 0 ? tn_ipc_send(c->reply_fd, &rd, sizeof(rd), NULL, 0, MSG_DONTWAIT) : 0;
+        if (rc < 0 && rc != -EPIPE) {
+            tn_log_error("sending READ_REPLY of job %" PRIu64 " failed: %s", c->job.h.job_id,
+                         strerror(-rc));
+            finish_locked(c, TN_INTERNAL, "the server lost track of the job");
+            abandon_job_locked(c);
+        }
+    }
+    pthread_mutex_unlock(&c->mu);
     return 0;
 }
 
@@ -858,7 +1139,8 @@ static void upload_complete(struct gen_call *c)
     const struct tn_config *cfg = f->cfg;
     int sp[2];
 
-    if (c->received == 0) {
+    uint64_t size = c->pull || c->local ? c->file_size : c->received;
+    if (size == 0) {
         gen_fail(c, TN_INVALID_ARGUMENT, "the file is empty (0 bytes): not a video");
         return;
     }
@@ -889,8 +1171,9 @@ static void upload_complete(struct gen_call *c)
     }
 
     tn_ipc_header_init(&c->job.h, TN_IPC_JOB, id);
-    c->job.file_size = c->received;
+    c->job.file_size = size;
     c->job.deadline_ms = dl;
+    c->job.pull = c->pull ? 1 : 0;
 
     pthread_mutex_lock(&c->mu);
     c->reply_fd = sp[0];
@@ -925,6 +1208,20 @@ static void on_recv(struct gen_call *c, bool ok)
     if (stop)
         goto out;
 
+    if ((!ok || !bb) && c->pull && c->have_options) {
+        /* Pull mode: a half-close is fine unless the worker waits for bytes. */
+        pthread_mutex_lock(&c->mu);
+        c->recv_closed = true;
+        bool out = c->range_out;
+        uint64_t off = c->range_off + c->range_got, left = c->range_len - c->range_got;
+        pthread_mutex_unlock(&c->mu);
+        if (out)
+            gen_fail(c, TN_INVALID_ARGUMENT,
+                     "the request stream ended while the server waited for %" PRIu64
+                     " bytes at offset %" PRIu64 " (pull mode: keep it open until the status)",
+                     left, off);
+        goto out;
+    }
     if (!ok || !bb) {
         /* The stream ended (half-close or cancel: gRPC core reports both alike)
          * before the upload was complete. Never process a truncated upload. */
@@ -944,7 +1241,7 @@ static void on_recv(struct gen_call *c, bool ok)
 
     /* Fast path for data messages (field 2, the only field set): write the
      * bytes straight from the received slice, without a protobuf-c copy. */
-    if (c->have_options && len >= 2 && p[0] == 0x12) {
+    if (c->have_options && !c->pull && len >= 2 && p[0] == 0x12) {
         uint64_t n = 0;
         size_t i = 1;
         for (int shift = 0; i < len && shift < 64; shift += 7) {
@@ -973,6 +1270,17 @@ static void on_recv(struct gen_call *c, bool ok)
             rc = -1;
         } else {
             rc = take_options(c, req->options);
+            complete = rc == 0 && (c->pull || c->local); /* nothing to upload */
+        }
+        break;
+    case THUMBNAIL__V1__GENERATE_REQUEST__MSG_RANGE_DATA:
+        if (!c->pull) {
+            gen_fail(c, TN_INVALID_ARGUMENT,
+                     "range_data is only for pull mode (options.pull); upload with data");
+            rc = -1;
+        } else {
+            rc = take_range(c, req->range_data->offset, req->range_data->data.data,
+                            req->range_data->data.len);
         }
         break;
     case THUMBNAIL__V1__GENERATE_REQUEST__MSG_DATA:
@@ -980,6 +1288,10 @@ static void on_recv(struct gen_call *c, bool ok)
             gen_fail(c, TN_INVALID_ARGUMENT,
                      "data before options; the first message must "
                      "carry the options");
+            rc = -1;
+        } else if (c->pull || c->local) {
+            gen_fail(c, TN_INVALID_ARGUMENT, "data sent in %s mode, where nothing is uploaded",
+                     c->pull ? "pull" : "local");
             rc = -1;
         } else {
             rc = spool_write(c, req->data.data, req->data.len);
@@ -989,6 +1301,10 @@ static void on_recv(struct gen_call *c, bool ok)
     case THUMBNAIL__V1__GENERATE_REQUEST__MSG_END:
         if (!c->have_options) {
             gen_fail(c, TN_INVALID_ARGUMENT, "end before options");
+            rc = -1;
+        } else if (c->pull || c->local) {
+            gen_fail(c, TN_INVALID_ARGUMENT, "end sent in %s mode, where nothing is uploaded",
+                     c->pull ? "pull" : "local");
             rc = -1;
         } else if (c->declared && c->received != c->declared) {
             gen_fail(c, TN_INVALID_ARGUMENT,
@@ -1008,7 +1324,7 @@ static void on_recv(struct gen_call *c, bool ok)
 handled:
     if (complete)
         upload_complete(c);
-    else
+    if (!complete || c->pull) /* pull mode: range data comes after the job started */
         request_message(c);
 out_slice:
     grpc_slice_unref(s);
@@ -1761,9 +2077,52 @@ static void handle_reply(struct front *f, struct gen_call *c)
             m.info.reason[sizeof(m.info.reason) - 1] = 0;
             c->next_info = m.info;
             break;
+        case TN_IPC_READ: {
+            const struct tn_config *cfg = f->cfg;
+            uint64_t off = m.read.offset, len = m.read.length, size = c->job.file_size;
+            if (!c->job.pull || c->range_out || len == 0 || len > TN_IPC_READ_MAX || off > size ||
+                len > size - off) {
+                tn_log_error("job %" PRIu64 ": bad read request %" PRIu64 "+%" PRIu64
+                             " (pull %d, size %" PRIu64 ", %s outstanding)",
+                             c->job.h.job_id, off, len, c->job.pull, size,
+                             c->range_out ? "one" : "none");
+                finish_locked(c, TN_INTERNAL, "the decode worker sent a malformed read request");
+                abandon_job_locked(c);
+            } else if (c->dead || c->status_set) {
+                abandon_job_locked(c); /* ending: nobody will answer */
+            } else if (c->recv_closed) {
+                finish_locked(c, TN_INVALID_ARGUMENT,
+                              "the client closed its request stream, but the server needs more "
+                              "of the file (%" PRIu64 " bytes at offset %" PRIu64
+                              "); pull mode: keep it open until the status",
+                              len, off);
+                abandon_job_locked(c);
+            } else if (c->pulled + len > cfg->max_upload_bytes) {
+                finish_locked(c, TN_RESOURCE_EXHAUSTED,
+                              "pull mode: the file needs more than this server's "
+                              "--max-upload-bytes of %" PRIu64 " bytes read",
+                              cfg->max_upload_bytes);
+                abandon_job_locked(c);
+            } else {
+                c->pulled += len;
+                c->range_out = true;
+                c->range_to_send = true;
+                c->range_off = off;
+                c->range_len = len;
+                c->range_got = 0;
+                c->range_since_ms = tn_mono_ms();
+                kick_send_locked(c);
+            }
+            break;
+        }
         case TN_IPC_DONE:
             m.done.message[sizeof(m.done.message) - 1] = 0;
-            if (m.done.code == TN_OK)
+            if (m.done.code == TN_DEADLINE_EXCEEDED && c->range_out)
+                finish_locked(c, TN_DEADLINE_EXCEEDED,
+                              "deadline exceeded while the server waited for the client to send "
+                              "%" PRIu64 " bytes at offset %" PRIu64 " (pull mode)",
+                              c->range_len - c->range_got, c->range_off + c->range_got);
+            else if (m.done.code == TN_OK)
                 finish_locked(c, TN_OK, "OK");
             else
                 finish_locked(c, m.done.code, "%s", m.done.message);
@@ -1851,9 +2210,30 @@ static void check_idle(struct front *f, int64_t now)
     int64_t limit = (int64_t)(t * 1000);
     for (struct dlink *l = f->recving.next; l != &f->recving; l = l->next) {
         struct gen_call *c = DLINK_ENTRY(l, struct gen_call, recv_link);
-        if (c->idle_ended || now - c->last_msg_ms < limit)
+        int64_t since = c->last_msg_ms;
+        if (c->pull) {
+            /* Pull mode: silence is normal while the worker decodes; only an
+             * unanswered range request counts. */
+            pthread_mutex_lock(&c->mu);
+            bool out = c->range_out;
+            if (c->range_since_ms > since)
+                since = c->range_since_ms;
+            pthread_mutex_unlock(&c->mu);
+            if (!out)
+                continue;
+        }
+        if (c->idle_ended || now - since < limit)
             continue;
         c->idle_ended = true;
+        if (c->pull) {
+            tn_log_info("Generate peer=%s: a range request unanswered for %g s: ending it", c->peer,
+                        t);
+            gen_fail(c, TN_DEADLINE_EXCEEDED,
+                     "the client did not answer a range request for %g s; the call was ended "
+                     "(--idle-timeout)",
+                     t);
+            continue;
+        }
         tn_log_info("Generate peer=%s: no upload data for %g s: ending it", c->peer, t);
         gen_fail(c, TN_DEADLINE_EXCEEDED,
                  "no upload data for %g s; the call was ended (--idle-timeout)", t);
@@ -1922,6 +2302,14 @@ static int setup(struct front *f, const struct tn_config *cfg)
 
     if (!(f->refl = tn_reflection_new()))
         return -1;
+    if (cfg->media_root) {
+        f->media_root_fd = open(cfg->media_root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (f->media_root_fd < 0) {
+            tn_log_error("cannot open --media-root %s: %s", cfg->media_root, strerror(errno));
+            return -1;
+        }
+        tn_log_info("local mode: paths are read under %s", cfg->media_root);
+    }
     f->cq = grpc_completion_queue_create_for_next(NULL);
     f->server = grpc_server_create(&ca, NULL);
     grpc_server_register_completion_queue(f->server, f->cq, NULL);
@@ -1972,7 +2360,7 @@ int tn_front_main(const struct tn_config *cfg, int queue_fd)
     dlink_init(&f->recving);
     f->cfg = cfg;
     f->queue_fd = queue_fd;
-    f->epfd = f->evfd = -1;
+    f->epfd = f->evfd = f->media_root_fd = -1;
     f->t_shutdown = (struct tag){TAG_SHUTDOWN, f};
     pthread_mutex_init(&f->mu, NULL);
 
@@ -2107,6 +2495,8 @@ out_grpc:
         close(f->epfd);
     if (f->evfd >= 0)
         close(f->evfd);
+    if (f->media_root_fd >= 0)
+        close(f->media_root_fd);
     close(f->queue_fd);
     tn_reflection_free(&f->refl);
     pthread_mutex_destroy(&f->mu);

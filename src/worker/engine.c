@@ -150,6 +150,8 @@ void tn_engine_global_init(void)
 
 struct io {
     int fd;
+    tn_engine_read_fn read; /* NULL = pread(fd) */
+    void *read_opaque;
     int64_t size;
     int64_t pos;
     int64_t deadline_ms;
@@ -201,6 +203,17 @@ static int io_read(void *opaque, uint8_t *buf, int len)
         return AVERROR_EOF;
     if (len > io->size - io->pos)
         len = (int)(io->size - io->pos);
+    if (io->read) {
+        int n = io->read(io->read_opaque, buf, len, io->pos);
+        if (n > 0) {
+            io->pos += n;
+            return n > len ? AVERROR(EIO) : n;
+        }
+        if (n == 0)
+            return AVERROR_EOF;
+        io->stop = -n;
+        return AVERROR_EXIT;
+    }
     for (;;) {
         ssize_t n = pread(io->fd, buf, (size_t)len, io->pos);
         if (n > 0) {
@@ -2018,6 +2031,8 @@ int tn_engine_run(const struct tn_engine_request *req, tn_engine_emit_fn emit, v
         .err = err,
         .errlen = errlen,
         .io = {.fd = req->fd,
+               .read = req->read,
+               .read_opaque = req->read_opaque,
                .size = (int64_t)req->size,
                .deadline_ms = req->deadline_ms,
                .cancel_fd = req->cancel_fd},

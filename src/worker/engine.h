@@ -25,6 +25,14 @@ struct tn_engine_limits {
     int64_t analyzeduration_us;
 };
 
+/*
+ * Reads the video's bytes [pos, pos + len) into buf: returns the count read
+ * (> 0; fewer than len is fine), 0 at the end of the file, or a negative enum
+ * tn_code that stops the job with that code (-TN_DEADLINE_EXCEEDED,
+ * -TN_CANCELLED, ...). pos < the request's size and len > 0 on every call.
+ */
+typedef int (*tn_engine_read_fn)(void *opaque, uint8_t *buf, int len, int64_t pos);
+
 struct tn_engine_request {
     int fd;                /* the video; read with pread, never closed by the engine */
     uint64_t size;         /* bytes in fd */
@@ -59,6 +67,10 @@ struct tn_engine_request {
     int storyboard;
     unsigned tile_width;
     unsigned columns;
+    /* pull and local mode: NULL = pread() on fd, else every read goes through
+     * read(read_opaque, ...) and fd is not used (pull mode's worker cache). */
+    tn_engine_read_fn read;
+    void *read_opaque;
 };
 
 struct tn_engine_result {

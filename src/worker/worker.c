@@ -30,6 +30,7 @@
 #include "engine.h"
 #include "ipc.h"
 #include "log.h"
+#include "pull.h"
 #include "status.h"
 
 static volatile sig_atomic_t quit_requested;
@@ -234,6 +235,15 @@ static void run_job(struct tn_ipc_job *job, int video, int reply,
     }
 
     uint64_t size = job->file_size;
+    struct tn_pull *pull = NULL;
+    if (job->pull && (size == 0 || tn_pull_new(&pull, video, reply, size, job->h.job_id,
+                                               job->deadline_ms) < 0)) {
+        code = size ? TN_UNAVAILABLE : TN_INTERNAL;
+        snprintf(err, sizeof(err), "%s",
+                 size ? "the decode worker is out of memory; retrying is safe"
+                      : "bad job: pull mode without a file size");
+        goto done;
+    }
     if (size == 0) {
         struct stat sb;
         if (fstat(video, &sb) == 0 && sb.st_size > 0)
@@ -265,9 +275,20 @@ static void run_job(struct tn_ipc_job *job, int video, int reply,
         .storyboard = job->storyboard,
         .tile_width = job->tile_width,
         .columns = job->columns,
+        .read = pull ? tn_pull_read : NULL,
+        .read_opaque = pull,
     };
     code = tn_engine_run(&req, emit_result, &ctx, err, sizeof(err));
+    if (pull) {
+        uint64_t bytes, requests;
+        tn_pull_stats(pull, &bytes, &requests);
+        tn_log_info("job %" PRIu64 " %s: pulled %" PRIu64 " of %" PRIu64 " bytes in %" PRIu64
+                    " requests",
+                    job->h.job_id, name, bytes, size, requests);
+        tn_pull_free(&pull);
+    }
 
+done:
     if (!ctx.peer_gone) {
         struct tn_ipc_done done;
         memset(&done, 0, sizeof(done));

@@ -120,6 +120,8 @@ static void test_sizes(void **state)
     assert_int_equal(tn_ipc_size(TN_IPC_ACK), sizeof(struct tn_ipc_ack));
     assert_int_equal(tn_ipc_size(TN_IPC_RESULT), sizeof(struct tn_ipc_result));
     assert_int_equal(tn_ipc_size(TN_IPC_DONE), sizeof(struct tn_ipc_done));
+    assert_int_equal(tn_ipc_size(TN_IPC_READ), sizeof(struct tn_ipc_read));
+    assert_int_equal(tn_ipc_size(TN_IPC_READ_REPLY), sizeof(struct tn_ipc_read));
     assert_int_equal(tn_ipc_size(0), 0);
     assert_int_equal(tn_ipc_size(99), 0);
     /* Every message fits the receive buffer. */
