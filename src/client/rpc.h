@@ -106,8 +106,8 @@ struct tn_rpc_request {
     bool storyboard; /* expect the sprite (index 0) and the WebVTT (index 1) */
     uint32_t tile_width;
     uint32_t columns;
-    int transfer;                /* enum tn_rpc_transfer */
-    const char *local_path;      /* TN_RPC_LOCAL: relative to the server's --media-root */
+    int transfer;           /* enum tn_rpc_transfer */
+    const char *local_path; /* TN_RPC_LOCAL: relative to the server's --media-root */
 };
 
 struct tn_rpc_result {
