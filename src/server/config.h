@@ -31,6 +31,12 @@ struct tn_config {
     int max_queued_jobs;               /* --max-queued-jobs; default 64 (not yet picked up) */
     uint64_t max_pixels;               /* --max-pixels; default 8192*8192 */
     uint64_t worker_memory;            /* --worker-memory (RLIMIT_AS); default 1 GiB; 0 = off */
+
+    /* metrics and logging (issue 5) */
+    const char *metrics_listen; /* --metrics-listen HOST:PORT; NULL = no metrics endpoint */
+    int metrics_fd;             /* its listening socket, bound by main.c before daemonizing; -1 */
+    int log_format;             /* --log-format: enum tn_log_format; default text */
+    bool log_syslog;            /* --daemon without --log-file: log to syslog */
 };
 
 /*

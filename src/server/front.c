@@ -66,6 +66,7 @@
 #include "grpc/reflection/v1/reflection.pb-c.h"
 #include "ipc.h"
 #include "log.h"
+#include "metrics.h"
 #include "pbbuf.h"
 #include "reflection.h"
 #include "status.h"
@@ -216,6 +217,8 @@ struct simple_call {
     grpc_byte_buffer *resp;
     grpc_slice status_slice;
     int cancelled;
+    struct timespec started; /* metrics: accepted at */
+    int code;                /* the status answered */
 };
 
 struct front {
@@ -351,13 +354,23 @@ static void gen_destroy(struct gen_call *c)
     struct front *f = c->f;
     bool accepted = c->call != NULL;
     if (accepted) {
-        tn_log_info("Generate peer=%s file=\"%s\" in=%" PRIu64 " out=%" PRIu64
-                    " thumbnails=%u ms=%.1f status=%s%s%s",
-                    c->peer, c->job.file_name, c->received, c->bytes_out, c->thumbs_out,
-                    elapsed_ms(&c->started),
-                    c->status_sent ? tn_code_name(c->status_code) : "CANCELLED",
-                    c->status_sent && c->status_code ? " message=" : "",
-                    c->status_sent && c->status_code ? c->status_msg : "");
+        /* A call whose status never went out was cancelled (client gone). */
+        int code = c->status_sent ? c->status_code : TN_CANCELLED;
+        double ms = elapsed_ms(&c->started);
+        struct tn_log_access a = {
+            .method = "thumbnail.v1.Thumbnailer/Generate",
+            .peer = c->peer,
+            .file = c->job.file_name,
+            .bytes_in = c->received,
+            .bytes_out = c->bytes_out,
+            .thumbnails = c->thumbs_out,
+            .ms = ms,
+            .status = tn_code_name(code),
+            .message = c->status_sent ? c->status_msg : "",
+        };
+        tn_log_access(&a);
+        tn_metrics_call_handled(TN_M_GENERATE, code, ms / 1000);
+        tn_metrics_front_spool_add(-(int64_t)c->received);
         grpc_call_unref(c->call);
     }
     grpc_metadata_array_destroy(&c->md);
@@ -528,6 +541,7 @@ static void on_send_done(struct gen_call *c, bool ok)
         drop_results(c);
         abandon_job_locked(c);
     } else if (c->cur) {
+        tn_metrics_msg_sent(TN_M_GENERATE);
         if (!c->cur_header_sent) {
             c->cur_header_sent = true;
         } else {
@@ -535,6 +549,7 @@ static void on_send_done(struct gen_call *c, bool ok)
             uint64_t len = left < c->f->cfg->chunk_size ? left : c->f->cfg->chunk_size;
             c->cur_off += len;
             c->bytes_out += len;
+            tn_metrics_bytes_sent(len);
         }
         if (c->cur_header_sent && c->cur_off >= c->cur->meta.size) {
             c->thumbs_out++;
@@ -761,6 +776,8 @@ static int spool_write(struct gen_call *c, const unsigned char *p, size_t len)
         p += n;
         len -= (size_t)n;
         c->received += (uint64_t)n;
+        tn_metrics_bytes_received((uint64_t)n);
+        tn_metrics_front_spool_add(n); /* released in gen_destroy() */
     }
     return 0;
 }
@@ -792,6 +809,7 @@ static void upload_complete(struct gen_call *c)
     uint64_t id = ++f->next_job_id;
     if (!full)
         f->n_waiting++;
+    tn_metrics_front_queue_depth(f->n_waiting);
     pthread_mutex_unlock(&f->mu);
     if (full) {
         close(sp[0]);
@@ -851,6 +869,7 @@ static void on_recv(struct gen_call *c, bool ok)
         goto out;
     }
 
+    tn_metrics_msg_received(TN_M_GENERATE);
     grpc_slice s = tn_pb_flatten(bb);
     const unsigned char *p = GRPC_SLICE_START_PTR(s);
     size_t len = GRPC_SLICE_LENGTH(s);
@@ -955,6 +974,9 @@ static void simple_free(struct simple_call *s)
 {
     struct front *f = s->f;
     bool accepted = s->call != NULL;
+    if (accepted && s->kind == TAG_NEW_HEALTH)
+        tn_metrics_call_handled(TN_M_HEALTH_CHECK, s->cancelled ? TN_CANCELLED : s->code,
+                                elapsed_ms(&s->started) / 1000);
     if (s->call)
         grpc_call_unref(s->call);
     if (s->kind == TAG_NEW_GENERIC)
@@ -995,7 +1017,10 @@ static void simple_answer(struct simple_call *s, grpc_byte_buffer *msg, grpc_sta
     size_t n = 0;
     memset(ops, 0, sizeof(ops));
     ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+    s->code = (int)code;
     if (msg) {
+        if (s->kind == TAG_NEW_HEALTH)
+            tn_metrics_msg_sent(TN_M_HEALTH_CHECK);
         s->resp = msg;
         ops[n].op = GRPC_OP_SEND_MESSAGE;
         ops[n++].data.send_message.send_message = msg;
@@ -1040,6 +1065,10 @@ static void on_new_health(struct simple_call *s, bool ok)
     f->n_live++;
     pthread_mutex_unlock(&f->mu);
     request_health(f);
+    clock_gettime(CLOCK_MONOTONIC, &s->started);
+    tn_metrics_call_started(TN_M_HEALTH_CHECK);
+    if (s->payload)
+        tn_metrics_msg_received(TN_M_HEALTH_CHECK);
 
     Grpc__Health__V1__HealthCheckRequest *req = health_request(s->payload);
     if (!req) {
@@ -1073,6 +1102,7 @@ static void on_new_generic(struct simple_call *s, bool ok)
     f->n_live++;
     pthread_mutex_unlock(&f->mu);
     request_generic(f);
+    tn_metrics_unknown_method();
     char *method = grpc_slice_to_c_string(s->details.method);
     char msg[400];
     snprintf(msg, sizeof(msg), "method %.300s is not implemented by this server", method);
@@ -1089,6 +1119,7 @@ static void on_new_generate(struct gen_call *c, bool ok)
         return;
     }
     clock_gettime(CLOCK_MONOTONIC, &c->started);
+    tn_metrics_call_started(TN_M_GENERATE);
     char *peer = grpc_call_get_peer(c->call);
     snprintf(c->peer, sizeof(c->peer), "%s", peer ? peer : "?");
     gpr_free(peer);
@@ -1185,7 +1216,15 @@ struct stream_call {
     const char *end_msg;             /* static */
     int watch_sent, watch_want;      /* serving status; -1 = none sent yet */
     struct stream_call *prev, *next; /* f->streams, under f->mu */
+    struct timespec started;         /* metrics: accepted at */
 };
+
+static enum tn_metrics_method stream_method(const struct stream_call *s)
+{
+    return s->kind == TAG_NEW_WATCH  ? TN_M_HEALTH_WATCH
+           : s->kind == TAG_NEW_REFL ? TN_M_REFLECTION
+                                     : TN_M_REFLECTION_ALPHA;
+}
 
 static void request_stream(struct front *f, enum tag_kind kind);
 
@@ -1204,6 +1243,8 @@ static void stream_free(struct stream_call *s)
         f->n_live--;
         f->n_streams--;
         pthread_mutex_unlock(&f->mu);
+        tn_metrics_call_handled(stream_method(s), s->status_sent ? (int)s->end_code : TN_CANCELLED,
+                                elapsed_ms(&s->started) / 1000);
         grpc_call_unref(s->call);
     }
     grpc_metadata_array_destroy(&s->md);
@@ -1315,6 +1356,10 @@ static void on_new_stream(struct stream_call *s, bool ok)
     bool too_many = ++f->n_streams > f->cfg->max_concurrent_calls;
     pthread_mutex_unlock(&f->mu);
     request_stream(f, s->kind);
+    clock_gettime(CLOCK_MONOTONIC, &s->started);
+    tn_metrics_call_started(stream_method(s));
+    if (s->payload)
+        tn_metrics_msg_received(TN_M_HEALTH_WATCH);
 
     /* RECV_CLOSE_ON_SERVER first: it is how a client cancel is seen. */
     grpc_op op;
@@ -1360,6 +1405,7 @@ static void on_stream_recv(struct stream_call *s, bool ok)
     } else if (!ok || !bb) {
         stream_end(s, GRPC_STATUS_OK, NULL); /* half-close (or a cancel: dead soon) */
     } else {
+        tn_metrics_msg_received(stream_method(s));
         grpc_slice sl = tn_pb_flatten(bb);
         s->answer =
             tn_reflection_answer(s->f->refl, GRPC_SLICE_START_PTR(sl), GRPC_SLICE_LENGTH(sl));
@@ -1374,6 +1420,8 @@ static void on_stream_recv(struct stream_call *s, bool ok)
 static void on_stream_send(struct stream_call *s, bool ok)
 {
     s->sending = false;
+    if (s->send_buf && ok)
+        tn_metrics_msg_sent(stream_method(s));
     if (s->send_buf) {
         grpc_byte_buffer_destroy(s->send_buf);
         s->send_buf = NULL;
@@ -1470,6 +1518,7 @@ static void job_release_locked(struct front *f, struct gen_call *c, bool acked,
     }
     if (!acked)
         f->n_waiting--;
+    tn_metrics_front_queue_depth(f->n_waiting);
     dlink_remove(&c->run_link);
     unref_later(l, c);
 }
@@ -1626,6 +1675,7 @@ static void handle_reply(struct front *f, struct gen_call *c)
             if (!acked && m.ack.pid > 0) {
                 c->worker_pid = m.ack.pid;
                 f->n_waiting--;
+                tn_metrics_front_queue_depth(f->n_waiting);
             }
             break;
         case TN_IPC_RESULT: {
@@ -1681,6 +1731,7 @@ static void check_deadlines(struct front *f)
             if (c->worker_pid > 0) {
                 tn_log_warn("job %" PRIu64 " (\"%s\") overran its deadline: killing worker pid %d",
                             c->job.h.job_id, c->job.file_name, (int)c->worker_pid);
+                tn_metrics_worker_mark_timeout(c->worker_pid); /* its restart: "timeout" */
                 kill(c->worker_pid, SIGKILL);
             } else {
                 finish_locked(c, TN_DEADLINE_EXCEEDED,
@@ -1884,6 +1935,7 @@ int tn_front_main(const struct tn_config *cfg, int queue_fd)
     sigaddset(&block, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &block, &old);
 
+    tn_metrics_front_attach();
     grpc_init();
     int rc = setup(f, cfg);
     if (rc == 0) {

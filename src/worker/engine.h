@@ -41,6 +41,10 @@ struct tn_engine_request {
     int64_t deadline_ms; /* CLOCK_MONOTONIC ms; 0 = none. Checked in reads and between frames */
     int cancel_fd;       /* POLLHUP/POLLERR/readable EOF on it = abandon; -1 = none */
     const struct tn_engine_limits *limits; /* NULL = defaults */
+    /* Out, optional: libav's name of the video stream's codec ("h264"), written
+     * once the stream is chosen (left alone if the file never gets that far). */
+    char *codec_out;
+    size_t codec_out_len;
 };
 
 struct tn_engine_result {

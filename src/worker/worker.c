@@ -30,6 +30,7 @@
 #include "engine.h"
 #include "ipc.h"
 #include "log.h"
+#include "metrics.h"
 #include "status.h"
 
 static volatile sig_atomic_t quit_requested;
@@ -114,6 +115,7 @@ static int init(int queue_fd, const struct tn_worker_options *opt)
         return -1;
     }
     tn_engine_global_init();
+    tn_metrics_worker_attach();
     return 0;
 }
 
@@ -180,7 +182,7 @@ static void run_job(struct tn_ipc_job *job, int video, int reply,
     struct job_ctx ctx = {.job = job, .reply = reply};
     struct tn_engine_limits limits = {.max_pixels = opt->max_pixels};
     char err[TN_IPC_MESSAGE_MAX] = "";
-    char times[128], name[TN_IPC_NAME_MAX];
+    char times[128], name[TN_IPC_NAME_MAX], codec[32] = "";
     int code, ret;
 
     job->file_name[TN_IPC_NAME_MAX - 1] = '\0';
@@ -230,8 +232,12 @@ static void run_job(struct tn_ipc_job *job, int video, int reply,
         .deadline_ms = job->deadline_ms,
         .cancel_fd = reply,
         .limits = &limits,
+        .codec_out = codec,
+        .codec_out_len = sizeof(codec),
     };
+    int64_t t_engine = tn_mono_ms();
     code = tn_engine_run(&req, emit_result, &ctx, err, sizeof(err));
+    tn_metrics_decode(codec, job->mode, (double)(tn_mono_ms() - t_engine) / 1000);
 
     if (!ctx.peer_gone) {
         struct tn_ipc_done done;
@@ -311,8 +317,10 @@ void tn_worker_main(int queue_fd, const struct tn_worker_options *opt)
                 close(fds[i]);
             continue;
         }
+        tn_metrics_worker_busy(1);
         run_job(&msg.job, fds[0], fds[1], opt);
         close(fds[0]);
         close(fds[1]);
+        tn_metrics_worker_busy(0);
     }
 }
