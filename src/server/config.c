@@ -200,7 +200,8 @@ static void print_help(FILE *f, const struct tn_config *d)
             "\n"
             "Exit status: 0 after a stop by signal; 1 if the server failed (e.g. the front\n"
             "could not bind its address); 2 if it could not start (a bad option, a log file\n"
-            "or pidfile that cannot be written, or already running).\n",
+            "or pidfile that cannot be written, a --metrics-listen address that cannot be\n"
+            "bound, or already running).\n",
             TN_MAX_LISTEN, DEFAULT_LISTEN, fmt_size(d->max_upload_bytes, s1, sizeof(s1)),
             fmt_size(d->max_message_bytes, s2, sizeof(s2)), fmt_size(d->chunk_size, s3, sizeof(s3)),
             d->max_concurrent_calls, d->max_queued_jobs, d->idle_timeout_s, d->spool_dir,
