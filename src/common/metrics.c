@@ -351,9 +351,14 @@ static void family(struct out *o, const char *name, const char *type, const char
     emit(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-/* A float the way Prometheus writes one: shortest round-trip form. */
+/* A float the way Prometheus' Go client writes one: integers plain, else the
+ * shortest form that reads back as the same double. */
 static void fmt_double(char *buf, size_t len, double v)
 {
+    if (v == (double)(int64_t)v && v < 1e15 && v > -1e15) {
+        snprintf(buf, len, "%.0f", v); /* "10", not %g's "1e+01" */
+        return;
+    }
     for (int prec = 1; prec <= 17; prec++) {
         snprintf(buf, len, "%.*g", prec, v);
         if (strtod(buf, NULL) == v)
