@@ -27,12 +27,29 @@
 #define CONNECTION_LIMIT 64
 #define CONNECTION_TIMEOUT_S 10
 
+/* A listening socket on ai, or -1 with the errno in *e. */
+static int bind_one(const struct addrinfo *ai, int *e)
+{
+    int one = 1;
+    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+    if (fd < 0) {
+        *e = errno;
+        return -1;
+    }
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 64) == 0)
+        return fd;
+    *e = errno;
+    close(fd);
+    return -1;
+}
+
 int tn_metrics_http_listen(const char *addr, char *err, size_t errlen)
 {
     char host[256];
     const char *colon = strrchr(addr, ':');
     struct addrinfo hints, *res = NULL;
-    int fd = -1, one = 1;
+    int fd = -1;
 
     if (!colon || (size_t)(colon - addr) >= sizeof(host)) {
         snprintf(err, errlen, "--metrics-listen '%s': expected HOST:PORT, [IPV6]:PORT or :PORT",
@@ -59,21 +76,18 @@ int tn_metrics_http_listen(const char *addr, char *err, size_t errlen)
         snprintf(err, errlen, "--metrics-listen '%s': %s", addr, gai_strerror(rc));
         return -1;
     }
-    /* ":PORT": getaddrinfo lists 0.0.0.0 first; take the first that binds. */
-    int e = 0;
-    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
-        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
-        if (fd < 0) {
-            e = errno;
-            continue;
-        }
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 64) == 0)
-            break;
-        e = errno;
-        close(fd);
-        fd = -1;
-    }
+    /* Take the first address that binds. For ":PORT", try "::" before
+     * 0.0.0.0: on Linux an IPv6 wildcard socket takes IPv4 connections too
+     * (unless net.ipv6.bindv6only), and a host without IPv6 falls back. */
+    int e = EADDRNOTAVAIL;
+    struct addrinfo *ai;
+    if (!host[0])
+        for (ai = res; fd < 0 && ai; ai = ai->ai_next)
+            if (ai->ai_family == AF_INET6)
+                fd = bind_one(ai, &e);
+    for (ai = res; fd < 0 && ai; ai = ai->ai_next)
+        if (host[0] || ai->ai_family != AF_INET6)
+            fd = bind_one(ai, &e);
     freeaddrinfo(res);
     if (fd < 0)
         snprintf(err, errlen, "--metrics-listen '%s': cannot listen: %s", addr, strerror(e));
