@@ -103,7 +103,7 @@ static struct region *R;
 static struct front_rec *my_front;
 static struct worker_rec *my_worker;
 
-static void add(uint64_t *p, uint64_t n)
+static void add(uint64_t *p, uint64_t n) /* NOLINT(readability-non-const-parameter): atomic */
 {
     __atomic_fetch_add(p, n, __ATOMIC_RELAXED);
 }

@@ -108,9 +108,12 @@ static enum MHD_Result queue_text(struct MHD_Connection *conn, unsigned status, 
     return ret;
 }
 
-static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                  const char *method, const char *version, const char *upload_data,
-                                  size_t *upload_data_size, void **req_cls)
+/* The signature is libmicrohttpd's MHD_AccessHandlerCallback. */
+static enum MHD_Result
+on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+           const char *version, const char *upload_data,
+           size_t *upload_data_size, /* NOLINT(readability-non-const-parameter) */
+           void **req_cls)
 {
     (void)cls;
     (void)version;
@@ -139,7 +142,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     return ret;
 }
 
-static void on_mhd_error(void *cls, const char *fmt, va_list ap)
+__attribute__((format(printf, 2, 0))) static void on_mhd_error(void *cls, const char *fmt,
+                                                               va_list ap)
 {
     (void)cls;
     char msg[512];
