@@ -228,20 +228,23 @@ void tn_log(int level, const char *fmt, ...)
     va_end(ap);
 }
 
-void tn_log_access(const struct tn_log_access *a)
+void tn_log_access(int level, const struct tn_log_access *a)
 {
-    if (TN_LOG_INFO > log_level)
+    if (level > log_level)
         return;
     int saved = errno;
     const char *method = a->method ? a->method : "?";
-    const char *slash = strrchr(method, '/');
+    /* Our own service's methods by their short name ("Generate"), others in full. */
+    static const char own[] = "thumbnail.v1.Thumbnailer/";
+    const char *name =
+        strncmp(method, own, sizeof(own) - 1) == 0 ? method + sizeof(own) - 1 : method;
     const char *status = a->status ? a->status : "?";
     bool failed = a->message && *a->message && strcmp(status, "OK") != 0;
     struct line l = {.len = 0};
-    put_prefix(&l, TN_LOG_INFO);
+    put_prefix(&l, level);
     if (log_format == TN_LOG_JSON) {
         char msg[256];
-        snprintf(msg, sizeof(msg), "%s %s", slash ? slash + 1 : method, status);
+        snprintf(msg, sizeof(msg), "%s %s", name, status);
         put_json_str(&l, msg);
         put(&l, "\",\"type\":\"access\",\"method\":\"");
         put_json_str(&l, method);
@@ -261,10 +264,9 @@ void tn_log_access(const struct tn_log_access *a)
         put(&l,
             "%s peer=%s file=\"%s\" in=%" PRIu64 " out=%" PRIu64 " thumbnails=%u ms=%.1f "
             "status=%s%s%s",
-            slash ? slash + 1 : method, a->peer ? a->peer : "-", a->file ? a->file : "",
-            a->bytes_in, a->bytes_out, a->thumbnails, a->ms, status, failed ? " message=" : "",
-            failed ? a->message : "");
+            name, a->peer ? a->peer : "-", a->file ? a->file : "", a->bytes_in, a->bytes_out,
+            a->thumbnails, a->ms, status, failed ? " message=" : "", failed ? a->message : "");
     }
-    write_line(TN_LOG_INFO, &l);
+    write_line(level, &l);
     errno = saved;
 }

@@ -39,7 +39,7 @@ int tn_log_level_parse(const char *s);
 void tn_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void tn_vlog(int level, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 
-/* One finished call, for the access log (INFO). Strings may be NULL. */
+/* One finished call, for the access log. Strings may be NULL. */
 struct tn_log_access {
     const char *method;  /* "thumbnail.v1.Thumbnailer/Generate" */
     const char *peer;    /* "ipv4:127.0.0.1:5312" */
@@ -51,7 +51,7 @@ struct tn_log_access {
     const char *status;  /* "OK", "INVALID_ARGUMENT", ... */
     const char *message; /* the status message of a failed call */
 };
-void tn_log_access(const struct tn_log_access *a);
+void tn_log_access(int level, const struct tn_log_access *a);
 
 #define tn_log_error(...) tn_log(TN_LOG_ERROR, __VA_ARGS__)
 #define tn_log_warn(...) tn_log(TN_LOG_WARN, __VA_ARGS__)

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_FRONTS 8     /* a front and the ones draining after reloads */
@@ -84,6 +85,7 @@ struct worker_rec {
 };
 
 struct region {
+    uint64_t start_time_us; /* Unix time of tn_metrics_create() */
     uint64_t started[TN_M_N_METHODS];
     uint64_t handled[TN_M_N_METHODS][N_CODES];
     uint64_t msg_received[TN_M_N_METHODS];
@@ -127,6 +129,9 @@ int tn_metrics_create(void)
     if (p == MAP_FAILED)
         return -errno;
     R = p; /* zero-filled by the kernel */
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    R->start_time_us = (uint64_t)now.tv_sec * 1000000u + (uint64_t)now.tv_nsec / 1000u;
     return 0;
 }
 
@@ -442,6 +447,14 @@ char *tn_metrics_render(size_t *len)
         method_labels(labels, sizeof(labels), m);
         emit(&o, "grpc_server_msg_sent_total{%s} %" PRIu64 "\n", labels, get(&R->msg_sent[m]));
     }
+
+    family(&o, "thumbnail_build_info", "gauge", "The server's version, as a label; always 1.");
+    emit(&o, "thumbnail_build_info{version=\"%s\"} 1\n", TN_VERSION);
+    family(&o, "thumbnail_start_time_seconds", "gauge",
+           "When the server started, in Unix time: every counter here began at 0 then.");
+    char start[40];
+    fmt_double(start, sizeof(start), (double)R->start_time_us / 1e6);
+    emit(&o, "thumbnail_start_time_seconds %s\n", start);
 
     family(&o, "thumbnail_unknown_method_calls_total", "counter",
            "Calls to methods this server does not serve (answered Unimplemented).");

@@ -311,6 +311,28 @@ static int64_t deadline_to_mono_ms(gpr_timespec dl)
 /* ------------------------------------------------------------------------ */
 /* Generate: lifetime                                                       */
 
+/*
+ * The access line of a call other than Generate: an unknown method at INFO;
+ * health checks and reflection at DEBUG only, or load-balancer probes would
+ * drown the log (they are counted in the metrics either way).
+ */
+static void log_other_call(int level, grpc_call *call, const char *method, int code,
+                           const struct timespec *started, const char *message)
+{
+    if (level > tn_log_level())
+        return;
+    char *peer = grpc_call_get_peer(call);
+    struct tn_log_access a = {
+        .method = method,
+        .peer = peer,
+        .ms = elapsed_ms(started),
+        .status = tn_code_name(code),
+        .message = message,
+    };
+    tn_log_access(level, &a);
+    gpr_free(peer);
+}
+
 static void free_result(struct result *r)
 {
     if (!r)
@@ -368,7 +390,7 @@ static void gen_destroy(struct gen_call *c)
             .status = tn_code_name(code),
             .message = c->status_sent ? c->status_msg : "",
         };
-        tn_log_access(&a);
+        tn_log_access(TN_LOG_INFO, &a);
         tn_metrics_call_handled(TN_M_GENERATE, code, ms / 1000);
         tn_metrics_front_spool_add(-(int64_t)c->received);
         grpc_call_unref(c->call);
@@ -974,9 +996,12 @@ static void simple_free(struct simple_call *s)
 {
     struct front *f = s->f;
     bool accepted = s->call != NULL;
-    if (accepted && s->kind == TAG_NEW_HEALTH)
-        tn_metrics_call_handled(TN_M_HEALTH_CHECK, s->cancelled ? TN_CANCELLED : s->code,
-                                elapsed_ms(&s->started) / 1000);
+    if (accepted && s->kind == TAG_NEW_HEALTH) {
+        int code = s->cancelled ? TN_CANCELLED : s->code;
+        tn_metrics_call_handled(TN_M_HEALTH_CHECK, code, elapsed_ms(&s->started) / 1000);
+        log_other_call(TN_LOG_DEBUG, s->call, "grpc.health.v1.Health/Check", code, &s->started,
+                       NULL);
+    }
     if (s->call)
         grpc_call_unref(s->call);
     if (s->kind == TAG_NEW_GENERIC)
@@ -1102,11 +1127,16 @@ static void on_new_generic(struct simple_call *s, bool ok)
     f->n_live++;
     pthread_mutex_unlock(&f->mu);
     request_generic(f);
+    clock_gettime(CLOCK_MONOTONIC, &s->started);
     tn_metrics_unknown_method();
     char *method = grpc_slice_to_c_string(s->details.method);
     char msg[400];
     snprintf(msg, sizeof(msg), "method %.300s is not implemented by this server", method);
-    tn_log_info("unknown method %s: UNIMPLEMENTED", method);
+    for (char *p = method; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == '"')
+            *p = '?'; /* the client's text in our log: one line */
+    log_other_call(TN_LOG_INFO, s->call, *method == '/' ? method + 1 : method, TN_UNIMPLEMENTED,
+                   &s->started, msg);
     gpr_free(method);
     simple_answer(s, NULL, GRPC_STATUS_UNIMPLEMENTED, msg);
 }
@@ -1243,8 +1273,15 @@ static void stream_free(struct stream_call *s)
         f->n_live--;
         f->n_streams--;
         pthread_mutex_unlock(&f->mu);
-        tn_metrics_call_handled(stream_method(s), s->status_sent ? (int)s->end_code : TN_CANCELLED,
-                                elapsed_ms(&s->started) / 1000);
+        int code = s->status_sent ? (int)s->end_code : TN_CANCELLED;
+        tn_metrics_call_handled(stream_method(s), code, elapsed_ms(&s->started) / 1000);
+        log_other_call(TN_LOG_DEBUG, s->call,
+                       s->kind == TAG_NEW_WATCH  ? "grpc.health.v1.Health/Watch"
+                       : s->kind == TAG_NEW_REFL ? "grpc.reflection.v1.ServerReflection/"
+                                                   "ServerReflectionInfo"
+                                                 : "grpc.reflection.v1alpha.ServerReflection/"
+                                                   "ServerReflectionInfo",
+                       code, &s->started, s->status_sent ? s->end_msg : NULL);
         grpc_call_unref(s->call);
     }
     grpc_metadata_array_destroy(&s->md);

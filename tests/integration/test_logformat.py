@@ -30,7 +30,8 @@ ACCESS_FIELDS = {"method", "peer", "file", "bytes_in", "bytes_out", "thumbnails"
 
 class JsonFormat(h.ServerTestCase):
     workers = 1
-    server_extra = ("--log-format", "json")
+    # debug: every kind of line, and the access lines of health checks, in JSON
+    server_extra = ("--log-format", "json", "--log-level", "debug")
 
     def test_every_line_is_json_and_access_lines_carry_the_call(self):
         path = h.video("h264.mp4")
@@ -57,8 +58,16 @@ class JsonFormat(h.ServerTestCase):
             objs.append(o)
         roles = {o["role"] for o in objs}
         self.assertTrue({"master", "front", "worker#0"} <= roles, roles)
-        access = [o for o in objs if o.get("type") == "access"]
+        access = [o for o in objs if o.get("type") == "access"
+                  and o["method"] == "thumbnail.v1.Thumbnailer/Generate"]
         self.assertEqual(len(access), 2, access)
+        checks = [o for o in objs if o.get("type") == "access"
+                  and o["method"] == "grpc.health.v1.Health/Check"]
+        self.assertTrue(checks, "no access line for the harness's health checks")
+        for c in checks:
+            self.assertEqual((c["level"], c["status"], c["bytes_in"]), ("debug", "OK", 0))
+            self.assertRegex(c["peer"], r"^ipv4:127\.0\.0\.1:\d+$")
+        self.assertTrue(any(o["level"] == "debug" and o.get("type") != "access" for o in objs))
         ok, bad = access
         self.assertTrue(ACCESS_FIELDS <= set(ok), ok)
         self.assertEqual(ok["role"], "front")
@@ -90,6 +99,19 @@ class TextFormat(h.ServerTestCase):
         self.assertRegex(line, r'peer=ipv4:127\.0\.0\.1:\d+ file="vp9\.webm" in=%d out=%d '
                          r'thumbnails=1 ms=[\d.]+ status=OK$'
                          % (os.path.getsize(path), thumbs[0].header.size))
+        # health checks are logged at debug only: none at the default info level
+        self.assertNotRegex(self.server.log_text(), r"Check peer=")
+
+    def test_unknown_method_line(self):
+        with h.channel(self.server.addr) as ch:
+            with self.assertRaises(h.grpc.RpcError):
+                ch.unary_unary("/no.such.Service/Do")(b"", timeout=5)
+        line = h.wait_for(lambda: re.search(r"^\S+ INFO front \d+: no\.such\.Service/Do .*$",
+                                            self.server.log_text(), re.M), 10,
+                          what="the access line").group(0)
+        self.assertRegex(line, r'Service/Do peer=ipv4:127\.0\.0\.1:\d+ file="" in=0 out=0 '
+                         r'thumbnails=0 ms=[\d.]+ status=UNIMPLEMENTED message=method /no\.such\.Service/Do '
+                         r'is not implemented by this server$')
 
 
 class Syslog(h.ServerTestCase):

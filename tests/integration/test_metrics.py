@@ -151,6 +151,21 @@ class Metrics(h.ServerTestCase):
             return s if ok else None
         return h.wait_for(settled, 15, interval=0.1, what="idle gauges")
 
+    def test_build_info_and_start_time(self):
+        s = self.scrape()
+        version = h.subprocess.run([h.SERVER_BIN, "--version"], capture_output=True, text=True,
+                                   check=True).stdout.split()[-1]
+        self.assertEqual(self.val(s, "thumbnail_build_info", 'version="%s"' % version), 1)
+        started = self.val(s, "thumbnail_start_time_seconds")
+        # the master started within this test class's lifetime
+        self.assertLessEqual(started, time.time())
+        self.assertGreater(started, time.time() - 600)
+        with open("/proc/%d/stat" % self.server.pid) as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as f:
+            btime = int(next(line for line in f if line.startswith("btime")).split()[1])
+        self.assertAlmostEqual(started, btime + ticks / os.sysconf("SC_CLK_TCK"), delta=2)
+
     def test_other_paths(self):
         status, _, body = self.server.scrape("/nope")
         self.assertEqual(status, 404)
