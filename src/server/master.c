@@ -221,7 +221,8 @@ __attribute__((noreturn)) static void run_child(const struct master *m, const st
     close_other_fds(tn_log_fd(), own_q);
 
     /* If the master dies, the front stops its gRPC server (and frees its
-     * port) and the workers go at once: nothing else would ever reap them.
+     * port), the metrics process stops too, and the workers go at once:
+     * nothing else would ever reap them.
      * The master may already be gone by the time this runs: check. */
     prctl(PR_SET_PDEATHSIG, s->role == ROLE_WORKER ? SIGKILL : SIGTERM);
     if (getppid() != m->pid)
@@ -458,6 +459,7 @@ static void reap(struct master *m)
             if (alive(&m->slots[i]) && m->slots[i].pid == pid)
                 s = &m->slots[i];
         if (!s) {
+            tn_metrics_reaped(pid); /* whatever it was, its gauges go */
             char how[96];
             describe_status(st, how, sizeof(how));
             tn_log_warn("reaped unknown child %d: %s", (int)pid, how);
