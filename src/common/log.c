@@ -126,12 +126,17 @@ __attribute__((format(printf, 2, 3))) static void put(struct line *l, const char
     va_end(ap);
 }
 
+/* Room every JSON string leaves after itself for the keys, numbers and
+ * closing quotes that follow it in the line: a long string is cut short, but
+ * the line stays one valid JSON object. */
+#define JSON_TAIL_RESERVE 256
+
 /* s as the body of a JSON string: quotes, backslashes and control characters
  * escaped; bytes that are not UTF-8 become U+FFFD, so every line parses. */
 static void put_json_str(struct line *l, const char *s)
 {
     const unsigned char *p = (const unsigned char *)(s ? s : "");
-    while (*p && l->len + 8 < sizeof(l->buf)) {
+    while (*p && l->len + 8 + JSON_TAIL_RESERVE < sizeof(l->buf)) {
         unsigned c = *p;
         if (c == '"' || c == '\\') {
             put(l, "\\%c", c);
@@ -246,17 +251,18 @@ void tn_log_access(int level, const struct tn_log_access *a)
         char msg[256];
         snprintf(msg, sizeof(msg), "%s %s", name, status);
         put_json_str(&l, msg);
+        /* short fields first: if a long one is cut, these are whole */
         put(&l, "\",\"type\":\"access\",\"method\":\"");
         put_json_str(&l, method);
-        put(&l, "\",\"peer\":\"");
+        put(&l, "\",\"status\":\"");
+        put_json_str(&l, status);
+        put(&l,
+            "\",\"bytes_in\":%" PRIu64 ",\"bytes_out\":%" PRIu64
+            ",\"thumbnails\":%u,\"duration_ms\":%.1f,\"peer\":\"",
+            a->bytes_in, a->bytes_out, a->thumbnails, a->ms);
         put_json_str(&l, a->peer);
         put(&l, "\",\"file\":\"");
         put_json_str(&l, a->file);
-        put(&l,
-            "\",\"bytes_in\":%" PRIu64 ",\"bytes_out\":%" PRIu64
-            ",\"thumbnails\":%u,\"duration_ms\":%.1f,\"status\":\"",
-            a->bytes_in, a->bytes_out, a->thumbnails, a->ms);
-        put_json_str(&l, status);
         put(&l, "\",\"message\":\"");
         put_json_str(&l, failed ? a->message : "");
         put(&l, "\"}");
