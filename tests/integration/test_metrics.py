@@ -140,11 +140,15 @@ class Metrics(h.ServerTestCase):
         return self.val(after, name, labels) - self.val(before, name, labels)
 
     def wait_gauges_settled(self):
-        """Queue depth and spool bytes fall to 0 once every call is destroyed (a hair
-        after the client has its status); no worker is busy once its job is done."""
+        """Queue depth and spool bytes fall to 0 once every call is destroyed, and a
+        call is counted as handled then too (a hair after the client has its
+        status); no worker is busy once its job is done."""
         def settled():
             s = self.scrape()
-            ok = (self.val(s, "thumbnail_queue_depth") == 0
+            started = sum(v for (n, _), v in s.items() if n == "grpc_server_started_total")
+            handled = sum(v for (n, _), v in s.items() if n == "grpc_server_handled_total")
+            ok = (started == handled
+                  and self.val(s, "thumbnail_queue_depth") == 0
                   and self.val(s, "thumbnail_spool_bytes") == 0
                   and self.val(s, "thumbnail_workers", 'state="busy"') == 0
                   and self.val(s, "thumbnail_workers", 'state="idle"') == self.workers)
@@ -302,13 +306,16 @@ class Metrics(h.ServerTestCase):
         h.wait_for(lambda: (self.server.metrics_pid() or old_metrics) != old_metrics, 15,
                    what="a new metrics process")
         h.generate(self.server.addr, path=h.video("h264.mp4"))
+        ok = GENERATE + ',grpc_code="OK"'
+        # handled is counted when the front frees the call, a hair after the
+        # client has its status: wait for it, then compare exactly
         final = h.wait_for(lambda: (lambda s: s if self.val(
-            s, "grpc_server_started_total", GENERATE) == started + 1 else None)(
-                self.scrape_retry()), 15, what="the counters after the respawns")
-        self.assertEqual(self.val(final, "grpc_server_handled_total",
-                                  GENERATE + ',grpc_code="OK"'),
-                         self.val(after, "grpc_server_handled_total",
-                                  GENERATE + ',grpc_code="OK"') + 1)
+            s, "grpc_server_handled_total", ok) > self.val(
+                after, "grpc_server_handled_total", ok) else None)(self.scrape_retry()),
+            15, what="the counters after the respawns")
+        self.assertEqual(self.val(final, "grpc_server_started_total", GENERATE), started + 1)
+        self.assertEqual(self.val(final, "grpc_server_handled_total", ok),
+                         self.val(after, "grpc_server_handled_total", ok) + 1)
 
     def scrape_retry(self):
         """A scrape, or {} while the metrics process is being respawned."""
@@ -317,6 +324,27 @@ class Metrics(h.ServerTestCase):
         except OSError:
             time.sleep(0.1)
             return {}
+
+
+class GracefulStop(h.ServerTestCase):
+    """SIGQUIT: the front drains, then the master stops everyone, the metrics
+    process included (the harness fails the stop if any process is left)."""
+    workers = 1
+    metrics = True
+
+    def test_sigquit_stops_the_metrics_process(self):
+        srv = type(self).server
+        mpid = srv.metrics_pid()
+        self.assertIsNotNone(mpid)
+        self.assertEqual(srv.scrape()[0], 200)
+        type(self).server = None
+        try:
+            self.assertEqual(srv.stop(sig=signal.SIGQUIT), 0)
+            log = srv.log_text()
+        finally:
+            srv.cleanup()
+        self.assertFalse(h.pid_alive(mpid))
+        self.assertRegex(log, r"INFO master \d+: metrics %d exited with status 0" % mpid)
 
 
 class NoMetrics(h.ServerTestCase):
