@@ -15,6 +15,8 @@ PACKAGES=(
     # tests: unit (cmocka), test videos (ffmpeg), integration (Python grpcio + stubs)
     libcmocka-dev ffmpeg python3 python3-grpcio python3-protobuf python3-pil
     protobuf-compiler-grpc valgrind
+    # the metrics endpoint (libmicrohttpd) and its test's independent parser
+    libmicrohttpd-dev python3-prometheus-client
     # validating docker-compose.yml (no Docker engine needed)
     docker-compose
 )

@@ -63,6 +63,9 @@ enum {
     OPT_MAX_PIXELS,
     OPT_WORKER_MEMORY,
     OPT_MEDIA_ROOT, /* pull and local mode */
+    /* metrics and logging */
+    OPT_METRICS_LISTEN,
+    OPT_LOG_FORMAT,
 };
 
 static const struct option long_options[] = {
@@ -84,6 +87,9 @@ static const struct option long_options[] = {
     {"max-pixels", required_argument, NULL, OPT_MAX_PIXELS},
     {"worker-memory", required_argument, NULL, OPT_WORKER_MEMORY},
     {"media-root", required_argument, NULL, OPT_MEDIA_ROOT},
+    /* metrics and logging */
+    {"metrics-listen", required_argument, NULL, OPT_METRICS_LISTEN},
+    {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -172,12 +178,15 @@ static void print_help(FILE *f, const struct tn_config *d)
             "\n"
             "Process:\n"
             "  --daemon                  detach from the terminal and run in the background;\n"
-            "                            requires --log-file (a daemon has no stderr)\n"
+            "                            without --log-file, logs go to syslog (LOG_DAEMON)\n"
             "  --pidfile PATH            write the master's pid to PATH; refuse to start if it\n"
             "                            names a running server; removed on exit\n"
             "  --log-file PATH           append logs to PATH instead of stderr; reopened on\n"
             "                            SIGUSR1 (for logrotate)\n"
             "  --log-level LEVEL         error, warn, info or debug (default: %s)\n"
+            "  --log-format FORMAT       text, or json: one JSON object per line (default: text)\n"
+            "  --metrics-listen ADDR     serve Prometheus metrics at http://ADDR/metrics;\n"
+            "                            HOST:PORT, [IPV6]:PORT or :PORT (default: none)\n"
             "  --grace DURATION          on SIGQUIT, how long in-flight calls may finish\n"
             "                            (default: %gs)\n"
             "  -h, --help                print this help and exit\n"
@@ -198,7 +207,8 @@ static void print_help(FILE *f, const struct tn_config *d)
             "\n"
             "Exit status: 0 after a stop by signal; 1 if the server failed (e.g. the front\n"
             "could not bind its address); 2 if it could not start (a bad option, a log file\n"
-            "or pidfile that cannot be written, or already running).\n",
+            "or pidfile that cannot be written, a --metrics-listen address that cannot be\n"
+            "bound, or already running).\n",
             TN_MAX_LISTEN, DEFAULT_LISTEN, fmt_size(d->max_upload_bytes, s1, sizeof(s1)),
             fmt_size(d->max_message_bytes, s2, sizeof(s2)), fmt_size(d->chunk_size, s3, sizeof(s3)),
             d->max_concurrent_calls, d->max_queued_jobs, d->idle_timeout_s, d->spool_dir,
@@ -339,6 +349,8 @@ int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, siz
     cfg->max_queued_jobs = 64;
     cfg->max_pixels = 8192ull * 8192ull;
     cfg->worker_memory = 1ull << 30;
+    cfg->metrics_fd = -1;
+    cfg->log_format = TN_LOG_TEXT;
     if (env_workers && *env_workers && tn_parse_uint(env_workers, 1, MAX_WORKERS, &u) == 0)
         cfg->workers = (int)u; /* a bad value is reported below, unless --workers overrides it */
 
@@ -436,6 +448,26 @@ int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, siz
                 0)
                 return -1;
             break;
+        case OPT_METRICS_LISTEN: {
+            const char *colon = strrchr(optarg, ':');
+            uint64_t port;
+            if (!colon || tn_parse_uint(colon + 1, 1, 65535, &port) < 0 ||
+                (optarg[0] == '[' && (colon == optarg || colon[-1] != ']')))
+                return fail(err, errlen,
+                            "--metrics-listen '%s': expected HOST:PORT, [IPV6]:PORT or :PORT "
+                            "(port 1..65535)",
+                            optarg);
+            cfg->metrics_listen = optarg;
+            break;
+        }
+        case OPT_LOG_FORMAT:
+            if (strcmp(optarg, "text") == 0)
+                cfg->log_format = TN_LOG_TEXT;
+            else if (strcmp(optarg, "json") == 0)
+                cfg->log_format = TN_LOG_JSON;
+            else
+                return fail(err, errlen, "--log-format '%s': expected text or json", optarg);
+            break;
         case OPT_WORKER_MEMORY:
             if (parse_size_opt("--worker-memory", optarg, 0, UINT64_MAX, &u, err, errlen) < 0)
                 return -1;
@@ -474,10 +506,7 @@ int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, siz
                     fmt_size(cfg->chunk_size, a, sizeof(a)),
                     fmt_size(cfg->max_message_bytes, b, sizeof(b)));
     }
-    if (cfg->daemon && !cfg->log_file)
-        return fail(err, errlen,
-                    "--daemon requires --log-file: a daemon has no terminal to log to "
-                    "(use --log-file /dev/null to discard the logs)");
+    cfg->log_syslog = cfg->daemon && !cfg->log_file; /* a daemon has no terminal */
     if (cfg->n_listen == 0)
         cfg->listen[cfg->n_listen++] = DEFAULT_LISTEN;
 

@@ -34,6 +34,12 @@ struct tn_config {
     /* pull and local mode */
     const char
         *media_root; /* --media-root: local mode's folder (absolute); NULL = local mode off */
+
+    /* metrics and logging (issue 5) */
+    const char *metrics_listen; /* --metrics-listen HOST:PORT; NULL = no metrics endpoint */
+    int metrics_fd;             /* its listening socket, bound by main.c before daemonizing; -1 */
+    int log_format;             /* --log-format: enum tn_log_format; default text */
+    bool log_syslog;            /* --daemon without --log-file: log to syslog */
 };
 
 /*

@@ -75,6 +75,7 @@
 #include "grpc/reflection/v1/reflection.pb-c.h"
 #include "ipc.h"
 #include "log.h"
+#include "metrics.h"
 #include "pbbuf.h"
 #include "reflection.h"
 #include "status.h"
@@ -243,6 +244,8 @@ struct simple_call {
     grpc_byte_buffer *resp;
     grpc_slice status_slice;
     int cancelled;
+    struct timespec started; /* metrics: accepted at */
+    int code;                /* the status answered */
 };
 
 struct front {
@@ -337,6 +340,28 @@ static int64_t deadline_to_mono_ms(gpr_timespec dl)
 /* ------------------------------------------------------------------------ */
 /* Generate: lifetime                                                       */
 
+/*
+ * The access line of a call other than Generate: an unknown method at INFO;
+ * health checks and reflection at DEBUG only, or load-balancer probes would
+ * drown the log (they are counted in the metrics either way).
+ */
+static void log_other_call(int level, grpc_call *call, const char *method, int code,
+                           const struct timespec *started, const char *message)
+{
+    if (level > tn_log_level())
+        return;
+    char *peer = grpc_call_get_peer(call);
+    struct tn_log_access a = {
+        .method = method,
+        .peer = peer,
+        .ms = elapsed_ms(started),
+        .status = tn_code_name(code),
+        .message = message,
+    };
+    tn_log_access(level, &a);
+    gpr_free(peer);
+}
+
 static void free_result(struct result *r)
 {
     if (!r)
@@ -380,16 +405,27 @@ static void gen_destroy(struct gen_call *c)
     struct front *f = c->f;
     bool accepted = c->call != NULL;
     if (accepted) {
-        tn_log_info("%s peer=%s file=\"%s\"%s in=%" PRIu64 " out=%" PRIu64
-                    " thumbnails=%u ms=%.1f status=%s%s%s",
-                    c->probe ? "Probe" : "Generate", c->peer, c->job.file_name,
-                    c->pull    ? " mode=pull"
-                    : c->local ? " mode=local"
-                               : "",
-                    c->received, c->bytes_out, c->thumbs_out, elapsed_ms(&c->started),
-                    c->status_sent ? tn_code_name(c->status_code) : "CANCELLED",
-                    c->status_sent && c->status_code ? " message=" : "",
-                    c->status_sent && c->status_code ? c->status_msg : "");
+        /* A call whose status never went out was cancelled (client gone). */
+        int code = c->status_sent ? c->status_code : TN_CANCELLED;
+        double ms = elapsed_ms(&c->started);
+        struct tn_log_access a = {
+            .method =
+                c->probe ? "thumbnail.v1.Thumbnailer/Probe" : "thumbnail.v1.Thumbnailer/Generate",
+            .peer = c->peer,
+            .file = c->job.file_name,
+            .bytes_in = c->received,
+            .bytes_out = c->bytes_out,
+            .thumbnails = c->thumbs_out,
+            .ms = ms,
+            .status = tn_code_name(code),
+            .message = c->status_sent ? c->status_msg : "",
+            .mode = c->pull    ? "pull"
+                    : c->local ? "local"
+                               : NULL,
+        };
+        tn_log_access(TN_LOG_INFO, &a);
+        tn_metrics_call_handled(c->probe ? TN_M_PROBE : TN_M_GENERATE, code, ms / 1000);
+        tn_metrics_front_spool_add(-(int64_t)c->received);
         grpc_call_unref(c->call);
     }
     grpc_metadata_array_destroy(&c->md);
@@ -597,6 +633,7 @@ static void on_send_done(struct gen_call *c, bool ok)
         drop_results(c);
         abandon_job_locked(c);
     } else if (c->cur) {
+        tn_metrics_msg_sent(c->probe ? TN_M_PROBE : TN_M_GENERATE);
         if (!c->cur_header_sent) {
             c->cur_header_sent = true;
         } else {
@@ -604,6 +641,7 @@ static void on_send_done(struct gen_call *c, bool ok)
             uint64_t len = left < c->f->cfg->chunk_size ? left : c->f->cfg->chunk_size;
             c->cur_off += len;
             c->bytes_out += len;
+            tn_metrics_bytes_sent(len);
         }
         if (c->cur_header_sent && c->cur_off >= c->cur->meta.size) {
             c->thumbs_out++;
@@ -1128,6 +1166,8 @@ static int spool_write(struct gen_call *c, const unsigned char *p, size_t len)
         p += n;
         len -= (size_t)n;
         c->received += (uint64_t)n;
+        tn_metrics_bytes_received((uint64_t)n);
+        tn_metrics_front_spool_add(n); /* released in gen_destroy() */
     }
     return 0;
 }
@@ -1160,6 +1200,7 @@ static void upload_complete(struct gen_call *c)
     uint64_t id = ++f->next_job_id;
     if (!full)
         f->n_waiting++;
+    tn_metrics_front_queue_depth(f->n_waiting);
     pthread_mutex_unlock(&f->mu);
     if (full) {
         close(sp[0]);
@@ -1234,6 +1275,7 @@ static void on_recv(struct gen_call *c, bool ok)
         goto out;
     }
 
+    tn_metrics_msg_received(c->probe ? TN_M_PROBE : TN_M_GENERATE);
     grpc_slice s = tn_pb_flatten(bb);
     const unsigned char *p = GRPC_SLICE_START_PTR(s);
     size_t len = GRPC_SLICE_LENGTH(s);
@@ -1358,6 +1400,12 @@ static void simple_free(struct simple_call *s)
 {
     struct front *f = s->f;
     bool accepted = s->call != NULL;
+    if (accepted && s->kind == TAG_NEW_HEALTH) {
+        int code = s->cancelled ? TN_CANCELLED : s->code;
+        tn_metrics_call_handled(TN_M_HEALTH_CHECK, code, elapsed_ms(&s->started) / 1000);
+        log_other_call(TN_LOG_DEBUG, s->call, "grpc.health.v1.Health/Check", code, &s->started,
+                       NULL);
+    }
     if (s->call)
         grpc_call_unref(s->call);
     if (s->kind == TAG_NEW_GENERIC)
@@ -1398,7 +1446,10 @@ static void simple_answer(struct simple_call *s, grpc_byte_buffer *msg, grpc_sta
     size_t n = 0;
     memset(ops, 0, sizeof(ops));
     ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+    s->code = (int)code;
     if (msg) {
+        if (s->kind == TAG_NEW_HEALTH)
+            tn_metrics_msg_sent(TN_M_HEALTH_CHECK);
         s->resp = msg;
         ops[n].op = GRPC_OP_SEND_MESSAGE;
         ops[n++].data.send_message.send_message = msg;
@@ -1443,6 +1494,10 @@ static void on_new_health(struct simple_call *s, bool ok)
     f->n_live++;
     pthread_mutex_unlock(&f->mu);
     request_health(f);
+    clock_gettime(CLOCK_MONOTONIC, &s->started);
+    tn_metrics_call_started(TN_M_HEALTH_CHECK);
+    if (s->payload)
+        tn_metrics_msg_received(TN_M_HEALTH_CHECK);
 
     Grpc__Health__V1__HealthCheckRequest *req = health_request(s->payload);
     if (!req) {
@@ -1476,10 +1531,16 @@ static void on_new_generic(struct simple_call *s, bool ok)
     f->n_live++;
     pthread_mutex_unlock(&f->mu);
     request_generic(f);
+    clock_gettime(CLOCK_MONOTONIC, &s->started);
+    tn_metrics_unknown_method();
     char *method = grpc_slice_to_c_string(s->details.method);
     char msg[400];
     snprintf(msg, sizeof(msg), "method %.300s is not implemented by this server", method);
-    tn_log_info("unknown method %s: UNIMPLEMENTED", method);
+    for (char *p = method; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == '"')
+            *p = '?'; /* the client's text in our log: one line */
+    log_other_call(TN_LOG_INFO, s->call, *method == '/' ? method + 1 : method, TN_UNIMPLEMENTED,
+                   &s->started, msg);
     gpr_free(method);
     simple_answer(s, NULL, GRPC_STATUS_UNIMPLEMENTED, msg);
 }
@@ -1492,6 +1553,7 @@ static void on_new_generate(struct gen_call *c, bool ok)
         return;
     }
     clock_gettime(CLOCK_MONOTONIC, &c->started);
+    tn_metrics_call_started(c->probe ? TN_M_PROBE : TN_M_GENERATE);
     char *peer = grpc_call_get_peer(c->call);
     snprintf(c->peer, sizeof(c->peer), "%s", peer ? peer : "?");
     gpr_free(peer);
@@ -1602,7 +1664,15 @@ struct stream_call {
     const char *end_msg;             /* static */
     int watch_sent, watch_want;      /* serving status; -1 = none sent yet */
     struct stream_call *prev, *next; /* f->streams, under f->mu */
+    struct timespec started;         /* metrics: accepted at */
 };
+
+static enum tn_metrics_method stream_method(const struct stream_call *s)
+{
+    return s->kind == TAG_NEW_WATCH  ? TN_M_HEALTH_WATCH
+           : s->kind == TAG_NEW_REFL ? TN_M_REFLECTION
+                                     : TN_M_REFLECTION_ALPHA;
+}
 
 static void request_stream(struct front *f, enum tag_kind kind);
 
@@ -1621,6 +1691,15 @@ static void stream_free(struct stream_call *s)
         f->n_live--;
         f->n_streams--;
         pthread_mutex_unlock(&f->mu);
+        int code = s->status_sent ? (int)s->end_code : TN_CANCELLED;
+        tn_metrics_call_handled(stream_method(s), code, elapsed_ms(&s->started) / 1000);
+        log_other_call(TN_LOG_DEBUG, s->call,
+                       s->kind == TAG_NEW_WATCH  ? "grpc.health.v1.Health/Watch"
+                       : s->kind == TAG_NEW_REFL ? "grpc.reflection.v1.ServerReflection/"
+                                                   "ServerReflectionInfo"
+                                                 : "grpc.reflection.v1alpha.ServerReflection/"
+                                                   "ServerReflectionInfo",
+                       code, &s->started, s->status_sent ? s->end_msg : NULL);
         grpc_call_unref(s->call);
     }
     grpc_metadata_array_destroy(&s->md);
@@ -1732,6 +1811,10 @@ static void on_new_stream(struct stream_call *s, bool ok)
     bool too_many = ++f->n_streams > f->cfg->max_concurrent_calls;
     pthread_mutex_unlock(&f->mu);
     request_stream(f, s->kind);
+    clock_gettime(CLOCK_MONOTONIC, &s->started);
+    tn_metrics_call_started(stream_method(s));
+    if (s->payload)
+        tn_metrics_msg_received(TN_M_HEALTH_WATCH);
 
     /* RECV_CLOSE_ON_SERVER first: it is how a client cancel is seen. */
     grpc_op op;
@@ -1777,6 +1860,7 @@ static void on_stream_recv(struct stream_call *s, bool ok)
     } else if (!ok || !bb) {
         stream_end(s, GRPC_STATUS_OK, NULL); /* half-close (or a cancel: dead soon) */
     } else {
+        tn_metrics_msg_received(stream_method(s));
         grpc_slice sl = tn_pb_flatten(bb);
         s->answer =
             tn_reflection_answer(s->f->refl, GRPC_SLICE_START_PTR(sl), GRPC_SLICE_LENGTH(sl));
@@ -1791,6 +1875,8 @@ static void on_stream_recv(struct stream_call *s, bool ok)
 static void on_stream_send(struct stream_call *s, bool ok)
 {
     s->sending = false;
+    if (s->send_buf && ok)
+        tn_metrics_msg_sent(stream_method(s));
     if (s->send_buf) {
         grpc_byte_buffer_destroy(s->send_buf);
         s->send_buf = NULL;
@@ -1887,6 +1973,7 @@ static void job_release_locked(struct front *f, struct gen_call *c, bool acked,
     }
     if (!acked)
         f->n_waiting--;
+    tn_metrics_front_queue_depth(f->n_waiting);
     dlink_remove(&c->run_link);
     unref_later(l, c);
 }
@@ -2043,6 +2130,7 @@ static void handle_reply(struct front *f, struct gen_call *c)
             if (!acked && m.ack.pid > 0) {
                 c->worker_pid = m.ack.pid;
                 f->n_waiting--;
+                tn_metrics_front_queue_depth(f->n_waiting);
             }
             break;
         case TN_IPC_RESULT: {
@@ -2150,6 +2238,7 @@ static void check_deadlines(struct front *f)
             if (c->worker_pid > 0) {
                 tn_log_warn("job %" PRIu64 " (\"%s\") overran its deadline: killing worker pid %d",
                             c->job.h.job_id, c->job.file_name, (int)c->worker_pid);
+                tn_metrics_worker_mark_timeout(c->worker_pid); /* its restart: "timeout" */
                 kill(c->worker_pid, SIGKILL);
             } else {
                 finish_locked(c, TN_DEADLINE_EXCEEDED,
@@ -2385,6 +2474,7 @@ int tn_front_main(const struct tn_config *cfg, int queue_fd)
     sigaddset(&block, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &block, &old);
 
+    tn_metrics_front_attach();
     grpc_init();
     int rc = setup(f, cfg);
     if (rc == 0) {

@@ -31,6 +31,7 @@
 #include "config.h"
 #include "log.h"
 #include "master.h"
+#include "metrics_http.h"
 
 #define PROG "thumbnail_server"
 
@@ -203,8 +204,8 @@ static void pidfile_release(const char *path)
  * Detach: fork, setsid, fork again (the daemon is not a session leader, so it
  * can never reacquire a controlling terminal), chdir("/"), stdio to /dev/null.
  * The umask is left as inherited: the operator's umask decides who may
- * connect to a unix: socket. The log fd stays open (a file: config.c requires
- * --log-file with --daemon).
+ * connect to a unix: socket. The log fd stays open (a file; without
+ * --log-file a daemon logs to syslog).
  *
  * Returns only in the daemon, with *notify_fd the pipe on which to report
  * "started" (one 0 byte) or an error text to the waiting original process.
@@ -293,6 +294,9 @@ int main(int argc, char **argv)
         fprintf(stderr, PROG ": cannot open log file '%s': %s\n", cfg.log_file, strerror(-rc));
         return 2;
     }
+    tn_log_set_format(cfg.log_format);
+    if (cfg.log_syslog)
+        tn_log_use_syslog(); /* a daemon without --log-file */
 
     if (cfg.pidfile) {
         pid_t other = 0;
@@ -303,6 +307,18 @@ int main(int argc, char **argv)
         }
         if (rc < 0) {
             startup_error("cannot create pidfile %s: %s", cfg.pidfile, strerror(-rc));
+            return 2;
+        }
+    }
+
+    /* Bound here, while a taken port can still refuse the start; the master
+     * keeps it for every metrics process it forks. */
+    if (cfg.metrics_listen) {
+        cfg.metrics_fd = tn_metrics_http_listen(cfg.metrics_listen, err, sizeof(err));
+        if (cfg.metrics_fd < 0) {
+            startup_error("%s", err);
+            if (cfg.pidfile)
+                pidfile_release(cfg.pidfile);
             return 2;
         }
     }

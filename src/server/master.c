@@ -40,9 +40,11 @@
 #include "front.h"
 #include "ipc.h"
 #include "log.h"
+#include "metrics.h"
+#include "metrics_http.h"
 #include "worker.h"
 
-#define MAX_SLOTS (256 + 1)        /* --workers is at most 256, plus the front */
+#define MAX_SLOTS (256 + 2)        /* --workers is at most 256, plus the front and metrics */
 #define QUICK_DEATH_MS 1000        /* died sooner than this after fork: back off */
 #define BACKOFF_MIN_MS 100         /* first delay after a quick death */
 #define BACKOFF_MAX_MS 5000        /* cap of the exponential backoff */
@@ -54,7 +56,7 @@
 #define DRAIN_EXTRA_MS 5000        /* front drain deadline = grace + this */
 #define QUEUE_SNDBUF (1 << 20)     /* wish; capped by net.core.wmem_max */
 
-enum role { ROLE_WORKER, ROLE_FRONT };
+enum role { ROLE_WORKER, ROLE_FRONT, ROLE_METRICS };
 
 enum slot_state {
     SLOT_RUNNING, /* pid is alive (or not reaped yet) */
@@ -68,7 +70,7 @@ struct slot {
     enum role role;
     int index; /* worker number; 0 for the front */
     enum slot_state state;
-    char name[24]; /* "worker#3", "front": also the child's log role; fits any int */
+    char name[24]; /* "worker#3", "front", "metrics": also the child's log role */
     int64_t started_ms;
     int64_t respawn_at_ms;
     int quick_fails;         /* consecutive quick deaths: the backoff exponent */
@@ -93,6 +95,7 @@ struct master {
     int q[2];
     struct slot slots[MAX_SLOTS];
     int n_workers;
+    int n_slots;        /* workers, the front, and the metrics process if --metrics-listen */
     struct slot *front; /* == &slots[n_workers] */
     enum phase phase;
     int64_t deadline_ms; /* of the current phase, when not RUNNING */
@@ -196,7 +199,8 @@ __attribute__((noreturn)) static void run_child(const struct master *m, const st
     struct sigaction sa;
     sigset_t none;
     bool front = s->role == ROLE_FRONT;
-    int own_q = front ? m->q[1] : m->q[0];
+    /* The fd this child owns: its end of the job queue, or the metrics socket. */
+    int own_q = s->role == ROLE_METRICS ? m->cfg->metrics_fd : front ? m->q[1] : m->q[0];
 
     /* The master's handlers would only set the master's flags here. Signals
      * are still blocked, so anything sent meanwhile waits for the new
@@ -217,9 +221,10 @@ __attribute__((noreturn)) static void run_child(const struct master *m, const st
     close_other_fds(tn_log_fd(), own_q);
 
     /* If the master dies, the front stops its gRPC server (and frees its
-     * port) and the workers go at once: nothing else would ever reap them.
+     * port), the metrics process stops too, and the workers go at once:
+     * nothing else would ever reap them.
      * The master may already be gone by the time this runs: check. */
-    prctl(PR_SET_PDEATHSIG, front ? SIGTERM : SIGKILL);
+    prctl(PR_SET_PDEATHSIG, s->role == ROLE_WORKER ? SIGKILL : SIGTERM);
     if (getppid() != m->pid)
         _exit(1);
 
@@ -228,6 +233,8 @@ __attribute__((noreturn)) static void run_child(const struct master *m, const st
 
     if (front)
         _exit(tn_front_main(m->cfg, own_q));
+    if (s->role == ROLE_METRICS)
+        _exit(tn_metrics_http_main(own_q));
     struct tn_worker_options opt = {
         .index = s->index,
         .max_pixels = m->cfg->max_pixels,
@@ -274,7 +281,7 @@ static bool alive(const struct slot *s)
 static int n_alive(const struct master *m)
 {
     int n = 0;
-    for (int i = 0; i <= m->n_workers; i++)
+    for (int i = 0; i < m->n_slots; i++)
         n += alive(&m->slots[i]);
     return n;
 }
@@ -289,7 +296,7 @@ static void signal_slot(const struct slot *s, int sig)
 
 static void signal_all(const struct master *m, int sig)
 {
-    for (int i = 0; i <= m->n_workers; i++)
+    for (int i = 0; i < m->n_slots; i++)
         signal_slot(&m->slots[i], sig);
 }
 
@@ -302,7 +309,7 @@ static void begin_stop(struct master *m, int status)
         m->exit_status = status;
     if (m->phase == PHASE_STOPPING || m->phase == PHASE_KILLING)
         return;
-    for (int i = 0; i <= m->n_workers; i++)
+    for (int i = 0; i < m->n_slots; i++)
         if (!alive(&m->slots[i]) && m->slots[i].state == SLOT_WAITING)
             m->slots[i].state = SLOT_DONE;
     m->phase = PHASE_STOPPING;
@@ -373,6 +380,18 @@ static bool all_workers_fatal(const struct master *m)
     return true;
 }
 
+/* Why a worker that the master did not stop went away (metrics.h). */
+static enum tn_restart_cause restart_cause(int st, bool timeout_kill)
+{
+    if (WIFSIGNALED(st) && WTERMSIG(st) == SIGSYS)
+        return TN_RESTART_SANDBOX;
+    if (WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL && timeout_kill)
+        return TN_RESTART_TIMEOUT;
+    if (WIFEXITED(st) && WEXITSTATUS(st) == TN_EXIT_RECYCLED)
+        return TN_RESTART_RECYCLE;
+    return TN_RESTART_CRASH;
+}
+
 static void child_ended(struct master *m, struct slot *s, int st)
 {
     int64_t now = tn_mono_ms();
@@ -380,6 +399,7 @@ static void child_ended(struct master *m, struct slot *s, int st)
     char how[96];
     describe_status(st, how, sizeof(how));
     s->pid = 0;
+    bool timeout_kill = tn_metrics_reaped(pid) != 0;
 
     bool clean = WIFEXITED(st) && WEXITSTATUS(st) == 0;
     /* Expected: everyone during a stop, and the front while it drains. The
@@ -415,6 +435,8 @@ static void child_ended(struct master *m, struct slot *s, int st)
 
     tn_log(clean ? TN_LOG_WARN : TN_LOG_ERROR, "%s %d %s after %.3f s", s->name, (int)pid, how,
            (double)(now - s->started_ms) / 1000);
+    if (s->role == ROLE_WORKER)
+        tn_metrics_worker_restart(restart_cause(st, timeout_kill));
     schedule_respawn(s, now);
 }
 
@@ -433,10 +455,11 @@ static void reap(struct master *m)
             return;
         }
         struct slot *s = NULL;
-        for (int i = 0; i <= m->n_workers; i++)
+        for (int i = 0; i < m->n_slots; i++)
             if (alive(&m->slots[i]) && m->slots[i].pid == pid)
                 s = &m->slots[i];
         if (!s) {
+            tn_metrics_reaped(pid); /* whatever it was, its gauges go */
             char how[96];
             describe_status(st, how, sizeof(how));
             tn_log_warn("reaped unknown child %d: %s", (int)pid, how);
@@ -448,7 +471,7 @@ static void reap(struct master *m)
 
 static void respawn_due(struct master *m, int64_t now)
 {
-    for (int i = 0; i <= m->n_workers; i++) {
+    for (int i = 0; i < m->n_slots; i++) {
         struct slot *s = &m->slots[i];
         if (s->state != SLOT_WAITING || s->respawn_at_ms > now)
             continue;
@@ -509,7 +532,7 @@ static int64_t next_wakeup(const struct master *m)
     if (m->phase != PHASE_RUNNING && !(m->phase == PHASE_DRAINING && m->front_killed))
         next = m->deadline_ms;
     if (m->phase == PHASE_RUNNING || m->phase == PHASE_DRAINING)
-        for (int i = 0; i <= m->n_workers; i++) {
+        for (int i = 0; i < m->n_slots; i++) {
             const struct slot *s = &m->slots[i];
             if (s->state != SLOT_WAITING || (m->phase == PHASE_DRAINING && s->role == ROLE_FRONT))
                 continue;
@@ -604,24 +627,31 @@ int tn_master_run(const struct tn_config *cfg)
     m.pid = getpid();
     m.q[0] = m.q[1] = -1;
     m.n_workers = cfg->workers;
-    if (m.n_workers < 1 || m.n_workers > MAX_SLOTS - 1) {
+    m.n_slots = m.n_workers + 1 + (cfg->metrics_fd >= 0);
+    if (m.n_workers < 1 || m.n_workers > MAX_SLOTS - 2) {
         tn_log_error("invalid worker count %d", m.n_workers);
         return 1;
     }
-    for (int i = 0; i <= m.n_workers; i++) {
+    for (int i = 0; i < m.n_slots; i++) {
         struct slot *s = &m.slots[i];
-        s->role = i < m.n_workers ? ROLE_WORKER : ROLE_FRONT;
+        s->role = i < m.n_workers ? ROLE_WORKER : i == m.n_workers ? ROLE_FRONT : ROLE_METRICS;
         s->index = i < m.n_workers ? i : 0;
         s->state = SLOT_WAITING; /* respawn_at 0: spawned by the first loop pass */
         if (s->role == ROLE_WORKER)
             snprintf(s->name, sizeof(s->name), "worker#%d", i);
         else
-            snprintf(s->name, sizeof(s->name), "front");
+            snprintf(s->name, sizeof(s->name), s->role == ROLE_FRONT ? "front" : "metrics");
     }
     m.front = &m.slots[m.n_workers];
 
     if ((rc = setup_signals()) < 0) {
         tn_log_error("setting up signal handling failed: %s", strerror(-rc));
+        return 1;
+    }
+    /* Before any fork, and never unmapped: every child, and every respawned
+     * one, adds to the same counters. */
+    if ((rc = tn_metrics_create()) < 0) {
+        tn_log_error("mmap() of the shared metrics region failed: %s", strerror(-rc));
         return 1;
     }
     /* q[0]: the workers' receiving end; q[1]: the front's sending end. */
@@ -632,8 +662,8 @@ int tn_master_run(const struct tn_config *cfg)
     size_queue(m.q[1]);
     log_startup(&m);
 
-    /* The first pass spawns every slot: workers first, then the front, since
-     * respawn_due() walks the slots in order. */
+    /* The first pass spawns every slot: workers first, then the front (then
+     * the metrics process), since respawn_due() walks the slots in order. */
     sigemptyset(&none);
     for (;;) {
         handle_signals(&m);

@@ -657,6 +657,9 @@ static int open_stream(struct engine *e)
         if ((int)i != e->si)
             e->fmt->streams[i]->discard = AVDISCARD_ALL;
     e->st = e->fmt->streams[e->si];
+    if (e->req->codec_out && e->req->codec_out_len) /* for the worker's metrics */
+        snprintf(e->req->codec_out, e->req->codec_out_len, "%s",
+                 avcodec_get_name(e->st->codecpar->codec_id));
 
     const AVCodecParameters *par = e->st->codecpar;
     const AVCodec *codec = avcodec_find_decoder(par->codec_id);

@@ -71,6 +71,10 @@ struct tn_engine_request {
      * read(read_opaque, ...) and fd is not used (pull mode's worker cache). */
     tn_engine_read_fn read;
     void *read_opaque;
+    /* Out, optional: libav's name of the video stream's codec ("h264"), written
+     * once the stream is chosen (left alone if the file never gets that far). */
+    char *codec_out;
+    size_t codec_out_len;
 };
 
 struct tn_engine_result {

@@ -30,6 +30,7 @@
 #include "engine.h"
 #include "ipc.h"
 #include "log.h"
+#include "metrics.h"
 #include "pull.h"
 #include "status.h"
 
@@ -115,6 +116,7 @@ static int init(int queue_fd, const struct tn_worker_options *opt)
         return -1;
     }
     tn_engine_global_init();
+    tn_metrics_worker_attach();
     return 0;
 }
 
@@ -207,7 +209,7 @@ static void run_job(struct tn_ipc_job *job, int video, int reply,
     struct job_ctx ctx = {.job = job, .reply = reply};
     struct tn_engine_limits limits = {.max_pixels = opt->max_pixels};
     char err[TN_IPC_MESSAGE_MAX] = "";
-    char times[128], name[TN_IPC_NAME_MAX];
+    char times[128], name[TN_IPC_NAME_MAX], codec[32] = "";
     int code, ret;
 
     job->file_name[TN_IPC_NAME_MAX - 1] = '\0';
@@ -277,7 +279,10 @@ static void run_job(struct tn_ipc_job *job, int video, int reply,
         .columns = job->columns,
         .read = pull ? tn_pull_read : NULL,
         .read_opaque = pull,
+        .codec_out = codec,
+        .codec_out_len = sizeof(codec),
     };
+    int64_t t_engine = tn_mono_ms();
     code = tn_engine_run(&req, emit_result, &ctx, err, sizeof(err));
     if (pull) {
         uint64_t bytes, requests;
@@ -287,6 +292,7 @@ static void run_job(struct tn_ipc_job *job, int video, int reply,
                     job->h.job_id, name, bytes, size, requests);
         tn_pull_free(&pull);
     }
+    tn_metrics_decode(codec, job->mode, (double)(tn_mono_ms() - t_engine) / 1000);
 
 done:
     if (!ctx.peer_gone) {
@@ -368,8 +374,10 @@ void tn_worker_main(int queue_fd, const struct tn_worker_options *opt)
                 close(fds[i]);
             continue;
         }
+        tn_metrics_worker_busy(1);
         run_job(&msg.job, fds[0], fds[1], opt);
         close(fds[0]);
         close(fds[1]);
+        tn_metrics_worker_busy(0);
     }
 }

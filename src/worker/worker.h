@@ -9,6 +9,12 @@
 
 #include <stdint.h>
 
+/* Exit status of a worker that retired after its job quota (--max-jobs-per-worker,
+ * issue 4): the master counts it as a "recycle" restart, not a crash. */
+#ifndef TN_EXIT_RECYCLED
+#define TN_EXIT_RECYCLED 3
+#endif
+
 struct tn_worker_options {
     int index;             /* 0..N-1, for the log role "worker#i" */
     uint64_t max_pixels;   /* 0 = libav default */

@@ -567,8 +567,10 @@ def server_default_args():
 class Server:
     """The real thumbnail_server on 127.0.0.1:<free port>, in its own process group."""
 
-    def __init__(self, workers=2, extra=(), env=None, start=True):
+    def __init__(self, workers=2, extra=(), env=None, start=True, metrics=False):
         self.workers = workers
+        self.metrics = metrics  # --metrics-listen on a free port (self.metrics_port)
+        self.metrics_port = None
         self.extra = list(extra)
         self.env = env
         self.tmp = tempfile.mkdtemp(prefix="tn-server-")
@@ -596,6 +598,9 @@ class Server:
             self.port = free_port()
             cmd = [SERVER_BIN, "--listen", self.addr, "--workers", str(self.workers),
                    "--spool-dir", self.spool, "--log-file", self.log_path]
+            if self.metrics:
+                self.metrics_port = free_port()
+                cmd += ["--metrics-listen", "127.0.0.1:%d" % self.metrics_port]
             cmd += server_default_args() + self.extra
             env = dict(os.environ)
             env.pop("NUM_WORKERS", None)
@@ -654,6 +659,9 @@ class Server:
         is the child that owns the listening socket."""
         inodes = listening_inodes(self.port)
         kids = children(self.pid)
+        if self.metrics_port:  # the metrics process is neither front nor worker
+            m_inodes = listening_inodes(self.metrics_port)
+            kids = [k for k in kids if not owns_socket(k, m_inodes)]
         front = None
         for k in kids:
             if inodes and owns_socket(k, inodes):
@@ -690,6 +698,25 @@ class Server:
             if p not in pids:
                 pids.append(p)
         return pids
+
+    def metrics_pid(self):
+        """The child serving --metrics-listen (it holds the master's listening socket)."""
+        inodes = listening_inodes(self.metrics_port)
+        for k in children(self.pid):
+            if owns_socket(k, inodes):
+                return k
+        return None
+
+    def scrape(self, path="/metrics", timeout=5):
+        """GET http://127.0.0.1:<metrics port><path>: (status, content type, body text)."""
+        import urllib.error
+        import urllib.request
+        url = "http://127.0.0.1:%d%s" % (self.metrics_port, path)
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r:
+                return r.status, r.headers.get("Content-Type"), r.read().decode("utf-8")
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers.get("Content-Type"), e.read().decode("utf-8")
 
     # --- stopping -------------------------------------------------------
     def stop(self, sig=signal.SIGTERM, timeout=20, check=True):
@@ -794,10 +821,11 @@ class ServerTestCase(unittest.TestCase):
     server = None
     workers = 2
     server_extra = ()
+    metrics = False
 
     @classmethod
     def setUpClass(cls):
-        cls.server = Server(workers=cls.workers, extra=cls.server_extra)
+        cls.server = Server(workers=cls.workers, extra=cls.server_extra, metrics=cls.metrics)
 
     @classmethod
     def tearDownClass(cls):

@@ -1,8 +1,8 @@
 /*
  * Unit tests for the server configuration (src/server/config.c): defaults,
  * NUM_WORKERS and TMPDIR, every flag's accepted and rejected forms, the
- * cross-checks (--chunk-size vs --max-message-bytes, --daemon needs
- * --log-file), and relative paths made absolute. Each bad value must return -1
+ * cross-checks (--chunk-size vs --max-message-bytes, --daemon without
+ * --log-file logs to syslog), and relative paths made absolute. Each bad value must return -1
  * with a message that names the flag.
  */
 #include <setjmp.h> /* cmocka needs these four first */
@@ -175,9 +175,32 @@ static void test_bad_values(void **state)
     bad("--worker-memory '1M'", "--worker-memory", "1M", NULL);
     bad("--spool-dir '/nonexistent-tn-dir'", "--spool-dir", "/nonexistent-tn-dir", NULL);
     bad("not a directory", "--spool-dir", "/dev/null", NULL);
-    bad("--daemon requires --log-file", "--daemon", NULL);
+    bad("--metrics-listen '9090'", "--metrics-listen", "9090", NULL);
+    bad("--metrics-listen ':0'", "--metrics-listen", ":0", NULL);
+    bad("--metrics-listen 'h:x'", "--metrics-listen", "h:x", NULL);
+    bad("--metrics-listen '[::1:9090'", "--metrics-listen", "[::1:9090", NULL);
+    bad("--log-format 'xml'", "--log-format", "xml", NULL);
     bad("--pidfile", "--pidfile", "", NULL);
     bad("--log-file", "--log-file=", NULL);
+}
+
+static void test_metrics_and_logging(void **state)
+{
+    assert_int_equal(parse(NULL), 0);
+    assert_null(cfg.metrics_listen);
+    assert_int_equal(cfg.metrics_fd, -1);
+    assert_int_equal(cfg.log_format, TN_LOG_TEXT);
+    assert_false(cfg.log_syslog);
+    assert_int_equal(parse("--metrics-listen", ":9090", "--log-format", "json", NULL), 0);
+    assert_string_equal(cfg.metrics_listen, ":9090");
+    assert_int_equal(cfg.log_format, TN_LOG_JSON);
+    assert_int_equal(parse("--metrics-listen", "[::1]:9", "--log-format", "text", NULL), 0);
+    assert_int_equal(cfg.log_format, TN_LOG_TEXT);
+    /* A daemon without a log file logs to syslog; with one, to the file. */
+    assert_int_equal(parse("--daemon", NULL), 0);
+    assert_true(cfg.log_syslog);
+    assert_int_equal(parse("--daemon", "--log-file", "/tmp/tn.log", NULL), 0);
+    assert_false(cfg.log_syslog);
 }
 
 static void test_listen_limit(void **state)
@@ -242,6 +265,7 @@ int main(void)
         cmocka_unit_test_setup(test_flags, setup),
         cmocka_unit_test_setup(test_environment, setup),
         cmocka_unit_test_setup(test_bad_values, setup),
+        cmocka_unit_test_setup(test_metrics_and_logging, setup),
         cmocka_unit_test_setup(test_listen_limit, setup),
         cmocka_unit_test_setup(test_relative_paths, setup),
         cmocka_unit_test_setup(test_help_and_version, setup),
