@@ -12,6 +12,8 @@
 
 #define TN_MAX_LISTEN 16
 
+struct tn_tls;
+
 struct tn_config {
     const char *listen[TN_MAX_LISTEN]; /* "0.0.0.0:50051", "unix:/run/x.sock"; point into argv */
     size_t n_listen;                   /* >= 1 after parsing (default added if none) */
@@ -31,12 +33,23 @@ struct tn_config {
     int max_queued_jobs;               /* --max-queued-jobs; default 64 (not yet picked up) */
     uint64_t max_pixels;               /* --max-pixels; default 8192*8192 */
     uint64_t worker_memory;            /* --worker-memory (RLIMIT_AS); default 1 GiB; 0 = off */
+
+    /* Transport security and call authentication (tls). The files are read and
+     * checked by tn_config_parse(); tls points at the result. */
+    const char *tls_cert;        /* --tls-cert PATH: PEM chain, server's own first; TLS on */
+    const char *tls_key;         /* --tls-key PATH: its PEM private key (unencrypted) */
+    const char *tls_client_ca;   /* --tls-client-ca PATH: require client certs it signed (mTLS) */
+    bool tls_unix;               /* --tls-unix: unix: listeners use TLS too (default plaintext) */
+    const char *auth_token_file; /* --auth-token-file PATH: calls need "Bearer <token>" */
+    const struct tn_tls *tls;    /* the loaded material; NULL when none of the above is set */
 };
 
 /*
  * Fill cfg from defaults, environment and argv. Returns 0 to run, 1 if --help
  * or --version was printed (exit 0), -1 on a usage error (message in err,
- * exit 2).
+ * exit 2). The TLS and token files are read here (a file that cannot be read
+ * or does not hold what its flag expects is a usage error); the material lives
+ * in static storage that the next call replaces.
  */
 int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, size_t errlen);
 

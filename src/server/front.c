@@ -27,6 +27,13 @@
  * that the CQ thread can push NOT_SERVING to watchers when draining starts and
  * end every stream when the server shuts down.
  *
+ * Transport security (tls): every HOST:PORT listener gets the TLS server
+ * credentials when --tls-cert is set (unix: ones too with --tls-unix), built
+ * from PEM text the master already read and checked. --auth-token-file is
+ * checked per call, on the CQ thread, from the call's initial metadata and
+ * before its first RECV_MESSAGE: a refused upload is never spooled. Health
+ * (Check, Watch) is exempt so that probes need no secret.
+ *
  * Lock order: front.mu before call.mu. A call is never destroyed while a lock
  * is held (unrefs that may be last are deferred until the lock is dropped).
  */
@@ -70,6 +77,7 @@
 #include "reflection.h"
 #include "status.h"
 #include "thumbnail.pb-c.h"
+#include "tls.h"
 
 /* Our codes are gRPC's by number: the one place that relies on it. */
 _Static_assert(GRPC_STATUS_INVALID_ARGUMENT == (int)TN_INVALID_ARGUMENT, "status numbering");
@@ -1029,6 +1037,30 @@ static Grpc__Health__V1__HealthCheckRequest *health_request(grpc_byte_buffer *pa
     return req;
 }
 
+/*
+ * --auth-token-file: NULL if the call may proceed (no token configured, or its
+ * metadata carries "authorization: Bearer <token>"), else why not, as a status
+ * message (static storage). The first authorization entry decides. The token
+ * is never logged.
+ */
+static const char *auth_refusal(const struct front *f, const grpc_metadata_array *md)
+{
+    const struct tn_tls *t = f->cfg->tls;
+    if (!t || !t->have_token)
+        return NULL;
+    for (size_t i = 0; i < md->count; i++) {
+        if (grpc_slice_str_cmp(md->metadata[i].key, "authorization") != 0)
+            continue;
+        grpc_slice v = md->metadata[i].value;
+        if (tn_tls_token_ok(t, (const char *)GRPC_SLICE_START_PTR(v), GRPC_SLICE_LENGTH(v)))
+            return NULL;
+        return "the authorization token was not accepted (expected 'Bearer <token>' with the "
+               "server's token)";
+    }
+    return "this server requires a token: send the metadata 'authorization: Bearer <token>' "
+           "(thumbnail_client --auth-token-file)";
+}
+
 static void on_new_health(struct simple_call *s, bool ok)
 {
     struct front *f = s->f;
@@ -1074,6 +1106,13 @@ static void on_new_generic(struct simple_call *s, bool ok)
     pthread_mutex_unlock(&f->mu);
     request_generic(f);
     char *method = grpc_slice_to_c_string(s->details.method);
+    const char *refusal = auth_refusal(f, &s->md);
+    if (refusal) { /* not even UNIMPLEMENTED: the method set is not for strangers */
+        tn_log_info("%s: UNAUTHENTICATED", method);
+        gpr_free(method);
+        simple_answer(s, NULL, GRPC_STATUS_UNAUTHENTICATED, refusal);
+        return;
+    }
     char msg[400];
     snprintf(msg, sizeof(msg), "method %.300s is not implemented by this server", method);
     tn_log_info("unknown method %s: UNIMPLEMENTED", method);
@@ -1112,6 +1151,11 @@ static void on_new_generate(struct gen_call *c, bool ok)
     start_batch(c->call, &op, 1, &c->t_close);
     c->last_msg_ms = tn_mono_ms();
 
+    const char *refusal = auth_refusal(f, &c->md);
+    if (refusal) {
+        gen_fail(c, TN_UNAUTHENTICATED, "%s", refusal);
+        return;
+    }
     if (draining) {
         gen_fail(c, TN_UNAVAILABLE, "the server is shutting down; retry on another instance");
         return;
@@ -1326,6 +1370,13 @@ static void on_new_stream(struct stream_call *s, bool ok)
 
     if (stopping) {
         stream_end(s, GRPC_STATUS_UNAVAILABLE, "the server is shutting down");
+        return;
+    }
+    /* Reflection needs the token (grpcurl -H 'authorization: Bearer ...'); Watch does not. */
+    const char *refusal = s->kind != TAG_NEW_WATCH ? auth_refusal(f, &s->md) : NULL;
+    if (refusal) {
+        tn_log_info("ServerReflectionInfo: UNAUTHENTICATED");
+        stream_end(s, GRPC_STATUS_UNAUTHENTICATED, refusal);
         return;
     }
     if (too_many) {
@@ -1775,6 +1826,19 @@ static void handle_event(struct front *f, grpc_event ev, bool *shutdown_done)
     }
 }
 
+/* TLS server credentials from the material the master loaded; NULL if TLS is off. */
+static grpc_server_credentials *server_tls_credentials(const struct tn_tls *t)
+{
+    if (!t || !t->cert_pem)
+        return NULL;
+    grpc_ssl_pem_key_cert_pair pair = {.private_key = t->key_pem, .cert_chain = t->cert_pem};
+    return grpc_ssl_server_credentials_create_ex(
+        t->client_ca_pem, &pair, 1,
+        t->client_ca_pem ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                         : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE,
+        NULL);
+}
+
 static int setup(struct front *f, const struct tn_config *cfg)
 {
     f->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -1827,18 +1891,31 @@ static int setup(struct front *f, const struct tn_config *cfg)
     f->m_refl_alpha = grpc_server_register_method(
         f->server, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", NULL,
         GRPC_SRM_PAYLOAD_NONE, 0);
-    grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
-    for (size_t i = 0; i < cfg->n_listen; i++) {
-        int port = grpc_server_add_http2_port(f->server, cfg->listen[i], creds);
+    grpc_server_credentials *plain = grpc_insecure_server_credentials_create();
+    grpc_server_credentials *tls = server_tls_credentials(cfg->tls);
+    int rc = 0;
+    for (size_t i = 0; i < cfg->n_listen && rc == 0; i++) {
+        bool is_unix = strncmp(cfg->listen[i], "unix:", 5) == 0;
+        bool use_tls = tls && (!is_unix || cfg->tls_unix);
+        int port = grpc_server_add_http2_port(f->server, cfg->listen[i], use_tls ? tls : plain);
         if (port == 0) {
-            tn_log_error("cannot listen on %s (address in use, bad address or no permission)",
-                         cfg->listen[i]);
-            grpc_server_credentials_release(creds);
-            return -2;
+            tn_log_error("cannot listen on %s (address in use, bad address or no permission%s)",
+                         cfg->listen[i], use_tls ? ", or the TLS set-up failed" : "");
+            rc = -2;
+            break;
         }
-        tn_log_info("listening on %s", cfg->listen[i]);
+        tn_log_info("listening on %s (%s)", cfg->listen[i],
+                    !use_tls                  ? "plaintext"
+                    : cfg->tls->client_ca_pem ? "TLS, client certificate required"
+                                              : "TLS");
     }
-    grpc_server_credentials_release(creds);
+    grpc_server_credentials_release(plain);
+    if (tls)
+        grpc_server_credentials_release(tls);
+    if (rc < 0)
+        return rc;
+    if (cfg->tls && cfg->tls->have_token)
+        tn_log_info("calls need an authorization token (--auth-token-file); health checks do not");
     grpc_server_start(f->server);
     request_generate(f);
     request_health(f);
