@@ -200,6 +200,7 @@ void tn_job_run(const struct tn_job_env *env, grpc_completion_queue *cq,
         .png_level = opt->png_level,
         .chunk_size = opt->chunk_size,
         .timeout = opt->timeout,
+        .authorization = opt->authorization,
         .stop = env->stop,
     };
     struct sink_ctx sctx = {.outs = outs, .map = map, .info = info};
