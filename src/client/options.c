@@ -120,6 +120,8 @@ static void usage(FILE *f)
             "      --health            check grpc.health.v1.Health for service \"\" and exit:\n"
             "                          0 SERVING, 1 not serving or error, 2 unreachable;\n"
             "                          with several --server, each one (the worst wins)\n"
+            "  -h, --help              show this help and exit\n"
+            "  -V, --version           show the version and exit\n"
             "\n"
             "Security:\n"
             "      --tls               connect with TLS, verifying the server against the\n"
@@ -136,8 +138,6 @@ static void usage(FILE *f)
             "                          send 'authorization: Bearer TOKEN' with every call,\n"
             "                          TOKEN being the file's content (env\n"
             "                          THUMBNAIL_TOKEN_FILE)\n"
-            "  -h, --help              show this help and exit\n"
-            "  -V, --version           show the version and exit\n"
             "\n"
             "Exit status: 0 all files done or skipped, 1 some file failed, 2 usage error,\n"
             "missing INPUT_DIR or unreachable server, 130 interrupted.\n",

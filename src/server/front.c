@@ -67,6 +67,7 @@
 #include <grpc/grpc_security.h>
 #include <grpc/slice.h>
 #include <grpc/support/alloc.h>
+#include <grpc/support/log.h>
 #include <grpc/support/time.h>
 
 #include "grpc/health/v1/health.pb-c.h"
@@ -1826,6 +1827,25 @@ static void handle_event(struct front *f, grpc_event ev, bool *shutdown_done)
     }
 }
 
+/*
+ * gRPC's own diagnostics go to our log instead of a stderr that a daemon sends
+ * to /dev/null: a refused TLS handshake (a client without a certificate, with
+ * a rogue one, or speaking plaintext) is only ever reported there. They are
+ * the peer's fault, not the server's, hence WARN for gRPC's ERROR.
+ */
+static void log_from_grpc(gpr_log_func_args *a)
+{
+    int level = a->severity == GPR_LOG_SEVERITY_ERROR  ? TN_LOG_WARN
+                : a->severity == GPR_LOG_SEVERITY_INFO ? TN_LOG_INFO
+                                                       : TN_LOG_DEBUG;
+    const char *file = a->file ? strrchr(a->file, '/') : NULL;
+    tn_log(level, "grpc: %s (%s:%d)", a->message,
+           file      ? file + 1
+           : a->file ? a->file
+                     : "?",
+           a->line);
+}
+
 /* TLS server credentials from the material the master loaded; NULL if TLS is off. */
 static grpc_server_credentials *server_tls_credentials(const struct tn_tls *t)
 {
@@ -1961,6 +1981,7 @@ int tn_front_main(const struct tn_config *cfg, int queue_fd)
     sigaddset(&block, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &block, &old);
 
+    gpr_set_log_function(log_from_grpc);
     grpc_init();
     int rc = setup(f, cfg);
     if (rc == 0) {

@@ -180,6 +180,9 @@ class MtlsAndToken(h.ServerTestCase):
         with self.assertRaises(grpc.RpcError) as cm:
             h.health_check(self.server.addr, credentials=rogue)
         self.assertRpcCode(cm.exception, "UNAVAILABLE")
+        # The operator sees why in the server's log (gRPC's diagnostics are routed there).
+        self.assertRegex(self.server.log_text(),
+                         r"WARN front \d+: grpc: Handshake failed.*certificate verify failed")
 
     def test_python_with_token(self):
         thumbs = self.generate(self.good, metadata=[("authorization", "Bearer " + TOKEN)])
