@@ -378,5 +378,7 @@ int main(int argc, char **argv)
     tn_log_init("client", opt.verbose ? TN_LOG_DEBUG : TN_LOG_WARN, NULL);
     /* Lines from several threads, each written whole and in order with the bar on stderr. */
     setvbuf(stdout, NULL, _IOLBF, 0);
-    return opt.health ? run_health(&opt) : run_batch(&opt);
+    int rc = opt.health ? run_health(&opt) : run_batch(&opt);
+    tn_options_free(&opt);
+    return rc;
 }

@@ -519,12 +519,29 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
                         "Try 'thumbnail_client --help'.\n");
         return TN_OPTIONS_USAGE;
     }
-    if (load_security(o) < 0)
+    if (load_security(o) < 0) {
+        tn_options_free(o);
         return TN_OPTIONS_USAGE;
+    }
     /* Explicit rather than relying on the server's "both 0" rule. */
     if (!width_set && !height_set)
         o->max_width = TN_CLIENT_DEFAULT_WIDTH;
     return TN_OPTIONS_RUN;
+}
+
+void tn_options_free(struct tn_client_options *o)
+{
+    if (!o)
+        return;
+    if (o->key_pem)
+        memset(o->key_pem, 0, strlen(o->key_pem));
+    if (o->authorization)
+        memset(o->authorization, 0, strlen(o->authorization));
+    free(o->ca_pem);
+    free(o->cert_pem);
+    free(o->key_pem);
+    free(o->authorization);
+    o->ca_pem = o->cert_pem = o->key_pem = o->authorization = NULL;
 }
 
 const char *tn_options_extension(int format)

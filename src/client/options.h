@@ -77,6 +77,10 @@ enum { TN_OPTIONS_RUN = 0, TN_OPTIONS_EXIT_OK = 1, TN_OPTIONS_USAGE = -1 };
  */
 int tn_options_parse(struct tn_client_options *o, int argc, char **argv);
 
+/* Free what tn_options_parse() read from files (TLS material, token). NULL-safe;
+ * after TN_OPTIONS_USAGE there is nothing left to free. */
+void tn_options_free(struct tn_client_options *o);
+
 /* The file extension of an output format, without the dot: "png", "jpg", "webp". */
 const char *tn_options_extension(int format);
 
