@@ -68,6 +68,13 @@ class Pki:
         os.chmod(path, mode)
         return path
 
+    def expired_server_cert(self):
+        """The server's key certified until yesterday (the server must refuse it)."""
+        _run(["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+              "-set_serial", "7", "-days", "-1", "-out", "expired.pem",
+              "-extfile", "server.ext"], self.dir)
+        return self.path("expired.pem")
+
     def encrypted_key(self):
         """The server key, encrypted with a passphrase (the server must refuse it)."""
         out = self.path("server-encrypted.key")

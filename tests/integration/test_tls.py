@@ -304,6 +304,8 @@ class BadFiles(unittest.TestCase):
              r"--tls-key .*no usable PEM private key"),
             (["--tls-cert", p.server_cert, "--tls-key", p.client_key],
              r"--tls-key .* does not match the certificate"),
+            (["--tls-cert", p.expired_server_cert(), "--tls-key", p.server_key],
+             r"--tls-cert .*the certificate has expired"),
             (["--tls-cert", p.server_cert, "--tls-key", p.encrypted_key()],
              r"--tls-key .*encrypted key is not supported"),
             (["--tls-cert", p.server_cert, "--tls-key", p.server_key,
