@@ -122,6 +122,31 @@ class Tls(h.ServerTestCase):
         self.client("--server", "unix:" + self.sock, check_rc=0)
 
 
+class TlsUnix(h.ServerTestCase):
+    """--tls-unix: the unix: listener speaks TLS too (gRPC's authority for a unix:
+    target is "localhost", which the certificate names)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.pki = certs.Pki()
+        cls.sock = os.path.join(cls.pki.dir, "tn.sock")
+        cls.server = h.Server(workers=1, credentials=tls_creds(cls.pki), extra=[
+            "--tls-cert", cls.pki.server_cert, "--tls-key", cls.pki.server_key,
+            "--listen", "unix:" + cls.sock, "--tls-unix"])
+
+    def test_unix_listener_with_tls(self):
+        inp = h.make_input_dir(["h264.mp4"])
+        self.addCleanup(shutil.rmtree, inp, True)
+        out = self.tmpdir()
+        h.run_client(["--server", "unix:" + self.sock, "--ca", self.pki.ca, inp, out],
+                     check_rc=0)
+        check_png_outputs(self, out, ["h264.mp4"])
+        r = h.run_client(["--server", "unix:" + self.sock, "--connect-timeout", "2", inp,
+                          self.tmpdir()], check_rc=2)
+        self.assertIn("cannot reach", r.stderr)
+        self.assertIn("listening on unix:%s (TLS)" % self.sock, self.server.log_text())
+
+
 class MtlsAndToken(h.ServerTestCase):
     """--tls-client-ca (client certificates required) and --auth-token-file."""
 
