@@ -373,6 +373,11 @@ static int check_tls(struct tn_config *cfg, char *err, size_t errlen)
     return 0;
 }
 
+void tn_config_drop_secrets(void)
+{
+    tn_tls_clear(&tls_storage);
+}
+
 int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, size_t errlen)
 {
     uint64_t u;

@@ -53,4 +53,11 @@ struct tn_config {
  */
 int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, size_t errlen);
 
+/*
+ * tls: wipe and free the TLS private key and the token digest loaded by
+ * tn_config_parse() (cfg->tls then points at empty material). For a process
+ * that must not hold them: a decode worker, which parses untrusted input.
+ */
+void tn_config_drop_secrets(void);
+
 #endif

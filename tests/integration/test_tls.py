@@ -291,6 +291,59 @@ class MtlsAndToken(h.ServerTestCase):
             self.assertRpcCode(cm.exception, "UNIMPLEMENTED")
 
 
+def memory_contains(pid, needles):
+    """Which of needles (bytes) occur in pid's anonymous readable memory (heap, stack,
+    anonymous maps up to 1 GiB each; file-backed maps hold no secrets of ours)."""
+    found = set()
+    with open("/proc/%d/maps" % pid) as maps, open("/proc/%d/mem" % pid, "rb", 0) as mem:
+        for line in maps:
+            parts = line.split()
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            path = parts[5] if len(parts) > 5 else ""
+            if parts[1][0] != "r" or (path and path not in ("[heap]", "[stack]")):
+                continue
+            if hi - lo > (1 << 30):
+                continue
+            try:
+                mem.seek(lo)
+                data = mem.read(hi - lo)
+            except OSError:
+                continue
+            found.update(n for n in needles if n in data)
+    return found
+
+
+class SecretsInMemory(h.ServerTestCase):
+    """The decode workers parse untrusted input: a worker taken over by a malicious
+    video must find neither the TLS private key nor the token in its memory. The
+    master keeps the key (to start a new front), which shows the scan finds it."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.pki = certs.Pki()
+        cls.token_file = cls.pki.write("token", TOKEN + "\n")
+        creds = tls_creds(cls.pki, cert=cls.pki.client_cert, key=cls.pki.client_key)
+        cls.server = h.Server(workers=2, credentials=creds, extra=[
+            "--tls-cert", cls.pki.server_cert, "--tls-key", cls.pki.server_key,
+            "--tls-client-ca", cls.pki.ca, "--auth-token-file", cls.token_file])
+
+    def test_workers_hold_no_secrets(self):
+        if h.sanitized():
+            self.skipTest("ASan reserves terabytes of anonymous memory: too slow to scan")
+        key_lines = self.pki.read(self.pki.server_key).splitlines()
+        key = key_lines[2]  # a base64 line of the key material (line 1 is a common prefix)
+        token = TOKEN.encode()
+        roles = self.server.wait_roles()
+        self.assertIn(key, memory_contains(self.server.pid, [key]),
+                      "the scan does not find the key in the master: it proves nothing")
+        for pid in roles["workers"]:
+            self.assertEqual(memory_contains(pid, [key, token]), set(),
+                             "worker %d holds a secret" % pid)
+        for pid in [self.server.pid, roles["front"]]:
+            self.assertNotIn(token, memory_contains(pid, [token]),
+                             "process %d holds the token itself, not only its digest" % pid)
+
+
 class BadFiles(unittest.TestCase):
     """Every mistake in the security flags stops the server at start-up: exit 2, a
     message naming the flag, and no process forked."""
