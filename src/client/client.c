@@ -57,6 +57,7 @@ struct run {
     pthread_mutex_t lock;  /* protects everything below */
     size_t next;
     size_t ok, failed, skipped, interrupted;
+    bool unauthenticated; /* a call was refused UNAUTHENTICATED: start no more files */
     uint64_t thumbnails;
 };
 
@@ -66,7 +67,8 @@ static void *worker_main(void *arg)
     grpc_completion_queue *cq = grpc_completion_queue_create_for_next(NULL);
     for (;;) {
         pthread_mutex_lock(&run->lock);
-        size_t i = run->next < run->files->n && !stop_flag ? run->next++ : SIZE_MAX;
+        size_t i = run->next < run->files->n && !stop_flag && !run->unauthenticated ? run->next++
+                                                                                    : SIZE_MAX;
         pthread_mutex_unlock(&run->lock);
         if (i == SIZE_MAX)
             break;
@@ -81,6 +83,7 @@ static void *worker_main(void *arg)
         case TN_JOB_FAILED: run->failed++; break;
         }
         run->interrupted += rep.interrupted;
+        run->unauthenticated = run->unauthenticated || rep.unauthenticated;
         run->thumbnails += rep.thumbnails;
         pthread_mutex_unlock(&run->lock);
 
@@ -355,6 +358,11 @@ static int run_batch(const struct tn_client_options *opt)
         printf("; %s sent in %.2f s (%s/s); %.1f thumbnails/s\n", sent, wall, rate,
                wall > 0 ? (double)run.thumbnails / wall : 0);
     }
+    if (run.unauthenticated && not_started)
+        fprintf(stderr,
+                "thumbnail_client: the server refused our credentials (UNAUTHENTICATED); "
+                "%zu files not started: check --auth-token-file\n",
+                not_started);
     rc = stop_flag ? EXIT_INTERRUPTED : run.failed ? EXIT_FAILED : 0;
 
 out:

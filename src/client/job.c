@@ -228,6 +228,7 @@ void tn_job_run(const struct tn_job_env *env, grpc_completion_queue *cq,
         char after[48] = "";
         if (attempt)
             snprintf(after, sizeof(after), " (after %u attempts)", attempt + 1);
+        rep->unauthenticated = !res.local && res.code == GRPC_STATUS_UNAUTHENTICATED;
         if (res.local)
             rep->line = format_line("FAIL %s: %s%s", e->rel, res.message, after);
         else

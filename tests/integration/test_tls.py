@@ -8,6 +8,7 @@ client and Python's grpcio must complete calls with the right material, and
 be refused - at the handshake or with UNAUTHENTICATED - without it. Bad TLS
 or token files must stop the server (exit 2) before it forks anything."""
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -237,6 +238,19 @@ class MtlsAndToken(h.ServerTestCase):
         self.assertEqual(h.tree_files(out), [])
         self.assertNotIn(TOKEN, self.server.log_text())
         self.assertNotIn("not-the-token", self.server.log_text())
+
+    def test_client_stops_after_unauthenticated(self):
+        """A refused token would fail every file: the client starts no more and says why."""
+        inp = h.make_input_dir(["h264.mp4", "vp9.webm", "hevc.mkv", "mpeg4.avi", "rotate90.mp4"])
+        self.addCleanup(shutil.rmtree, inp, True)
+        wrong = self.pki.write("wrong-token-2", "nope\n")
+        r = h.run_client(["--server", self.server.addr, "--ca", self.pki.ca, "--cert",
+                          self.pki.client_cert, "--key", self.pki.client_key,
+                          "--auth-token-file", wrong, "--jobs", "1", inp, self.tmpdir()],
+                         check_rc=1)
+        self.assertEqual(len(re.findall(r"^FAIL .*UNAUTHENTICATED", r.stdout, re.M)), 1, r)
+        self.assertIn("0 ok, 1 failed, 0 skipped, 4 not started", r.stdout)
+        self.assertIn("4 files not started: check --auth-token-file", r.stderr)
 
     def test_refused_before_any_upload_byte(self):
         """The token is checked before the first message is read: a 64 MiB upload with
