@@ -12,11 +12,13 @@ PACKAGES=(
     protobuf-compiler # the descriptor set embedded for server reflection
     libavformat-dev libavcodec-dev libswscale-dev libavutil-dev libpng-dev
     libturbojpeg0-dev libwebp-dev
+    libssl-dev # libcrypto: the server checks its TLS files and the auth token
     # tests: unit (cmocka), test videos (ffmpeg), integration (Python grpcio + stubs)
     libcmocka-dev ffmpeg python3 python3-grpcio python3-protobuf python3-pil
     protobuf-compiler-grpc valgrind
     # the metrics endpoint (libmicrohttpd) and its test's independent parser
     libmicrohttpd-dev python3-prometheus-client
+    openssl # test_tls makes its CA and certificates at test time
     # validating docker-compose.yml (no Docker engine needed)
     docker-compose
 )

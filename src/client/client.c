@@ -12,6 +12,11 @@
  * (exit 2) instead of a FAIL line per file. SIGINT/SIGTERM only set a flag:
  * calls in flight are cancelled, their temporary files removed, no new file
  * is started, and the summary is still printed (exit 130).
+ *
+ * Several --server values become one channel with the round_robin policy
+ * (target.h): calls go to every server that is up in turn, a server that
+ * goes down is skipped, and a call it dropped is retried (UNAVAILABLE) on the
+ * others. --health, instead, checks each server on a channel of its own.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -33,6 +38,7 @@
 #include "progress.h"
 #include "rpc.h"
 #include "status.h"
+#include "target.h"
 #include "walk.h"
 
 enum { EXIT_FAILED = 1, EXIT_USAGE = 2, EXIT_INTERRUPTED = 130 };
@@ -52,6 +58,7 @@ struct run {
     pthread_mutex_t lock;  /* protects everything below */
     size_t next;
     size_t ok, failed, skipped, interrupted;
+    bool unauthenticated; /* a call was refused UNAUTHENTICATED: start no more files */
     uint64_t thumbnails;
 };
 
@@ -61,7 +68,8 @@ static void *worker_main(void *arg)
     grpc_completion_queue *cq = grpc_completion_queue_create_for_next(NULL);
     for (;;) {
         pthread_mutex_lock(&run->lock);
-        size_t i = run->next < run->files->n && !stop_flag ? run->next++ : SIZE_MAX;
+        size_t i = run->next < run->files->n && !stop_flag && !run->unauthenticated ? run->next++
+                                                                                    : SIZE_MAX;
         pthread_mutex_unlock(&run->lock);
         if (i == SIZE_MAX)
             break;
@@ -76,6 +84,7 @@ static void *worker_main(void *arg)
         case TN_JOB_FAILED: run->failed++; break;
         }
         run->interrupted += rep.interrupted;
+        run->unauthenticated = run->unauthenticated || rep.unauthenticated;
         run->thumbnails += rep.thumbnails;
         pthread_mutex_unlock(&run->lock);
 
@@ -134,27 +143,77 @@ out:
     return ret;
 }
 
-/* The channel for opt, READY; or NULL after printing why (exit 2). grpc_init() done by caller. */
-static grpc_channel *connect_server(const struct tn_client_options *opt)
+/*
+ * The channel to servers[0..n-1] (one target, see target.h), READY; or NULL
+ * after printing why (exit 2). grpc_init() done by caller. With several
+ * servers, READY means at least one of them answered.
+ */
+static grpc_channel *connect_servers(const struct tn_client_options *opt,
+                                     const char *const *servers, size_t n)
 {
-    grpc_channel *ch = tn_rpc_channel_create(opt->server, opt->chunk_size);
+    struct tn_target t;
+    char err[512];
+    if (tn_target_build(servers, n, opt->tls, opt->tls_server_name, &t, err, sizeof(err)) < 0) {
+        fprintf(stderr, "thumbnail_client: %s\n", err);
+        return NULL;
+    }
+    struct tn_rpc_channel_config cc = {
+        .target = t.uri,
+        .authority = t.authority,
+        .chunk_size = opt->chunk_size,
+        .tls = opt->tls,
+        .ca_pem = opt->ca_pem,
+        .cert_pem = opt->cert_pem,
+        .key_pem = opt->key_pem,
+        .tls_server_name = opt->tls_server_name,
+    };
+    if (n > 1)
+        tn_log_debug("balancing over %zu addresses: %s", t.n_addrs, t.uri);
+    grpc_channel *ch = tn_rpc_channel_create(&cc); /* copies the strings it keeps */
+    tn_target_free(&t);
     const char *state;
     if (tn_rpc_wait_ready(ch, opt->connect_timeout, &state) < 0) {
-        fprintf(stderr, "thumbnail_client: cannot reach server at %s (%s after %.1f s)\n",
-                opt->server, state, opt->connect_timeout);
+        char what[600];
+        if (n > 1)
+            snprintf(what, sizeof(what), "any of the %zu servers (%s, ...)", n, servers[0]);
+        else
+            snprintf(what, sizeof(what), "server at %s", servers[0]);
+        fprintf(stderr, "thumbnail_client: cannot reach %s (%s after %.1f s)%s\n", what, state,
+                opt->connect_timeout,
+                opt->tls ? "; with TLS, also check --ca, --cert/--key and that the server's "
+                           "certificate names the host (or use --tls-server-name)"
+                         : "");
         grpc_channel_destroy(ch);
         return NULL;
     }
     return ch;
 }
 
-static int run_health(const struct tn_client_options *opt)
+static grpc_channel *connect_server(const struct tn_client_options *opt)
 {
-    grpc_init();
+    return connect_servers(opt, opt->servers, opt->n_servers);
+}
+
+/* A token sent in clear text can be read (and replayed) by anyone on the path. */
+static void warn_plaintext_token(const struct tn_client_options *opt)
+{
+    if (!opt->authorization || opt->tls)
+        return;
+    for (size_t i = 0; i < opt->n_servers; i++)
+        if (strncmp(opt->servers[i], "unix:", 5) != 0) {
+            fprintf(stderr, "thumbnail_client: warning: sending the auth token without TLS "
+                            "(use --tls or a unix: socket)\n");
+            return;
+        }
+}
+
+/* --health of one server: 0 SERVING, 1 not serving or error, 2 unreachable. */
+static int health_one(const struct tn_client_options *opt, const char *server)
+{
     int rc = EXIT_USAGE;
-    grpc_channel *ch = connect_server(opt);
+    grpc_channel *ch = connect_servers(opt, &server, 1);
     if (!ch)
-        goto out;
+        return rc;
     int serving;
     char msg[512];
     double timeout = opt->timeout_set ? opt->timeout : TN_CLIENT_DEFAULT_HEALTH_TIMEOUT;
@@ -172,18 +231,29 @@ static int run_health(const struct tn_client_options *opt)
             name = "SERVICE_UNKNOWN";
             break;
         }
-        printf("%s: %s\n", opt->server, name);
+        printf("%s: %s\n", server, name);
         rc = serving == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
                  ? 0
                  : EXIT_FAILED;
     } else {
         /* Connected a moment ago, yet UNAVAILABLE: the server went away; treat as unreachable. */
-        fprintf(stderr, "thumbnail_client: health check of %s failed: %s%s%s\n", opt->server,
+        fprintf(stderr, "thumbnail_client: health check of %s failed: %s%s%s\n", server,
                 tn_code_name((int)code), msg[0] ? ": " : "", msg);
         rc = code == GRPC_STATUS_UNAVAILABLE ? EXIT_USAGE : EXIT_FAILED;
     }
     grpc_channel_destroy(ch);
-out:
+    return rc;
+}
+
+/* Each server on its own channel; the worst status wins (2 > 1 > 0). */
+static int run_health(const struct tn_client_options *opt)
+{
+    grpc_init();
+    int rc = 0;
+    for (size_t i = 0; i < opt->n_servers; i++) {
+        int r = health_one(opt, opt->servers[i]);
+        rc = r > rc ? r : rc;
+    }
     grpc_shutdown();
     return rc;
 }
@@ -243,7 +313,11 @@ static int run_probe(const struct tn_client_options *opt)
                                      .file_name = base ? base + 1 : path,
                                      .chunk_size = opt->chunk_size,
                                      .timeout = opt->timeout,
+                                     .authorization = opt->authorization,
                                      .probe = true};
+        /* a big file is probed by pull mode: the server reads only its headers */
+        if (req.size > 0 && (opt->pull == 1 || (opt->pull < 0 && req.size >= opt->pull_threshold)))
+            req.transfer = TN_RPC_PULL;
         struct probe_buf buf = {0};
         struct tn_rpc_sink sink = {.ctx = &buf, .begin = probe_begin, .data = probe_data};
         struct tn_rpc_result res;
@@ -317,6 +391,7 @@ static int run_batch(const struct tn_client_options *opt)
 
     grpc_init();
     grpc_up = true;
+    warn_plaintext_token(opt);
     if (!(ch = connect_server(opt)))
         goto out;
 
@@ -368,6 +443,11 @@ static int run_batch(const struct tn_client_options *opt)
         printf("; %s sent for %s of video in %.2f s (%s/s); %.1f thumbnails/s\n", sent, video, wall,
                rate, wall > 0 ? (double)run.thumbnails / wall : 0);
     }
+    if (run.unauthenticated && not_started)
+        fprintf(stderr,
+                "thumbnail_client: the server refused our credentials (UNAUTHENTICATED); "
+                "%zu files not started: check --auth-token-file\n",
+                not_started);
     rc = stop_flag ? EXIT_INTERRUPTED : run.failed ? EXIT_FAILED : 0;
 
 out:
@@ -391,7 +471,7 @@ int main(int argc, char **argv)
     tn_log_init("client", opt.verbose ? TN_LOG_DEBUG : TN_LOG_WARN, NULL);
     /* Lines from several threads, each written whole and in order with the bar on stderr. */
     setvbuf(stdout, NULL, _IOLBF, 0);
-    if (opt.probe)
-        return run_probe(&opt);
-    return opt.health ? run_health(&opt) : run_batch(&opt);
+    int rc = opt.probe ? run_probe(&opt) : opt.health ? run_health(&opt) : run_batch(&opt);
+    tn_options_free(&opt);
+    return rc;
 }

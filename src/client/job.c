@@ -227,6 +227,7 @@ void tn_job_run(const struct tn_job_env *env, grpc_completion_queue *cq,
         .png_level = opt->png_level,
         .chunk_size = opt->chunk_size,
         .timeout = opt->timeout,
+        .authorization = opt->authorization,
         .stop = env->stop,
         .fit = opt->fit,
         .pad_color = opt->pad_color,
@@ -269,6 +270,7 @@ void tn_job_run(const struct tn_job_env *env, grpc_completion_queue *cq,
         char after[48] = "";
         if (attempt)
             snprintf(after, sizeof(after), " (after %u attempts)", attempt + 1);
+        rep->unauthenticated = !res.local && res.code == GRPC_STATUS_UNAUTHENTICATED;
         if (res.local)
             rep->line = format_line("FAIL %s: %s%s", e->rel, res.message, after);
         else

@@ -25,7 +25,8 @@ struct tn_job_report {
     enum tn_job_outcome outcome;
     uint32_t thumbnails; /* written */
     bool interrupted;
-    char *line; /* malloc'd: "ok   ...", "FAIL ...", "skip ..."; NULL if out of memory */
+    bool unauthenticated; /* the server refused our credentials: every file would fail */
+    char *line;           /* malloc'd: "ok   ...", "FAIL ...", "skip ..."; NULL if out of memory */
 };
 
 /*

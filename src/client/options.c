@@ -2,12 +2,15 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <grpc/grpc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "parse.h"
 
@@ -40,6 +43,13 @@ enum {
     OPT_NO_PULL,
     OPT_PULL_THRESHOLD,
     OPT_LOCAL,
+    /* tls */
+    OPT_TLS,
+    OPT_CA,
+    OPT_CERT,
+    OPT_KEY,
+    OPT_TLS_SERVER_NAME,
+    OPT_AUTH_TOKEN_FILE,
 };
 
 static const struct option long_options[] = {
@@ -75,6 +85,13 @@ static const struct option long_options[] = {
     {"no-pull", no_argument, NULL, OPT_NO_PULL},
     {"pull-threshold", required_argument, NULL, OPT_PULL_THRESHOLD},
     {"local", no_argument, NULL, OPT_LOCAL},
+    /* tls */
+    {"tls", no_argument, NULL, OPT_TLS},
+    {"ca", required_argument, NULL, OPT_CA},
+    {"cert", required_argument, NULL, OPT_CERT},
+    {"key", required_argument, NULL, OPT_KEY},
+    {"tls-server-name", required_argument, NULL, OPT_TLS_SERVER_NAME},
+    {"auth-token-file", required_argument, NULL, OPT_AUTH_TOKEN_FILE},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -92,7 +109,10 @@ static void usage(FILE *f)
             "are <name>-1.png, <name>-2.png...\n"
             "\n"
             "Options:\n"
-            "  -s, --server ADDR       server address, e.g. host:50051 or unix:/run/tn.sock\n"
+            "  -s, --server ADDR       server address, e.g. host:50051, unix:/run/tn.sock or\n"
+            "                          dns:///host:50051 (every address the name resolves\n"
+            "                          to); repeatable, up to %d HOST:PORT servers: calls\n"
+            "                          are balanced round-robin over the ones that are up\n"
             "                          (env THUMBNAIL_SERVER; default " TN_CLIENT_DEFAULT_SERVER
             ")\n"
             "  -j, --jobs N            files processed concurrently, 1..%d\n"
@@ -135,15 +155,32 @@ static void usage(FILE *f)
             "                          or summary\n"
             "  -v, --verbose           debug diagnostics on stderr\n"
             "      --health            check grpc.health.v1.Health for service \"\" and exit:\n"
-            "                          0 SERVING, 1 not serving or error, 2 unreachable\n"
+            "                          0 SERVING, 1 not serving or error, 2 unreachable;\n"
+            "                          with several --server, each one (the worst wins)\n"
             "  -h, --help              show this help and exit\n"
             "  -V, --version           show the version and exit\n"
             "\n"
+            "Security:\n"
+            "      --tls               connect with TLS, verifying the server against the\n"
+            "                          system's CA certificates\n"
+            "      --ca FILE           verify the server against the CA certificates in this\n"
+            "                          PEM file instead (implies --tls)\n"
+            "      --cert FILE         client certificate chain (PEM) for servers that require\n"
+            "      --key FILE          one (mutual TLS), and its private key; go together,\n"
+            "                          imply --tls\n"
+            "      --tls-server-name NAME\n"
+            "                          the name the server's certificate must carry, when it\n"
+            "                          is not the host in --server (e.g. an IP address)\n"
+            "      --auth-token-file FILE\n"
+            "                          send 'authorization: Bearer TOKEN' with every call,\n"
+            "                          TOKEN being the file's content (env\n"
+            "                          THUMBNAIL_TOKEN_FILE)\n"
+            "\n"
             "Exit status: 0 all files done or skipped, 1 some file failed, 2 usage error,\n"
             "missing INPUT_DIR or unreachable server, 130 interrupted.\n",
-            TN_CLIENT_MAX_JOBS, TN_CLIENT_DEFAULT_JOBS, TN_IPC_MAX_TIMES, TN_CLIENT_DEFAULT_WIDTH,
-            TN_CLIENT_DEFAULT_RETRIES, TN_CLIENT_DEFAULT_TIMEOUT, TN_CLIENT_DEFAULT_HEALTH_TIMEOUT,
-            TN_CLIENT_DEFAULT_CONNECT_TIMEOUT);
+            TN_CLIENT_MAX_SERVERS, TN_CLIENT_MAX_JOBS, TN_CLIENT_DEFAULT_JOBS, TN_IPC_MAX_TIMES,
+            TN_CLIENT_DEFAULT_WIDTH, TN_CLIENT_DEFAULT_RETRIES, TN_CLIENT_DEFAULT_TIMEOUT,
+            TN_CLIENT_DEFAULT_HEALTH_TIMEOUT, TN_CLIENT_DEFAULT_CONNECT_TIMEOUT);
     /* engine options: a section of their own, so merges of the text above stay easy */
     fprintf(f,
             "\n"
@@ -234,6 +271,130 @@ static int parse_times(struct tn_client_options *o, const char *s)
     return 0;
 }
 
+#define MAX_PEM_BYTES (1u << 20)
+#define MAX_TOKEN 4096
+
+/* Read a whole regular file (at most max bytes) into a malloc'd string. On
+ * failure print "thumbnail_client: FLAG 'PATH': why" and return NULL. */
+static char *read_small_file(const char *flag, const char *path, size_t max)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    struct stat st;
+    char *buf = NULL;
+    const char *why = NULL;
+    if (fd < 0) {
+        why = strerror(errno);
+    } else if (fstat(fd, &st) < 0) {
+        why = strerror(errno);
+    } else if (!S_ISREG(st.st_mode)) {
+        why = "not a regular file";
+    } else if ((uint64_t)st.st_size > max) {
+        why = "too large for a file of this kind";
+    } else if (!(buf = malloc(max + 1))) {
+        why = "out of memory";
+    } else {
+        size_t got = 0;
+        for (;;) {
+            ssize_t n = read(fd, buf + got, max + 1 - got);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0)
+                why = strerror(errno);
+            else if ((got += (size_t)n) > max)
+                why = "too large for a file of this kind";
+            if (n <= 0 || why)
+                break;
+        }
+        buf[got > max ? max : got] = 0;
+        if (!why && strlen(buf) != got)
+            why = "contains NUL bytes (not a PEM or text file)";
+    }
+    if (fd >= 0)
+        close(fd);
+    if (why) {
+        fprintf(stderr, "thumbnail_client: %s '%s': %s\n", flag, path, why);
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+/* A PEM file that should hold `what` ("CERTIFICATE", "PRIVATE KEY"). */
+static int load_pem(const char *flag, const char *path, const char *what, char **out)
+{
+    if (!(*out = read_small_file(flag, path, MAX_PEM_BYTES)))
+        return TN_OPTIONS_USAGE;
+    char marker[64];
+    snprintf(marker, sizeof(marker), "%s-----", what);
+    if (!strstr(*out, "-----BEGIN ") || !strstr(*out, marker)) {
+        fprintf(stderr, "thumbnail_client: %s '%s': no PEM %s in it\n", flag, path, what);
+        return TN_OPTIONS_USAGE;
+    }
+    return 0;
+}
+
+/* The token file: one word of visible ASCII; surrounding whitespace ignored. */
+static int load_token(const char *flag, const char *path, char **authorization)
+{
+    char *buf = read_small_file(flag, path, 64u << 10);
+    if (!buf)
+        return TN_OPTIONS_USAGE;
+    char *p = buf, *end = buf + strlen(buf);
+    while (p < end && strchr(" \t\r\n", *p))
+        p++;
+    while (end > p && strchr(" \t\r\n", end[-1]))
+        end--;
+    const char *why = p == end              ? "the file is empty (expected one token)"
+                      : end - p > MAX_TOKEN ? "token longer than 4096 bytes"
+                                            : NULL;
+    for (const char *q = p; !why && q < end; q++)
+        if (*q < 0x21 || *q > 0x7e)
+            why = "the token must be one word of visible ASCII characters";
+    if (!why) {
+        size_t n = (size_t)(end - p);
+        if ((*authorization = malloc(n + sizeof("Bearer "))))
+            snprintf(*authorization, n + sizeof("Bearer "), "Bearer %.*s", (int)n, p);
+        else
+            why = "out of memory";
+    }
+    memset(buf, 0, strlen(buf));
+    free(buf);
+    if (why) {
+        fprintf(stderr, "thumbnail_client: %s '%s': %s\n", flag, path, why);
+        return TN_OPTIONS_USAGE;
+    }
+    return 0;
+}
+
+/* After the flags: check the security options and read their files. */
+static int load_security(struct tn_client_options *o)
+{
+    if (!o->cert_file != !o->key_file) {
+        fprintf(stderr, "thumbnail_client: %s\nTry 'thumbnail_client --help'.\n",
+                o->cert_file ? "--cert needs --key (the certificate's private key)"
+                             : "--key needs --cert (the certificate it belongs to)");
+        return TN_OPTIONS_USAGE;
+    }
+    if (o->ca_file || o->cert_file)
+        o->tls = true;
+    if (o->tls_server_name && !o->tls) {
+        fprintf(stderr, "thumbnail_client: --tls-server-name needs --tls (or --ca)\n"
+                        "Try 'thumbnail_client --help'.\n");
+        return TN_OPTIONS_USAGE;
+    }
+    if (o->ca_file && load_pem("--ca", o->ca_file, "CERTIFICATE", &o->ca_pem) < 0)
+        return TN_OPTIONS_USAGE;
+    if (o->cert_file && (load_pem("--cert", o->cert_file, "CERTIFICATE", &o->cert_pem) < 0 ||
+                         load_pem("--key", o->key_file, "PRIVATE KEY", &o->key_pem) < 0))
+        return TN_OPTIONS_USAGE;
+    const char *tf = o->auth_token_file;
+    if (tf && load_token(getenv("THUMBNAIL_TOKEN_FILE") == tf ? "THUMBNAIL_TOKEN_FILE"
+                                                              : "--auth-token-file",
+                         tf, &o->authorization) < 0)
+        return TN_OPTIONS_USAGE;
+    return 0;
+}
+
 int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
 {
     memset(o, 0, sizeof(*o));
@@ -253,6 +414,11 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
     const char *env = getenv("THUMBNAIL_SERVER");
     if (env && *env)
         o->server = env;
+    o->servers[o->n_servers++] = o->server; /* replaced by the first --server */
+    bool server_flag = false;
+    env = getenv("THUMBNAIL_TOKEN_FILE");
+    if (env && *env)
+        o->auth_token_file = env;
     env = getenv("NUM_JOBS");
     if (env && *env && parse_jobs("NUM_JOBS", env, &o->jobs) < 0)
         return TN_OPTIONS_USAGE;
@@ -266,7 +432,13 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
         case 's':
             if (!*optarg)
                 return bad("--server", optarg, "expected an address");
-            o->server = optarg;
+            if (!server_flag)
+                o->n_servers = 0;
+            server_flag = true;
+            if (o->n_servers == TN_CLIENT_MAX_SERVERS)
+                return bad("--server", optarg, "at most %d servers", TN_CLIENT_MAX_SERVERS);
+            o->servers[o->n_servers++] = optarg;
+            o->server = o->servers[0];
             break;
         case 'j':
             if (parse_jobs("--jobs", optarg, &o->jobs) < 0)
@@ -394,6 +566,31 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
                 return bad("--columns", optarg, "expected an integer 1..100");
             o->columns = (uint32_t)v;
             break;
+        case OPT_TLS: o->tls = true; break;
+        case OPT_CA:
+        case OPT_CERT:
+        case OPT_KEY:
+        case OPT_AUTH_TOKEN_FILE:
+            if (!*optarg)
+                return bad(c == OPT_CA     ? "--ca"
+                           : c == OPT_CERT ? "--cert"
+                           : c == OPT_KEY  ? "--key"
+                                           : "--auth-token-file",
+                           optarg, "expected a file path");
+            if (c == OPT_CA)
+                o->ca_file = optarg;
+            else if (c == OPT_CERT)
+                o->cert_file = optarg;
+            else if (c == OPT_KEY)
+                o->key_file = optarg;
+            else
+                o->auth_token_file = optarg;
+            break;
+        case OPT_TLS_SERVER_NAME:
+            if (!*optarg || strchr(optarg, '/'))
+                return bad("--tls-server-name", optarg, "expected a host name or IP address");
+            o->tls_server_name = optarg;
+            break;
         case 'h': usage(stdout); return TN_OPTIONS_EXIT_OK;
         case 'V':
             printf("thumbnail_client %s (gRPC core %s)\n", TN_VERSION, grpc_version_string());
@@ -480,6 +677,10 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
                         "Try 'thumbnail_client --help'.\n");
         return TN_OPTIONS_USAGE;
     }
+    if (load_security(o) < 0) {
+        tn_options_free(o);
+        return TN_OPTIONS_USAGE;
+    }
     /* Explicit rather than relying on the server's "both 0" rule. */
     if (!width_set && !height_set)
         o->max_width = TN_CLIENT_DEFAULT_WIDTH;
@@ -495,6 +696,21 @@ size_t tn_options_outputs(const struct tn_client_options *o)
     if (o->every > 0)
         return TN_IPC_MAX_TIMES;
     return o->n_times ? o->n_times : 1;
+}
+
+void tn_options_free(struct tn_client_options *o)
+{
+    if (!o)
+        return;
+    if (o->key_pem)
+        memset(o->key_pem, 0, strlen(o->key_pem));
+    if (o->authorization)
+        memset(o->authorization, 0, strlen(o->authorization));
+    free(o->ca_pem);
+    free(o->cert_pem);
+    free(o->key_pem);
+    free(o->authorization);
+    o->ca_pem = o->cert_pem = o->key_pem = o->authorization = NULL;
 }
 
 const char *tn_options_extension(int format)

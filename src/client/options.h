@@ -1,9 +1,9 @@
 /*
  * Command line and environment of thumbnail_client.
  *
- * Precedence: command line > environment (THUMBNAIL_SERVER, NUM_JOBS) >
- * built-in defaults. Every value is validated here, so the rest of the client
- * never sees a malformed one: a bad value is a usage error (exit 2).
+ * Precedence: command line > environment (THUMBNAIL_SERVER, NUM_JOBS,
+ * THUMBNAIL_TOKEN_FILE) > built-in defaults. Every value is validated here, so the rest of the
+ * client never sees a malformed one: a bad value is a usage error (exit 2).
  */
 #ifndef TN_CLIENT_OPTIONS_H
 #define TN_CLIENT_OPTIONS_H
@@ -26,9 +26,14 @@
 #define TN_CLIENT_MAX_CHUNK (256u << 20)
 #define TN_CLIENT_MIN_CHUNK 1024u
 #define TN_CLIENT_DEFAULT_PULL_THRESHOLD (64ull << 20)
+#define TN_CLIENT_MAX_SERVERS 32
 
 struct tn_client_options {
-    const char *server; /* gRPC target: "host:port", "unix:/path", ... */
+    const char *server; /* the first of servers: for messages */
+    /* --server, repeatable: gRPC targets ("host:port", "unix:/path", "dns:///h:p"...);
+     * several are balanced round-robin over one channel (target.h). */
+    const char *servers[TN_CLIENT_MAX_SERVERS];
+    size_t n_servers; /* >= 1 */
     const char *input_dir;
     const char *output_dir;
     unsigned jobs;
@@ -68,6 +73,17 @@ struct tn_client_options {
     int pull;                /* 1 = --pull, 0 = --no-pull, -1 = by --pull-threshold */
     uint64_t pull_threshold; /* files of at least this many bytes are pulled, not uploaded */
     bool local;              /* --local: send paths relative to INPUT_DIR (server's --media-root) */
+
+    /* Transport security and auth (tls). The files are read by tn_options_parse(),
+     * their contents malloc'd for the process's life. */
+    bool tls;                    /* --tls, or implied by --ca / --cert */
+    const char *ca_file;         /* --ca: PEM roots; NULL = the system's */
+    const char *cert_file;       /* --cert: client certificate chain (mTLS) */
+    const char *key_file;        /* --key: its private key */
+    const char *tls_server_name; /* --tls-server-name: name to verify instead of the host */
+    const char *auth_token_file; /* --auth-token-file / env THUMBNAIL_TOKEN_FILE */
+    char *ca_pem, *cert_pem, *key_pem;
+    char *authorization; /* "Bearer <token>", sent with every Generate; NULL = none */
 };
 
 /* How many outputs a file can have: 2 for --storyboard, N for --count, TN_IPC_MAX_TIMES for
@@ -82,6 +98,10 @@ enum { TN_OPTIONS_RUN = 0, TN_OPTIONS_EXIT_OK = 1, TN_OPTIONS_USAGE = -1 };
  * TN_OPTIONS_USAGE after printing a message to stderr (exit 2).
  */
 int tn_options_parse(struct tn_client_options *o, int argc, char **argv);
+
+/* Free what tn_options_parse() read from files (TLS material, token). NULL-safe;
+ * after TN_OPTIONS_USAGE there is nothing left to free. */
+void tn_options_free(struct tn_client_options *o);
 
 /* The file extension of an output format, without the dot: "png", "jpg", "webp". */
 const char *tn_options_extension(int format);

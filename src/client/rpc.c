@@ -242,14 +242,28 @@ static grpc_byte_buffer *data_message(int fd, uint64_t off, size_t n, int *err)
     return bb;
 }
 
-/* Send one message (with initial metadata if first, half-close if last); wait for it. */
-static bool send_message(struct call *c, grpc_byte_buffer *bb, bool first, bool last)
+/*
+ * Send one message (with initial metadata if first, half-close if last); wait
+ * for it. The initial metadata carries the authorization value, if any.
+ */
+static bool send_message(struct call *c, grpc_byte_buffer *bb, bool first, bool last,
+                         const char *authorization)
 {
     grpc_op ops[3];
+    grpc_metadata md;
     size_t n = 0;
     memset(ops, 0, sizeof(ops));
-    if (first)
-        ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+    if (first) {
+        ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
+        if (authorization) {
+            memset(&md, 0, sizeof(md));
+            md.key = grpc_slice_from_static_string("authorization");
+            md.value = grpc_slice_from_static_string(authorization); /* outlives the batch */
+            ops[n].data.send_initial_metadata.count = 1;
+            ops[n].data.send_initial_metadata.metadata = &md;
+        }
+        n++;
+    }
     ops[n].op = GRPC_OP_SEND_MESSAGE;
     ops[n++].data.send_message.send_message = bb;
     if (last)
@@ -420,7 +434,7 @@ static int answer_range(struct call *c, const struct tn_rpc_request *req,
             return err == -ENODATA ? fail(res, "file shrank (it ends before byte %llu)",
                                           (unsigned long long)end)
                                    : fail(res, "read failed: %s", strerror(-err));
-        if (!send_message(c, bb, false, false))
+        if (!send_message(c, bb, false, false, NULL))
             return 0; /* the call is over: its status says why */
         done += n;
         res->bytes_sent += n;
@@ -441,9 +455,8 @@ static void upload(struct call *c, const struct tn_rpc_request *req, const struc
     Thumbnail__V1__GenerateRequest m = THUMBNAIL__V1__GENERATE_REQUEST__INIT;
     m.msg_case = THUMBNAIL__V1__GENERATE_REQUEST__MSG_OPTIONS;
     m.options = &opt;
-    /* Local mode: nothing follows the options. Pull mode: range data follows,
-     * when asked for, so the stream stays open (see receive()). */
-    if (!send_message(c, tn_pb_pack(&m.base), true, req->transfer == TN_RPC_LOCAL) ||
+    if (!send_message(c, tn_pb_pack(&m.base), true, req->transfer == TN_RPC_LOCAL,
+                      req->authorization) ||
         req->transfer != TN_RPC_UPLOAD)
         return;
 
@@ -462,7 +475,7 @@ static void upload(struct call *c, const struct tn_rpc_request *req, const struc
             cancel(c);
             return;
         }
-        if (!send_message(c, bb, false, false))
+        if (!send_message(c, bb, false, false, NULL))
             return;
         off += n;
         res->bytes_sent += n;
@@ -475,7 +488,7 @@ static void upload(struct call *c, const struct tn_rpc_request *req, const struc
     Thumbnail__V1__End end = THUMBNAIL__V1__END__INIT;
     m.msg_case = THUMBNAIL__V1__GENERATE_REQUEST__MSG_END;
     m.end = &end;
-    send_message(c, tn_pb_pack(&m.base), false, true);
+    send_message(c, tn_pb_pack(&m.base), false, true, NULL);
 }
 
 /* Read responses until the stream ends, answering range requests (pull
@@ -674,22 +687,43 @@ grpc_status_code tn_rpc_health(grpc_channel *ch, const char *service, double tim
     return code;
 }
 
-grpc_channel *tn_rpc_channel_create(const char *target, uint64_t chunk_size)
+grpc_channel *tn_rpc_channel_create(const struct tn_rpc_channel_config *cc)
 {
-    grpc_arg args[3];
+    grpc_arg args[6];
+    size_t n = 0;
     memset(args, 0, sizeof(args));
-    args[0].type = GRPC_ARG_INTEGER;
-    args[0].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
-    args[0].value.integer = TN_RPC_MAX_RECEIVE;
-    args[1].type = GRPC_ARG_INTEGER;
-    args[1].key = (char *)GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
-    args[1].value.integer = (int)(chunk_size + SEND_OVERHEAD);
-    args[2].type = GRPC_ARG_STRING;
-    args[2].key = (char *)GRPC_ARG_PRIMARY_USER_AGENT_STRING;
-    args[2].value.string = (char *)"thumbnail_client/" TN_VERSION;
-    grpc_channel_args ca = {.num_args = 3, .args = args};
-    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
-    grpc_channel *ch = grpc_channel_create(target, creds, &ca);
+    args[n].type = GRPC_ARG_INTEGER;
+    args[n].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
+    args[n++].value.integer = TN_RPC_MAX_RECEIVE;
+    args[n].type = GRPC_ARG_INTEGER;
+    args[n].key = (char *)GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
+    args[n++].value.integer = (int)(cc->chunk_size + SEND_OVERHEAD);
+    args[n].type = GRPC_ARG_STRING;
+    args[n].key = (char *)GRPC_ARG_PRIMARY_USER_AGENT_STRING;
+    args[n++].value.string = (char *)"thumbnail_client/" TN_VERSION;
+    /* Without it, gRPC picks the first address that connects and sends every call there. */
+    args[n].type = GRPC_ARG_STRING;
+    args[n].key = (char *)GRPC_ARG_SERVICE_CONFIG;
+    args[n++].value.string = (char *)"{\"loadBalancingConfig\":[{\"round_robin\":{}}]}";
+    if (cc->authority) {
+        args[n].type = GRPC_ARG_STRING;
+        args[n].key = (char *)GRPC_ARG_DEFAULT_AUTHORITY;
+        args[n++].value.string = (char *)cc->authority;
+    }
+    if (cc->tls && cc->tls_server_name) {
+        args[n].type = GRPC_ARG_STRING;
+        args[n].key = (char *)GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
+        args[n++].value.string = (char *)cc->tls_server_name;
+    }
+    grpc_channel_args ca = {.num_args = n, .args = args};
+    grpc_channel_credentials *creds;
+    if (cc->tls) {
+        grpc_ssl_pem_key_cert_pair pair = {.private_key = cc->key_pem, .cert_chain = cc->cert_pem};
+        creds = grpc_ssl_credentials_create_ex(cc->ca_pem, cc->cert_pem ? &pair : NULL, NULL, NULL);
+    } else {
+        creds = grpc_insecure_credentials_create();
+    }
+    grpc_channel *ch = grpc_channel_create(cc->target, creds, &ca);
     grpc_channel_credentials_release(creds);
     return ch;
 }

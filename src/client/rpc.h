@@ -23,12 +23,27 @@
 /* Big enough for any server chunk size we would configure; never rely on the 4 MiB default. */
 #define TN_RPC_MAX_RECEIVE (64 << 20)
 
+/* How to reach the server (tls: security and balancing). */
+struct tn_rpc_channel_config {
+    const char *target;          /* gRPC target URI (target.h) */
+    const char *authority;       /* :authority and default TLS name; NULL = from the target */
+    uint64_t chunk_size;         /* upload bytes per message */
+    bool tls;                    /* else plaintext */
+    const char *ca_pem;          /* TLS roots, PEM text; NULL = the system's */
+    const char *cert_pem;        /* client certificate chain for mTLS, PEM text; NULL = none */
+    const char *key_pem;         /* its private key; set iff cert_pem is */
+    const char *tls_server_name; /* name to verify the server's certificate against; NULL = host */
+};
+
 /*
- * Channel to `target` (insecure) with explicit message size limits: receive
- * TN_RPC_MAX_RECEIVE, send chunk_size plus room for the message framing.
- * Never NULL (gRPC returns a lame channel for a bad target).
+ * Channel for cc with explicit message size limits (receive
+ * TN_RPC_MAX_RECEIVE, send chunk_size plus room for the message framing) and
+ * the round_robin load-balancing policy, so that a target with several
+ * addresses (several --server values, a dns:/// name with many records)
+ * spreads calls over all of those that are up. Never NULL (gRPC returns a
+ * lame channel for a bad target).
  */
-grpc_channel *tn_rpc_channel_create(const char *target, uint64_t chunk_size);
+grpc_channel *tn_rpc_channel_create(const struct tn_rpc_channel_config *cc);
 
 /*
  * Ask the channel to connect and wait until it is READY or `timeout` seconds
@@ -95,6 +110,7 @@ struct tn_rpc_request {
     uint32_t png_level;          /* Options.png_level: 0 = the server's default */
     uint64_t chunk_size;         /* bytes of video per message */
     double timeout;              /* seconds from the start of the call */
+    const char *authorization;   /* metadata "authorization" (e.g. "Bearer <token>"); NULL = none */
     volatile sig_atomic_t *stop; /* set asynchronously: cancel the call; may be NULL */
     /* engine options */
     int fit;            /* enum tn_fit; 0 = the server's default */

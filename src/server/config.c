@@ -27,6 +27,7 @@
 
 #include "log.h"
 #include "parse.h"
+#include "tls.h"
 
 #define MAX_WORKERS 256
 #define MAX_DURATION_S 86400.0           /* 24 h: beyond that it is a typo */
@@ -43,6 +44,8 @@ static char abs_pidfile[PATH_MAX];
 static char abs_log[PATH_MAX];
 static char abs_media_root[PATH_MAX];
 static char abs_listen[TN_MAX_LISTEN][sizeof("unix:") + UNIX_PATH_MAX];
+/* The TLS material and token digest that cfg->tls points at (tls). */
+static struct tn_tls tls_storage;
 
 enum {
     OPT_LISTEN = 256,
@@ -66,6 +69,12 @@ enum {
     /* metrics and logging */
     OPT_METRICS_LISTEN,
     OPT_LOG_FORMAT,
+    /* tls */
+    OPT_TLS_CERT,
+    OPT_TLS_KEY,
+    OPT_TLS_CLIENT_CA,
+    OPT_TLS_UNIX,
+    OPT_AUTH_TOKEN_FILE,
 };
 
 static const struct option long_options[] = {
@@ -90,6 +99,12 @@ static const struct option long_options[] = {
     /* metrics and logging */
     {"metrics-listen", required_argument, NULL, OPT_METRICS_LISTEN},
     {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
+    /* tls */
+    {"tls-cert", required_argument, NULL, OPT_TLS_CERT},
+    {"tls-key", required_argument, NULL, OPT_TLS_KEY},
+    {"tls-client-ca", required_argument, NULL, OPT_TLS_CLIENT_CA},
+    {"tls-unix", no_argument, NULL, OPT_TLS_UNIX},
+    {"auth-token-file", required_argument, NULL, OPT_AUTH_TOKEN_FILE},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -176,6 +191,19 @@ static void print_help(FILE *f, const struct tn_config *d)
             "  --worker-memory SIZE      address-space limit (RLIMIT_AS) per worker; 0 = none,\n"
             "                            else at least 256M (default: %s)\n"
             "\n"
+            "Security:\n"
+            "  --tls-cert PATH           serve TLS with this PEM certificate chain (the\n"
+            "                            server's own certificate first); needs --tls-key.\n"
+            "                            Applies to every HOST:PORT listener\n"
+            "  --tls-key PATH            the certificate's PEM private key (not encrypted)\n"
+            "  --tls-client-ca PATH      mutual TLS: require a client certificate signed by a\n"
+            "                            CA in this PEM file; other clients cannot connect\n"
+            "  --tls-unix                use TLS on unix: listeners too (default: they stay\n"
+            "                            plaintext, protected by the socket's permissions)\n"
+            "  --auth-token-file PATH    require metadata 'authorization: Bearer TOKEN' on\n"
+            "                            every call but health checks, TOKEN being the file's\n"
+            "                            content; others get UNAUTHENTICATED\n"
+            "\n"
             "Process:\n"
             "  --daemon                  detach from the terminal and run in the background;\n"
             "                            without --log-file, logs go to syslog (LOG_DAEMON)\n"
@@ -195,7 +223,7 @@ static void print_help(FILE *f, const struct tn_config *d)
             "SIZE is a number of bytes, optionally with a binary suffix: 64K, 1M, 2G, 1T\n"
             "(also 1MiB, 1MB; 1K = 1024). DURATION is seconds, optionally with a unit:\n"
             "500ms, 2.5s, 2m, 1h. Later flags override earlier ones, and flags override the\n"
-            "environment.\n"
+            "environment. The TLS and token files are read once, at start-up.\n"
             "\n"
             "Environment:\n"
             "  NUM_WORKERS   default for --workers\n"
@@ -327,6 +355,44 @@ static int check_spool_dir(const char *dir, const char *flag, char *err, size_t 
     if (access(dir, W_OK | X_OK) < 0)
         return fail(err, errlen, "%s '%s': directory not writable: %s", flag, dir, strerror(errno));
     return 0;
+}
+
+/*
+ * tls: cross-check the security flags and load their files into tls_storage.
+ * TLS on a set of listeners that are all plaintext unix: sockets would protect
+ * nothing; say so rather than start a server that looks secure.
+ */
+static int check_tls(struct tn_config *cfg, char *err, size_t errlen)
+{
+    static const char *const flags[] = {"--tls-cert", "--tls-key", "--tls-client-ca",
+                                        "--auth-token-file"};
+    const char *paths[] = {cfg->tls_cert, cfg->tls_key, cfg->tls_client_ca, cfg->auth_token_file};
+    cfg->tls = NULL;
+    for (size_t i = 0; i < 4; i++)
+        if (paths[i] && !*paths[i])
+            return fail(err, errlen, "%s: expected a file path", flags[i]);
+    if (cfg->tls_unix && !cfg->tls_cert)
+        return fail(err, errlen, "--tls-unix needs --tls-cert and --tls-key");
+    if (cfg->tls_cert && !cfg->tls_unix) {
+        bool tcp = false;
+        for (size_t i = 0; i < cfg->n_listen; i++)
+            tcp = tcp || strncmp(cfg->listen[i], "unix:", 5) != 0;
+        if (!tcp)
+            return fail(err, errlen,
+                        "--tls-cert: every --listen address is a unix: socket, and those stay "
+                        "plaintext; add --tls-unix, or listen on a HOST:PORT");
+    }
+    if (tn_tls_load(&tls_storage, cfg->tls_cert, cfg->tls_key, cfg->tls_client_ca,
+                    cfg->auth_token_file, err, errlen) < 0)
+        return -1;
+    if (cfg->tls_cert || cfg->auth_token_file)
+        cfg->tls = &tls_storage;
+    return 0;
+}
+
+void tn_config_drop_secrets(void)
+{
+    tn_tls_clear(&tls_storage);
 }
 
 int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, size_t errlen)
@@ -483,6 +549,12 @@ int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, siz
                 return fail(err, errlen, "--media-root: expected a directory");
             cfg->media_root = optarg;
             break;
+        /* tls: paths are checked (and read) below, once every flag is known */
+        case OPT_TLS_CERT: cfg->tls_cert = optarg; break;
+        case OPT_TLS_KEY: cfg->tls_key = optarg; break;
+        case OPT_TLS_CLIENT_CA: cfg->tls_client_ca = optarg; break;
+        case OPT_AUTH_TOKEN_FILE: cfg->auth_token_file = optarg; break;
+        case OPT_TLS_UNIX: cfg->tls_unix = true; break;
         default:
             return fail(err, errlen, "internal error: unhandled option '%s'", argv[optind - 1]);
         }
@@ -509,6 +581,8 @@ int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, siz
     cfg->log_syslog = cfg->daemon && !cfg->log_file; /* a daemon has no terminal */
     if (cfg->n_listen == 0)
         cfg->listen[cfg->n_listen++] = DEFAULT_LISTEN;
+    if (check_tls(cfg, err, errlen) < 0)
+        return -1;
 
     const char *flag = spool_flag ? "--spool-dir" : "spool directory ($TMPDIR or /tmp)";
     const char *p = absolutize(cfg->spool_dir, abs_spool, sizeof(abs_spool));

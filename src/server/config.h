@@ -12,6 +12,8 @@
 
 #define TN_MAX_LISTEN 16
 
+struct tn_tls;
+
 struct tn_config {
     const char *listen[TN_MAX_LISTEN]; /* "0.0.0.0:50051", "unix:/run/x.sock"; point into argv */
     size_t n_listen;                   /* >= 1 after parsing (default added if none) */
@@ -40,13 +42,31 @@ struct tn_config {
     int metrics_fd;             /* its listening socket, bound by main.c before daemonizing; -1 */
     int log_format;             /* --log-format: enum tn_log_format; default text */
     bool log_syslog;            /* --daemon without --log-file: log to syslog */
+
+    /* Transport security and call authentication (tls). The files are read and
+     * checked by tn_config_parse(); tls points at the result. */
+    const char *tls_cert;        /* --tls-cert PATH: PEM chain, server's own first; TLS on */
+    const char *tls_key;         /* --tls-key PATH: its PEM private key (unencrypted) */
+    const char *tls_client_ca;   /* --tls-client-ca PATH: require client certs it signed (mTLS) */
+    bool tls_unix;               /* --tls-unix: unix: listeners use TLS too (default plaintext) */
+    const char *auth_token_file; /* --auth-token-file PATH: calls need "Bearer <token>" */
+    const struct tn_tls *tls;    /* the loaded material; NULL when none of the above is set */
 };
 
 /*
  * Fill cfg from defaults, environment and argv. Returns 0 to run, 1 if --help
  * or --version was printed (exit 0), -1 on a usage error (message in err,
- * exit 2).
+ * exit 2). The TLS and token files are read here (a file that cannot be read
+ * or does not hold what its flag expects is a usage error); the material lives
+ * in static storage that the next call replaces.
  */
 int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, size_t errlen);
+
+/*
+ * tls: wipe and free the TLS private key and the token digest loaded by
+ * tn_config_parse() (cfg->tls then points at empty material). For a process
+ * that must not hold them: a decode worker, which parses untrusted input.
+ */
+void tn_config_drop_secrets(void);
 
 #endif

@@ -33,6 +33,12 @@
  * RangeData against it, pwrite()s it into the spool file and, once the range
  * is complete, answers TN_IPC_READ_REPLY. Local mode: the file opened under
  * --media-root takes the place of the spool file and the job leaves at once.
+ * Transport security (tls): every HOST:PORT listener gets the TLS server
+ * credentials when --tls-cert is set (unix: ones too with --tls-unix), built
+ * from PEM text the master already read and checked. --auth-token-file is
+ * checked per call, on the CQ thread, from the call's initial metadata and
+ * before its first RECV_MESSAGE: a refused upload is never spooled. Health
+ * (Check, Watch) is exempt so that probes need no secret.
  *
  * Lock order: front.mu before call.mu. A call is never destroyed while a lock
  * is held (unrefs that may be last are deferred until the lock is dropped).
@@ -68,6 +74,7 @@
 #include <grpc/grpc_security.h>
 #include <grpc/slice.h>
 #include <grpc/support/alloc.h>
+#include <grpc/support/log.h>
 #include <grpc/support/time.h>
 #include <linux/openat2.h>
 
@@ -80,6 +87,7 @@
 #include "reflection.h"
 #include "status.h"
 #include "thumbnail.pb-c.h"
+#include "tls.h"
 
 /* Our codes are gRPC's by number: the one place that relies on it. */
 _Static_assert(GRPC_STATUS_INVALID_ARGUMENT == (int)TN_INVALID_ARGUMENT, "status numbering");
@@ -1483,6 +1491,30 @@ static Grpc__Health__V1__HealthCheckRequest *health_request(grpc_byte_buffer *pa
     return req;
 }
 
+/*
+ * --auth-token-file: NULL if the call may proceed (no token configured, or its
+ * metadata carries "authorization: Bearer <token>"), else why not, as a status
+ * message (static storage). The first authorization entry decides. The token
+ * is never logged.
+ */
+static const char *auth_refusal(const struct front *f, const grpc_metadata_array *md)
+{
+    const struct tn_tls *t = f->cfg->tls;
+    if (!t || !t->have_token)
+        return NULL;
+    for (size_t i = 0; i < md->count; i++) {
+        if (grpc_slice_str_cmp(md->metadata[i].key, "authorization") != 0)
+            continue;
+        grpc_slice v = md->metadata[i].value;
+        if (tn_tls_token_ok(t, (const char *)GRPC_SLICE_START_PTR(v), GRPC_SLICE_LENGTH(v)))
+            return NULL;
+        return "the authorization token was not accepted (expected 'Bearer <token>' with the "
+               "server's token)";
+    }
+    return "this server requires a token: send the metadata 'authorization: Bearer <token>' "
+           "(thumbnail_client --auth-token-file)";
+}
+
 static void on_new_health(struct simple_call *s, bool ok)
 {
     struct front *f = s->f;
@@ -1534,6 +1566,13 @@ static void on_new_generic(struct simple_call *s, bool ok)
     clock_gettime(CLOCK_MONOTONIC, &s->started);
     tn_metrics_unknown_method();
     char *method = grpc_slice_to_c_string(s->details.method);
+    const char *refusal = auth_refusal(f, &s->md);
+    if (refusal) { /* not even UNIMPLEMENTED: the method set is not for strangers */
+        tn_log_info("%s: UNAUTHENTICATED", method);
+        gpr_free(method);
+        simple_answer(s, NULL, GRPC_STATUS_UNAUTHENTICATED, refusal);
+        return;
+    }
     char msg[400];
     snprintf(msg, sizeof(msg), "method %.300s is not implemented by this server", method);
     for (char *p = method; *p; p++)
@@ -1580,6 +1619,11 @@ static void on_new_generate(struct gen_call *c, bool ok)
     start_batch(c->call, &op, 1, &c->t_close);
     c->last_msg_ms = tn_mono_ms();
 
+    const char *refusal = auth_refusal(f, &c->md);
+    if (refusal) {
+        gen_fail(c, TN_UNAUTHENTICATED, "%s", refusal);
+        return;
+    }
     if (draining) {
         gen_fail(c, TN_UNAVAILABLE, "the server is shutting down; retry on another instance");
         return;
@@ -1826,6 +1870,13 @@ static void on_new_stream(struct stream_call *s, bool ok)
 
     if (stopping) {
         stream_end(s, GRPC_STATUS_UNAVAILABLE, "the server is shutting down");
+        return;
+    }
+    /* Reflection needs the token (grpcurl -H 'authorization: Bearer ...'); Watch does not. */
+    const char *refusal = s->kind != TAG_NEW_WATCH ? auth_refusal(f, &s->md) : NULL;
+    if (refusal) {
+        tn_log_info("ServerReflectionInfo: UNAUTHENTICATED");
+        stream_end(s, GRPC_STATUS_UNAUTHENTICATED, refusal);
         return;
     }
     if (too_many) {
@@ -2354,6 +2405,38 @@ static void handle_event(struct front *f, grpc_event ev, bool *shutdown_done)
     }
 }
 
+/*
+ * gRPC's own diagnostics go to our log instead of a stderr that a daemon sends
+ * to /dev/null: a refused TLS handshake (a client without a certificate, with
+ * a rogue one, or speaking plaintext) is only ever reported there. They are
+ * the peer's fault, not the server's, hence WARN for gRPC's ERROR.
+ */
+static void log_from_grpc(gpr_log_func_args *a)
+{
+    int level = a->severity == GPR_LOG_SEVERITY_ERROR  ? TN_LOG_WARN
+                : a->severity == GPR_LOG_SEVERITY_INFO ? TN_LOG_INFO
+                                                       : TN_LOG_DEBUG;
+    const char *file = a->file ? strrchr(a->file, '/') : NULL;
+    tn_log(level, "grpc: %s (%s:%d)", a->message,
+           file      ? file + 1
+           : a->file ? a->file
+                     : "?",
+           a->line);
+}
+
+/* TLS server credentials from the material the master loaded; NULL if TLS is off. */
+static grpc_server_credentials *server_tls_credentials(const struct tn_tls *t)
+{
+    if (!t || !t->cert_pem)
+        return NULL;
+    grpc_ssl_pem_key_cert_pair pair = {.private_key = t->key_pem, .cert_chain = t->cert_pem};
+    return grpc_ssl_server_credentials_create_ex(
+        t->client_ca_pem, &pair, 1,
+        t->client_ca_pem ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                         : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE,
+        NULL);
+}
+
 static int setup(struct front *f, const struct tn_config *cfg)
 {
     f->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -2416,18 +2499,31 @@ static int setup(struct front *f, const struct tn_config *cfg)
     f->m_refl_alpha = grpc_server_register_method(
         f->server, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", NULL,
         GRPC_SRM_PAYLOAD_NONE, 0);
-    grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
-    for (size_t i = 0; i < cfg->n_listen; i++) {
-        int port = grpc_server_add_http2_port(f->server, cfg->listen[i], creds);
+    grpc_server_credentials *plain = grpc_insecure_server_credentials_create();
+    grpc_server_credentials *tls = server_tls_credentials(cfg->tls);
+    int rc = 0;
+    for (size_t i = 0; i < cfg->n_listen && rc == 0; i++) {
+        bool is_unix = strncmp(cfg->listen[i], "unix:", 5) == 0;
+        bool use_tls = tls && (!is_unix || cfg->tls_unix);
+        int port = grpc_server_add_http2_port(f->server, cfg->listen[i], use_tls ? tls : plain);
         if (port == 0) {
-            tn_log_error("cannot listen on %s (address in use, bad address or no permission)",
-                         cfg->listen[i]);
-            grpc_server_credentials_release(creds);
-            return -2;
+            tn_log_error("cannot listen on %s (address in use, bad address or no permission%s)",
+                         cfg->listen[i], use_tls ? ", or the TLS set-up failed" : "");
+            rc = -2;
+            break;
         }
-        tn_log_info("listening on %s", cfg->listen[i]);
+        tn_log_info("listening on %s (%s)", cfg->listen[i],
+                    !use_tls                  ? "plaintext"
+                    : cfg->tls->client_ca_pem ? "TLS, client certificate required"
+                                              : "TLS");
     }
-    grpc_server_credentials_release(creds);
+    grpc_server_credentials_release(plain);
+    if (tls)
+        grpc_server_credentials_release(tls);
+    if (rc < 0)
+        return rc;
+    if (cfg->tls && cfg->tls->have_token)
+        tn_log_info("calls need an authorization token (--auth-token-file); health checks do not");
     grpc_server_start(f->server);
     request_generate(f);
     request_probe(f);
@@ -2475,6 +2571,7 @@ int tn_front_main(const struct tn_config *cfg, int queue_fd)
     pthread_sigmask(SIG_BLOCK, &block, &old);
 
     tn_metrics_front_attach();
+    gpr_set_log_function(log_from_grpc);
     grpc_init();
     int rc = setup(f, cfg);
     if (rc == 0) {

@@ -233,6 +233,8 @@ __attribute__((noreturn)) static void run_child(const struct master *m, const st
 
     if (front)
         _exit(tn_front_main(m->cfg, own_q));
+    /* tls: a worker parses untrusted input; it must not hold the TLS key or token. */
+    tn_config_drop_secrets();
     if (s->role == ROLE_METRICS)
         _exit(tn_metrics_http_main(own_q));
     struct tn_worker_options opt = {

@@ -123,13 +123,17 @@ CHANNEL_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE),
                    ("grpc.max_send_message_length", MAX_MESSAGE)]
 
 
-def channel(addr):
-    return grpc.insecure_channel(addr, options=CHANNEL_OPTIONS)
+def channel(addr, credentials=None, options=()):
+    """A plaintext channel, or a TLS one with grpc.ssl_channel_credentials(...)."""
+    opts = CHANNEL_OPTIONS + list(options)
+    if credentials is not None:
+        return grpc.secure_channel(addr, credentials, options=opts)
+    return grpc.insecure_channel(addr, options=opts)
 
 
-def health_check(addr, timeout=2.0, service=""):
+def health_check(addr, timeout=2.0, service="", credentials=None):
     """The health status name ("SERVING", ...) or raises grpc.RpcError."""
-    with channel(addr) as ch:
+    with channel(addr, credentials) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         r = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)
@@ -567,10 +571,12 @@ def server_default_args():
 class Server:
     """The real thumbnail_server on 127.0.0.1:<free port>, in its own process group."""
 
-    def __init__(self, workers=2, extra=(), env=None, start=True, metrics=False):
+    def __init__(self, workers=2, extra=(), env=None, start=True, metrics=False,
+                 credentials=None):
         self.workers = workers
         self.metrics = metrics  # --metrics-listen on a free port (self.metrics_port)
         self.metrics_port = None
+        self.credentials = credentials  # a TLS server: how the health check connects
         self.extra = list(extra)
         self.env = env
         self.tmp = tempfile.mkdtemp(prefix="tn-server-")
@@ -629,7 +635,8 @@ class Server:
                 raise AssertionError("server exited with %s before becoming healthy"
                                      % self.proc.returncode)
             try:
-                if health_check(self.addr, timeout=1.0) == "SERVING":
+                if health_check(self.addr, timeout=1.0,
+                                credentials=self.credentials) == "SERVING":
                     return
             except grpc.RpcError as e:
                 err = e

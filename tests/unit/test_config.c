@@ -21,6 +21,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "tls.h"
 
 #define MAX_ARGS 64
 
@@ -258,6 +259,54 @@ static void test_help_and_version(void **state)
         assert_int_equal(rc[i], 1);
 }
 
+/* tls: the token is read at parse time and checked in constant time; the
+ * security flags' cross-checks. (Certificates: tests/integration/test_tls.py,
+ * which makes them with openssl.) */
+static void test_security(void **state)
+{
+    char path[] = "/tmp/tn-test-token-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, "  tok-3n\n", 9), 9);
+    close(fd);
+
+    assert_int_equal(parse(NULL), 0);
+    assert_null(cfg.tls);
+    assert_int_equal(parse("--auth-token-file", path, NULL), 0);
+    assert_non_null(cfg.tls);
+    assert_true(cfg.tls->have_token);
+    assert_null(cfg.tls->cert_pem);
+    static const struct {
+        const char *v;
+        bool ok;
+    } cases[] = {{"Bearer tok-3n", true},   {"bearer tok-3n", true},
+                 {"BEARER tok-3n", true},   {"Bearer tok-3", false},
+                 {"Bearer tok-3n ", false}, {"Bearer  tok-3n", false},
+                 {"Bearer TOK-3N", false},  {"tok-3n", false},
+                 {"Bearer ", false},        {"", false},
+                 {"Basic tok-3n", false}};
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        if (tn_tls_token_ok(cfg.tls, cases[i].v, strlen(cases[i].v)) != cases[i].ok)
+            fail_msg("authorization \"%s\": expected %s", cases[i].v,
+                     cases[i].ok ? "accepted" : "refused");
+    assert_int_equal(parse(NULL), 0); /* a new parse forgets the token */
+    assert_null(cfg.tls);
+    assert_false(tn_tls_token_ok(NULL, "Bearer tok-3n", 13));
+
+    bad("--auth-token-file: expected a file path", "--auth-token-file", "", NULL);
+    bad("--tls-cert needs --tls-key", "--tls-cert", path, NULL);
+    bad("--tls-key needs --tls-cert", "--tls-key", path, NULL);
+    bad("--tls-client-ca needs --tls-cert", "--tls-client-ca", path, NULL);
+    bad("--tls-unix needs --tls-cert", "--tls-unix", NULL);
+    bad("no PEM certificate", "--tls-cert", path, "--tls-key", path, NULL);
+    bad("add --tls-unix", "--listen", "unix:/tmp/x.sock", "--tls-cert", path, "--tls-key", path,
+        NULL);
+    assert_int_equal(truncate(path, 0), 0);
+    bad("is empty", "--auth-token-file", path, NULL);
+    unlink(path);
+    bad("cannot open", "--auth-token-file", path, NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -269,6 +318,7 @@ int main(void)
         cmocka_unit_test_setup(test_listen_limit, setup),
         cmocka_unit_test_setup(test_relative_paths, setup),
         cmocka_unit_test_setup(test_help_and_version, setup),
+        cmocka_unit_test_setup(test_security, setup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
