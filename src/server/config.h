@@ -1,7 +1,7 @@
 /*
- * Server configuration: defaults, environment, then command-line flags (the
- * later wins). Parsed once in the master before any fork; the workers and the
- * front get a copy of the struct through fork.
+ * Server configuration: defaults, environment, the --config file, then
+ * command-line flags (the later wins). Parsed once in the master before any fork; the workers and
+ * the front get a copy of the struct through fork.
  */
 #ifndef TN_CONFIG_H
 #define TN_CONFIG_H
@@ -31,12 +31,16 @@ struct tn_config {
     int max_queued_jobs;               /* --max-queued-jobs; default 64 (not yet picked up) */
     uint64_t max_pixels;               /* --max-pixels; default 8192*8192 */
     uint64_t worker_memory;            /* --worker-memory (RLIMIT_AS); default 1 GiB; 0 = off */
+    /* ops: config file */
+    const char *config_file; /* --config, made absolute; NULL = none */
 };
 
 /*
- * Fill cfg from defaults, environment and argv. Returns 0 to run, 1 if --help
- * or --version was printed (exit 0), -1 on a usage error (message in err,
- * exit 2).
+ * Fill cfg from defaults, environment, the --config FILE named in argv (if
+ * any) and argv. A pure function of those three: a reload may call it again.
+ * Returns 0 to run, 1 if --help or --version was printed (exit 0), -1 on a
+ * usage error (message in err, exit 2; "FILE:LINE: ..." for a bad line in the
+ * config file).
  */
 int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, size_t errlen);
 
