@@ -66,6 +66,7 @@
 #include "grpc/reflection/v1/reflection.pb-c.h"
 #include "ipc.h"
 #include "log.h"
+#include "notify.h"
 #include "pbbuf.h"
 #include "reflection.h"
 #include "status.h"
@@ -1916,6 +1917,7 @@ int tn_front_main(const struct tn_config *cfg, int queue_fd)
     } else {
         tn_log_info("serving (max %d concurrent calls, chunk %" PRIu64 " bytes)",
                     cfg->max_concurrent_calls, cfg->chunk_size);
+        tn_notify_ready("serving on %s%s", cfg->listen[0], cfg->n_listen > 1 ? " and more" : "");
         status = 0;
     }
 
