@@ -78,7 +78,8 @@ class DebPackage(unittest.TestCase):
         self.assertTrue(installed())
         for f in FILES:
             self.assertTrue(os.path.isfile(f), f + " not installed")
-        unit = open(FILES[2]).read()
+        with open(FILES[2]) as f:
+            unit = f.read()
         self.assertIn("ExecStart=/usr/bin/thumbnail_server --config " + CONF, unit)
         self.assertIn("Type=notify", unit)
         if shutil.which("systemd-analyze"):
@@ -91,11 +92,11 @@ class DebPackage(unittest.TestCase):
         # port instead of the config's 50051: the machine may be serving on that one).
         port = h.free_port()
         addr = "127.0.0.1:%d" % port
-        proc = subprocess.Popen(["/usr/bin/thumbnail_server", "--config", CONF, "--listen", addr,
-                                 "--workers", "1"] + h.server_default_args(),
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=open(os.path.join(self.tmp, "server.log"), "w"),
-                                start_new_session=True)
+        with open(os.path.join(self.tmp, "server.log"), "w") as err:
+            proc = subprocess.Popen(["/usr/bin/thumbnail_server", "--config", CONF, "--listen",
+                                     addr, "--workers", "1"] + h.server_default_args(),
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=err, start_new_session=True)
         h._LIVE_GROUPS.add(proc.pid)
         try:
             deadline = time.monotonic() + 30
@@ -118,7 +119,8 @@ class DebPackage(unittest.TestCase):
             os.kill(proc.pid, signal.SIGQUIT)  # the unit's KillSignal: drain, then exit 0
             rc = proc.wait(30)
             h._LIVE_GROUPS.discard(proc.pid)
-        self.assertEqual(rc, 0, open(os.path.join(self.tmp, "server.log")).read())
+        with open(os.path.join(self.tmp, "server.log")) as f:
+            self.assertEqual(rc, 0, f.read())
 
         run(["dpkg", "-r", PKG])
         self.assertFalse(installed())
