@@ -51,10 +51,15 @@ class Examples(h.ServerTestCase):
     def test_node(self):
         d = os.path.join(h.BUILD_DIR, "example-node")
         src = os.path.join(EX, "node")
-        lock = open(os.path.join(src, "package-lock.json"), "rb").read()
+        with open(os.path.join(src, "package-lock.json"), "rb") as f:
+            lock = f.read()
         want = hashlib.sha256(lock).hexdigest()
         stamp = os.path.join(d, ".lock-sha256")
-        if not (os.path.exists(stamp) and open(stamp).read() == want):
+        have = None
+        if os.path.exists(stamp):
+            with open(stamp) as f:
+                have = f.read()
+        if have != want:
             shutil.rmtree(d, ignore_errors=True)
             os.makedirs(d)
             for f in ("package.json", "package-lock.json"):

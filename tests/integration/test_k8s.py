@@ -24,10 +24,15 @@ MANIFESTS = sorted(glob.glob(os.path.join(K8S, "*.yaml")))
 MI = 1 << 20
 
 
+def read(path, mode="r"):
+    with open(path, mode) as f:
+        return f.read()
+
+
 def docs():
     out = {}
     for f in MANIFESTS:
-        for d in yaml.safe_load_all(open(f)):
+        for d in yaml.safe_load_all(read(f)):
             out[d["kind"]] = d
     return out
 
@@ -94,7 +99,7 @@ class Manifests(unittest.TestCase):
         self.assertEqual(os.path.join(mount["mountPath"], "thumbnail_server.conf"), path)
         vol = next(v for v in self.pod["spec"]["volumes"] if v["name"] == "config")
         self.assertEqual(vol["configMap"]["name"], self.d["ConfigMap"]["metadata"]["name"])
-        kust = yaml.safe_load(open(os.path.join(K8S, "kustomization.yaml")))
+        kust = yaml.safe_load(read(os.path.join(K8S, "kustomization.yaml")))
         self.assertEqual(sorted(kust["resources"]),
                          sorted(os.path.basename(m) for m in MANIFESTS
                                 if not m.endswith("kustomization.yaml")))
@@ -127,10 +132,10 @@ class Schema(unittest.TestCase):
     def setUpClass(cls):
         """npm ci into the build tree (once per package-lock.json)."""
         cls.dir = os.path.join(h.BUILD_DIR, "k8s-validate")
-        lock = open(os.path.join(VALIDATOR, "package-lock.json"), "rb").read()
+        lock = read(os.path.join(VALIDATOR, "package-lock.json"), "rb")
         stamp = os.path.join(cls.dir, ".lock-sha256")
         want = hashlib.sha256(lock).hexdigest()
-        if not (os.path.exists(stamp) and open(stamp).read() == want):
+        if not (os.path.exists(stamp) and read(stamp) == want):
             shutil.rmtree(cls.dir, ignore_errors=True)
             os.makedirs(cls.dir)
             for f in ("package.json", "package-lock.json"):
@@ -157,7 +162,7 @@ class Schema(unittest.TestCase):
     def test_validator_rejects_broken_manifests(self):
         d = h.tempfile.mkdtemp(prefix="tn-k8s-")
         self.addCleanup(shutil.rmtree, d, True)
-        text = open(os.path.join(K8S, "deployment.yaml")).read()
+        text = read(os.path.join(K8S, "deployment.yaml"))
         breaks = {
             "typo.yaml": (r"readinessProbe:", "readinessProbes:", "unknown field "
                           "/spec/template/spec/containers/0/readinessProbes"),

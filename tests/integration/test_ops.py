@@ -48,6 +48,9 @@ class ConfigFile(h.ServerTestCase):
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+        for f in (p.stdout, p.stderr):
+            if f:
+                f.close()
         h._LIVE_GROUPS.discard(p.pid)
 
     def wait_serving(self, p, addr, timeout=30):
