@@ -11,8 +11,22 @@
 // validator enumerated (a map, such as labels) is taken as fully known.
 //
 // Usage: node validate.mjs FILE.yaml...   Exit 0 if all valid, 1 otherwise.
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
 import { parseAllDocuments } from "yaml";
+
+// The package does not export its schema validators (_schemas/), so they are
+// imported by path, from the node_modules next to this script.
+const SCHEMA_DIR = join(dirname(fileURLToPath(import.meta.url)), "node_modules",
+  "kubernetes-models", "_schemas");
+async function loadValidator(name) {
+  for (const ext of [".mjs", ".js"]) {
+    const f = join(SCHEMA_DIR, name + ext);
+    if (existsSync(f)) return (await import(pathToFileURL(f))).validate;
+  }
+  throw new Error(`no ${name} in ${SCHEMA_DIR}: run npm ci`);
+}
 
 // Kinds we ship (Kustomization is kustomize's, not an API object: checked by
 // hand below).
@@ -69,7 +83,7 @@ async function validateDoc(doc, where) {
   if (!SCHEMAS[id]) return [`${where}: no schema for ${id} (add it to SCHEMAS)`];
   // The compiled JSON-schema validator (ajv) of the kind: validate(data) -> bool,
   // details in validate.errors.
-  const { validate } = await import(`kubernetes-models/_schemas/${SCHEMAS[id]}`);
+  const validate = await loadValidator(SCHEMAS[id]);
   const seen = [];
   const name = doc.metadata?.name;
   if (!validate(track(structuredClone(doc), "", seen)))
