@@ -4,7 +4,11 @@ listen address, workers and log file come from the file, flags override it,
 a bad line stops the start with FILE:LINE and exit 2); the shipped example
 deploy/thumbnail_server.conf parses and documents every flag of --help; and
 the systemd readiness notification (Type=notify) arrives on $NOTIFY_SOCKET
-only once the server answers health checks with SERVING."""
+only once the server answers health checks with SERVING; `cmake --install
+--prefix` lays out binaries, unit, man pages and config, with the unit's
+paths following the prefix, and the installed unit passes systemd-analyze
+verify."""
+import shutil
 import os
 import re
 import signal
@@ -151,6 +155,37 @@ class SystemdNotify(unittest.TestCase):
         # At READY=1 the server already serves: no retry loop here.
         self.assertEqual(h.health_check(srv.addr, timeout=5.0), "SERVING")
         self.assertEqual(srv.stop(), 0)
+
+
+class Install(unittest.TestCase):
+    def test_cmake_install_layout_and_unit(self):
+        d = h.tempfile.mkdtemp(prefix="tn-install-")
+        self.addCleanup(h.shutil.rmtree, d, True)
+        prefix = os.path.join(d, "usr")
+        r = subprocess.run(["cmake", "--install", h.BUILD_DIR, "--prefix", prefix],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.assertEqual(r.returncode, 0, r.stdout)
+        unit = os.path.join(prefix, "lib", "systemd", "system", "thumbnail_server.service")
+        conf = os.path.join(prefix, "etc", "thumbnail_server", "thumbnail_server.conf")
+        for f in ("bin/thumbnail_server", "bin/thumbnail_client", "share/man/man1/thumbnail_server.1",
+                  "share/man/man1/thumbnail_client.1"):
+            self.assertTrue(os.path.isfile(os.path.join(prefix, f)), f)
+        with open(unit) as f:
+            text = f.read()
+        self.assertIn("ExecStart=%s/bin/thumbnail_server --config %s\n" % (prefix, conf), text)
+        with open(conf) as f, open(EXAMPLE_CONF) as g:
+            self.assertEqual(f.read(), g.read())
+        # The man page is the --help of this build, plus doc/thumbnail_server.h2m.
+        with open(os.path.join(prefix, "share/man/man1/thumbnail_server.1")) as f:
+            man = f.read()
+        self.assertIn("config", man)
+        self.assertIn("CONFIGURATION FILE", man)
+        if shutil.which("systemd-analyze"):
+            r = subprocess.run(["systemd-analyze", "verify", unit], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True,
+                               env=dict(os.environ, MANPATH=os.path.join(prefix, "share", "man")))
+            self.assertEqual(r.returncode, 0, r.stdout)
+            self.assertEqual(r.stdout.strip(), "", r.stdout)
 
 
 if __name__ == "__main__":
