@@ -21,7 +21,17 @@ PACKAGES=(
     openssl # test_tls makes its CA and certificates at test time
     # validating docker-compose.yml (no Docker engine needed)
     docker-compose
+    # ops: sd_notify (Type=notify), man pages from --help, the DEB test (cpack,
+    # dpkg-shlibdeps, systemd-analyze verify of the unit, man), nginx in front of
+    # two servers, the k8s manifests (YAML), the Node.js example client
+    libsystemd-dev help2man dpkg-dev systemd man-db nginx-light python3-yaml
+    python3-jsonschema yamllint nodejs
 )
+# npm: Debian's package, unless a node.js that bundles its own npm is already
+# installed (nodesource's nodejs conflicts with Debian's npm).
+if ! command -v npm >/dev/null 2>&1; then
+    PACKAGES+=(npm)
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do

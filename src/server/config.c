@@ -1,6 +1,14 @@
 /*
  * Server configuration: defaults, then the environment (NUM_WORKERS, TMPDIR),
- * then command-line flags; the later wins.
+ * then the --config file, then command-line flags; the later wins.
+ *
+ * The config file holds "key = value" lines whose keys are the long flag
+ * names. It is turned into "--key=value" arguments placed before the command
+ * line's, and one getopt loop reads both: a file setting can never accept a
+ * value its flag would refuse, and "later wins" gives flags precedence for
+ * free. A repeatable key (listen) collects every line; any --listen on the
+ * command line replaces the file's list. Parsing stays a pure function of
+ * (argv, environment, file contents), so a reload can simply call it again.
  *
  * Every value is checked here, in the master, before anything is forked: a bad
  * flag must fail the start with a message that names the flag and the accepted
@@ -75,6 +83,8 @@ enum {
     OPT_TLS_CLIENT_CA,
     OPT_TLS_UNIX,
     OPT_AUTH_TOKEN_FILE,
+    /* ops: config file */
+    OPT_CONFIG,
 };
 
 static const struct option long_options[] = {
@@ -105,6 +115,8 @@ static const struct option long_options[] = {
     {"tls-client-ca", required_argument, NULL, OPT_TLS_CLIENT_CA},
     {"tls-unix", no_argument, NULL, OPT_TLS_UNIX},
     {"auth-token-file", required_argument, NULL, OPT_AUTH_TOKEN_FILE},
+    /* ops: config file */
+    {"config", required_argument, NULL, OPT_CONFIG},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -205,6 +217,10 @@ static void print_help(FILE *f, const struct tn_config *d)
             "                            content; others get UNAUTHENTICATED\n"
             "\n"
             "Process:\n"
+            "  --config FILE             read settings from FILE first: 'key = value' lines,\n"
+            "                            keys are the long option names without '--'\n"
+            "                            (listen may repeat; daemon = true|false); '#' starts\n"
+            "                            a comment; options on the command line win\n"
             "  --daemon                  detach from the terminal and run in the background;\n"
             "                            without --log-file, logs go to syslog (LOG_DAEMON)\n"
             "  --pidfile PATH            write the master's pid to PATH; refuse to start if it\n"
@@ -222,8 +238,9 @@ static void print_help(FILE *f, const struct tn_config *d)
             "\n"
             "SIZE is a number of bytes, optionally with a binary suffix: 64K, 1M, 2G, 1T\n"
             "(also 1MiB, 1MB; 1K = 1024). DURATION is seconds, optionally with a unit:\n"
-            "500ms, 2.5s, 2m, 1h. Later flags override earlier ones, and flags override the\n"
-            "environment. The TLS and token files are read once, at start-up.\n"
+            "500ms, 2.5s, 2m, 1h. Later flags override earlier ones; flags override the\n"
+            "--config file, which overrides the environment, which overrides the defaults.\n"
+            "The TLS and token files are read once, at start-up.\n"
             "\n"
             "Environment:\n"
             "  NUM_WORKERS   default for --workers\n"
@@ -395,11 +412,17 @@ void tn_config_drop_secrets(void)
     tn_tls_clear(&tls_storage);
 }
 
-int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, size_t errlen)
+/*
+ * The body of tn_config_parse(). argv[1..first_cli-1] came from the config
+ * file, argv[first_cli..] from the command line. On an error inside the option
+ * loop, *fail_index is the argv index being parsed; -1 for the cross-checks.
+ */
+static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cli, int *fail_index,
+                      char *err, size_t errlen)
 {
     uint64_t u;
     const char *env_workers = getenv("NUM_WORKERS");
-    bool workers_flag = false, spool_flag = false;
+    bool workers_flag = false, spool_flag = false, cli_listen = false;
 
     memset(cfg, 0, sizeof(*cfg));
     cfg->workers = online_cpus();
@@ -426,6 +449,7 @@ int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, siz
         int c = getopt_long(argc, argv, ":hV", long_options, NULL);
         if (c == -1)
             break;
+        *fail_index = optind - 1;
         switch (c) {
         case 'h': print_help(stdout, cfg); return 1;
         case 'V': printf("thumbnail_server %s\n", TN_VERSION); return 1;
@@ -435,6 +459,10 @@ int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, siz
                 return fail(err, errlen, "unknown option '-%c'", optopt);
             return fail(err, errlen, "unknown or ambiguous option '%s'", argv[optind - 1]);
         case OPT_LISTEN:
+            if (*fail_index >= first_cli && !cli_listen) {
+                cfg->n_listen = 0; /* the command line's list replaces the file's */
+                cli_listen = true;
+            }
             if (cfg->n_listen == TN_MAX_LISTEN)
                 return fail(err, errlen, "--listen: at most %d addresses", TN_MAX_LISTEN);
             if (check_listen(optarg, cfg->n_listen, &cfg->listen[cfg->n_listen], err, errlen) < 0)
@@ -555,10 +583,12 @@ int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, siz
         case OPT_TLS_CLIENT_CA: cfg->tls_client_ca = optarg; break;
         case OPT_AUTH_TOKEN_FILE: cfg->auth_token_file = optarg; break;
         case OPT_TLS_UNIX: cfg->tls_unix = true; break;
+        case OPT_CONFIG: break; /* read by tn_config_parse() before this loop */
         default:
             return fail(err, errlen, "internal error: unhandled option '%s'", argv[optind - 1]);
         }
     }
+    *fail_index = -1;
     if (optind < argc)
         return fail(err, errlen, "unexpected argument '%s' (this program takes only options)",
                     argv[optind]);
@@ -616,4 +646,278 @@ int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, siz
         cfg->log_file = p;
     }
     return 0;
+}
+
+/* ---- ops: the --config file ---------------------------------------------- */
+
+#define MAX_CONFIG_BYTES (1 << 20) /* a config file is a few hundred bytes; more is a mistake */
+
+/*
+ * What one tn_config_parse() call built from a config file: the file's text,
+ * the "--key=value" arguments made from it and the merged argv. The config
+ * points into it, so it is never freed; blocks stay on this list (reachable)
+ * and a reload costs one more small block.
+ */
+struct store {
+    struct store *prev;
+    char path[PATH_MAX]; /* the config file, absolute */
+    char **argv;         /* argv[0], the file's arguments, then the command line's */
+    int *line;           /* line[i]: the file line argv[i] came from, 0 for the command line */
+    char data[];         /* the "--key=value" strings */
+};
+static struct store *stores;
+
+/* Strip leading and trailing blanks in place. */
+static char *trim(char *s)
+{
+    while (*s == ' ' || *s == '\t')
+        s++;
+    size_t n = strlen(s);
+    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r'))
+        s[--n] = 0;
+    return s;
+}
+
+static const struct option *find_key(const char *key)
+{
+    for (const struct option *o = long_options; o->name; o++)
+        if (strcmp(o->name, key) == 0 && o->val != 'h' && o->val != 'V' && o->val != OPT_CONFIG)
+            return o;
+    return NULL;
+}
+
+/*
+ * Split one line (NUL-terminated, no newline) into key and value. Returns 1
+ * for a setting, 0 for a blank or comment line, -1 with a message in err.
+ * A '#' at the start or after a blank starts a comment; a value in double
+ * quotes keeps its '#' and its blanks.
+ */
+static int split_line(char *s, char **key, char **val, char *err, size_t errlen)
+{
+    s = trim(s);
+    if (!*s || *s == '#')
+        return 0;
+    char *eq = strchr(s, '=');
+    if (!eq)
+        return fail(err, errlen, "expected 'key = value', got '%s'", s);
+    *eq = 0;
+    *key = trim(s);
+    char *v = eq + 1;
+    while (*v == ' ' || *v == '\t')
+        v++;
+    if (*v == '"') {
+        char *close = strchr(v + 1, '"');
+        if (!close)
+            return fail(err, errlen, "%s: unterminated \" in the value", *key);
+        char *rest = trim(close + 1);
+        if (*rest && *rest != '#')
+            return fail(err, errlen, "%s: unexpected text after the quoted value: '%s'", *key,
+                        rest);
+        *close = 0;
+        *val = v + 1;
+    } else {
+        for (char *p = v; *p; p++)
+            if (*p == '#' && (p == v || p[-1] == ' ' || p[-1] == '\t')) {
+                *p = 0;
+                break;
+            }
+        *val = trim(v);
+    }
+    if (!**key)
+        return fail(err, errlen, "missing key before '='");
+    return 1;
+}
+
+static bool parse_bool(const char *v, bool *out)
+{
+    static const char *const yes[] = {"true", "yes", "on", "1"}, *const no[] = {"false", "no",
+                                                                                "off", "0"};
+    for (size_t i = 0; i < 4; i++) {
+        if (strcasecmp(v, yes[i]) == 0)
+            return *out = true, true;
+        if (strcasecmp(v, no[i]) == 0)
+            return *out = false, true;
+    }
+    return false;
+}
+
+/* Read the whole file into a new NUL-terminated buffer (caller frees). */
+static int read_file(const char *path, char **out, size_t *len, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "re");
+    char *buf = NULL;
+    int rc = -1;
+    if (!f)
+        return fail(err, errlen, "--config '%s': %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fileno(f), &st) < 0 || !S_ISREG(st.st_mode)) {
+        fail(err, errlen, "--config '%s': not a regular file", path);
+        goto out;
+    }
+    if (st.st_size > MAX_CONFIG_BYTES) {
+        fail(err, errlen, "--config '%s': larger than %d bytes; is this the right file?", path,
+             MAX_CONFIG_BYTES);
+        goto out;
+    }
+    buf = malloc((size_t)st.st_size + 1);
+    if (!buf) {
+        fail(err, errlen, "--config '%s': out of memory", path);
+        goto out;
+    }
+    size_t n = fread(buf, 1, (size_t)st.st_size, f);
+    if (ferror(f)) {
+        fail(err, errlen, "--config '%s': read failed: %s", path, strerror(errno));
+        goto out;
+    }
+    buf[n] = 0;
+    if (memchr(buf, 0, n)) {
+        fail(err, errlen, "--config '%s': contains NUL bytes; not a text file", path);
+        goto out;
+    }
+    *out = buf;
+    *len = n;
+    buf = NULL; /* now the caller's */
+    rc = 0;
+out:
+    free(buf);
+    fclose(f);
+    return rc;
+}
+
+/*
+ * Build a store from the config file at path and the command line: argv[0],
+ * one "--key=value" (or "--flag") per setting, then argv[1..]. Returns NULL
+ * with the error in err, prefixed with FILE:LINE where a line is at fault.
+ */
+static struct store *load_config(const char *path, int argc, char **argv, char *err, size_t errlen)
+{
+    char *text = NULL, abs[PATH_MAX];
+    size_t len = 0, lines = 1;
+    struct store *st = NULL;
+
+    if (!*path) {
+        fail(err, errlen, "--config: expected a file path");
+        return NULL;
+    }
+    const char *p = absolutize(path, abs, sizeof(abs));
+    if (!p || strlen(p) >= sizeof(st->path)) {
+        fail(err, errlen, "--config '%s': path too long", path);
+        return NULL;
+    }
+    if (read_file(p, &text, &len, err, errlen) < 0)
+        return NULL;
+    for (size_t i = 0; i < len; i++)
+        lines += text[i] == '\n';
+    /* Each setting becomes "--" key "=" value NUL: at most its line plus 4 bytes. */
+    size_t data_len = len + 4 * lines + 1;
+    size_t nargs = lines + (size_t)argc + 1;
+    st = calloc(1, sizeof(*st) + data_len);
+    if (st) {
+        st->argv = calloc(nargs, sizeof(*st->argv));
+        st->line = calloc(nargs, sizeof(*st->line));
+    }
+    if (!st || !st->argv || !st->line) {
+        fail(err, errlen, "--config '%s': out of memory", p);
+        goto err;
+    }
+    strcpy(st->path, p);
+
+    int n = 0;
+    char *w = st->data;
+    st->argv[n++] = argv[0];
+    char *line = text;
+    for (int lineno = 1; line; lineno++) {
+        char *nl = strchr(line, '\n');
+        if (nl)
+            *nl = 0;
+        char *key = NULL, *val = NULL, msg[512];
+        int rc = split_line(line, &key, &val, msg, sizeof(msg));
+        line = nl ? nl + 1 : NULL;
+        if (rc == 0)
+            continue;
+        const struct option *o = rc < 0 ? NULL : find_key(key);
+        if (rc > 0 && !o) {
+            if (strcmp(key, "config") == 0)
+                snprintf(msg, sizeof(msg), "config: a config file cannot include another");
+            else
+                snprintf(msg, sizeof(msg),
+                         "unknown key '%s' (keys are the long option names without '--', "
+                         "e.g. listen, workers; see thumbnail_server --help)",
+                         key);
+            rc = -1;
+        }
+        bool on = true;
+        if (rc > 0 && o->has_arg == no_argument && !parse_bool(val, &on)) {
+            snprintf(msg, sizeof(msg), "%s '%s': expected true or false", key, val);
+            rc = -1;
+        }
+        if (rc < 0) {
+            fail(err, errlen, "%s:%d: %s", p, lineno, msg);
+            goto err;
+        }
+        if (!on)
+            continue; /* "daemon = false": the default; a flag can still turn it on */
+        st->line[n] = lineno;
+        st->argv[n++] = w;
+        w += o->has_arg == no_argument ? sprintf(w, "--%s", key) + 1
+                                       : sprintf(w, "--%s=%s", key, val) + 1;
+    }
+    for (int i = 1; i < argc; i++)
+        st->argv[n++] = argv[i];
+    st->argv[n] = NULL;
+    free(text);
+    return st;
+err:
+    if (st) {
+        free(st->argv);
+        free(st->line);
+    }
+    free(st);
+    free(text);
+    return NULL;
+}
+
+/* The last --config FILE on the command line, NULL if none. */
+static const char *find_config_flag(int argc, char **argv)
+{
+    const char *path = NULL;
+    opterr = 0;
+    optind = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, ":hV", long_options, NULL)) != -1)
+        if (c == OPT_CONFIG)
+            path = optarg;
+    return path;
+}
+
+int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, size_t errlen)
+{
+    int fail_index = -1;
+    const char *path = find_config_flag(argc, argv);
+    if (!path)
+        return parse_args(cfg, argc, argv, 1, &fail_index, err, errlen);
+
+    struct store *st = load_config(path, argc, argv, err, errlen);
+    if (!st)
+        return -1;
+    st->prev = stores;
+    stores = st;
+    int n = 0;
+    while (st->argv[n])
+        n++;
+    int first_cli = n - (argc - 1);
+    int rc = parse_args(cfg, n, st->argv, first_cli, &fail_index, err, errlen);
+    if (rc < 0 && fail_index > 0 && fail_index < first_cli) {
+        /* A file setting was refused: say where, and name the key as written there. */
+        char msg[1024];
+        snprintf(msg, sizeof(msg), "%s", err);
+        snprintf(err, errlen, "%s:%d: %s", st->path, st->line[fail_index], msg);
+    } else if (rc < 0 && fail_index < 0) {
+        char msg[1024];
+        snprintf(msg, sizeof(msg), "%s", err);
+        snprintf(err, errlen, "%s (settings from --config %s and the command line)", msg, st->path);
+    }
+    if (rc == 0)
+        cfg->config_file = st->path;
+    return rc;
 }

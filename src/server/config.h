@@ -1,7 +1,7 @@
 /*
- * Server configuration: defaults, environment, then command-line flags (the
- * later wins). Parsed once in the master before any fork; the workers and the
- * front get a copy of the struct through fork.
+ * Server configuration: defaults, environment, the --config file, then
+ * command-line flags (the later wins). Parsed once in the master before any fork; the workers and
+ * the front get a copy of the struct through fork.
  */
 #ifndef TN_CONFIG_H
 #define TN_CONFIG_H
@@ -51,12 +51,18 @@ struct tn_config {
     bool tls_unix;               /* --tls-unix: unix: listeners use TLS too (default plaintext) */
     const char *auth_token_file; /* --auth-token-file PATH: calls need "Bearer <token>" */
     const struct tn_tls *tls;    /* the loaded material; NULL when none of the above is set */
+
+    /* ops: config file */
+    const char *config_file; /* --config, made absolute; NULL = none */
 };
 
 /*
- * Fill cfg from defaults, environment and argv. Returns 0 to run, 1 if --help
- * or --version was printed (exit 0), -1 on a usage error (message in err,
- * exit 2). The TLS and token files are read here (a file that cannot be read
+ * Fill cfg from defaults, environment, the --config FILE named in argv (if
+ * any) and argv. A pure function of those three: a reload may call it again.
+ * Returns 0 to run, 1 if --help or --version was printed (exit 0), -1 on a
+ * usage error (message in err, exit 2; "FILE:LINE: ..." for a bad line in the
+ * config file).
+ * The TLS and token files are read here (a file that cannot be read
  * or does not hold what its flag expects is a usage error); the material lives
  * in static storage that the next call replaces.
  */

@@ -83,6 +83,7 @@
 #include "ipc.h"
 #include "log.h"
 #include "metrics.h"
+#include "notify.h"
 #include "pbbuf.h"
 #include "reflection.h"
 #include "status.h"
@@ -2604,6 +2605,7 @@ int tn_front_main(const struct tn_config *cfg, int queue_fd)
     } else {
         tn_log_info("serving (max %d concurrent calls, chunk %" PRIu64 " bytes)",
                     cfg->max_concurrent_calls, cfg->chunk_size);
+        tn_notify_ready("serving on %s%s", cfg->listen[0], cfg->n_listen > 1 ? " and more" : "");
         status = 0;
     }
 

@@ -3,7 +3,9 @@
  * NUM_WORKERS and TMPDIR, every flag's accepted and rejected forms, the
  * cross-checks (--chunk-size vs --max-message-bytes, --daemon without
  * --log-file logs to syslog), and relative paths made absolute. Each bad value must return -1
- * with a message that names the flag.
+ * with a message that names the flag. The --config file: every key, comments
+ * and quoting, precedence (defaults < env < file < flags), and FILE:LINE in
+ * every error about a line.
  */
 #include <setjmp.h> /* cmocka needs these four first */
 #include <stdarg.h>
@@ -307,6 +309,173 @@ static void test_security(void **state)
     bad("cannot open", "--auth-token-file", path, NULL);
 }
 
+/* ---- ops: the --config file ---------------------------------------------- */
+
+static char conf_path[64];
+
+/* Write text to a fresh temporary config file; its path goes to conf_path. */
+static const char *write_conf_n(const char *text, size_t n)
+{
+    snprintf(conf_path, sizeof(conf_path), "/tmp/tn-test-config-XXXXXX");
+    int fd = mkstemp(conf_path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, text, n), (ssize_t)n);
+    close(fd);
+    return conf_path;
+}
+
+static const char *write_conf(const char *text)
+{
+    return write_conf_n(text, strlen(text));
+}
+
+static int teardown_conf(void **state)
+{
+    if (conf_path[0])
+        unlink(conf_path);
+    conf_path[0] = 0;
+    return 0;
+}
+
+static void test_config_file(void **state)
+{
+    const char *p = write_conf("# every key, as in deploy/thumbnail_server.conf\n"
+                               "\n"
+                               "listen = 127.0.0.1:9000\n"
+                               "  listen=unix:/run/tn.sock   # a second address\n"
+                               "workers = 3\r\n"
+                               "spool-dir = /\n"
+                               "max-upload-bytes = 1G\n"
+                               "max-message-bytes = 8MiB\n"
+                               "chunk-size = 64K\n"
+                               "max-concurrent-calls = 10\n"
+                               "max-queued-jobs = 5\n"
+                               "idle-timeout = 1.5s\n"
+                               "job-timeout = 500ms\n"
+                               "max-pixels = 1000000\n"
+                               "worker-memory = 0\n"
+                               "daemon = yes\n"
+                               "pidfile = /run/tn.pid\n"
+                               "log-file = \"/tmp/tn #1.log\"   # quoted: keeps '#' and blanks\n"
+                               "log-level = debug\n"
+                               "grace = 2.5s");
+    assert_int_equal(parse("--config", p, NULL), 0);
+    assert_int_equal(cfg.n_listen, 2);
+    assert_string_equal(cfg.listen[0], "127.0.0.1:9000");
+    assert_string_equal(cfg.listen[1], "unix:/run/tn.sock");
+    assert_int_equal(cfg.workers, 3);
+    assert_string_equal(cfg.spool_dir, "/");
+    assert_true(cfg.max_upload_bytes == 1ull << 30);
+    assert_true(cfg.max_message_bytes == 8ull << 20);
+    assert_true(cfg.chunk_size == 64ull << 10);
+    assert_int_equal(cfg.max_concurrent_calls, 10);
+    assert_int_equal(cfg.max_queued_jobs, 5);
+    assert_true(cfg.idle_timeout_s == 1.5 && cfg.job_timeout_s == 0.5 && cfg.grace_s == 2.5);
+    assert_true(cfg.max_pixels == 1000000);
+    assert_true(cfg.worker_memory == 0);
+    assert_true(cfg.daemon);
+    assert_string_equal(cfg.pidfile, "/run/tn.pid");
+    assert_string_equal(cfg.log_file, "/tmp/tn #1.log");
+    assert_int_equal(cfg.log_level, TN_LOG_DEBUG);
+    assert_string_equal(cfg.config_file, p);
+}
+
+static void test_config_precedence(void **state)
+{
+    /* defaults < environment < file < flags */
+    setenv("NUM_WORKERS", "7", 1);
+    const char *p = write_conf("workers = 3\nlisten = 127.0.0.1:9000\nlisten = 127.0.0.1:9001\n"
+                               "log-level = warn\n");
+    assert_int_equal(parse("--config", p, NULL), 0);
+    assert_int_equal(cfg.workers, 3);
+    assert_int_equal(cfg.n_listen, 2);
+    assert_int_equal(cfg.log_level, TN_LOG_WARN);
+    assert_int_equal(parse("--workers", "2", "--config", p, NULL), 0); /* order does not matter */
+    assert_int_equal(cfg.workers, 2);
+    /* A --listen on the command line replaces the file's list instead of adding to it. */
+    assert_int_equal(
+        parse("--listen", "127.0.0.1:1", "--config", p, "--listen", "127.0.0.1:2", NULL), 0);
+    assert_int_equal(cfg.n_listen, 2);
+    assert_string_equal(cfg.listen[0], "127.0.0.1:1");
+    assert_string_equal(cfg.listen[1], "127.0.0.1:2");
+    unsetenv("NUM_WORKERS");
+    /* No workers key: the environment still beats the default. */
+    p = write_conf("daemon = false\nlog-file = /tmp/x.log\n");
+    setenv("NUM_WORKERS", "5", 1);
+    assert_int_equal(parse("--config", p, NULL), 0);
+    assert_int_equal(cfg.workers, 5);
+    assert_false(cfg.daemon);
+    assert_int_equal(parse("--config", p, "--daemon", NULL), 0); /* the flag turns it on */
+    assert_true(cfg.daemon);
+    unsetenv("NUM_WORKERS");
+    /* An empty file (or only comments) is the defaults. */
+    p = write_conf("# nothing\n\n   \n");
+    assert_int_equal(parse("--config", p, NULL), 0);
+    assert_int_equal(cfg.n_listen, 1);
+    assert_string_equal(cfg.listen[0], "0.0.0.0:50051");
+}
+
+/* Expect a usage error for a config file holding text. */
+static void bad_conf(const char *want, const char *text)
+{
+    const char *p = write_conf(text);
+    err[0] = 0;
+    int rc = parse("--config", p, NULL);
+    char full[256];
+    if (want[0] == ':')
+        snprintf(full, sizeof(full), "%s%s", p, want); /* ":LINE: ..." */
+    else
+        snprintf(full, sizeof(full), "%s", want);
+    if (rc != -1 || !strstr(err, full))
+        fail_msg("config \"%s\": rc %d, err \"%s\"; wanted -1 and \"%s\"", text, rc, err, full);
+    unlink(p);
+}
+
+static void test_config_errors(void **state)
+{
+    bad_conf(":2: unknown key 'wrokers'", "workers = 2\nwrokers = 3\n");
+    bad_conf(":1: unknown key 'work'", "work = 2\n"); /* no abbreviations in a file */
+    bad_conf(":1: unknown key 'help'", "help = true\n");
+    bad_conf(":1: config: a config file cannot include another", "config = /etc/x\n");
+    bad_conf(":3: --workers '0'", "# c\n\nworkers = 0\n");
+    bad_conf(":1: --workers 'two'", "workers = two\n");
+    bad_conf(":1: --workers '4  x'", "workers = 4  x\n");
+    bad_conf(":2: expected 'key = value', got 'workers 2'", "listen = 127.0.0.1:1\nworkers 2\n");
+    bad_conf(":1: missing key before '='", " = 2\n");
+    bad_conf(":1: daemon 'maybe': expected true or false", "daemon = maybe\n");
+    bad_conf(":1: log-file: unterminated", "log-file = \"/tmp/x\n");
+    bad_conf(":1: log-file: unexpected text after the quoted value", "log-file = \"/a\" b\n");
+    bad_conf(":1: --log-file: expected a file path", "log-file =\n");
+    bad_conf(":2: --listen 'nohost'", "listen = 127.0.0.1:1\nlisten = nohost\n");
+    bad_conf(":1: --max-upload-bytes '1X'", "max-upload-bytes = 1X\n");
+    /* A cross-check failure names no line, but says where the settings came from. */
+    bad_conf("--chunk-size 8M must be less than", "chunk-size = 8M\n");
+    bad_conf("(settings from --config", "chunk-size = 8M\n");
+    bad("contains NUL bytes", "--config", write_conf_n("workers = 2\n\0", 13), NULL);
+    bad("--config '/nonexistent-tn.conf': No such file or directory", "--config",
+        "/nonexistent-tn.conf", NULL);
+    bad("--config '/tmp': not a regular file", "--config", "/tmp", NULL);
+    bad("option '--config' requires a value", "--config", NULL);
+    /* The command line's own errors are not blamed on the file. */
+    const char *p = write_conf("workers = 2\n");
+    bad("--workers 'x'", "--config", p, "--workers", "x", NULL);
+    assert_null(strstr(err, p));
+}
+
+static void test_config_relative_path(void **state)
+{
+    char cwd[PATH_MAX], want[PATH_MAX + 64];
+    assert_non_null(getcwd(cwd, sizeof(cwd)));
+    const char *p = write_conf("workers = 2\n");
+    assert_int_equal(chdir("/tmp"), 0);
+    int rc = parse("--config", p + strlen("/tmp/"), NULL);
+    assert_int_equal(chdir(cwd), 0);
+    assert_int_equal(rc, 0);
+    snprintf(want, sizeof(want), "%s", p);
+    assert_string_equal(cfg.config_file, want);
+    assert_int_equal(cfg.workers, 2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -319,6 +488,10 @@ int main(void)
         cmocka_unit_test_setup(test_relative_paths, setup),
         cmocka_unit_test_setup(test_help_and_version, setup),
         cmocka_unit_test_setup(test_security, setup),
+        cmocka_unit_test_setup_teardown(test_config_file, setup, teardown_conf),
+        cmocka_unit_test_setup_teardown(test_config_precedence, setup, teardown_conf),
+        cmocka_unit_test_setup_teardown(test_config_errors, setup, teardown_conf),
+        cmocka_unit_test_setup_teardown(test_config_relative_path, setup, teardown_conf),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""The Debian package: cpack -G DEB builds it from this build tree; dpkg -i
+installs it (dependencies satisfied, binaries, unit, man pages, example
+config in place; the unit passes systemd-analyze verify where systemd is
+installed); the installed /usr/bin/thumbnail_server started with the
+installed config (CI has no systemd as PID 1) answers health checks and
+makes a real thumbnail for the installed thumbnail_client; dpkg -r removes
+everything but the conffile, dpkg --purge that too.
+
+Needs root and dpkg; skipped with a message otherwise, and when a
+thumbnail-server package is already installed (this test must not replace
+or remove an operator's install). Label "deb", RUN_SERIAL (it changes the
+system's package database)."""
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import unittest
+
+import harness as h
+
+PKG = "thumbnail-server"
+FILES = ["/usr/bin/thumbnail_server", "/usr/bin/thumbnail_client",
+         "/usr/lib/systemd/system/thumbnail_server.service",
+         "/usr/share/man/man1/thumbnail_server.1", "/usr/share/man/man1/thumbnail_client.1",
+         "/etc/thumbnail_server/thumbnail_server.conf"]
+CONF = "/etc/thumbnail_server/thumbnail_server.conf"
+
+
+def installed():
+    r = subprocess.run(["dpkg-query", "-W", "-f=${Status}", PKG], stdout=subprocess.PIPE,
+                       stderr=subprocess.DEVNULL, text=True)
+    return r.returncode == 0 and "ok installed" in r.stdout
+
+
+def run(cmd, **kw):
+    h.log("$ " + " ".join(cmd))
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+    if r.returncode != 0:
+        raise AssertionError("%s: exit %d\n%s" % (" ".join(cmd), r.returncode, r.stdout))
+    return r.stdout
+
+
+@unittest.skipUnless(os.geteuid() == 0, "not root: dpkg -i needs root (CI runs as root)")
+@unittest.skipUnless(shutil.which("dpkg") and shutil.which("cpack"), "needs dpkg and cpack")
+class DebPackage(unittest.TestCase):
+    def setUp(self):
+        if installed():
+            self.skipTest("a %s package is already installed; not touching it" % PKG)
+        self.tmp = tempfile.mkdtemp(prefix="tn-deb-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.addCleanup(self.purge)  # whatever happens, leave the machine as it was
+
+    def purge(self):
+        if installed() or subprocess.run(["dpkg-query", "-W", PKG], stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL).returncode == 0:
+            subprocess.run(["dpkg", "--purge", PKG], stdout=subprocess.DEVNULL)
+
+    def build_deb(self):
+        t0 = time.monotonic()
+        run(["cpack", "-G", "DEB", "-B", self.tmp, "--config",
+             os.path.join(h.BUILD_DIR, "CPackConfig.cmake")])
+        debs = glob.glob(os.path.join(self.tmp, PKG + "_*.deb"))
+        self.assertEqual(len(debs), 1, os.listdir(self.tmp))
+        h.log("cpack: %.1f s, %d bytes" % (time.monotonic() - t0, os.path.getsize(debs[0])))
+        return debs[0]
+
+    def test_install_start_health_uninstall(self):
+        deb = self.build_deb()
+        info = run(["dpkg-deb", "-I", deb])
+        self.assertRegex(info, r"Depends:.*libgrpc", "dpkg-shlibdeps found no dependencies")
+        self.assertIn("Package: " + PKG, info)
+
+        run(["dpkg", "-i", deb])
+        self.assertTrue(installed())
+        for f in FILES:
+            self.assertTrue(os.path.isfile(f), f + " not installed")
+        with open(FILES[2]) as f:
+            unit = f.read()
+        self.assertIn("ExecStart=/usr/bin/thumbnail_server --config " + CONF, unit)
+        self.assertIn("Type=notify", unit)
+        if shutil.which("systemd-analyze"):
+            run(["systemd-analyze", "verify", FILES[2]])
+        if shutil.which("man"):
+            self.assertIn("--config", run(["man", "-P", "cat", "thumbnail_server"],
+                                          env=dict(os.environ, MANWIDTH="100")))
+
+        # Start the installed server with the installed config, as the unit does (a free
+        # port instead of the config's 50051: the machine may be serving on that one).
+        port = h.free_port()
+        addr = "127.0.0.1:%d" % port
+        with open(os.path.join(self.tmp, "server.log"), "w") as err:
+            proc = subprocess.Popen(["/usr/bin/thumbnail_server", "--config", CONF, "--listen",
+                                     addr, "--workers", "1"] + h.server_default_args(),
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=err, start_new_session=True)
+        h._LIVE_GROUPS.add(proc.pid)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                r = subprocess.run(["/usr/bin/thumbnail_client", "--health", "--server", addr],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                if r.returncode == 0:
+                    break
+                self.assertIsNone(proc.poll(), "installed server exited")
+                self.assertLess(time.monotonic(), deadline, "not healthy: " + r.stdout)
+                time.sleep(0.2)
+            inp = h.make_input_dir(["h264.mp4"], parent=self.tmp)
+            out = os.path.join(self.tmp, "out")
+            r = subprocess.run(["/usr/bin/thumbnail_client", "--server", addr, inp, out],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               timeout=120)
+            self.assertEqual(r.returncode, 0, r.stdout)
+            self.assertEqual(h.png_size(os.path.join(out, "h264.png")), (320, 180))
+        finally:
+            os.kill(proc.pid, signal.SIGQUIT)  # the unit's KillSignal: drain, then exit 0
+            rc = proc.wait(30)
+            h._LIVE_GROUPS.discard(proc.pid)
+        with open(os.path.join(self.tmp, "server.log")) as f:
+            self.assertEqual(rc, 0, f.read())
+
+        run(["dpkg", "-r", PKG])
+        self.assertFalse(installed())
+        for f in FILES[:-1]:
+            self.assertFalse(os.path.exists(f), f + " left after dpkg -r")
+        self.assertTrue(os.path.exists(CONF), "dpkg -r must keep the conffile")
+        run(["dpkg", "--purge", PKG])
+        self.assertFalse(os.path.exists(CONF), CONF + " left after dpkg --purge")
+        self.assertFalse(os.path.exists(os.path.dirname(CONF)))
+
+
+if __name__ == "__main__":
+    h.main()
