@@ -43,6 +43,13 @@ static char abs_pidfile[PATH_MAX];
 static char abs_log[PATH_MAX];
 static char abs_listen[TN_MAX_LISTEN][sizeof("unix:") + UNIX_PATH_MAX];
 
+/* Reload (tn_config_reload): the command line of the first parse, and the
+ * directory relative paths were resolved against (a daemon has since moved to
+ * "/"). */
+static int saved_argc;
+static char **saved_argv;
+static char base_dir[PATH_MAX];
+
 enum {
     OPT_LISTEN = 256,
     OPT_WORKERS,
@@ -61,6 +68,8 @@ enum {
     OPT_MAX_QUEUED,
     OPT_MAX_PIXELS,
     OPT_WORKER_MEMORY,
+    /* reload: lifecycle and recycling */
+    OPT_MAX_JOBS_PER_WORKER,
 };
 
 static const struct option long_options[] = {
@@ -81,6 +90,8 @@ static const struct option long_options[] = {
     {"max-queued-jobs", required_argument, NULL, OPT_MAX_QUEUED},
     {"max-pixels", required_argument, NULL, OPT_MAX_PIXELS},
     {"worker-memory", required_argument, NULL, OPT_WORKER_MEMORY},
+    /* reload: lifecycle and recycling */
+    {"max-jobs-per-worker", required_argument, NULL, OPT_MAX_JOBS_PER_WORKER},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -171,8 +182,11 @@ static void print_help(FILE *f, const struct tn_config *d)
             "  --log-file PATH           append logs to PATH instead of stderr; reopened on\n"
             "                            SIGUSR1 (for logrotate)\n"
             "  --log-level LEVEL         error, warn, info or debug (default: %s)\n"
-            "  --grace DURATION          on SIGQUIT, how long in-flight calls may finish\n"
-            "                            (default: %gs)\n"
+            "  --grace DURATION          on SIGTERM/SIGQUIT and on reload, how long in-flight\n"
+            "                            calls may finish (default: %gs)\n"
+            "  --max-jobs-per-worker N   replace a worker after about N jobs (+-10 %%, so they\n"
+            "                            do not all restart at once); 0 = never (default: %" PRIu64
+            ")\n"
             "  -h, --help                print this help and exit\n"
             "  -V, --version             print the version and exit\n"
             "\n"
@@ -185,9 +199,10 @@ static void print_help(FILE *f, const struct tn_config *d)
             "  NUM_WORKERS   default for --workers\n"
             "  TMPDIR        default for --spool-dir\n"
             "\n"
-            "Signals to the master (the pid in --pidfile): TERM or INT stop now; QUIT stops\n"
-            "gracefully (in-flight calls get --grace to finish); USR1 reopens the log file;\n"
-            "HUP (reload) is not implemented yet and is ignored.\n"
+            "Signals to the master (the pid in --pidfile): TERM or QUIT stop gracefully (stop\n"
+            "accepting, in-flight calls get --grace to finish; a second TERM stops now); INT\n"
+            "stops now; HUP reloads (reads the configuration again, starts a new front and\n"
+            "workers, then the old ones drain); USR1 reopens the log file.\n"
             "\n"
             "Exit status: 0 after a stop by signal; 1 if the server failed (e.g. the front\n"
             "could not bind its address); 2 if it could not start (a bad option, a log file\n"
@@ -196,7 +211,8 @@ static void print_help(FILE *f, const struct tn_config *d)
             fmt_size(d->max_message_bytes, s2, sizeof(s2)), fmt_size(d->chunk_size, s3, sizeof(s3)),
             d->max_concurrent_calls, d->max_queued_jobs, d->idle_timeout_s, d->spool_dir,
             MAX_WORKERS, d->workers, d->job_timeout_s, d->max_pixels,
-            fmt_size(d->worker_memory, s4, sizeof(s4)), level_names[d->log_level], d->grace_s);
+            fmt_size(d->worker_memory, s4, sizeof(s4)), level_names[d->log_level], d->grace_s,
+            d->max_jobs_per_worker);
 }
 
 /*
@@ -205,10 +221,10 @@ static void print_help(FILE *f, const struct tn_config *d)
  */
 static const char *absolutize(const char *path, char *buf, size_t len)
 {
-    char cwd[PATH_MAX];
+    const char *cwd = base_dir;
     if (path[0] == '/')
         return path;
-    if (!getcwd(cwd, sizeof(cwd)))
+    if (!cwd[0])
         return NULL;
     int n = snprintf(buf, len, "%s/%s", strcmp(cwd, "/") == 0 ? "" : cwd, path);
     return n < 0 || (size_t)n >= len ? NULL : buf;
@@ -312,7 +328,7 @@ static int check_spool_dir(const char *dir, const char *flag, char *err, size_t 
     return 0;
 }
 
-int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, size_t errlen)
+static int parse(struct tn_config *cfg, int argc, char **argv, char *err, size_t errlen)
 {
     uint64_t u;
     const char *env_workers = getenv("NUM_WORKERS");
@@ -332,6 +348,7 @@ int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, siz
     cfg->max_queued_jobs = 64;
     cfg->max_pixels = 8192ull * 8192ull;
     cfg->worker_memory = 1ull << 30;
+    cfg->max_jobs_per_worker = 1000; /* reload: recycling */
     if (env_workers && *env_workers && tn_parse_uint(env_workers, 1, MAX_WORKERS, &u) == 0)
         cfg->workers = (int)u; /* a bad value is reported below, unless --workers overrides it */
 
@@ -439,6 +456,12 @@ int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, siz
                             optarg);
             cfg->worker_memory = u;
             break;
+        /* reload: lifecycle and recycling */
+        case OPT_MAX_JOBS_PER_WORKER:
+            if (parse_int_opt("--max-jobs-per-worker", optarg, 0, 100000000, &u, err, errlen) < 0)
+                return -1;
+            cfg->max_jobs_per_worker = u;
+            break;
         default:
             return fail(err, errlen, "internal error: unhandled option '%s'", argv[optind - 1]);
         }
@@ -489,4 +512,23 @@ int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, siz
         cfg->log_file = p;
     }
     return 0;
+}
+
+int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, size_t errlen)
+{
+    saved_argc = argc;
+    saved_argv = argv;
+    if (!getcwd(base_dir, sizeof(base_dir)))
+        base_dir[0] = '\0'; /* relative paths then fail with "path too long" */
+    return parse(cfg, argc, argv, err, errlen);
+}
+
+int tn_config_reload(struct tn_config *cfg, char *err, size_t errlen)
+{
+    if (!saved_argv)
+        return fail(err, errlen, "internal error: no configuration was parsed before");
+    int rc = parse(cfg, saved_argc, saved_argv, err, errlen);
+    if (rc == 1) /* --help/--version: it would not have started */
+        return fail(err, errlen, "internal error: --help or --version on reload");
+    return rc;
 }

@@ -31,6 +31,8 @@ struct tn_config {
     int max_queued_jobs;               /* --max-queued-jobs; default 64 (not yet picked up) */
     uint64_t max_pixels;               /* --max-pixels; default 8192*8192 */
     uint64_t worker_memory;            /* --worker-memory (RLIMIT_AS); default 1 GiB; 0 = off */
+    /* reload: lifecycle and recycling */
+    uint64_t max_jobs_per_worker; /* --max-jobs-per-worker; default 1000 (+-10 %); 0 = never */
 };
 
 /*
@@ -39,5 +41,15 @@ struct tn_config {
  * exit 2).
  */
 int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, size_t errlen);
+
+/*
+ * SIGHUP: build the configuration again from the same sources as the first
+ * tn_config_parse() (its argv, the environment, relative paths against the
+ * directory it ran in), into cfg. Returns 0, or -1 with the reason in err.
+ * String fields point into argv or into storage of this module that the next
+ * parse or reload overwrites: a caller that keeps a configuration across a
+ * reload copies the strings (master.c does).
+ */
+int tn_config_reload(struct tn_config *cfg, char *err, size_t errlen);
 
 #endif

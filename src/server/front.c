@@ -86,6 +86,9 @@ _Static_assert((int)THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_KEYFRAME == (int)TN_MODE
 #define DEFAULT_MAX_WIDTH 320
 #define MAX_BOX 16384
 #define SPOOL_MARGIN (64ull << 20) /* free space kept in the spool beyond declared uploads */
+#define NO_WORKERS_MSG                                                                             \
+    "no decode worker is running on this server (they failed to start; see the server log); "      \
+    "retry later or on another instance"
 
 enum tag_kind {
     TAG_NEW_GENERATE,
@@ -225,6 +228,7 @@ struct front {
     void *m_generate, *m_health, *m_watch, *m_refl, *m_refl_alpha;
     struct tn_reflection *refl; /* owned; read-only once serving */
     int queue_fd;               /* owned */
+    int ctl_fd;                 /* owned: control socket to the master (front.h); -1 none */
     int epfd;                   /* owned */
     int evfd;                   /* owned: wakes the poller */
     pthread_t poller;
@@ -240,6 +244,8 @@ struct front {
     int n_live;      /* all call objects with an accepted call, alive */
     int n_waiting;   /* jobs not yet picked up by a worker (pending + unacked) */
     bool draining;
+    int workers_left;            /* the master's last TN_FRONT_CTL_WORKERS; -1 = not told */
+    bool health_changed;         /* workers_left fell to 0: the CQ thread tells watchers */
     bool stopping;               /* server shutdown started: streams are being ended */
     struct stream_call *streams; /* Watch and reflection calls alive (CQ thread) */
     struct dlink recving;        /* uploads with a RECV_MESSAGE outstanding (CQ thread) */
@@ -788,11 +794,18 @@ static void upload_complete(struct gen_call *c)
         dl = call_dl;
 
     pthread_mutex_lock(&f->mu);
-    bool full = f->n_waiting >= cfg->max_queued_jobs;
+    bool no_workers = f->workers_left == 0;
+    bool full = !no_workers && f->n_waiting >= cfg->max_queued_jobs;
     uint64_t id = ++f->next_job_id;
-    if (!full)
+    if (!full && !no_workers)
         f->n_waiting++;
     pthread_mutex_unlock(&f->mu);
+    if (no_workers) {
+        close(sp[0]);
+        close(sp[1]);
+        gen_fail(c, TN_UNAVAILABLE, NO_WORKERS_MSG);
+        return;
+    }
     if (full) {
         close(sp[0]);
         close(sp[1]);
@@ -1009,10 +1022,12 @@ static void simple_answer(struct simple_call *s, grpc_byte_buffer *msg, grpc_sta
     start_batch(s->call, ops, n, &s->t_done);
 }
 
+/* NOT_SERVING while draining, and while the master reports that no decode
+ * worker is left (they all failed to start). */
 static bool is_draining(struct front *f)
 {
     pthread_mutex_lock(&f->mu);
-    bool d = f->draining;
+    bool d = f->draining || f->workers_left == 0;
     pthread_mutex_unlock(&f->mu);
     return d;
 }
@@ -1097,7 +1112,7 @@ static void on_new_generate(struct gen_call *c, bool ok)
     f->n_live++;
     f->n_gen_calls++;
     int n = f->n_gen_calls;
-    bool draining = f->draining;
+    bool no_workers = f->workers_left == 0;
     pthread_mutex_unlock(&f->mu);
     request_generate(f);
 
@@ -1112,8 +1127,11 @@ static void on_new_generate(struct gen_call *c, bool ok)
     start_batch(c->call, &op, 1, &c->t_close);
     c->last_msg_ms = tn_mono_ms();
 
-    if (draining) {
-        gen_fail(c, TN_UNAVAILABLE, "the server is shutting down; retry on another instance");
+    /* A call that arrives while draining is served: the server stopped
+     * listening and sent GOAWAY when the drain began, so only calls the
+     * client had already started get here, and they are in flight. */
+    if (no_workers) {
+        gen_fail(c, TN_UNAVAILABLE, NO_WORKERS_MSG);
         return;
     }
     if (n > f->cfg->max_concurrent_calls) {
@@ -1693,6 +1711,54 @@ static void check_deadlines(struct front *f)
     pthread_mutex_unlock(&f->mu);
 }
 
+/* The master's word on the control socket (front.h). When the worker pool is
+ * gone for good, jobs that no worker took yet would only wait for their
+ * deadline: end them now. */
+static void read_ctl(struct front *f)
+{
+    for (;;) {
+        struct tn_front_ctl msg;
+        ssize_t n = recv(f->ctl_fd, &msg, sizeof(msg), MSG_DONTWAIT);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN)
+            return;
+        if (n <= 0) { /* the master is gone: PDEATHSIG stops us */
+            epoll_ctl(f->epfd, EPOLL_CTL_DEL, f->ctl_fd, NULL);
+            return;
+        }
+        if (n != (ssize_t)sizeof(msg) || msg.type != TN_FRONT_CTL_WORKERS) {
+            tn_log_warn("unexpected message on the control socket (%zd bytes)", n);
+            continue;
+        }
+        pthread_mutex_lock(&f->mu);
+        bool lost = msg.value == 0 && f->workers_left != 0;
+        f->workers_left = msg.value;
+        if (lost) {
+            f->health_changed = true;
+            for (struct gen_call *c = f->pend_head; c; c = c->pend_next) {
+                pthread_mutex_lock(&c->mu);
+                finish_locked(c, TN_UNAVAILABLE, NO_WORKERS_MSG);
+                pthread_mutex_unlock(&c->mu);
+            }
+            for (struct dlink *l = f->running.next; l != &f->running; l = l->next) {
+                struct gen_call *c = DLINK_ENTRY(l, struct gen_call, run_link);
+                pthread_mutex_lock(&c->mu);
+                if (c->worker_pid <= 0) {
+                    finish_locked(c, TN_UNAVAILABLE, NO_WORKERS_MSG);
+                    abandon_job_locked(c);
+                }
+                pthread_mutex_unlock(&c->mu);
+            }
+        }
+        pthread_mutex_unlock(&f->mu);
+        if (lost)
+            tn_log_error("the master reports no decode worker left: NOT_SERVING");
+        else
+            tn_log_debug("the master reports %d worker slot(s)", (int)msg.value);
+    }
+}
+
 static void *poller_main(void *arg)
 {
     struct front *f = arg;
@@ -1711,6 +1777,8 @@ static void *poller_main(void *arg)
                     tn_log_error("read() from eventfd failed: %s", strerror(errno));
             } else if (p == &f->queue_fd) {
                 /* Writable again: dispatch_pending below. */
+            } else if (p == &f->ctl_fd) {
+                read_ctl(f);
             } else {
                 handle_reply(f, p);
             }
@@ -1785,8 +1853,10 @@ static int setup(struct front *f, const struct tn_config *cfg)
     }
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &f->evfd};
     struct epoll_event evq = {.events = 0, .data.ptr = &f->queue_fd};
+    struct epoll_event evc = {.events = EPOLLIN, .data.ptr = &f->ctl_fd};
     if (epoll_ctl(f->epfd, EPOLL_CTL_ADD, f->evfd, &ev) < 0 ||
-        epoll_ctl(f->epfd, EPOLL_CTL_ADD, f->queue_fd, &evq) < 0) {
+        epoll_ctl(f->epfd, EPOLL_CTL_ADD, f->queue_fd, &evq) < 0 ||
+        (f->ctl_fd >= 0 && epoll_ctl(f->epfd, EPOLL_CTL_ADD, f->ctl_fd, &evc) < 0)) {
         tn_log_error("epoll_ctl() failed: %s", strerror(errno));
         return -1;
     }
@@ -1800,7 +1870,10 @@ static int setup(struct front *f, const struct tn_config *cfg)
     args[1].value.integer = (int)(cfg->chunk_size + 1024);
     args[2].type = GRPC_ARG_INTEGER;
     args[2].key = GRPC_ARG_ALLOW_REUSEPORT;
-    args[2].value.integer = 0; /* a second server on the same port is a mistake, say so */
+    /* A reload starts a new front beside the old one on the same addresses:
+     * both must set SO_REUSEPORT, and the kernel then spreads new connections
+     * over the listeners until the old front stops listening (its drain). */
+    args[2].value.integer = 1;
     /* The BDP probe grows the HTTP/2 receive window without bound while the
      * spool write keeps up: one 1 GiB upload peaked the front at 117 MB RSS
      * with it, 19 MB without, at the same 0.3-0.5 GB/s (spool on /dev/shm,
@@ -1849,7 +1922,7 @@ static int setup(struct front *f, const struct tn_config *cfg)
     return 0;
 }
 
-int tn_front_main(const struct tn_config *cfg, int queue_fd)
+int tn_front_main(const struct tn_config *cfg, int queue_fd, int ctl_fd)
 {
     struct front fr;
     struct front *f = &fr;
@@ -1859,6 +1932,8 @@ int tn_front_main(const struct tn_config *cfg, int queue_fd)
     dlink_init(&f->recving);
     f->cfg = cfg;
     f->queue_fd = queue_fd;
+    f->ctl_fd = ctl_fd;
+    f->workers_left = -1;
     f->epfd = f->evfd = -1;
     f->t_shutdown = (struct tag){TAG_SHUTDOWN, f};
     pthread_mutex_init(&f->mu, NULL);
@@ -1917,9 +1992,14 @@ int tn_front_main(const struct tn_config *cfg, int queue_fd)
         tn_log_info("serving (max %d concurrent calls, chunk %" PRIu64 " bytes)",
                     cfg->max_concurrent_calls, cfg->chunk_size);
         status = 0;
+        /* The master retires the previous generation (reload) on this word. */
+        struct tn_front_ctl ready = {.type = TN_FRONT_CTL_READY, .value = 0};
+        if (f->ctl_fd >= 0 && send(f->ctl_fd, &ready, sizeof(ready), MSG_NOSIGNAL) < 0)
+            tn_log_error("telling the master that the front is serving failed: %s",
+                         strerror(errno));
     }
 
-    bool shutting_down = false, shutdown_done = false, cancelled_all = false;
+    bool shutting_down = false, shutdown_done = false, cancelled_all = false, ended = false;
     int64_t drain_deadline = 0, last_idle_check = 0;
     for (;;) {
         if (sig_usr1) {
@@ -1935,20 +2015,28 @@ int tn_front_main(const struct tn_config *cfg, int queue_fd)
             tn_log_info("draining: %d calls in progress, up to %.0f s", f->n_gen_calls,
                         cfg->grace_s);
         }
-        if (sig_stop && !f->draining) {
-            f->draining = true;
+        if (sig_stop && (!f->draining || drain_deadline > now)) {
+            f->draining = true; /* stop now, also in the middle of a drain */
             drain_deadline = now;
         }
         bool drained = f->draining && (f->n_gen_calls == 0 || now >= drain_deadline);
         int live = f->n_live;
         bool drain_started = f->draining && !was_draining;
+        bool health_changed = f->health_changed;
+        f->health_changed = false;
         pthread_mutex_unlock(&f->mu);
-        if (drain_started)
+        if (drain_started || health_changed)
             streams_update(f, false); /* Watch: NOT_SERVING */
-        if (drained && !shutting_down) {
+        if (f->draining && !shutting_down) {
+            /* At once, not when drained: the listeners close and every client
+             * gets GOAWAY, so new calls go elsewhere (after a reload, to the
+             * new front) instead of failing here; calls in flight go on. */
             shutting_down = true;
             grpc_server_shutdown_and_notify(f->server, f->cq, &f->t_shutdown);
-            streams_update(f, true);
+        }
+        if (drained && !ended) {
+            ended = true;
+            streams_update(f, true); /* or the shutdown would wait for them */
         }
         if (shutting_down && !cancelled_all && now >= drain_deadline) {
             cancelled_all = true;
@@ -1995,6 +2083,8 @@ out_grpc:
     if (f->evfd >= 0)
         close(f->evfd);
     close(f->queue_fd);
+    if (f->ctl_fd >= 0)
+        close(f->ctl_fd);
     tn_reflection_free(&f->refl);
     pthread_mutex_destroy(&f->mu);
     tn_log_info("stopped");
