@@ -86,6 +86,7 @@ _Static_assert((int)THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_KEYFRAME == (int)TN_MODE
 #define DEFAULT_MAX_WIDTH 320
 #define MAX_BOX 16384
 #define SPOOL_MARGIN (64ull << 20) /* free space kept in the spool beyond declared uploads */
+#define PREREQUESTED_CALLS 32      /* Generate calls requested ahead (see setup()) */
 #define NO_WORKERS_MSG                                                                             \
     "no decode worker is running on this server (they failed to start; see the server log); "      \
     "retry later or on another instance"
@@ -1913,7 +1914,12 @@ static int setup(struct front *f, const struct tn_config *cfg)
     }
     grpc_server_credentials_release(creds);
     grpc_server_start(f->server);
-    request_generate(f);
+    /* Several requests outstanding, not one: a call that arrives while none
+     * is outstanding waits unmatched inside gRPC, and the shutdown that starts
+     * a drain (reload, SIGTERM) cancels such calls (CANCELLED, not retried by
+     * clients) instead of letting them finish. Each new call requests the next. */
+    for (int i = 0; i < PREREQUESTED_CALLS; i++)
+        request_generate(f);
     request_health(f);
     request_generic(f);
     request_stream(f, TAG_NEW_WATCH);
