@@ -779,6 +779,15 @@ static void worker_ended(struct master *m, struct gen *g, struct slot *s, pid_t 
         tn_log(clean ? TN_LOG_WARN : TN_LOG_ERROR, "%s %d %s after %.3f s", s->name, (int)pid, how,
                (double)(now - s->started_ms) / 1000);
     }
+    if (sig == SIGKILL && !startup_failure) {
+        /* Killed from outside (the front on a deadline overrun, the OOM
+         * killer, an operator): nothing says the next one will die too, and
+         * each such death cost a job, so it cannot loop by itself: at once. */
+        s->quick_fails = 0;
+        s->state = SLOT_WAITING;
+        s->respawn_at_ms = now;
+        return;
+    }
     schedule_respawn(s, now, startup_failure);
 }
 
