@@ -252,6 +252,14 @@ struct front {
     struct dlink recving;        /* uploads with a RECV_MESSAGE outstanding (CQ thread) */
     int n_streams;
     uint64_t next_job_id;
+    /* unix: listeners (see bind_unix()): the public path, and the inode of our
+     * socket linked there, so that we remove it at exit only if it is ours. */
+    struct unix_link {
+        char pub[PATH_MAX];
+        dev_t dev;
+        ino_t ino;
+    } unix_links[TN_MAX_LISTEN];
+    size_t n_unix;
 };
 
 static volatile sig_atomic_t sig_stop, sig_quit, sig_usr1;
@@ -1844,6 +1852,72 @@ static void handle_event(struct front *f, grpc_event ev, bool *shutdown_done)
     }
 }
 
+/*
+ * unix:PATH listeners and reload. gRPC unlinks a unix socket's path when its
+ * listener closes, by name: an old front draining after a reload would remove
+ * the path the new front listens on. So each front binds a private name,
+ * "PATH.<pid>" (which gRPC may unlink as it likes), and then links its socket
+ * to PATH atomically (link to a temporary name, rename over PATH): clients
+ * always find a listening socket at PATH, the newest front's. At exit a front
+ * removes PATH only if it is still its own socket. Returns the address to give
+ * gRPC (in buf), or addr itself when it is not a unix: path or the private name
+ * would not fit in sun_path (then a reload removes PATH: logged).
+ */
+static const char *bind_name(struct front *f, const char *addr, char *buf, size_t len)
+{
+    if (strncmp(addr, "unix:", 5) != 0)
+        return addr;
+    const char *p = addr + 5;
+    if (strncmp(p, "//", 2) == 0)
+        p += 2;
+    int n = snprintf(buf, len, "unix:%s.%d", p, (int)getpid());
+    if (n < 0 || (size_t)n >= len || strlen(buf + 5) > 107) {
+        tn_log_warn("%s: the path is too long to add .<pid>; a reload will remove it", addr);
+        return addr;
+    }
+    struct unix_link *u = &f->unix_links[f->n_unix];
+    snprintf(u->pub, sizeof(u->pub), "%s", p);
+    u->ino = 0;
+    f->n_unix++;
+    return buf;
+}
+
+/* After the server started: link each private socket name to its public path. */
+static int publish_unix(struct front *f)
+{
+    for (size_t i = 0; i < f->n_unix; i++) {
+        struct unix_link *u = &f->unix_links[i];
+        char priv[PATH_MAX + 16], tmp[PATH_MAX + 32];
+        struct stat st;
+        snprintf(priv, sizeof(priv), "%s.%d", u->pub, (int)getpid());
+        snprintf(tmp, sizeof(tmp), "%s.%d.tmp", u->pub, (int)getpid());
+        unlink(tmp);
+        if (stat(priv, &st) < 0 || link(priv, tmp) < 0 || rename(tmp, u->pub) < 0) {
+            tn_log_error("cannot make %s the socket %s: %s", u->pub, priv, strerror(errno));
+            unlink(tmp);
+            return -1;
+        }
+        u->dev = st.st_dev;
+        u->ino = st.st_ino;
+    }
+    return 0;
+}
+
+static void unpublish_unix(struct front *f)
+{
+    for (size_t i = 0; i < f->n_unix; i++) {
+        struct unix_link *u = &f->unix_links[i];
+        struct stat st;
+        if (u->ino && stat(u->pub, &st) == 0 && st.st_dev == u->dev && st.st_ino == u->ino)
+            unlink(u->pub);
+        /* gRPC removes the private name when its listener closes; a front that
+         * never got that far leaves it: remove it too. */
+        char priv[PATH_MAX + 16];
+        snprintf(priv, sizeof(priv), "%s.%d", u->pub, (int)getpid());
+        unlink(priv);
+    }
+}
+
 static int setup(struct front *f, const struct tn_config *cfg)
 {
     f->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -1903,7 +1977,9 @@ static int setup(struct front *f, const struct tn_config *cfg)
         GRPC_SRM_PAYLOAD_NONE, 0);
     grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
     for (size_t i = 0; i < cfg->n_listen; i++) {
-        int port = grpc_server_add_http2_port(f->server, cfg->listen[i], creds);
+        char name[PATH_MAX + 32];
+        int port = grpc_server_add_http2_port(
+            f->server, bind_name(f, cfg->listen[i], name, sizeof(name)), creds);
         if (port == 0) {
             tn_log_error("cannot listen on %s (address in use, bad address or no permission)",
                          cfg->listen[i]);
@@ -1914,6 +1990,8 @@ static int setup(struct front *f, const struct tn_config *cfg)
     }
     grpc_server_credentials_release(creds);
     grpc_server_start(f->server);
+    if (publish_unix(f) < 0)
+        return -1;
     /* Several requests outstanding, not one: a call that arrives while none
      * is outstanding waits unmatched inside gRPC, and the shutdown that starts
      * a drain (reload, SIGTERM) cancels such calls (CANCELLED, not retried by
@@ -2073,6 +2151,7 @@ int tn_front_main(const struct tn_config *cfg, int queue_fd, int ctl_fd)
         pthread_join(f->poller, NULL);
     }
     grpc_server_destroy(f->server);
+    unpublish_unix(f);
     grpc_completion_queue_shutdown(f->cq);
     for (;;) {
         grpc_event ev = grpc_completion_queue_next(f->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);

@@ -19,7 +19,9 @@ Also checked: after each reload the front and worker pids are all new and no
 process of an old generation is left; a reload with a configuration that is no
 longer valid keeps the old generation serving."""
 import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
 
@@ -181,6 +183,24 @@ class Reload(h.unittest.TestCase):
         self.wait_switch(s, front, 2)
         self.assertEqual(len(h.generate(s.addr, path=h.video(SMALL))), 1)
         self.assertEqual(s.stop(), 0)
+
+    def test_reload_unix_socket(self):
+        """gRPC unlinks a unix socket's path when the listener closes: the old front
+        draining must not remove the path the new front listens on."""
+        d = tempfile.mkdtemp(prefix="tn-sock-")
+        self.addCleanup(shutil.rmtree, d, True)
+        unix = "unix:" + os.path.join(d, "sock")
+        s = self.server(workers=1, extra=["--listen", unix])
+        self.assertEqual(h.health_check(unix), "SERVING")
+        front = s.front_pid()
+        for n in (2, 3):
+            os.kill(s.pid, signal.SIGHUP)
+            self.wait_switch(s, front, n)
+            front = s.front_pid()
+            self.assertEqual(h.health_check(unix), "SERVING")
+            self.assertEqual(len(h.generate(unix, path=h.video(SMALL))), 1)
+        self.assertEqual(s.stop(), 0)
+        self.assertEqual(os.listdir(d), [], "socket files left behind")
 
     def _graceful_stop_under_load(self, sig):
         s = self.server(workers=2, extra=["--grace", "60", "--log-level", "debug"])
