@@ -43,9 +43,10 @@ class Recycle(h.unittest.TestCase):
             self.assertEqual(len(thumbs), 1, "call %d" % i)
         h.wait_for(lambda: s.log_text().count("recycled (--max-jobs-per-worker 3)") >= 2, 10,
                    what="two recycle lines")
-        workers = s.log_pids("worker")
+        # a worker logs its job after sending the result: wait for the third one's line
+        workers = h.wait_for(lambda: len(s.log_pids("worker")) >= 3 and s.log_pids("worker"),
+                             10, what="3 workers in the log (one per 3 jobs)")
         h.log("worker pids over 7 jobs: %s" % workers)
-        self.assertGreaterEqual(len(workers), 3, "a worker should serve 3 jobs, then go")
         self.assertNotIn(first[0], s.worker_pids())
         self.assertEqual(s.stop(), 0)
 
