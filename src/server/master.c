@@ -43,6 +43,8 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -1102,6 +1104,66 @@ static void handle_signals(struct master *m)
     }
 }
 
+/*
+ * The fronts listen with SO_REUSEPORT so that a reload's new front can bind
+ * beside the old one; the price is that a second server of the same user on
+ * the same port would be let in silently, and the kernel would split the
+ * connections between the two. So, once at start-up, bind every HOST:PORT
+ * without SO_REUSEPORT (as a listener would, with SO_REUSEADDR): EADDRINUSE
+ * means someone listens there already. Port 0 and unix: paths are skipped;
+ * any other error is left for the front to report when it binds.
+ * Returns 0, or -1 after logging the address in use.
+ */
+static int check_ports_free(const struct tn_config *cfg)
+{
+    for (size_t i = 0; i < cfg->n_listen; i++) {
+        const char *a = cfg->listen[i];
+        if (strncmp(a, "unix:", 5) == 0 || strncmp(a, "unix-abstract:", 14) == 0)
+            continue;
+        const char *colon = strrchr(a, ':');
+        if (!colon || strcmp(colon + 1, "0") == 0)
+            continue;
+        char host[256];
+        size_t hl = (size_t)(colon - a);
+        if (hl >= sizeof(host))
+            continue;
+        memcpy(host, a, hl);
+        host[hl] = '\0';
+        char *h = host;
+        if (h[0] == '[' && hl >= 2 && h[hl - 1] == ']') {
+            h[hl - 1] = '\0';
+            h++;
+        }
+        struct addrinfo hints = {.ai_flags = AI_PASSIVE | AI_NUMERICSERV,
+                                 .ai_family = AF_UNSPEC,
+                                 .ai_socktype = SOCK_STREAM};
+        struct addrinfo *res = NULL;
+        if (getaddrinfo(*h ? h : NULL, colon + 1, &hints, &res) != 0)
+            continue;
+        int busy = 0;
+        for (struct addrinfo *ai = res; ai && !busy; ai = ai->ai_next) {
+            int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+            if (fd < 0)
+                continue;
+            int one = 1;
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+            if (ai->ai_family == AF_INET6)
+                setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+            if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 && errno == EADDRINUSE)
+                busy = 1;
+            close(fd);
+        }
+        freeaddrinfo(res);
+        if (busy) {
+            tn_log_error("cannot listen on %s: address in use (another server, or another "
+                         "thumbnail_server, listens there)",
+                         a);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static void log_startup(const struct tn_config *cfg)
 {
     char addrs[1024] = "";
@@ -1136,6 +1198,8 @@ int tn_master_run(const struct tn_config *cfg)
         return 1;
     }
     log_startup(cfg);
+    if (check_ports_free(cfg) < 0)
+        return 1;
     /* Shared state that must outlive reloads is created here, before the first
      * generation forks anything. */
     if (!gen_new(&m, cfg, GEN_ACTIVE))

@@ -202,6 +202,21 @@ class Reload(h.unittest.TestCase):
         self.assertEqual(s.stop(), 0)
         self.assertEqual(os.listdir(d), [], "socket files left behind")
 
+    def test_second_server_on_the_same_port_is_refused(self):
+        """The fronts set SO_REUSEPORT (for reloads); a second server on the same port
+        must still be refused, not silently share the connections."""
+        s = self.server(workers=1)
+        log = os.path.join(s.tmp, "second.log")
+        cp = h.subprocess.run([h.SERVER_BIN, "--listen", s.addr, "--workers", "1",
+                               "--spool-dir", s.spool, "--log-file", log]
+                              + h.server_default_args(), stdin=h.subprocess.DEVNULL,
+                              stdout=h.subprocess.PIPE, stderr=h.subprocess.STDOUT, timeout=30)
+        self.assertEqual(cp.returncode, 1)
+        with open(log) as f:
+            self.assertIn("address in use", f.read())
+        self.assertEqual(h.health_check(s.addr), "SERVING")
+        self.assertEqual(s.stop(), 0)
+
     def _graceful_stop_under_load(self, sig):
         s = self.server(workers=2, extra=["--grace", "60", "--log-level", "debug"])
         front, workers = self.generation(s)
