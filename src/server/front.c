@@ -252,7 +252,7 @@ struct front {
     struct dlink recving;        /* uploads with a RECV_MESSAGE outstanding (CQ thread) */
     int n_streams;
     uint64_t next_job_id;
-    /* unix: listeners (see bind_unix()): the public path, and the inode of our
+    /* unix: listeners (see bind_name()): the public path, and the inode of our
      * socket linked there, so that we remove it at exit only if it is ours. */
     struct unix_link {
         char pub[PATH_MAX];
@@ -1033,7 +1033,7 @@ static void simple_answer(struct simple_call *s, grpc_byte_buffer *msg, grpc_sta
 
 /* NOT_SERVING while draining, and while the master reports that no decode
  * worker is left (they all failed to start). */
-static bool is_draining(struct front *f)
+static bool not_serving(struct front *f)
 {
     pthread_mutex_lock(&f->mu);
     bool d = f->draining || f->workers_left == 0;
@@ -1080,7 +1080,7 @@ static void on_new_health(struct simple_call *s, bool ok)
     }
     grpc__health__v1__health_check_request__free_unpacked(req, NULL);
     Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
-    resp.status = is_draining(f)
+    resp.status = not_serving(f)
                       ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
                       : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
     simple_answer(s, tn_pb_pack(&resp.base), GRPC_STATUS_OK, NULL);
@@ -1320,7 +1320,7 @@ static int watch_status(struct front *f, bool known)
 {
     if (!known)
         return GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN;
-    return is_draining(f) ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
+    return not_serving(f) ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
                           : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
 }
 
