@@ -256,11 +256,16 @@ void tn_job_run(const struct tn_job_env *env, grpc_completion_queue *cq,
             break;
         for (size_t i = 0; i < count; i++)
             tn_output_discard(&outs[i]);
-        if (res.local || res.code != GRPC_STATUS_UNAVAILABLE || attempt >= opt->retries ||
-            *env->stop)
+        /* Retried: UNAVAILABLE, and CANCELLED that we did not ask for (local
+         * is false) before any thumbnail: gRPC core cancels a call that reaches
+         * a server in the moment its shutdown began, before the client got the
+         * GOAWAY (a reload or a graceful stop). Generate has no side effects. */
+        bool transient = res.code == GRPC_STATUS_UNAVAILABLE ||
+                         (res.code == GRPC_STATUS_CANCELLED && res.thumbnails == 0);
+        if (res.local || !transient || attempt >= opt->retries || *env->stop)
             break;
-        tn_log_debug("%s: UNAVAILABLE: %s (attempt %u of %u)", e->rel, res.message, attempt + 1,
-                     opt->retries + 1);
+        tn_log_debug("%s: %s: %s (attempt %u of %u)", e->rel, tn_code_name((int)res.code),
+                     res.message, attempt + 1, opt->retries + 1);
         backoff(attempt++, env->stop);
     }
     rep->interrupted = res.interrupted || *env->stop;

@@ -52,8 +52,23 @@ static char abs_pidfile[PATH_MAX];
 static char abs_log[PATH_MAX];
 static char abs_media_root[PATH_MAX];
 static char abs_listen[TN_MAX_LISTEN][sizeof("unix:") + UNIX_PATH_MAX];
-/* The TLS material and token digest that cfg->tls points at (tls). */
-static struct tn_tls tls_storage;
+/* The TLS material and token digests that cfg->tls points at (tls): one per
+ * parse that loaded any, never reused, so that a reload (another parse) can
+ * neither change nor clear what the serving generation's cfg->tls holds, even
+ * when it fails. Reachable from here until the process exits: a few KB per
+ * reload. */
+struct tls_node {
+    struct tn_tls tls;
+    struct tls_node *next;
+};
+static struct tls_node *tls_nodes;
+
+/* Reload (tn_config_reload): the command line of the first parse, and the
+ * directory relative paths were resolved against (a daemon has since moved to
+ * "/"). */
+static int saved_argc;
+static char **saved_argv;
+static char base_dir[PATH_MAX];
 
 enum {
     OPT_LISTEN = 256,
@@ -73,6 +88,8 @@ enum {
     OPT_MAX_QUEUED,
     OPT_MAX_PIXELS,
     OPT_WORKER_MEMORY,
+    /* reload: lifecycle and recycling */
+    OPT_MAX_JOBS_PER_WORKER,
     OPT_MEDIA_ROOT, /* pull and local mode */
     /* metrics and logging */
     OPT_METRICS_LISTEN,
@@ -105,6 +122,8 @@ static const struct option long_options[] = {
     {"max-queued-jobs", required_argument, NULL, OPT_MAX_QUEUED},
     {"max-pixels", required_argument, NULL, OPT_MAX_PIXELS},
     {"worker-memory", required_argument, NULL, OPT_WORKER_MEMORY},
+    /* reload: lifecycle and recycling */
+    {"max-jobs-per-worker", required_argument, NULL, OPT_MAX_JOBS_PER_WORKER},
     {"media-root", required_argument, NULL, OPT_MEDIA_ROOT},
     /* metrics and logging */
     {"metrics-listen", required_argument, NULL, OPT_METRICS_LISTEN},
@@ -231,8 +250,11 @@ static void print_help(FILE *f, const struct tn_config *d)
             "  --log-format FORMAT       text, or json: one JSON object per line (default: text)\n"
             "  --metrics-listen ADDR     serve Prometheus metrics at http://ADDR/metrics;\n"
             "                            HOST:PORT, [IPV6]:PORT or :PORT (default: none)\n"
-            "  --grace DURATION          on SIGQUIT, how long in-flight calls may finish\n"
-            "                            (default: %gs)\n"
+            "  --grace DURATION          on SIGTERM/SIGQUIT and on reload, how long in-flight\n"
+            "                            calls may finish (default: %gs)\n"
+            "  --max-jobs-per-worker N   replace a worker after about N jobs (+-10 %%, so they\n"
+            "                            do not all restart at once); 0 = never (default: %" PRIu64
+            ")\n"
             "  -h, --help                print this help and exit\n"
             "  -V, --version             print the version and exit\n"
             "\n"
@@ -246,9 +268,10 @@ static void print_help(FILE *f, const struct tn_config *d)
             "  NUM_WORKERS   default for --workers\n"
             "  TMPDIR        default for --spool-dir\n"
             "\n"
-            "Signals to the master (the pid in --pidfile): TERM or INT stop now; QUIT stops\n"
-            "gracefully (in-flight calls get --grace to finish); USR1 reopens the log file;\n"
-            "HUP (reload) is not implemented yet and is ignored.\n"
+            "Signals to the master (the pid in --pidfile): TERM or QUIT stop gracefully (stop\n"
+            "accepting, in-flight calls get --grace to finish; a second TERM stops now); INT\n"
+            "stops now; HUP reloads (reads the configuration again, starts a new front and\n"
+            "workers, then the old ones drain); USR1 reopens the log file.\n"
             "\n"
             "Exit status: 0 after a stop by signal; 1 if the server failed (e.g. the front\n"
             "could not bind its address); 2 if it could not start (a bad option, a log file\n"
@@ -258,7 +281,8 @@ static void print_help(FILE *f, const struct tn_config *d)
             fmt_size(d->max_message_bytes, s2, sizeof(s2)), fmt_size(d->chunk_size, s3, sizeof(s3)),
             d->max_concurrent_calls, d->max_queued_jobs, d->idle_timeout_s, d->spool_dir,
             MAX_WORKERS, d->workers, d->job_timeout_s, d->max_pixels,
-            fmt_size(d->worker_memory, s4, sizeof(s4)), level_names[d->log_level], d->grace_s);
+            fmt_size(d->worker_memory, s4, sizeof(s4)), level_names[d->log_level], d->grace_s,
+            d->max_jobs_per_worker);
 }
 
 /*
@@ -267,10 +291,10 @@ static void print_help(FILE *f, const struct tn_config *d)
  */
 static const char *absolutize(const char *path, char *buf, size_t len)
 {
-    char cwd[PATH_MAX];
+    const char *cwd = base_dir; /* the start-up directory, also on reload */
     if (path[0] == '/')
         return path;
-    if (!getcwd(cwd, sizeof(cwd)))
+    if (!cwd[0])
         return NULL;
     int n = snprintf(buf, len, "%s/%s", strcmp(cwd, "/") == 0 ? "" : cwd, path);
     return n < 0 || (size_t)n >= len ? NULL : buf;
@@ -375,7 +399,7 @@ static int check_spool_dir(const char *dir, const char *flag, char *err, size_t 
 }
 
 /*
- * tls: cross-check the security flags and load their files into tls_storage.
+ * tls: cross-check the security flags and load their files into a new tls_node.
  * TLS on a set of listeners that are all plaintext unix: sockets would protect
  * nothing; say so rather than start a server that looks secure.
  */
@@ -399,17 +423,27 @@ static int check_tls(struct tn_config *cfg, char *err, size_t errlen)
                         "--tls-cert: every --listen address is a unix: socket, and those stay "
                         "plaintext; add --tls-unix, or listen on a HOST:PORT");
     }
-    if (tn_tls_load(&tls_storage, cfg->tls_cert, cfg->tls_key, cfg->tls_client_ca,
-                    cfg->auth_token_file, err, errlen) < 0)
+    if (!cfg->tls_cert && !cfg->auth_token_file)
+        return 0;
+    struct tls_node *n = calloc(1, sizeof(*n));
+    if (!n)
+        return fail(err, errlen, "out of memory while loading the TLS files");
+    if (tn_tls_load(&n->tls, cfg->tls_cert, cfg->tls_key, cfg->tls_client_ca, cfg->auth_token_file,
+                    err, errlen) < 0) {
+        tn_tls_clear(&n->tls);
+        free(n);
         return -1;
-    if (cfg->tls_cert || cfg->auth_token_file)
-        cfg->tls = &tls_storage;
+    }
+    n->next = tls_nodes;
+    tls_nodes = n;
+    cfg->tls = &n->tls;
     return 0;
 }
 
 void tn_config_drop_secrets(void)
 {
-    tn_tls_clear(&tls_storage);
+    for (struct tls_node *n = tls_nodes; n; n = n->next)
+        tn_tls_clear(&n->tls);
 }
 
 /*
@@ -438,6 +472,7 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
     cfg->max_queued_jobs = 64;
     cfg->max_pixels = 8192ull * 8192ull;
     cfg->worker_memory = 1ull << 30;
+    cfg->max_jobs_per_worker = 1000; /* reload: recycling */
     cfg->metrics_fd = -1;
     cfg->log_format = TN_LOG_TEXT;
     if (env_workers && *env_workers && tn_parse_uint(env_workers, 1, MAX_WORKERS, &u) == 0)
@@ -571,6 +606,12 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
                             "worker already maps ~320 MiB); use at least 256M, or 0 for no limit",
                             optarg);
             cfg->worker_memory = u;
+            break;
+        /* reload: lifecycle and recycling */
+        case OPT_MAX_JOBS_PER_WORKER:
+            if (parse_int_opt("--max-jobs-per-worker", optarg, 0, 100000000, &u, err, errlen) < 0)
+                return -1;
+            cfg->max_jobs_per_worker = u;
             break;
         case OPT_MEDIA_ROOT:
             if (!*optarg)
@@ -890,7 +931,7 @@ static const char *find_config_flag(int argc, char **argv)
     return path;
 }
 
-int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, size_t errlen)
+static int parse(struct tn_config *cfg, int argc, char **argv, char *err, size_t errlen)
 {
     int fail_index = -1;
     const char *path = find_config_flag(argc, argv);
@@ -919,5 +960,24 @@ int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, siz
     }
     if (rc == 0)
         cfg->config_file = st->path;
+    return rc;
+}
+
+int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, size_t errlen)
+{
+    saved_argc = argc;
+    saved_argv = argv;
+    if (!getcwd(base_dir, sizeof(base_dir)))
+        base_dir[0] = '\0'; /* relative paths then fail with "path too long" */
+    return parse(cfg, argc, argv, err, errlen);
+}
+
+int tn_config_reload(struct tn_config *cfg, char *err, size_t errlen)
+{
+    if (!saved_argv)
+        return fail(err, errlen, "internal error: no configuration was parsed before");
+    int rc = parse(cfg, saved_argc, saved_argv, err, errlen);
+    if (rc == 1) /* --help/--version: it would not have started */
+        return fail(err, errlen, "internal error: --help or --version on reload");
     return rc;
 }

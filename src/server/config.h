@@ -54,6 +54,8 @@ struct tn_config {
 
     /* ops: config file */
     const char *config_file; /* --config, made absolute; NULL = none */
+    /* reload: lifecycle and recycling */
+    uint64_t max_jobs_per_worker; /* --max-jobs-per-worker; default 1000 (+-10 %); 0 = never */
 };
 
 /*
@@ -64,7 +66,8 @@ struct tn_config {
  * config file).
  * The TLS and token files are read here (a file that cannot be read
  * or does not hold what its flag expects is a usage error); the material lives
- * in static storage that the next call replaces.
+ * in memory of this module that later parses leave alone (a reload cannot
+ * disturb the serving configuration's).
  */
 int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, size_t errlen);
 
@@ -74,5 +77,15 @@ int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, siz
  * that must not hold them: a decode worker, which parses untrusted input.
  */
 void tn_config_drop_secrets(void);
+
+/*
+ * SIGHUP: build the configuration again from the same sources as the first
+ * tn_config_parse() (its argv, the environment, relative paths against the
+ * directory it ran in), into cfg. Returns 0, or -1 with the reason in err.
+ * String fields point into argv or into storage of this module that the next
+ * parse or reload overwrites: a caller that keeps a configuration across a
+ * reload copies the strings (master.c does).
+ */
+int tn_config_reload(struct tn_config *cfg, char *err, size_t errlen);
 
 #endif

@@ -107,6 +107,11 @@ _Static_assert((int)THUMBNAIL__V1__FIT_MODE__FIT_MODE_PAD == (int)TN_FIT_PAD, "f
 #define DEFAULT_MAX_WIDTH 320
 #define MAX_BOX 16384
 #define SPOOL_MARGIN (64ull << 20) /* free space kept in the spool beyond declared uploads */
+#define PREREQUESTED_CALLS 32      /* Generate calls requested ahead (see setup()) */
+#define PREREQUESTED_PROBES 4      /* Probe calls requested ahead (rarer; same reason) */
+#define NO_WORKERS_MSG                                                                             \
+    "no decode worker is running on this server (they failed to start; see the server log); "      \
+    "retry later or on another instance"
 
 enum tag_kind {
     TAG_NEW_GENERATE,
@@ -265,6 +270,7 @@ struct front {
     void *m_probe;              /* engine: Thumbnailer/Probe, served by the Generate code */
     struct tn_reflection *refl; /* owned; read-only once serving */
     int queue_fd;               /* owned */
+    int ctl_fd;                 /* owned: control socket to the master (front.h); -1 none */
     int epfd;                   /* owned */
     int evfd;                   /* owned: wakes the poller */
     pthread_t poller;
@@ -280,12 +286,22 @@ struct front {
     int n_live;      /* all call objects with an accepted call, alive */
     int n_waiting;   /* jobs not yet picked up by a worker (pending + unacked) */
     bool draining;
+    int workers_left;            /* the master's last TN_FRONT_CTL_WORKERS; -1 = not told */
+    bool health_changed;         /* workers_left fell to 0: the CQ thread tells watchers */
     bool stopping;               /* server shutdown started: streams are being ended */
     struct stream_call *streams; /* Watch and reflection calls alive (CQ thread) */
     struct dlink recving;        /* uploads with a RECV_MESSAGE outstanding (CQ thread) */
     int n_streams;
     uint64_t next_job_id;
     int media_root_fd; /* --media-root opened O_PATH; -1 = local mode off; owned */
+    /* unix: listeners (see bind_name()): the public path, and the inode of our
+     * socket linked there, so that we remove it at exit only if it is ours. */
+    struct unix_link {
+        char pub[PATH_MAX];
+        dev_t dev;
+        ino_t ino;
+    } unix_links[TN_MAX_LISTEN];
+    size_t n_unix;
 };
 
 static volatile sig_atomic_t sig_stop, sig_quit, sig_usr1;
@@ -1205,12 +1221,19 @@ static void upload_complete(struct gen_call *c)
         dl = call_dl;
 
     pthread_mutex_lock(&f->mu);
-    bool full = f->n_waiting >= cfg->max_queued_jobs;
+    bool no_workers = f->workers_left == 0;
+    bool full = !no_workers && f->n_waiting >= cfg->max_queued_jobs;
     uint64_t id = ++f->next_job_id;
-    if (!full)
+    if (!full && !no_workers)
         f->n_waiting++;
     tn_metrics_front_queue_depth(f->n_waiting);
     pthread_mutex_unlock(&f->mu);
+    if (no_workers) {
+        close(sp[0]);
+        close(sp[1]);
+        gen_fail(c, TN_UNAVAILABLE, NO_WORKERS_MSG);
+        return;
+    }
     if (full) {
         close(sp[0]);
         close(sp[1]);
@@ -1472,10 +1495,12 @@ static void simple_answer(struct simple_call *s, grpc_byte_buffer *msg, grpc_sta
     start_batch(s->call, ops, n, &s->t_done);
 }
 
-static bool is_draining(struct front *f)
+/* NOT_SERVING while draining, and while the master reports that no decode
+ * worker is left (they all failed to start). */
+static bool not_serving(struct front *f)
 {
     pthread_mutex_lock(&f->mu);
-    bool d = f->draining;
+    bool d = f->draining || f->workers_left == 0;
     pthread_mutex_unlock(&f->mu);
     return d;
 }
@@ -1547,7 +1572,7 @@ static void on_new_health(struct simple_call *s, bool ok)
     }
     grpc__health__v1__health_check_request__free_unpacked(req, NULL);
     Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
-    resp.status = is_draining(f)
+    resp.status = not_serving(f)
                       ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
                       : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
     simple_answer(s, tn_pb_pack(&resp.base), GRPC_STATUS_OK, NULL);
@@ -1602,7 +1627,7 @@ static void on_new_generate(struct gen_call *c, bool ok)
     f->n_live++;
     f->n_gen_calls++;
     int n = f->n_gen_calls;
-    bool draining = f->draining;
+    bool no_workers = f->workers_left == 0;
     pthread_mutex_unlock(&f->mu);
     if (c->probe)
         request_probe(f);
@@ -1625,8 +1650,11 @@ static void on_new_generate(struct gen_call *c, bool ok)
         gen_fail(c, TN_UNAUTHENTICATED, "%s", refusal);
         return;
     }
-    if (draining) {
-        gen_fail(c, TN_UNAVAILABLE, "the server is shutting down; retry on another instance");
+    /* A call that arrives while draining is served: the server stopped
+     * listening and sent GOAWAY when the drain began, so only calls the
+     * client had already started get here, and they are in flight. */
+    if (no_workers) {
+        gen_fail(c, TN_UNAVAILABLE, NO_WORKERS_MSG);
         return;
     }
     if (n > f->cfg->max_concurrent_calls) {
@@ -1834,7 +1862,7 @@ static int watch_status(struct front *f, bool known)
 {
     if (!known)
         return GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN;
-    return is_draining(f) ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
+    return not_serving(f) ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
                           : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
 }
 
@@ -2303,6 +2331,54 @@ static void check_deadlines(struct front *f)
     pthread_mutex_unlock(&f->mu);
 }
 
+/* The master's word on the control socket (front.h). When the worker pool is
+ * gone for good, jobs that no worker took yet would only wait for their
+ * deadline: end them now. */
+static void read_ctl(struct front *f)
+{
+    for (;;) {
+        struct tn_front_ctl msg;
+        ssize_t n = recv(f->ctl_fd, &msg, sizeof(msg), MSG_DONTWAIT);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN)
+            return;
+        if (n <= 0) { /* the master is gone: PDEATHSIG stops us */
+            epoll_ctl(f->epfd, EPOLL_CTL_DEL, f->ctl_fd, NULL);
+            return;
+        }
+        if (n != (ssize_t)sizeof(msg) || msg.type != TN_FRONT_CTL_WORKERS) {
+            tn_log_warn("unexpected message on the control socket (%zd bytes)", n);
+            continue;
+        }
+        pthread_mutex_lock(&f->mu);
+        bool lost = msg.value == 0 && f->workers_left != 0;
+        f->workers_left = msg.value;
+        if (lost) {
+            f->health_changed = true;
+            for (struct gen_call *c = f->pend_head; c; c = c->pend_next) {
+                pthread_mutex_lock(&c->mu);
+                finish_locked(c, TN_UNAVAILABLE, NO_WORKERS_MSG);
+                pthread_mutex_unlock(&c->mu);
+            }
+            for (struct dlink *l = f->running.next; l != &f->running; l = l->next) {
+                struct gen_call *c = DLINK_ENTRY(l, struct gen_call, run_link);
+                pthread_mutex_lock(&c->mu);
+                if (c->worker_pid <= 0) {
+                    finish_locked(c, TN_UNAVAILABLE, NO_WORKERS_MSG);
+                    abandon_job_locked(c);
+                }
+                pthread_mutex_unlock(&c->mu);
+            }
+        }
+        pthread_mutex_unlock(&f->mu);
+        if (lost)
+            tn_log_error("the master reports no decode worker left: NOT_SERVING");
+        else
+            tn_log_debug("the master reports %d worker slot(s)", (int)msg.value);
+    }
+}
+
 static void *poller_main(void *arg)
 {
     struct front *f = arg;
@@ -2321,6 +2397,8 @@ static void *poller_main(void *arg)
                     tn_log_error("read() from eventfd failed: %s", strerror(errno));
             } else if (p == &f->queue_fd) {
                 /* Writable again: dispatch_pending below. */
+            } else if (p == &f->ctl_fd) {
+                read_ctl(f);
             } else {
                 handle_reply(f, p);
             }
@@ -2438,6 +2516,72 @@ static grpc_server_credentials *server_tls_credentials(const struct tn_tls *t)
         NULL);
 }
 
+/*
+ * unix:PATH listeners and reload. gRPC unlinks a unix socket's path when its
+ * listener closes, by name: an old front draining after a reload would remove
+ * the path the new front listens on. So each front binds a private name,
+ * "PATH.<pid>" (which gRPC may unlink as it likes), and then links its socket
+ * to PATH atomically (link to a temporary name, rename over PATH): clients
+ * always find a listening socket at PATH, the newest front's. At exit a front
+ * removes PATH only if it is still its own socket. Returns the address to give
+ * gRPC (in buf), or addr itself when it is not a unix: path or the private name
+ * would not fit in sun_path (then a reload removes PATH: logged).
+ */
+static const char *bind_name(struct front *f, const char *addr, char *buf, size_t len)
+{
+    if (strncmp(addr, "unix:", 5) != 0)
+        return addr;
+    const char *p = addr + 5;
+    if (strncmp(p, "//", 2) == 0)
+        p += 2;
+    int n = snprintf(buf, len, "unix:%s.%d", p, (int)getpid());
+    if (n < 0 || (size_t)n >= len || strlen(buf + 5) > 107) {
+        tn_log_warn("%s: the path is too long to add .<pid>; a reload will remove it", addr);
+        return addr;
+    }
+    struct unix_link *u = &f->unix_links[f->n_unix];
+    snprintf(u->pub, sizeof(u->pub), "%s", p);
+    u->ino = 0;
+    f->n_unix++;
+    return buf;
+}
+
+/* After the server started: link each private socket name to its public path. */
+static int publish_unix(struct front *f)
+{
+    for (size_t i = 0; i < f->n_unix; i++) {
+        struct unix_link *u = &f->unix_links[i];
+        char priv[PATH_MAX + 16], tmp[PATH_MAX + 32];
+        struct stat st;
+        snprintf(priv, sizeof(priv), "%s.%d", u->pub, (int)getpid());
+        snprintf(tmp, sizeof(tmp), "%s.%d.tmp", u->pub, (int)getpid());
+        unlink(tmp);
+        if (stat(priv, &st) < 0 || link(priv, tmp) < 0 || rename(tmp, u->pub) < 0) {
+            tn_log_error("cannot make %s the socket %s: %s", u->pub, priv, strerror(errno));
+            unlink(tmp);
+            return -1;
+        }
+        u->dev = st.st_dev;
+        u->ino = st.st_ino;
+    }
+    return 0;
+}
+
+static void unpublish_unix(struct front *f)
+{
+    for (size_t i = 0; i < f->n_unix; i++) {
+        struct unix_link *u = &f->unix_links[i];
+        struct stat st;
+        if (u->ino && stat(u->pub, &st) == 0 && st.st_dev == u->dev && st.st_ino == u->ino)
+            unlink(u->pub);
+        /* gRPC removes the private name when its listener closes; a front that
+         * never got that far leaves it: remove it too. */
+        char priv[PATH_MAX + 16];
+        snprintf(priv, sizeof(priv), "%s.%d", u->pub, (int)getpid());
+        unlink(priv);
+    }
+}
+
 static int setup(struct front *f, const struct tn_config *cfg)
 {
     f->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -2448,8 +2592,10 @@ static int setup(struct front *f, const struct tn_config *cfg)
     }
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &f->evfd};
     struct epoll_event evq = {.events = 0, .data.ptr = &f->queue_fd};
+    struct epoll_event evc = {.events = EPOLLIN, .data.ptr = &f->ctl_fd};
     if (epoll_ctl(f->epfd, EPOLL_CTL_ADD, f->evfd, &ev) < 0 ||
-        epoll_ctl(f->epfd, EPOLL_CTL_ADD, f->queue_fd, &evq) < 0) {
+        epoll_ctl(f->epfd, EPOLL_CTL_ADD, f->queue_fd, &evq) < 0 ||
+        (f->ctl_fd >= 0 && epoll_ctl(f->epfd, EPOLL_CTL_ADD, f->ctl_fd, &evc) < 0)) {
         tn_log_error("epoll_ctl() failed: %s", strerror(errno));
         return -1;
     }
@@ -2463,7 +2609,10 @@ static int setup(struct front *f, const struct tn_config *cfg)
     args[1].value.integer = (int)(cfg->chunk_size + 1024);
     args[2].type = GRPC_ARG_INTEGER;
     args[2].key = GRPC_ARG_ALLOW_REUSEPORT;
-    args[2].value.integer = 0; /* a second server on the same port is a mistake, say so */
+    /* A reload starts a new front beside the old one on the same addresses:
+     * both must set SO_REUSEPORT, and the kernel then spreads new connections
+     * over the listeners until the old front stops listening (its drain). */
+    args[2].value.integer = 1;
     /* The BDP probe grows the HTTP/2 receive window without bound while the
      * spool write keeps up: one 1 GiB upload peaked the front at 117 MB RSS
      * with it, 19 MB without, at the same 0.3-0.5 GB/s (spool on /dev/shm,
@@ -2506,7 +2655,9 @@ static int setup(struct front *f, const struct tn_config *cfg)
     for (size_t i = 0; i < cfg->n_listen && rc == 0; i++) {
         bool is_unix = strncmp(cfg->listen[i], "unix:", 5) == 0;
         bool use_tls = tls && (!is_unix || cfg->tls_unix);
-        int port = grpc_server_add_http2_port(f->server, cfg->listen[i], use_tls ? tls : plain);
+        char name[PATH_MAX + 32];
+        int port = grpc_server_add_http2_port(
+            f->server, bind_name(f, cfg->listen[i], name, sizeof(name)), use_tls ? tls : plain);
         if (port == 0) {
             tn_log_error("cannot listen on %s (address in use, bad address or no permission%s)",
                          cfg->listen[i], use_tls ? ", or the TLS set-up failed" : "");
@@ -2526,8 +2677,16 @@ static int setup(struct front *f, const struct tn_config *cfg)
     if (cfg->tls && cfg->tls->have_token)
         tn_log_info("calls need an authorization token (--auth-token-file); health checks do not");
     grpc_server_start(f->server);
-    request_generate(f);
-    request_probe(f);
+    if (publish_unix(f) < 0)
+        return -1;
+    /* Several requests outstanding, not one: a call that arrives while none
+     * is outstanding waits unmatched inside gRPC, and the shutdown that starts
+     * a drain (reload, SIGTERM) cancels such calls (CANCELLED, not retried by
+     * clients) instead of letting them finish. Each new call requests the next. */
+    for (int i = 0; i < PREREQUESTED_CALLS; i++)
+        request_generate(f);
+    for (int i = 0; i < PREREQUESTED_PROBES; i++)
+        request_probe(f);
     request_health(f);
     request_generic(f);
     request_stream(f, TAG_NEW_WATCH);
@@ -2536,7 +2695,7 @@ static int setup(struct front *f, const struct tn_config *cfg)
     return 0;
 }
 
-int tn_front_main(const struct tn_config *cfg, int queue_fd)
+int tn_front_main(const struct tn_config *cfg, int queue_fd, int ctl_fd)
 {
     struct front fr;
     struct front *f = &fr;
@@ -2546,6 +2705,8 @@ int tn_front_main(const struct tn_config *cfg, int queue_fd)
     dlink_init(&f->recving);
     f->cfg = cfg;
     f->queue_fd = queue_fd;
+    f->ctl_fd = ctl_fd;
+    f->workers_left = -1;
     f->epfd = f->evfd = f->media_root_fd = -1;
     f->t_shutdown = (struct tag){TAG_SHUTDOWN, f};
     pthread_mutex_init(&f->mu, NULL);
@@ -2607,9 +2768,14 @@ int tn_front_main(const struct tn_config *cfg, int queue_fd)
                     cfg->max_concurrent_calls, cfg->chunk_size);
         tn_notify_ready("serving on %s%s", cfg->listen[0], cfg->n_listen > 1 ? " and more" : "");
         status = 0;
+        /* The master retires the previous generation (reload) on this word. */
+        struct tn_front_ctl ready = {.type = TN_FRONT_CTL_READY, .value = 0};
+        if (f->ctl_fd >= 0 && send(f->ctl_fd, &ready, sizeof(ready), MSG_NOSIGNAL) < 0)
+            tn_log_error("telling the master that the front is serving failed: %s",
+                         strerror(errno));
     }
 
-    bool shutting_down = false, shutdown_done = false, cancelled_all = false;
+    bool shutting_down = false, shutdown_done = false, cancelled_all = false, ended = false;
     int64_t drain_deadline = 0, last_idle_check = 0;
     for (;;) {
         if (sig_usr1) {
@@ -2625,20 +2791,28 @@ int tn_front_main(const struct tn_config *cfg, int queue_fd)
             tn_log_info("draining: %d calls in progress, up to %.0f s", f->n_gen_calls,
                         cfg->grace_s);
         }
-        if (sig_stop && !f->draining) {
-            f->draining = true;
+        if (sig_stop && (!f->draining || drain_deadline > now)) {
+            f->draining = true; /* stop now, also in the middle of a drain */
             drain_deadline = now;
         }
         bool drained = f->draining && (f->n_gen_calls == 0 || now >= drain_deadline);
         int live = f->n_live;
         bool drain_started = f->draining && !was_draining;
+        bool health_changed = f->health_changed;
+        f->health_changed = false;
         pthread_mutex_unlock(&f->mu);
-        if (drain_started)
+        if (drain_started || health_changed)
             streams_update(f, false); /* Watch: NOT_SERVING */
-        if (drained && !shutting_down) {
+        if (f->draining && !shutting_down) {
+            /* At once, not when drained: the listeners close and every client
+             * gets GOAWAY, so new calls go elsewhere (after a reload, to the
+             * new front) instead of failing here; calls in flight go on. */
             shutting_down = true;
             grpc_server_shutdown_and_notify(f->server, f->cq, &f->t_shutdown);
-            streams_update(f, true);
+        }
+        if (drained && !ended) {
+            ended = true;
+            streams_update(f, true); /* or the shutdown would wait for them */
         }
         if (shutting_down && !cancelled_all && now >= drain_deadline) {
             cancelled_all = true;
@@ -2669,6 +2843,7 @@ int tn_front_main(const struct tn_config *cfg, int queue_fd)
         pthread_join(f->poller, NULL);
     }
     grpc_server_destroy(f->server);
+    unpublish_unix(f);
     grpc_completion_queue_shutdown(f->cq);
     for (;;) {
         grpc_event ev = grpc_completion_queue_next(f->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
@@ -2687,6 +2862,8 @@ out_grpc:
     if (f->media_root_fd >= 0)
         close(f->media_root_fd);
     close(f->queue_fd);
+    if (f->ctl_fd >= 0)
+        close(f->ctl_fd);
     tn_reflection_free(&f->refl);
     pthread_mutex_destroy(&f->mu);
     tn_log_info("stopped");

@@ -4,21 +4,40 @@
  * uploads to O_TMPFILE files, sends jobs on the queue, streams results back.
  *
  * Signals (sent by the master): SIGTERM/SIGINT stop now (cancel calls),
- * SIGQUIT stop accepting and drain in-flight calls for up to cfg->grace_s,
- * SIGUSR1 reopen the log file.
+ * SIGQUIT stop accepting (the listeners close and clients get GOAWAY, so new
+ * calls go to another front: a reload's new one) and drain in-flight calls for
+ * up to cfg->grace_s, SIGUSR1 reopen the log file.
  */
 #ifndef TN_FRONT_H
 #define TN_FRONT_H
 
+#include <stdint.h>
+
 #include "config.h"
 
 /*
+ * The control socket between the master and one front (a SOCK_SEQPACKET
+ * socketpair the master makes for each front it spawns): fixed-size messages.
+ *   front -> master  TN_FRONT_CTL_READY    the gRPC server is started and serving
+ *   master -> front  TN_FRONT_CTL_WORKERS  value = worker slots the generation still
+ *                                          has; 0 = none will come back: answer
+ *                                          NOT_SERVING and fail calls UNAVAILABLE
+ */
+enum tn_front_ctl_type { TN_FRONT_CTL_READY = 1, TN_FRONT_CTL_WORKERS = 2 };
+
+struct tn_front_ctl {
+    uint32_t type; /* enum tn_front_ctl_type */
+    int32_t value;
+};
+
+/*
  * Run the front until told to stop. queue_fd is the sending end of the job
- * queue, owned by the front from here on. Returns the process exit status:
+ * queue, ctl_fd its end of the control socket (-1: none); both are owned by
+ * the front from here on. Returns the process exit status:
  * 0 after a clean stop, 1 on a runtime error, 2 if it could not start
  * (e.g. a --listen address could not be bound): the master must not respawn it
  * in a loop.
  */
-int tn_front_main(const struct tn_config *cfg, int queue_fd);
+int tn_front_main(const struct tn_config *cfg, int queue_fd, int ctl_fd);
 
 #endif

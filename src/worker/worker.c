@@ -25,6 +25,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "engine.h"
@@ -314,6 +315,25 @@ done:
 
 /* ---- the loop ----------------------------------------------------------- */
 
+/* n +- 10 %, drawn once per worker, so that workers started together (at start-up
+ * or a reload) do not all exit and reinitialize at the same moment. */
+static uint64_t recycle_after(uint64_t n)
+{
+    if (n == 0)
+        return 0;
+    uint64_t span = n / 10;
+    if (span == 0)
+        return n;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t x = (uint64_t)getpid() * 0x9e3779b97f4a7c15ull ^ (uint64_t)ts.tv_nsec;
+    x ^= x >> 31;
+    x *= 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 27;
+    uint64_t v = n - span + x % (2 * span + 1);
+    return v ? v : 1;
+}
+
 void tn_worker_main(int queue_fd, const struct tn_worker_options *opt)
 {
     char role[32];
@@ -325,6 +345,9 @@ void tn_worker_main(int queue_fd, const struct tn_worker_options *opt)
     tn_log_set_role(role);
     if (init(queue_fd, opt) < 0)
         exit(2);
+    uint64_t max_jobs = recycle_after(opt->max_jobs), jobs = 0;
+    if (opt->ready)
+        *opt->ready = 1;
     tn_log_debug("ready");
 
     for (;;) {
@@ -379,5 +402,9 @@ void tn_worker_main(int queue_fd, const struct tn_worker_options *opt)
         close(fds[0]);
         close(fds[1]);
         tn_metrics_worker_busy(0);
+        if (max_jobs && ++jobs >= max_jobs) {
+            tn_log_info("recycling after %" PRIu64 " jobs (--max-jobs-per-worker)", jobs);
+            exit(TN_EXIT_RECYCLED);
+        }
     }
 }

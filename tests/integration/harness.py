@@ -726,9 +726,10 @@ class Server:
             return e.code, e.headers.get("Content-Type"), e.read().decode("utf-8")
 
     # --- stopping -------------------------------------------------------
-    def stop(self, sig=signal.SIGTERM, timeout=20, check=True):
+    def stop(self, sig=signal.SIGINT, timeout=20, check=True):
         """Signal the master, wait, and make sure no process of the server is left.
-        Returns the master's exit status."""
+        Returns the master's exit status. Default SIGINT: the fast stop (SIGTERM
+        drains in-flight calls for up to --grace)."""
         if self.proc is None:
             return None
         pgid = self.proc.pid

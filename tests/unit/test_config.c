@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -185,6 +186,8 @@ static void test_bad_values(void **state)
     bad("--log-format 'xml'", "--log-format", "xml", NULL);
     bad("--pidfile", "--pidfile", "", NULL);
     bad("--log-file", "--log-file=", NULL);
+    bad("--max-jobs-per-worker '-1'", "--max-jobs-per-worker", "-1", NULL);
+    bad("--max-jobs-per-worker 'x'", "--max-jobs-per-worker", "x", NULL);
 }
 
 static void test_metrics_and_logging(void **state)
@@ -238,6 +241,42 @@ static void test_relative_paths(void **state)
         snprintf(want, sizeof(want), "unix:%s/tn.sock", strcmp(cwd, "/") ? cwd : "");
         assert_string_equal(cfg.listen[0], want);
     }
+}
+
+static void test_max_jobs_per_worker(void **state)
+{
+    assert_int_equal(parse(NULL), 0);
+    assert_int_equal(cfg.max_jobs_per_worker, 1000);
+    assert_int_equal(parse("--max-jobs-per-worker", "0", NULL), 0);
+    assert_int_equal(cfg.max_jobs_per_worker, 0);
+    assert_int_equal(parse("--max-jobs-per-worker", "7", NULL), 0);
+    assert_int_equal(cfg.max_jobs_per_worker, 7);
+}
+
+/* SIGHUP: the same argv again, relative paths against the directory of the
+ * first parse even after a chdir (a daemon is in "/" by then). */
+static void test_reload(void **state)
+{
+    char cwd[PATH_MAX], want[PATH_MAX + 64];
+    struct tn_config again;
+    assert_non_null(getcwd(cwd, sizeof(cwd)));
+    assert_int_equal(
+        parse("--workers", "3", "--pidfile", "tn.pid", "--max-jobs-per-worker", "9", NULL), 0);
+    assert_int_equal(chdir("/"), 0);
+    int rc = tn_config_reload(&again, err, sizeof(err));
+    assert_int_equal(chdir(cwd), 0);
+    assert_int_equal(rc, 0);
+    assert_int_equal(again.workers, 3);
+    assert_int_equal(again.max_jobs_per_worker, 9);
+    snprintf(want, sizeof(want), "%s/tn.pid", strcmp(cwd, "/") ? cwd : "");
+    assert_string_equal(again.pidfile, want);
+    /* a configuration that became invalid is an error, not a crash */
+    assert_int_equal(parse("--spool-dir", "tn-reload-spool", NULL), -1);
+    assert_int_equal(mkdir("tn-reload-spool", 0700), 0);
+    assert_int_equal(parse("--spool-dir", "tn-reload-spool", NULL), 0);
+    assert_int_equal(rmdir("tn-reload-spool"), 0);
+    assert_int_equal(tn_config_reload(&again, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "--spool-dir"));
 }
 
 static void test_help_and_version(void **state)
@@ -486,6 +525,8 @@ int main(void)
         cmocka_unit_test_setup(test_metrics_and_logging, setup),
         cmocka_unit_test_setup(test_listen_limit, setup),
         cmocka_unit_test_setup(test_relative_paths, setup),
+        cmocka_unit_test_setup(test_max_jobs_per_worker, setup),
+        cmocka_unit_test_setup(test_reload, setup),
         cmocka_unit_test_setup(test_help_and_version, setup),
         cmocka_unit_test_setup(test_security, setup),
         cmocka_unit_test_setup_teardown(test_config_file, setup, teardown_conf),
