@@ -423,7 +423,7 @@ static int check_tls(struct tn_config *cfg, char *err, size_t errlen)
                         "--tls-cert: every --listen address is a unix: socket, and those stay "
                         "plaintext; add --tls-unix, or listen on a HOST:PORT");
     }
-    if (!cfg->tls_cert && !cfg->auth_token_file)
+    if (!cfg->tls_cert && !cfg->tls_key && !cfg->tls_client_ca && !cfg->auth_token_file)
         return 0;
     struct tls_node *n = calloc(1, sizeof(*n));
     if (!n)
@@ -436,7 +436,7 @@ static int check_tls(struct tn_config *cfg, char *err, size_t errlen)
     }
     n->next = tls_nodes;
     tls_nodes = n;
-    cfg->tls = &n->tls;
+    cfg->tls = &n->tls; /* with TLS or a token; the checks above leave nothing else */
     return 0;
 }
 
