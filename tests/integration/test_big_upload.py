@@ -77,7 +77,8 @@ class BigUpload(h.ServerTestCase):
         mon = RssMonitor(front)
         mon.start()
         try:
-            r = h.run_client(["--server", self.server.addr, inp, out], timeout=800)
+            # --no-pull: a file this big would be pulled (a few MB) by default
+            r = h.run_client(["--server", self.server.addr, "--no-pull", inp, out], timeout=800)
         finally:
             mon.stop()
             os.unlink(big)
@@ -86,6 +87,8 @@ class BigUpload(h.ServerTestCase):
         self.assertEqual(h.tree_files(out), ["big.png"])
         png = h.png_file(os.path.join(out, "big.png"))
         self.assertEqual((png.width, png.height), (320, 180))
+        # the whole file crossed the wire: an upload, not a pull
+        self.assertIn("file=\"big.mp4\" in=%d " % size, self.server.log_text())
 
         mbps = size / r.elapsed / 1e6
         h.log("RESULT big upload: %.2f GiB in %.2f s = %.0f MB/s (client wall time, incl. job)"
