@@ -12,6 +12,7 @@ PACKAGES=(
     protobuf-compiler # the descriptor set embedded for server reflection
     libavformat-dev libavcodec-dev libswscale-dev libavutil-dev libpng-dev
     libturbojpeg0-dev libwebp-dev
+    libseccomp-dev # the workers' sandbox (src/worker/sandbox.c)
     # tests: unit (cmocka), test videos (ffmpeg), integration (Python grpcio + stubs)
     libcmocka-dev ffmpeg python3 python3-grpcio python3-protobuf python3-pil
     protobuf-compiler-grpc valgrind

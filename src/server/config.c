@@ -61,6 +61,8 @@ enum {
     OPT_MAX_QUEUED,
     OPT_MAX_PIXELS,
     OPT_WORKER_MEMORY,
+    /* sandbox */
+    OPT_NO_SANDBOX,
 };
 
 static const struct option long_options[] = {
@@ -81,6 +83,8 @@ static const struct option long_options[] = {
     {"max-queued-jobs", required_argument, NULL, OPT_MAX_QUEUED},
     {"max-pixels", required_argument, NULL, OPT_MAX_PIXELS},
     {"worker-memory", required_argument, NULL, OPT_WORKER_MEMORY},
+    /* sandbox */
+    {"no-sandbox", no_argument, NULL, OPT_NO_SANDBOX},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -162,6 +166,9 @@ static void print_help(FILE *f, const struct tn_config *d)
             "                            (default: %" PRIu64 " = 8192*8192)\n"
             "  --worker-memory SIZE      address-space limit (RLIMIT_AS) per worker; 0 = none,\n"
             "                            else at least 256M (default: %s)\n"
+            "  --no-sandbox              run workers without their seccomp filter (default:\n"
+            "                            on: a worker that makes a system call outside its\n"
+            "                            allowlist, e.g. open(), is killed and respawned)\n"
             "\n"
             "Process:\n"
             "  --daemon                  detach from the terminal and run in the background;\n"
@@ -332,6 +339,7 @@ int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, siz
     cfg->max_queued_jobs = 64;
     cfg->max_pixels = 8192ull * 8192ull;
     cfg->worker_memory = 1ull << 30;
+    cfg->sandbox = true; /* sandbox */
     if (env_workers && *env_workers && tn_parse_uint(env_workers, 1, MAX_WORKERS, &u) == 0)
         cfg->workers = (int)u; /* a bad value is reported below, unless --workers overrides it */
 
@@ -439,6 +447,8 @@ int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, siz
                             optarg);
             cfg->worker_memory = u;
             break;
+        /* sandbox */
+        case OPT_NO_SANDBOX: cfg->sandbox = false; break;
         default:
             return fail(err, errlen, "internal error: unhandled option '%s'", argv[optind - 1]);
         }

@@ -31,6 +31,8 @@ struct tn_config {
     int max_queued_jobs;               /* --max-queued-jobs; default 64 (not yet picked up) */
     uint64_t max_pixels;               /* --max-pixels; default 8192*8192 */
     uint64_t worker_memory;            /* --worker-memory (RLIMIT_AS); default 1 GiB; 0 = off */
+    /* sandbox: worker seccomp filter */
+    bool sandbox; /* default on; --no-sandbox turns it off */
 };
 
 /*

@@ -13,6 +13,7 @@ struct tn_worker_options {
     int index;             /* 0..N-1, for the log role "worker#i" */
     uint64_t max_pixels;   /* 0 = libav default */
     uint64_t memory_limit; /* RLIMIT_AS in bytes; 0 = unlimited */
+    int sandbox;           /* 1: seccomp filter once set up (sandbox.h); --no-sandbox: 0 */
 };
 
 /*
