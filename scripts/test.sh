@@ -13,7 +13,8 @@ JOBS=$(nproc 2>/dev/null || echo 2)
 
 ./scripts/install-deps.sh
 # shellcheck disable=SC2086
-cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo ${CMAKE_ARGS:-}
+# TN_TESTING: the test-only hooks (a worker that breaks its sandbox on request).
+cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTN_TESTING=ON ${CMAKE_ARGS:-}
 cmake --build "$BUILD_DIR" -j"$JOBS"
 
 echo "test.sh: validating docker-compose.yml"
@@ -26,7 +27,7 @@ ctest --test-dir "$BUILD_DIR" --output-on-failure -j2 "$@"
 # worker). TN_NO_SANITIZE=1 skips it.
 if [ "${TN_NO_SANITIZE:-0}" != 1 ]; then
     echo "test.sh: the whole suite again under ASan+UBSan (${BUILD_DIR}-asan)"
-    cmake -S . -B "${BUILD_DIR}-asan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTN_SANITIZE=ON
+    cmake -S . -B "${BUILD_DIR}-asan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTN_SANITIZE=ON -DTN_TESTING=ON
     cmake --build "${BUILD_DIR}-asan" -j"$JOBS"
     ctest --test-dir "${BUILD_DIR}-asan" --output-on-failure -j2 "$@"
 fi
