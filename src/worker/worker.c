@@ -31,6 +31,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -42,8 +43,10 @@
 
 #ifdef TN_TESTING
 /* Test builds only (cmake -DTN_TESTING=ON): a job for a file of exactly this
- * name makes the worker open a file mid-job, as a compromised decoder would,
- * so that tests can watch the sandbox stop it. */
+ * name makes the worker create a network socket mid-job, as a compromised
+ * decoder calling home would, so that tests can watch the sandbox stop it.
+ * (socket, not open: an ASan build's filter lets the runtime open files
+ * read-only for its reports; no build allows socket.) */
 #define TEST_VIOLATION_NAME "tn-test-sandbox-violation"
 #endif
 
@@ -252,9 +255,9 @@ static void run_job(struct tn_ipc_job *job, int video, int reply,
     }
 #ifdef TEST_VIOLATION_NAME
     if (!strcmp(job->file_name, TEST_VIOLATION_NAME)) {
-        tn_log_warn("test hook: job %" PRIu64 " opens /etc/hostname (forbidden when sandboxed)",
+        tn_log_warn("test hook: job %" PRIu64 " creates a socket (forbidden when sandboxed)",
                     job->h.job_id);
-        int fd = open("/etc/hostname", O_RDONLY | O_CLOEXEC);
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd >= 0)
             close(fd);
     }

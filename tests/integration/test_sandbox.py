@@ -9,11 +9,13 @@
   iconv (glibc loads converters lazily with openat(): the sandbox warms them up;
   without that this clip killed its worker).
 * A violation (TN_TESTING builds: a job for a file named
-  "tn-test-sandbox-violation" makes the worker open /etc/hostname mid-job, as
-  an exploited decoder would): the call ends UNAVAILABLE with a message naming
-  the worker, the master logs "killed by the sandbox (SIGSYS", the kernel never
-  ran the open (the worker died of SIGSYS, not after it), the pool is back to N
-  sandboxed workers and the next call succeeds.
+  "tn-test-sandbox-violation" makes the worker create a socket mid-job, as an
+  exploited decoder calling home would): the call ends UNAVAILABLE with a
+  message naming the worker, the master logs "killed by the sandbox (SIGSYS",
+  the pool is back to N sandboxed workers and the next call succeeds. (That
+  open() is refused too is shown by the MPEG-TS clip above, which killed its
+  worker before the iconv warm-up; ASan builds allow read-only opens for the
+  sanitizer's reports, hence a socket here.)
 * --no-sandbox: Seccomp 0, no "sandbox on" line, and the same job succeeds.
 * SIGUSR1 (log reopen): a sandboxed worker cannot open the new log file, so it
   is replaced; the replacement logs into the new file, still sandboxed.
@@ -181,7 +183,7 @@ class NoSandbox(h.ServerTestCase):
         thumbs = h.generate(self.server.addr, path=h.video("h264.mp4"), timeout=60)
         self.assertEqual(len(thumbs), 1)
         if testing_hooks_built():
-            # Unfiltered, the hook's open() is harmless and the job completes.
+            # Unfiltered, the hook's socket() is harmless and the job completes.
             thumbs = h.generate(self.server.addr, path=h.video("h264.mp4"),
                                 file_name=VIOLATION_NAME, timeout=60)
             self.assertEqual(len(thumbs), 1)
