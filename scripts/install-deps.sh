@@ -16,6 +16,8 @@ PACKAGES=(
     # tests: unit (cmocka), test videos (ffmpeg), integration (Python grpcio + stubs)
     libcmocka-dev ffmpeg python3 python3-grpcio python3-protobuf python3-pil
     protobuf-compiler-grpc valgrind
+    # the libFuzzer run of the engine (tests/fuzz/): clang and its fuzzer runtime
+    clang libclang-rt-14-dev
     # validating docker-compose.yml (no Docker engine needed)
     docker-compose
 )

@@ -4,7 +4,8 @@
 # ctest, e.g. ./scripts/test.sh -L unit  or  ./scripts/test.sh -R test_e2e
 # Environment: BUILD_DIR (default build), CMAKE_ARGS (extra -D options, e.g.
 # -DTN_SANITIZE=ON), TN_SKIP_BIG=1 skips the >2 GiB upload test,
-# TN_NO_SANITIZE=1 skips the second, ASan+UBSan run of the suite.
+# TN_NO_SANITIZE=1 skips the second, ASan+UBSan run of the suite; TN_NO_FUZZ=1
+# skips the libFuzzer run of the engine, TN_FUZZ_SECONDS sets its length (60).
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 
@@ -30,4 +31,16 @@ if [ "${TN_NO_SANITIZE:-0}" != 1 ]; then
     cmake -S . -B "${BUILD_DIR}-asan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTN_SANITIZE=ON -DTN_TESTING=ON
     cmake --build "${BUILD_DIR}-asan" -j"$JOBS"
     ctest --test-dir "${BUILD_DIR}-asan" --output-on-failure -j2 "$@"
+fi
+
+# libFuzzer on the engine (clang; tests/fuzz/): a bounded run seeded from the
+# generated clips. A crash fails CI and leaves its reproducer in
+# ${BUILD_DIR}-fuzz/fuzz-work/. TN_NO_FUZZ=1 skips it.
+if [ "${TN_NO_FUZZ:-0}" != 1 ]; then
+    echo "test.sh: fuzzing the engine for ${TN_FUZZ_SECONDS:-60} s (${BUILD_DIR}-fuzz)"
+    CC=clang cmake -S . -B "${BUILD_DIR}-fuzz" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTN_FUZZ=ON \
+        -DTN_FUZZ_SECONDS="${TN_FUZZ_SECONDS:-60}"
+    cmake --build "${BUILD_DIR}-fuzz" -j"$JOBS" --target fuzz_engine
+    ctest --test-dir "${BUILD_DIR}-fuzz" --output-on-failure -L fuzz
+    grep -E "DONE|stat::" "${BUILD_DIR}-fuzz/fuzz-work/fuzz.log" # execs/s, coverage
 fi
