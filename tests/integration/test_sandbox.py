@@ -19,6 +19,9 @@
 * --no-sandbox: Seccomp 0, no "sandbox on" line, and the same job succeeds.
 * SIGUSR1 (log reopen): a sandboxed worker cannot open the new log file, so it
   is replaced; the replacement logs into the new file, still sandboxed.
+* The other fences around the decoder: RLIMIT_AS of 1 GiB by default, an idle
+  worker holding only stdio, the log and the job queue, and an HLS playlist or
+  a concat list naming a real video refused as INVALID_ARGUMENT.
 """
 import os
 import re
@@ -171,6 +174,41 @@ class Sandbox(h.ServerTestCase):
         new = new_log()
         self.assertRegex(new, r"sandbox on: \d+ syscalls allowed")
         self.assertNotIn("killed by the sandbox", new)
+
+    def test_5_limits_around_the_decoder(self):
+        """The other fences (issue 4): RLIMIT_AS per worker, only the job's fd read (no
+        playlist or concat list may name another file), a worker holding no other files."""
+        workers = self.assertPoolSandboxed()
+        if "--worker-memory" not in h.server_default_args():  # ASan builds turn it off
+            for p in workers:
+                with open("/proc/%d/limits" % p) as f:
+                    line = [l for l in f if l.startswith("Max address space")][0]
+                self.assertEqual(line.split()[3:5], ["1073741824", "1073741824"], line)
+        # Idle, a worker holds stdin/stdout/stderr, the log file and the job queue: nothing else.
+        for p in workers:
+            fds = {int(fd): os.readlink("/proc/%d/fd/%s" % (p, fd))
+                   for fd in os.listdir("/proc/%d/fd" % p)}
+            others = {fd: t for fd, t in fds.items()
+                      if fd > 2 and t != self.server.log_path and not t.startswith("socket:")}
+            self.assertEqual(others, {}, "worker %d holds %s" % (p, fds))
+            self.assertEqual(len([t for t in fds.values() if t.startswith("socket:")]), 1, fds)
+        # Formats that name other files are refused by name, before anything is opened: the
+        # named file is a real video, so opening it would have produced a thumbnail.
+        target = h.video("h264.mp4")
+        lists = {
+            "list.m3u8": "#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4,\nfile://%s\n"
+                         "#EXT-X-ENDLIST\n" % target,
+            "list.ffconcat": "ffconcat version 1.0\nfile '%s'\n" % target,
+            "list.m3u8.mp4": "#EXTM3U\n#EXTINF:4,\n%s\n" % target,
+        }
+        for name, text in lists.items():
+            with self.subTest(name=name):
+                with self.assertRaises(h.grpc.RpcError) as cm:
+                    h.generate(self.server.addr, data=text.encode(), file_name=name, timeout=60)
+                self.assertRpcCode(cm.exception, "INVALID_ARGUMENT",
+                                   r"not accepted|not a video")
+                h.log("%s -> %s" % (name, cm.exception.details()))
+        self.assertEqual(sorted(self.server.wait_roles()["workers"]), sorted(workers))
 
 
 class NoSandbox(h.ServerTestCase):
