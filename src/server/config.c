@@ -354,6 +354,9 @@ int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, siz
         case 'V': printf("thumbnail_server %s\n", TN_VERSION); return 1;
         case ':': return fail(err, errlen, "option '%s' requires a value", argv[optind - 1]);
         case '?':
+            /* optopt is a long option's value when it was given one it takes none */
+            if (optopt >= OPT_LISTEN)
+                return fail(err, errlen, "option '%s' takes no value", argv[optind - 1]);
             if (optopt)
                 return fail(err, errlen, "unknown option '-%c'", optopt);
             return fail(err, errlen, "unknown or ambiguous option '%s'", argv[optind - 1]);

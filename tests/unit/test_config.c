@@ -214,6 +214,16 @@ static void test_relative_paths(void **state)
     }
 }
 
+static void test_sandbox_flag(void **state)
+{
+    assert_int_equal(parse(NULL), 0);
+    assert_true(cfg.sandbox);
+    assert_int_equal(parse("--no-sandbox", NULL), 0);
+    assert_false(cfg.sandbox);
+    assert_int_equal(parse("--no-sandbox=yes", NULL), -1);
+    assert_string_equal(err, "option '--no-sandbox=yes' takes no value");
+}
+
 static void test_help_and_version(void **state)
 {
     /* Both print to stdout and return 1; keep the test output clean. */
@@ -245,6 +255,7 @@ int main(void)
         cmocka_unit_test_setup(test_listen_limit, setup),
         cmocka_unit_test_setup(test_relative_paths, setup),
         cmocka_unit_test_setup(test_help_and_version, setup),
+        cmocka_unit_test_setup(test_sandbox_flag, setup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
