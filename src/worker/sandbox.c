@@ -126,17 +126,19 @@ static void *warm_up_thread(void *arg)
 }
 
 /* The character sets libavformat's MPEG-TS demuxer converts DVB service
- * names from (mpegts.c, getstr8), always to UTF-8. glibc loads each
- * converter on first use: the gconv-modules cache and a .so, i.e. openat()
- * and an executable mapping, which the filter forbids (measured: every
- * MPEG-2 TS clip with an SDT killed its worker). Opening them all once here
- * loads them; the descriptors are never closed, which keeps the modules
+ * names from (mpegts.c, getstr8), always to UTF-8: its table of first bytes
+ * plus "ISO-8859-<n>" for a 0x10 0x00 n prefix (n = 1..15, not 12). glibc
+ * loads each converter on first use: the gconv-modules cache and a .so, i.e.
+ * openat() and an executable mapping, which the filter forbids (measured:
+ * every MPEG-2 TS clip with an SDT killed its worker). Opening them all once
+ * here loads them; the descriptors are never closed, which keeps the modules
  * loaded for the process's life, so the demuxer's own iconv_open() finds
  * them in memory. Owned by this file, never freed (one set per worker). */
 static const char *const dvb_charsets[] = {
-    "ISO6937",     "ISO-8859-5",  "ISO-8859-6",  "ISO-8859-7",  "ISO-8859-8",
-    "ISO-8859-9",  "ISO-8859-10", "ISO-8859-11", "ISO-8859-13", "ISO-8859-14",
-    "ISO-8859-15", "UCS-2BE",     "KSC_5601",    "GB2312",      "UTF-16BE",
+    "ISO6937",     "ISO-8859-1",  "ISO-8859-2",  "ISO-8859-3",  "ISO-8859-4",
+    "ISO-8859-5",  "ISO-8859-6",  "ISO-8859-7",  "ISO-8859-8",  "ISO-8859-9",
+    "ISO-8859-10", "ISO-8859-11", "ISO-8859-13", "ISO-8859-14", "ISO-8859-15",
+    "UCS-2BE",     "KSC_5601",    "GB2312",      "UTF-8",
 };
 static iconv_t dvb_iconv[sizeof(dvb_charsets) / sizeof(dvb_charsets[0])];
 
