@@ -36,15 +36,23 @@
 
 #include "log.h"
 
+/* An AddressSanitizer build (gcc says so one way, clang the other). */
+#if defined(__SANITIZE_ADDRESS__)
+#define TN_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TN_ASAN 1
+#endif
+#endif
+
 /* Allowed whatever the arguments. Each line says who needs it. */
 static const struct allowed {
     int nr;
     const char *name;
 } allowed[] = {
-#define ALLOW(name)                                                                                \
-    {                                                                                              \
-        SCMP_SYS(name), #name                                                                      \
-    }
+/* clang-format off */
+#define ALLOW(name) {SCMP_SYS(name), #name}
+    /* clang-format on */
     /* the job loop (worker.c, ipc.c) */
     ALLOW(recvmsg),  /* the next job and its two fds, from the queue */
     ALLOW(sendmsg),  /* ACK, RESULT (with its memfd), DONE on the reply socket */
@@ -87,7 +95,7 @@ static const struct allowed {
     ALLOW(sched_getaffinity),
     /* glibc's qsort() sizes its buffer by the physical memory (sysinfo) */
     ALLOW(sysinfo),
-#if defined(__SANITIZE_ADDRESS__)
+#ifdef TN_ASAN
     /* ASan+UBSan builds only (CI runs the whole suite under them), never a
      * release build: the runtime gives each new thread an alternate signal
      * stack, and to write a report it reads /proc/self/maps and the ELF
@@ -244,7 +252,7 @@ int tn_sandbox_install(char *err, size_t errlen)
     }
     n += rc;
 
-#if defined(__SANITIZE_ADDRESS__)
+#ifdef TN_ASAN
     const struct scmp_arg_cmp rdonly = SCMP_A2(SCMP_CMP_MASKED_EQ, O_ACCMODE, O_RDONLY);
     if ((rc = add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(openat), 1, &rdonly)) < 0) {
         what = "openat";
