@@ -19,6 +19,9 @@ PACKAGES=(
     # the metrics endpoint (libmicrohttpd) and its test's independent parser
     libmicrohttpd-dev python3-prometheus-client
     openssl # test_tls makes its CA and certificates at test time
+    libseccomp-dev # the workers' sandbox (src/worker/sandbox.c)
+    # the libFuzzer run of the engine (tests/fuzz/): clang and its fuzzer runtime
+    clang libclang-rt-14-dev
     # validating docker-compose.yml (no Docker engine needed)
     docker-compose
     # ops: sd_notify (Type=notify), man pages from --help, the DEB test (cpack,

@@ -55,6 +55,12 @@ void tn_log_set_role(const char *role)
     }
 }
 
+void tn_log_connect(void)
+{
+    if (log_syslog)
+        openlog("thumbnail_server", LOG_PID | LOG_NDELAY, LOG_DAEMON);
+}
+
 void tn_log_set_format(int format)
 {
     log_format = format == TN_LOG_JSON ? TN_LOG_JSON : TN_LOG_TEXT;

@@ -25,6 +25,9 @@ int tn_log_init(const char *role, int level, const char *path);
 void tn_log_set_format(int format);
 /* Log to syslog (LOG_DAEMON) instead of stderr or the file. Call before forking. */
 void tn_log_use_syslog(void);
+/* With syslog: connect to /dev/log now rather than at the first line (a worker
+ * does this before its seccomp filter forbids socket and connect). */
+void tn_log_connect(void);
 /* After fork: new role name, pid re-read (and the syslog connection reopened:
  * the master's is closed with the fds a child does not own). */
 void tn_log_set_role(const char *role);

@@ -102,6 +102,8 @@ enum {
     OPT_AUTH_TOKEN_FILE,
     /* ops: config file */
     OPT_CONFIG,
+    /* sandbox */
+    OPT_NO_SANDBOX,
 };
 
 static const struct option long_options[] = {
@@ -136,6 +138,8 @@ static const struct option long_options[] = {
     {"auth-token-file", required_argument, NULL, OPT_AUTH_TOKEN_FILE},
     /* ops: config file */
     {"config", required_argument, NULL, OPT_CONFIG},
+    /* sandbox */
+    {"no-sandbox", no_argument, NULL, OPT_NO_SANDBOX},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -221,6 +225,9 @@ static void print_help(FILE *f, const struct tn_config *d)
             "                            (default: %" PRIu64 " = 8192*8192)\n"
             "  --worker-memory SIZE      address-space limit (RLIMIT_AS) per worker; 0 = none,\n"
             "                            else at least 256M (default: %s)\n"
+            "  --no-sandbox              run workers without their seccomp filter (default:\n"
+            "                            on: a worker that makes a system call outside its\n"
+            "                            allowlist, e.g. open(), is killed and respawned)\n"
             "\n"
             "Security:\n"
             "  --tls-cert PATH           serve TLS with this PEM certificate chain (the\n"
@@ -475,6 +482,7 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
     cfg->max_jobs_per_worker = 1000; /* reload: recycling */
     cfg->metrics_fd = -1;
     cfg->log_format = TN_LOG_TEXT;
+    cfg->sandbox = true; /* sandbox */
     if (env_workers && *env_workers && tn_parse_uint(env_workers, 1, MAX_WORKERS, &u) == 0)
         cfg->workers = (int)u; /* a bad value is reported below, unless --workers overrides it */
 
@@ -490,6 +498,9 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
         case 'V': printf("thumbnail_server %s\n", TN_VERSION); return 1;
         case ':': return fail(err, errlen, "option '%s' requires a value", argv[optind - 1]);
         case '?':
+            /* optopt is a long option's value when it was given one it takes none */
+            if (optopt >= OPT_LISTEN)
+                return fail(err, errlen, "option '%s' takes no value", argv[optind - 1]);
             if (optopt)
                 return fail(err, errlen, "unknown option '-%c'", optopt);
             return fail(err, errlen, "unknown or ambiguous option '%s'", argv[optind - 1]);
@@ -624,7 +635,10 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
         case OPT_TLS_CLIENT_CA: cfg->tls_client_ca = optarg; break;
         case OPT_AUTH_TOKEN_FILE: cfg->auth_token_file = optarg; break;
         case OPT_TLS_UNIX: cfg->tls_unix = true; break;
-        case OPT_CONFIG: break; /* read by tn_config_parse() before this loop */
+        case OPT_CONFIG:
+            break; /* read by tn_config_parse() before this loop */
+        /* sandbox */
+        case OPT_NO_SANDBOX: cfg->sandbox = false; break;
         default:
             return fail(err, errlen, "internal error: unhandled option '%s'", argv[optind - 1]);
         }

@@ -56,6 +56,8 @@ struct tn_config {
     const char *config_file; /* --config, made absolute; NULL = none */
     /* reload: lifecycle and recycling */
     uint64_t max_jobs_per_worker; /* --max-jobs-per-worker; default 1000 (+-10 %); 0 = never */
+    /* sandbox: worker seccomp filter */
+    bool sandbox; /* default on; --no-sandbox turns it off */
 };
 
 /*

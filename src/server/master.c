@@ -305,6 +305,7 @@ __attribute__((noreturn)) static void run_child(const struct master *m, const st
         .memory_limit = g->cfg.worker_memory,
         .max_jobs = g->cfg.max_jobs_per_worker,
         .ready = g->ready ? &g->ready[s->index] : NULL,
+        .sandbox = g->cfg.sandbox,
     };
     tn_worker_main(own_q, &opt);
 }
@@ -360,6 +361,12 @@ static void describe_status(int st, char *buf, size_t len)
 {
     if (WIFEXITED(st))
         snprintf(buf, len, "exited with status %d", WEXITSTATUS(st));
+    else if (WIFSIGNALED(st) && WTERMSIG(st) == SIGSYS)
+        /* The worker's seccomp filter (sandbox.c) kills the whole process;
+         * which syscall it was is only in the kernel's audit log. */
+        snprintf(buf, len,
+                 "killed by the sandbox (SIGSYS: a forbidden system call; the kernel "
+                 "log names it)");
     else if (WIFSIGNALED(st))
         snprintf(buf, len, "killed by signal %d (SIG%s)%s", WTERMSIG(st), sig_name(WTERMSIG(st)),
                  WCOREDUMP(st) ? ", core dumped" : "");

@@ -12,6 +12,13 @@
  * Signals: TERM/INT kill (fast stop: the front sees EOF before DONE and
  * answers UNAVAILABLE); QUIT is a graceful stop that finishes the current job;
  * USR1 reopens the log file between jobs; HUP is the master's business.
+ *
+ * Sandbox (sandbox.h, on unless --no-sandbox): once set up, the worker runs
+ * under a seccomp filter that allows no open(). So on USR1 a sandboxed worker
+ * cannot reopen the log: it exits instead (at once when idle, else after its
+ * job), and the master's respawn hands the new worker the reopened log fd. It
+ * also leaves with _exit(): a library's atexit handler (LeakSanitizer's forks
+ * a tracer) would be killed by the filter.
  */
 #include "worker.h"
 
@@ -24,6 +31,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -33,11 +41,30 @@
 #include "log.h"
 #include "metrics.h"
 #include "pull.h"
+#include "sandbox.h"
 #include "status.h"
+
+#ifdef TN_TESTING
+/* Test builds only (cmake -DTN_TESTING=ON): a job for a file of exactly this
+ * name makes the worker create a network socket mid-job, as a compromised
+ * decoder calling home would, so that tests can watch the sandbox stop it.
+ * (socket, not open: an ASan build's filter lets the runtime open files
+ * read-only for its reports; no build allows socket.) */
+#define TEST_VIOLATION_NAME "tn-test-sandbox-violation"
+#endif
 
 static volatile sig_atomic_t quit_requested;
 static volatile sig_atomic_t reopen_requested;
 static volatile sig_atomic_t idle; /* blocked in recvmsg(), no job in hand */
+static int sandboxed;              /* the seccomp filter is on: no open() */
+
+/* Leave the process: _exit under the sandbox (see the top comment). */
+__attribute__((noreturn)) static void leave(int status)
+{
+    if (sandboxed)
+        _exit(status);
+    exit(status);
+}
 
 static void on_quit(int sig)
 {
@@ -53,6 +80,10 @@ static void on_quit(int sig)
 static void on_usr1(int sig)
 {
     (void)sig;
+    /* Sandboxed and idle: nothing to finish, and no way to reopen the log;
+     * the master respawns us with its new log fd. */
+    if (sandboxed && idle)
+        _exit(0);
     reopen_requested = 1;
 }
 
@@ -118,6 +149,23 @@ static int init(int queue_fd, const struct tn_worker_options *opt)
     }
     tn_engine_global_init();
     tn_metrics_worker_attach();
+    if (opt->sandbox) {
+        char why[256];
+        tn_log_connect(); /* syslog: the socket, while socket() is still allowed */
+        if ((err = tn_sandbox_warm_up()) < 0) {
+            tn_log_error("cannot prepare the sandbox: starting a thread failed: %s",
+                         strerror(-err));
+            return -1;
+        }
+        int n = tn_sandbox_install(why, sizeof(why));
+        if (n < 0) {
+            tn_log_error("%s (the kernel needs CONFIG_SECCOMP_FILTER; or run with --no-sandbox)",
+                         why);
+            return -1;
+        }
+        sandboxed = 1;
+        tn_log_info("sandbox on: %d syscalls allowed", n);
+    }
     return 0;
 }
 
@@ -236,6 +284,15 @@ static void run_job(struct tn_ipc_job *job, int video, int reply,
                     strerror(-ret));
         return;
     }
+#ifdef TEST_VIOLATION_NAME
+    if (!strcmp(job->file_name, TEST_VIOLATION_NAME)) {
+        tn_log_warn("test hook: job %" PRIu64 " creates a socket (forbidden when sandboxed)",
+                    job->h.job_id);
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd >= 0)
+            close(fd);
+    }
+#endif
 
     uint64_t size = job->file_size;
     struct tn_pull *pull = NULL;
@@ -353,20 +410,25 @@ void tn_worker_main(int queue_fd, const struct tn_worker_options *opt)
     for (;;) {
         if (quit_requested) {
             tn_log_info("stopping (graceful)");
-            exit(0);
+            leave(0);
         }
         if (reopen_requested) {
             reopen_requested = 0;
+            if (sandboxed) {
+                tn_log_info("log reopen: a sandboxed worker cannot open files; exiting to be "
+                            "replaced");
+                leave(0);
+            }
             tn_log_reopen();
         }
         idle = 1;
-        if (quit_requested) /* a QUIT between the check above and idle = 1 */
-            exit(0);
+        if (quit_requested || (sandboxed && reopen_requested)) /* a signal since the checks */
+            leave(0);
         int n = tn_ipc_recv(queue_fd, &msg, sizeof(msg), fds, &nfds, 0);
         idle = 0;
         if (n == 0) {
             tn_log_info("job queue closed, exiting");
-            exit(0);
+            leave(0);
         }
         if (n == -EPROTO || n == -EMSGSIZE) {
             tn_log_warn("bad message on the job queue, skipped: %s", strerror(-n));
@@ -374,7 +436,7 @@ void tn_worker_main(int queue_fd, const struct tn_worker_options *opt)
         }
         if (n < 0) {
             tn_log_error("recvmsg() failed while reading a job: %s", strerror(-n));
-            exit(1);
+            leave(1);
         }
         /* count / every jobs carry the front's default point, ignored */
         if (msg.h.type == TN_IPC_JOB && nfds == 2 &&

@@ -21,6 +21,7 @@ struct tn_worker_options {
     /* Set to 1 once initialized, before the first job: the master (which owns
      * this MAP_SHARED word) tells a start-up failure from a later death. May be NULL. */
     volatile uint32_t *ready;
+    int sandbox; /* 1: seccomp filter once set up (sandbox.h); --no-sandbox: 0 */
 };
 
 /*

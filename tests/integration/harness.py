@@ -572,13 +572,14 @@ class Server:
     """The real thumbnail_server on 127.0.0.1:<free port>, in its own process group."""
 
     def __init__(self, workers=2, extra=(), env=None, start=True, metrics=False,
-                 credentials=None):
+                 credentials=None, wrapper=()):
         self.workers = workers
         self.metrics = metrics  # --metrics-listen on a free port (self.metrics_port)
         self.metrics_port = None
         self.credentials = credentials  # a TLS server: how the health check connects
         self.extra = list(extra)
         self.env = env
+        self.wrapper = list(wrapper)  # a command the server runs under, e.g. valgrind
         self.tmp = tempfile.mkdtemp(prefix="tn-server-")
         self.spool = os.path.join(self.tmp, "spool")
         os.mkdir(self.spool)
@@ -602,7 +603,7 @@ class Server:
         last = None
         for _attempt in range(3):  # a free port can be taken by someone else meanwhile
             self.port = free_port()
-            cmd = [SERVER_BIN, "--listen", self.addr, "--workers", str(self.workers),
+            cmd = self.wrapper + [SERVER_BIN, "--listen", self.addr, "--workers", str(self.workers),
                    "--spool-dir", self.spool, "--log-file", self.log_path]
             if self.metrics:
                 self.metrics_port = free_port()

@@ -279,6 +279,16 @@ static void test_reload(void **state)
     assert_non_null(strstr(err, "--spool-dir"));
 }
 
+static void test_sandbox_flag(void **state)
+{
+    assert_int_equal(parse(NULL), 0);
+    assert_true(cfg.sandbox);
+    assert_int_equal(parse("--no-sandbox", NULL), 0);
+    assert_false(cfg.sandbox);
+    assert_int_equal(parse("--no-sandbox=yes", NULL), -1);
+    assert_string_equal(err, "option '--no-sandbox=yes' takes no value");
+}
+
 static void test_help_and_version(void **state)
 {
     /* Both print to stdout and return 1; keep the test output clean. */
@@ -533,6 +543,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_config_precedence, setup, teardown_conf),
         cmocka_unit_test_setup_teardown(test_config_errors, setup, teardown_conf),
         cmocka_unit_test_setup_teardown(test_config_relative_path, setup, teardown_conf),
+        cmocka_unit_test_setup(test_sandbox_flag, setup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
