@@ -800,7 +800,7 @@ def report(args, out, info, lat, bat, tput, tput_n, up, mem, pos, thr, png):
 
     # gnuplot data: latency medians by peer, throughput by workers
     with open(os.path.join(out, "latency.dat"), "w") as f:
-        f.write("# peer keyframe_ms accurate_ms\n")
+        f.write("peer keyframe accurate\n")
         peers_ = []
         for (m, p) in lat:
             if p not in peers_:
@@ -811,7 +811,7 @@ def report(args, out, info, lat, bat, tput, tput_n, up, mem, pos, thr, png):
             f.write('"%s" %s %s\n' % (p.replace('"', "'"), "NaN" if kv != kv else "%.2f" % kv,
                                       "NaN" if av != av else "%.2f" % av))
     with open(os.path.join(out, "throughput.dat"), "w") as f:
-        f.write("# workers " + " ".join("%s_j%d" % (m, j) for m in MODES for j in js) + "\n")
+        f.write("workers " + " ".join("%s_j%d" % (m, j) for m in MODES for j in js) + "\n")
         for wk in ws:
             f.write("%d %s\n" % (wk, " ".join("%.3f" % tput[(m, wk, j)] if (m, wk, j) in tput
                                               else "NaN" for m in MODES for j in js)))
