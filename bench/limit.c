@@ -23,7 +23,9 @@
  * Output: one line per iteration, then a median line, as space-separated
  * key=value pairs (all times in ms):
  *   iter=1 total=38.2 open=9.1 decode=22.0 scale=2.6 png=3.4 frames=1 bytes=51234 pts=6.000
- *   median total=... open=... decode=... scale=... png=...   (iterations 2..N)
+ *   median total=... open=... decode=... scale=... png=... cpu=...   (iterations 2..N)
+ * cpu is the process's CPU time (all threads) for the iteration: what a
+ * thumbnail costs a fully busy machine, whatever else is running on it.
  * Exit 0 when every iteration produced a PNG, 1 otherwise.
  */
 #include <errno.h>
@@ -36,6 +38,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 struct opts {
@@ -53,7 +56,7 @@ struct opts {
 };
 
 struct stage_ms {
-    double total, open, decode, scale, png;
+    double total, open, decode, scale, png, cpu;
     int frames;
     size_t bytes;
     double pts;
@@ -69,6 +72,15 @@ static double now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+/* CPU time of the whole process (all decoder threads), ms. */
+static double cpu_ms(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e3 +
+           (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e3;
 }
 
 static void png_write(png_structp png, png_bytep data, size_t len)
@@ -332,27 +344,31 @@ int main(int argc, char **argv)
 
     struct membuf mb = {0};
     struct stage_ms s;
-    double *v[5];
+    double *v[6];
     int ok = 0, failed = 0;
-    for (int k = 0; k < 5; k++)
+    for (int k = 0; k < 6; k++)
         v[k] = calloc((size_t)o.n, sizeof(double));
     for (int i = 0; i < o.n; i++) {
-        if (one(&o, &mb, &s) < 0) {
+        double c0 = cpu_ms();
+        int r = one(&o, &mb, &s);
+        s.cpu = cpu_ms() - c0;
+        if (r < 0) {
             printf("iter=%d failed\n", i + 1);
             failed++;
             continue;
         }
-        printf("iter=%d total=%.2f open=%.2f decode=%.2f scale=%.2f png=%.2f frames=%d bytes=%zu "
-               "pts=%.3f\n",
-               i + 1, s.total, s.open, s.decode, s.scale, s.png, s.frames, s.bytes, s.pts);
+        printf("iter=%d total=%.2f open=%.2f decode=%.2f scale=%.2f png=%.2f cpu=%.2f frames=%d "
+               "bytes=%zu pts=%.3f\n",
+               i + 1, s.total, s.open, s.decode, s.scale, s.png, s.cpu, s.frames, s.bytes, s.pts);
         if (i > 0 || o.n == 1) {
             v[0][ok] = s.total, v[1][ok] = s.open, v[2][ok] = s.decode;
-            v[3][ok] = s.scale, v[4][ok] = s.png;
+            v[3][ok] = s.scale, v[4][ok] = s.png, v[5][ok] = s.cpu;
             ok++;
         }
     }
-    printf("median total=%.2f open=%.2f decode=%.2f scale=%.2f png=%.2f n=%d\n", median(v[0], ok),
-           median(v[1], ok), median(v[2], ok), median(v[3], ok), median(v[4], ok), ok);
+    printf("median total=%.2f open=%.2f decode=%.2f scale=%.2f png=%.2f cpu=%.2f n=%d\n",
+           median(v[0], ok), median(v[1], ok), median(v[2], ok), median(v[3], ok), median(v[4], ok),
+           median(v[5], ok), ok);
     if (o.out && mb.len) {
         FILE *f = fopen(o.out, "wb");
         if (!f || fwrite(mb.p, 1, mb.len, f) != mb.len || fclose(f) != 0) {
@@ -360,7 +376,7 @@ int main(int argc, char **argv)
             failed++;
         }
     }
-    for (int k = 0; k < 5; k++)
+    for (int k = 0; k < 6; k++)
         free(v[k]);
     free(mb.p);
     return failed ? 1 : 0;
