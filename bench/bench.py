@@ -308,7 +308,7 @@ class Peers:
         os.symlink(f, os.path.join(d, os.path.basename(f)))
         o = os.path.join(self.work, "one-out")
         shutil.rmtree(o, ignore_errors=True)
-        ms = timed([self.client, "--quiet", "--server", server.addr, "--mode", mode, "--at",
+        ms = timed([self.client, "--quiet", "--no-pull", "--server", server.addr, "--mode", mode, "--at",
                     "10%", d, o])
         pngs = [p for p in os.listdir(o)] if os.path.isdir(o) else []
         if ms is not None and (len(pngs) != 1 or not is_png(os.path.join(o, pngs[0]))):
@@ -426,7 +426,7 @@ def throughput(build, work, corpus, cores, copies, quick):
             for mode in MODES:
                 for jobs in sorted({1, cores, 2 * cores}):
                     shutil.rmtree(outd, ignore_errors=True)
-                    ms = timed([client, "--quiet", "--server", srv.addr, "--mode", mode,
+                    ms = timed([client, "--quiet", "--no-pull", "--server", srv.addr, "--mode", mode,
                                 "--at", "10%", "--jobs", str(jobs), indir, outd])
                     got = len(os.listdir(outd)) if os.path.isdir(outd) else 0
                     if ms is not None and got == n:
@@ -496,7 +496,7 @@ def upload(build, server, path, rounds):
         f0 = server.h.proc_stat(server.front)["cpu"]
         c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.monotonic()
-        ms = timed([client, "--quiet", "--overwrite", "--server", server.addr, "--mode",
+        ms = timed([client, "--quiet", "--no-pull", "--overwrite", "--server", server.addr, "--mode",
                     "keyframe", "--at", "0", d, os.path.join(d, "out")])
         wall = time.monotonic() - t0
         c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -536,7 +536,7 @@ def rss(build, work, big_gib, n_conc, conc_mib):
         try:
             out["idle"] = max(out.get("idle", 0), srv.hwm())
             t0 = time.monotonic()
-            run([client, "--quiet", "--server", srv.addr, "--jobs", str(jobs), "--retries", "0",
+            run([client, "--quiet", "--no-pull", "--server", srv.addr, "--jobs", str(jobs), "--retries", "0",
                  os.path.join(d, sub), os.path.join(d, "out")],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             dt = time.monotonic() - t0
