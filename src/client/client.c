@@ -316,7 +316,7 @@ static int run_probe(const struct tn_client_options *opt)
                                      .authorization = opt->authorization,
                                      .probe = true};
         /* a big file is probed by pull mode: the server reads only its headers */
-        if (req.size > 0 && (opt->pull == 1 || (opt->pull < 0 && req.size >= opt->pull_threshold)))
+        if (tn_options_pulls(opt, req.size))
             req.transfer = TN_RPC_PULL;
         struct probe_buf buf = {0};
         struct tn_rpc_sink sink = {.ctx = &buf, .begin = probe_begin, .data = probe_data};

@@ -242,8 +242,7 @@ void tn_job_run(const struct tn_job_env *env, grpc_completion_queue *cq,
     /* pull and local mode */
     if (opt->local)
         req.transfer = TN_RPC_LOCAL;
-    else if (req.size > 0 && /* an empty file: the server's "empty" error, not pull's */
-             (opt->pull == 1 || (opt->pull < 0 && req.size >= opt->pull_threshold)))
+    else if (tn_options_pulls(opt, req.size))
         req.transfer = TN_RPC_PULL;
     struct sink_ctx sctx = {.outs = outs, .map = map, .info = info};
     struct tn_rpc_sink sink = {

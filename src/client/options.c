@@ -689,6 +689,11 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
     return TN_OPTIONS_RUN;
 }
 
+bool tn_options_pulls(const struct tn_client_options *o, uint64_t size)
+{
+    return size > 0 && (o->pull == 1 || (o->pull < 0 && size >= o->pull_threshold));
+}
+
 size_t tn_options_outputs(const struct tn_client_options *o)
 {
     if (o->storyboard)

@@ -90,6 +90,10 @@ struct tn_client_options {
  * --every (as many as the server sends), the --at points, or 1. */
 size_t tn_options_outputs(const struct tn_client_options *o);
 
+/* Pull mode for a file of this many bytes: --pull, or at least --pull-threshold
+ * unless --no-pull. Never for an empty file (the server's "empty" error is clearer). */
+bool tn_options_pulls(const struct tn_client_options *o, uint64_t size);
+
 enum { TN_OPTIONS_RUN = 0, TN_OPTIONS_EXIT_OK = 1, TN_OPTIONS_USAGE = -1 };
 
 /*
