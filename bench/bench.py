@@ -408,33 +408,42 @@ def batch(peers, server, corpus, cores, rounds):
 
 
 def throughput(build, work, corpus, cores, copies, quick):
-    """thumbnails/s through the real client for workers 1..N x client --jobs."""
+    """thumbnails/s through the real client for workers 1..N x client --jobs; uploads,
+    and ("local:MODE" keys) local mode, where nothing is uploaded: how the workers scale
+    when the client and the front do not share the cores with them for the upload."""
     indir = os.path.join(work, "tput-in")
     shutil.rmtree(indir, ignore_errors=True)
     os.makedirs(indir)
     for k in range(copies):
         for f in corpus:
-            os.symlink(f, os.path.join(indir, "%d_%s" % (k, os.path.basename(f))))
+            dst = os.path.join(indir, "%d_%s" % (k, os.path.basename(f)))
+            try:  # hard links: local mode refuses symlinks that lead out of --media-root
+                os.link(f, dst)
+            except OSError:
+                shutil.copyfile(f, dst)
     n = copies * len(corpus)
     client = os.path.join(build, "src", "client", "thumbnail_client")
     outd = os.path.join(work, "tput-out")
     res = {}
     workers = sorted({1, cores} | ({2 * cores} if not quick else set()))
     for w in workers:
-        srv = Server(build, work, w)
+        srv = Server(build, work, w, ["--media-root", indir])
         try:
-            for mode in MODES:
-                for jobs in sorted({1, cores, 2 * cores}):
-                    shutil.rmtree(outd, ignore_errors=True)
-                    ms = timed([client, "--quiet", "--no-pull", "--server", srv.addr, "--mode", mode,
-                                "--at", "10%", "--jobs", str(jobs), indir, outd])
-                    got = len(os.listdir(outd)) if os.path.isdir(outd) else 0
-                    if ms is not None and got == n:
-                        res[(mode, w, jobs)] = n / (ms / 1e3)
-                        log("throughput %s workers=%d jobs=%d: %.2f/s" % (mode, w, jobs,
-                                                                          n / (ms / 1e3)))
-                    elif ms is not None:
-                        fail("throughput %s w=%d j=%d: %d of %d" % (mode, w, jobs, got, n))
+            runs = [(mode, jobs, "--no-pull") for mode in MODES
+                    for jobs in sorted({1, cores, 2 * cores})]
+            runs += [(mode, 2 * cores, "--local") for mode in MODES]
+            for mode, jobs, how in runs:
+                key = (mode if how == "--no-pull" else "local:" + mode, w, jobs)
+                shutil.rmtree(outd, ignore_errors=True)
+                ms = timed([client, "--quiet", how, "--server", srv.addr, "--mode", mode,
+                            "--at", "10%", "--jobs", str(jobs), indir, outd])
+                got = len(os.listdir(outd)) if os.path.isdir(outd) else 0
+                if ms is not None and got == n:
+                    res[key] = n / (ms / 1e3)
+                    log("throughput %s workers=%d jobs=%d: %.2f/s" % (key[0], w, jobs,
+                                                                      n / (ms / 1e3)))
+                elif ms is not None:
+                    fail("throughput %s w=%d j=%d: %d of %d" % (key[0], w, jobs, got, n))
         finally:
             srv.stop()
     return res, n
@@ -700,8 +709,9 @@ def report(args, out, info, lat, bat, tput, tput_n, up, mem, pos, thr, png):
     w("")
     ws = sorted({k[1] for k in tput})
     js = sorted({k[2] for k in tput})
-    for mode in MODES:
-        w("### %s" % mode)
+    for mode in list(MODES) + ["local:" + m for m in MODES]:
+        w("### %s" % (mode if not mode.startswith("local:") else
+                      mode[6:] + ", local mode (--local: nothing uploaded)"))
         w("")
         w("| workers | " + " | ".join("--jobs %d" % j for j in js) + " |")
         w("|---:|" + "---:|" * len(js))
@@ -791,7 +801,7 @@ def report(args, out, info, lat, bat, tput, tput_n, up, mem, pos, thr, png):
         tg.append(("Corpus batch %s ≤ 0.5× the fastest peer" % mode,
                    ours / peer if ours and peer else None, 0.5,
                    "%s ms / %s ms" % (fmt(ours), fmt(peer))))
-    for mode in MODES:
+    for mode in list(MODES) + ["local:" + m for m in MODES]:
         t1 = max((v for k, v in tput.items() if k[0] == mode and k[1] == 1), default=None)
         t2 = max((v for k, v in tput.items() if k[0] == mode and k[1] == 2), default=None)
         tg.append(("Throughput %s 1 → 2 workers ≥ 1.8×" % mode, t2 / t1 if t1 and t2 else None,
@@ -880,8 +890,9 @@ def sanity(lat, bat, tput, up, mem, pos, thr, png, have_ft):
             fail("no batch figure for ours, %s" % mode)
         if not any(k[0] == mode and not k[1].startswith("ours") for k in bat):
             fail("no batch figure for a peer, %s" % mode)
-        if not any(k[0] == mode for k in tput):
-            fail("no throughput figure, %s" % mode)
+        for m in (mode, "local:" + mode):
+            if not any(k[0] == m for k in tput):
+                fail("no throughput figure, %s" % m)
     if not up["ours"] or not up["raw"]:
         fail("no upload figures")
     for k in ("idle", "big", "conc"):
