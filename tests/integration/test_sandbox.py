@@ -185,9 +185,17 @@ class Sandbox(h.ServerTestCase):
                     line = [l for l in f if l.startswith("Max address space")][0]
                 self.assertEqual(line.split()[3:5], ["1073741824", "1073741824"], line)
         # Idle, a worker holds stdin/stdout/stderr, the log file and the job queue: nothing else.
+        # A worker may still be closing the last job's reply socket after the client got its
+        # answer (DONE is sent first): wait for it to be idle, then check.
+        def fd_table(p):
+            return {int(fd): os.readlink("/proc/%d/fd/%s" % (p, fd))
+                    for fd in os.listdir("/proc/%d/fd" % p)}
         for p in workers:
-            fds = {int(fd): os.readlink("/proc/%d/fd/%s" % (p, fd))
-                   for fd in os.listdir("/proc/%d/fd" % p)}
+            try:
+                h.wait_for(lambda: len(fd_table(p)) <= 5, 5, what="worker %d idle" % p)
+            except AssertionError:
+                pass  # the assertions below say what it holds
+            fds = fd_table(p)
             others = {fd: t for fd, t in fds.items()
                       if fd > 2 and t != self.server.log_path and not t.startswith("socket:")}
             self.assertEqual(others, {}, "worker %d holds %s" % (p, fds))
