@@ -466,7 +466,7 @@ void tn_worker_main(int queue_fd, const struct tn_worker_options *opt)
         tn_metrics_worker_busy(0);
         if (max_jobs && ++jobs >= max_jobs) {
             tn_log_info("recycling after %" PRIu64 " jobs (--max-jobs-per-worker)", jobs);
-            exit(TN_EXIT_RECYCLED);
+            leave(TN_EXIT_RECYCLED); /* _exit under the sandbox */
         }
     }
 }
