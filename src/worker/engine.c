@@ -93,7 +93,9 @@ static const char audio_formats[] = "mp3,wav,flac,aac,w64,aiff,ape,amr,ac3,eac3,
 static pthread_mutex_t av_last_lock = PTHREAD_MUTEX_INITIALIZER;
 static char av_last_error[256];
 
-static void av_log_cb(void *avcl, int level, const char *fmt, va_list vl)
+/* libav's callback type has no format attribute; ours says what fmt is. */
+__attribute__((format(printf, 3, 0))) static void av_log_cb(void *avcl, int level, const char *fmt,
+                                                            va_list vl)
 {
     if (level > AV_LOG_WARNING)
         return;
