@@ -823,6 +823,34 @@ def run_client(args, env=None, timeout=300, check_rc=None):
 # --------------------------------------------------------------------------
 # unittest glue
 
+class ServersTestCase(unittest.TestCase):
+    """Tests that start their own servers (self.server(...)): after each test every one
+    is stopped and its files removed; when the test failed, its log is printed first
+    (before the removal, so the log is still there to print)."""
+
+    def setUp(self):
+        self.servers = []
+
+    def server(self, **kw):
+        s = Server(**kw)
+        self.servers.append(s)
+        return s
+
+    def run(self, result=None):
+        before = (len(result.failures) + len(result.errors)) if result is not None else 0
+        r = None
+        try:
+            r = super().run(result)
+        finally:
+            res = result if result is not None else r
+            failed = res is not None and len(res.failures) + len(res.errors) > before
+            for s in getattr(self, "servers", []):
+                if failed:
+                    s.dump_log()
+                s.cleanup()
+        return r
+
+
 class ServerTestCase(unittest.TestCase):
     """One server per test class (start_server() in setUpClass); its log is dumped
     whenever a test fails."""

@@ -27,28 +27,7 @@ def read_pid(path):
         return int(f.read().strip())
 
 
-class Lifecycle(unittest.TestCase):
-    def setUp(self):
-        self.servers = []
-
-    def tearDown(self):
-        for s in self.servers:
-            s.cleanup()
-
-    def server(self, **kw):
-        s = h.Server(**kw)
-        self.servers.append(s)
-        return s
-
-    def run(self, result=None):
-        before = (len(result.failures) + len(result.errors)) if result is not None else 0
-        r = super().run(result)
-        res = result if result is not None else r
-        if res is not None and len(res.failures) + len(res.errors) > before:
-            for s in getattr(self, "servers", []):
-                s.dump_log()
-        return r
-
+class Lifecycle(h.ServersTestCase):
     # ------------------------------------------------------------------
     def _stop_with(self, sig):
         tmp = tempfile.mkdtemp(prefix="tn-pid-")

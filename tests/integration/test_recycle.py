@@ -22,19 +22,7 @@ import harness as h
 SMALL = "h264.mp4"
 
 
-class Recycle(h.unittest.TestCase):
-    def setUp(self):
-        self.servers = []
-
-    def tearDown(self):
-        for s in self.servers:
-            s.cleanup()
-
-    def server(self, **kw):
-        s = h.Server(**kw)
-        self.servers.append(s)
-        return s
-
+class Recycle(h.ServersTestCase):
     def test_recycle_sequential(self):
         s = self.server(workers=1, extra=["--max-jobs-per-worker", "3"])
         first = s.worker_pids()
