@@ -694,11 +694,15 @@ static void gen_fail(struct gen_call *c, int code, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    /* Under the lock: a pull or local job is queued as soon as its options
+     * arrive, and the poller reads spool_fd under c->mu when it dispatches
+     * (it skips a call whose status is set, and sets spool_fd to -1 once the
+     * job has left). */
+    pthread_mutex_lock(&c->mu);
     if (c->spool_fd >= 0) {
         close(c->spool_fd);
         c->spool_fd = -1;
     }
-    pthread_mutex_lock(&c->mu);
     finish_locked(c, code, "%s", msg);
     abandon_job_locked(c); /* pull mode: a job is running already */
     pthread_mutex_unlock(&c->mu);
