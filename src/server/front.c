@@ -1203,6 +1203,28 @@ static int spool_write(struct gen_call *c, const unsigned char *p, size_t len)
     return 0;
 }
 
+/*
+ * A GenerateRequest made of the data field (2) alone: tag 0x12, a varint
+ * length n, then n bytes. p[0..avail) is the start of the message, total its
+ * whole length. Returns the header's length (the bytes start after it) with
+ * *n set, or 0 when the message is anything else (then protobuf-c decodes it).
+ */
+static size_t data_field_header(const unsigned char *p, size_t avail, uint64_t total, uint64_t *n)
+{
+    if (avail < 2 || p[0] != 0x12)
+        return 0;
+    *n = 0;
+    size_t i = 1;
+    for (int shift = 0;; shift += 7) {
+        if (i >= avail || shift >= 64)
+            return 0;
+        *n |= (uint64_t)(p[i] & 0x7f) << shift;
+        if (!(p[i++] & 0x80))
+            break;
+    }
+    return *n == total - i ? i : 0;
+}
+
 /* Zero-copy spooling of a data message (GenerateRequest field 2 alone): the
  * bytes go from the received slices to the spool file in one writev() per
  * message, without flattening the message into a new buffer first. With the
@@ -1226,18 +1248,9 @@ static int spool_data_slices(struct gen_call *c, grpc_byte_buffer *bb, bool *com
         memcpy(hdr + nh, GRPC_SLICE_START_PTR(sb->slices[k]), take);
         nh += take;
     }
-    if (nh < 2 || hdr[0] != 0x12)
-        return 0;
-    uint64_t n = 0;
-    size_t i = 1;
-    for (int shift = 0;; shift += 7) {
-        if (i >= nh || shift >= 64)
-            return 0;
-        n |= (uint64_t)(hdr[i] & 0x7f) << shift;
-        if (!(hdr[i++] & 0x80))
-            break;
-    }
-    if (n != sb->length - i)
+    uint64_t n;
+    size_t i = data_field_header(hdr, nh, sb->length, &n);
+    if (!i)
         return 0;
     const struct tn_config *cfg = c->f->cfg;
     if (c->received + n > cfg->max_upload_bytes || (c->declared && c->received + n > c->declared))
@@ -1414,20 +1427,13 @@ static void on_recv(struct gen_call *c, bool ok)
 
     /* Fast path for data messages (field 2, the only field set): write the
      * bytes straight from the received slice, without a protobuf-c copy. */
-    if (c->have_options && !c->pull && len >= 2 && p[0] == 0x12) {
-        uint64_t n = 0;
-        size_t i = 1;
-        for (int shift = 0; i < len && shift < 64; shift += 7) {
-            n |= (uint64_t)(p[i] & 0x7f) << shift;
-            if (!(p[i++] & 0x80))
-                break;
-        }
-        if (n == len - i) {
-            if (spool_write(c, p + i, (size_t)n) < 0)
-                goto out_slice;
-            complete = c->declared && c->received == c->declared;
-            goto handled;
-        }
+    uint64_t n;
+    size_t i;
+    if (c->have_options && !c->pull && (i = data_field_header(p, len, len, &n)) != 0) {
+        if (spool_write(c, p + i, (size_t)n) < 0)
+            goto out_slice;
+        complete = c->declared && c->received == c->declared;
+        goto handled;
     }
 
     Thumbnail__V1__GenerateRequest *req = thumbnail__v1__generate_request__unpack(NULL, len, p);
