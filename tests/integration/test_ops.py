@@ -10,6 +10,7 @@ paths following the prefix, and the installed unit passes systemd-analyze
 verify; `ps` shows each process's role (/proc/PID/cmdline and comm), across a
 reload, and also when argv[] is too short for the title and the environment
 has to make room."""
+import gzip
 import shutil
 import os
 import re
@@ -257,8 +258,10 @@ class Install(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stdout)
         unit = os.path.join(prefix, "lib", "systemd", "system", "thumbnail_server.service")
         conf = os.path.join(prefix, "etc", "thumbnail_server", "thumbnail_server.conf")
-        for f in ("bin/thumbnail_server", "bin/thumbnail_client", "share/man/man1/thumbnail_server.1",
-                  "share/man/man1/thumbnail_client.1"):
+        for f in ("bin/thumbnail_server", "bin/thumbnail_client",
+                  "share/man/man1/thumbnail_server.1.gz", "share/man/man1/thumbnail_client.1.gz",
+                  "share/doc/thumbnail-server/copyright",
+                  "share/doc/thumbnail-server/changelog.Debian.gz"):
             self.assertTrue(os.path.isfile(os.path.join(prefix, f)), f)
         with open(unit) as f:
             text = f.read()
@@ -266,10 +269,17 @@ class Install(unittest.TestCase):
         with open(conf) as f, open(EXAMPLE_CONF) as g:
             self.assertEqual(f.read(), g.read())
         # The man page is the --help of this build, plus doc/thumbnail_server.h2m.
-        with open(os.path.join(prefix, "share/man/man1/thumbnail_server.1")) as f:
+        with gzip.open(os.path.join(prefix, "share/man/man1/thumbnail_server.1.gz"), "rt") as f:
             man = f.read()
         self.assertIn("config", man)
         self.assertIn("CONFIGURATION FILE", man)
+        # Each page's footer (the .TH source field) is the program and its version alone.
+        version = subprocess.run([h.SERVER_BIN, "--version"], stdout=subprocess.PIPE, text=True,
+                                 check=True).stdout.split()[1]
+        for prog in ("thumbnail_server", "thumbnail_client"):
+            with gzip.open(os.path.join(prefix, "share/man/man1/%s.1.gz" % prog), "rt") as f:
+                self.assertRegex(f.read(), r'(?m)^\.TH %s "1" "[^"]+" "%s %s" "User Commands"$'
+                                 % (prog.upper(), prog, re.escape(version)))
         if shutil.which("systemd-analyze"):
             r = subprocess.run(["systemd-analyze", "verify", unit], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True,
