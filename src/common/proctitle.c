@@ -20,7 +20,12 @@ extern char **environ;
 
 static char *area;      /* argv[0]'s original string: the first byte of the title */
 static size_t area_len; /* through the end of the last contiguous argv/environ string */
-static char **args;     /* the copies argv[] points to now (owned here, never freed) */
+/* The copies argv[] and environ point to now: owned here, never freed. Nothing
+ * reads these two, but a leak checker must find the copies through them, after
+ * glibc's exit-time cleanup has set environ to NULL (valgrind): hence `used`,
+ * which keeps the compiler from dropping the stores. */
+static char **args __attribute__((used));
+static char **env __attribute__((used));
 
 /* A heap copy of each string of v[0..n-1]; NULL if memory ran out. */
 static char **copy_strings(char **v, size_t n)
@@ -57,7 +62,7 @@ void tn_proctitle_init(int argc, char **argv)
      * keeps it for reloads), the environment, glibc's program name (error
      * messages). The copies are never freed: they live as long as the process.
      * Out of memory this early: keep the original title rather than fail. */
-    char **env = copy_strings(environ, n_env);
+    env = copy_strings(environ, n_env);
     args = copy_strings(argv, (size_t)argc);
     if (!env || !args) {
         for (size_t i = 0; env && env[i]; i++)
@@ -66,7 +71,7 @@ void tn_proctitle_init(int argc, char **argv)
             free(args[i]);
         free(env);
         free(args);
-        args = NULL;
+        env = args = NULL;
         return;
     }
     environ = env;
