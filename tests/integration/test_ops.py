@@ -193,6 +193,9 @@ class ProcessTitles(h.ServersTestCase):
         """argv[] here ("ts --listen 127.0.0.1:PORT") is shorter than a worker's title:
         the title runs on into the environment's memory, and the server still reads its
         environment (NUM_WORKERS=1 takes effect)."""
+        if h.server_default_args():
+            self.skipTest("this build's servers need %s, which makes argv[] long enough for "
+                          "every title" % " ".join(h.server_default_args()))
         port = h.free_port()
         args = ["ts", "--listen", "127.0.0.1:%d" % port]
         self.assertLess(len("\0".join(args)) + 1, len("thumbnail_server: worker 0 (gen 1)"))
