@@ -32,6 +32,7 @@
 #include "log.h"
 #include "master.h"
 #include "metrics_http.h"
+#include "proctitle.h"
 
 #define PROG "thumbnail_server"
 
@@ -281,6 +282,7 @@ int main(int argc, char **argv)
     char err[1024];
     int notify_fd = -1, rc;
 
+    tn_proctitle_init(argc, argv); /* before the parser keeps pointers into argv */
     ensure_std_fds();
     rc = tn_config_parse(&cfg, argc, argv, err, sizeof(err));
     if (rc == 1)

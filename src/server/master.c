@@ -69,6 +69,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "metrics_http.h"
+#include "proctitle.h"
 #include "worker.h"
 
 #define MAX_SLOTS (256 + 1)        /* --workers is at most 256, plus the front */
@@ -246,6 +247,29 @@ static void close_other_fds(int *keep, int n)
 }
 
 /*
+ * `ps` shows "thumbnail_server: worker 2 (gen 3)", top and pgrep "tn: worker 2".
+ * The master keeps its comm (the program's name): main.c's pidfile check
+ * compares it with the comm of the pid in the pidfile.
+ */
+static void set_title(const struct gen *g, const struct slot *s)
+{
+    char comm[16];
+    const char *role = s->role == ROLE_WORKER  ? "worker"
+                       : s->role == ROLE_FRONT ? "front"
+                                               : "metrics";
+    if (s->role == ROLE_WORKER)
+        snprintf(comm, sizeof(comm), "tn: worker %d", s->index);
+    else
+        snprintf(comm, sizeof(comm), "tn: %s", role);
+    if (!g)
+        tn_proctitle_set(comm, "thumbnail_server: %s", role);
+    else if (s->role == ROLE_WORKER)
+        tn_proctitle_set(comm, "thumbnail_server: worker %d (gen %u)", s->index, g->id);
+    else
+        tn_proctitle_set(comm, "thumbnail_server: %s (gen %u)", role, g->id);
+}
+
+/*
  * In the child, right after fork(): undo what the master set up for itself,
  * keep only the fds this child owns, and become a worker, the front or the
  * metrics process (g NULL: it belongs to no generation).
@@ -273,6 +297,7 @@ __attribute__((noreturn)) static void run_child(const struct master *m, const st
     }
 
     tn_log_set_role(s->name);
+    set_title(g, s);
 
     /* A child keeps stdin/stdout/stderr, the log fd, its end of its own
      * generation's queue and (the front) its control socket; anything else the
@@ -1281,6 +1306,7 @@ int tn_master_run(const struct tn_config *cfg)
 
     memset(&m, 0, sizeof(m));
     m.pid = getpid();
+    tn_proctitle_set(NULL, "thumbnail_server: master");
 
     if ((rc = setup_signals()) < 0) {
         tn_log_error("setting up signal handling failed: %s", strerror(-rc));

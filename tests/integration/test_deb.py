@@ -2,17 +2,24 @@
 """The Debian package: cpack -G DEB builds it from this build tree; dpkg -i
 installs it (dependencies satisfied, binaries, unit, man pages, example
 config in place; the unit passes systemd-analyze verify where systemd is
-installed); the installed /usr/bin/thumbnail_server started with the
-installed config (CI has no systemd as PID 1) answers health checks and
-makes a real thumbnail for the installed thumbnail_client; dpkg -r removes
-everything but the conffile, dpkg --purge that too.
+installed); it follows Debian's conventions (a DEP-5 copyright file, a
+changelog.Debian.gz whose top entry is the package's version, man pages and
+changelog compressed with gzip -9n, the unit enabled by deb-systemd-helper,
+lintian without errors or warnings where lintian is installed), and its
+config listens on 127.0.0.1 only; the installed /usr/bin/thumbnail_server
+started with the installed config (CI has no systemd as PID 1) answers
+health checks, names its processes' roles in ps, and makes a real thumbnail
+for the installed thumbnail_client; dpkg -r removes everything but the
+conffile, dpkg --purge that too and the unit's enable links.
 
 Needs root and dpkg; skipped with a message otherwise, and when a
 thumbnail-server package is already installed (this test must not replace
 or remove an operator's install). Label "deb", RUN_SERIAL (it changes the
 system's package database)."""
 import glob
+import gzip
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,11 +30,17 @@ import unittest
 import harness as h
 
 PKG = "thumbnail-server"
+DOC = "/usr/share/doc/" + PKG
+MAN = "/usr/share/man/man1/%s.1.gz"
 FILES = ["/usr/bin/thumbnail_server", "/usr/bin/thumbnail_client",
          "/usr/lib/systemd/system/thumbnail_server.service",
-         "/usr/share/man/man1/thumbnail_server.1", "/usr/share/man/man1/thumbnail_client.1",
+         MAN % "thumbnail_server", MAN % "thumbnail_client",
+         DOC + "/copyright", DOC + "/changelog.Debian.gz",
          "/etc/thumbnail_server/thumbnail_server.conf"]
 CONF = "/etc/thumbnail_server/thumbnail_server.conf"
+# What deb-systemd-helper enable (postinst) links, and mask (postrm remove) creates.
+ENABLE_LINK = "/etc/systemd/system/multi-user.target.wants/thumbnail_server.service"
+MASK_LINK = "/etc/systemd/system/thumbnail_server.service"
 
 
 def installed():
@@ -42,6 +55,24 @@ def run(cmd, **kw):
     if r.returncode != 0:
         raise AssertionError("%s: exit %d\n%s" % (" ".join(cmd), r.returncode, r.stdout))
     return r.stdout
+
+
+def gunzip_n(path):
+    """The text of a file compressed the reproducible way (gzip -9n): no file name and
+    no time stamp in the header (RFC 1952: FLG bit 3, MTIME bytes 4-7)."""
+    with open(path, "rb") as f:
+        head = f.read(10)
+    if head[:2] != b"\x1f\x8b":
+        raise AssertionError(path + " is not gzip'd")
+    if head[3] & 0x08 or head[4:8] != b"\0\0\0\0":
+        raise AssertionError("%s keeps a name or a time stamp (not gzip -n): %r" % (path, head))
+    with gzip.open(path, "rt") as f:
+        return f.read()
+
+
+def cmdline_title(pid):
+    with open("/proc/%d/cmdline" % pid, "rb") as f:
+        return f.read().rstrip(b"\0").decode()
 
 
 @unittest.skipUnless(os.geteuid() == 0, "not root: dpkg -i needs root (CI runs as root)")
@@ -68,16 +99,61 @@ class DebPackage(unittest.TestCase):
         h.log("cpack: %.1f s, %d bytes" % (time.monotonic() - t0, os.path.getsize(debs[0])))
         return debs[0]
 
+    def lintian(self, deb):
+        if not shutil.which("lintian"):
+            h.log("NOTE: lintian is not installed: the package's lintian check did not run")
+            return
+        r = subprocess.run(["lintian", "--pedantic", deb], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+        h.log("lintian:\n" + r.stdout)
+        self.assertEqual(re.findall(r"^[EW]: .*", r.stdout, re.M), [], r.stdout)
+        self.assertEqual(r.returncode, 0, r.stdout)
+
+    def check_conventions(self, version):
+        """What Debian policy asks of the installed files."""
+        with open(DOC + "/copyright") as f:
+            copyright = f.read()
+        self.assertTrue(copyright.startswith(
+            "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n"))
+        self.assertRegex(copyright, r"(?m)^Files: \*\nCopyright: .+\nLicense: Apache-2.0$")
+        self.assertIn("/usr/share/common-licenses/Apache-2.0", copyright)
+        changelog = gunzip_n(DOC + "/changelog.Debian.gz")
+        self.assertTrue(changelog.startswith("%s (%s) " % (PKG, version)), changelog)
+        self.assertRegex(changelog, r"\n -- .+ <.+>  \w{3}, \d\d \w{3} \d{4} [0-9:]{8} [+-]\d{4}\n")
+        for prog in ("thumbnail_server", "thumbnail_client"):
+            page = gunzip_n(MAN % prog)
+            self.assertFalse(os.path.exists("/usr/share/man/man1/%s.1" % prog))
+            # The header names the program and its version, nothing more: that is the
+            # page's footer, which man lays out in a fixed width.
+            self.assertRegex(page, r'(?m)^\.TH %s "1" "[A-Z][a-z]+ \d{4}" "%s %s" "User Commands"$'
+                             % (prog.upper(), prog, re.escape(version.rsplit("-", 1)[0])))
+            if shutil.which("man"):
+                text = run(["man", "-P", "cat", prog], env=dict(os.environ, MANWIDTH="80"))
+                footer = text.rstrip("\n").rsplit("\n", 1)[-1]
+                self.assertRegex(footer, r"^%s \d+\.\d+\.\d+ +[A-Z][a-z]+ \d{4} +%s\(1\)$"
+                                 % (prog, prog.upper()))
+        # The packaged config serves this machine only; the network is a deliberate edit.
+        with open(CONF) as f:
+            listen = re.findall(r"^listen\s*=\s*(\S+)", f.read(), re.M)
+        self.assertEqual(listen, ["127.0.0.1:50051"])
+        # postinst enabled the unit the Debian way (even with no systemd running).
+        self.assertTrue(os.path.exists(ENABLE_LINK), ENABLE_LINK + ": unit not enabled")
+        self.assertEqual(os.path.basename(os.readlink(ENABLE_LINK)), "thumbnail_server.service")
+
     def test_install_start_health_uninstall(self):
         deb = self.build_deb()
         info = run(["dpkg-deb", "-I", deb])
         self.assertRegex(info, r"Depends:.*libgrpc", "dpkg-shlibdeps found no dependencies")
         self.assertIn("Package: " + PKG, info)
+        version = re.search(r"(?m)^ Version: (\S+)$", info).group(1)
+        self.assertIn("-", version)  # a Debian revision: changelog.Debian, not changelog
+        self.lintian(deb)
 
         run(["dpkg", "-i", deb])
         self.assertTrue(installed())
         for f in FILES:
             self.assertTrue(os.path.isfile(f), f + " not installed")
+        self.check_conventions(version)
         with open(FILES[2]) as f:
             unit = f.read()
         self.assertIn("ExecStart=/usr/bin/thumbnail_server --config " + CONF, unit)
@@ -108,6 +184,7 @@ class DebPackage(unittest.TestCase):
                 self.assertIsNone(proc.poll(), "installed server exited")
                 self.assertLess(time.monotonic(), deadline, "not healthy: " + r.stdout)
                 time.sleep(0.2)
+            self.assertEqual(cmdline_title(proc.pid), "thumbnail_server: master")
             inp = h.make_input_dir(["h264.mp4"], parent=self.tmp)
             out = os.path.join(self.tmp, "out")
             r = subprocess.run(["/usr/bin/thumbnail_client", "--server", addr, inp, out],
@@ -127,9 +204,12 @@ class DebPackage(unittest.TestCase):
         for f in FILES[:-1]:
             self.assertFalse(os.path.exists(f), f + " left after dpkg -r")
         self.assertTrue(os.path.exists(CONF), "dpkg -r must keep the conffile")
+        self.assertFalse(os.path.exists(DOC), DOC + " left after dpkg -r")
         run(["dpkg", "--purge", PKG])
         self.assertFalse(os.path.exists(CONF), CONF + " left after dpkg --purge")
         self.assertFalse(os.path.exists(os.path.dirname(CONF)))
+        for link in (ENABLE_LINK, MASK_LINK):
+            self.assertFalse(os.path.lexists(link), link + " left after dpkg --purge")
 
 
 if __name__ == "__main__":

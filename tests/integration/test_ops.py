@@ -7,7 +7,10 @@ the systemd readiness notification (Type=notify) arrives on $NOTIFY_SOCKET
 only once the server answers health checks with SERVING; `cmake --install
 --prefix` lays out binaries, unit, man pages and config, with the unit's
 paths following the prefix, and the installed unit passes systemd-analyze
-verify."""
+verify; `ps` shows each process's role (/proc/PID/cmdline and comm), across a
+reload, and also when argv[] is too short for the title and the environment
+has to make room."""
+import gzip
 import shutil
 import os
 import re
@@ -127,6 +130,97 @@ class ConfigFile(h.ServerTestCase):
         self.wait_serving(p, "127.0.0.1:%d" % port)
 
 
+def cmdline(pid):
+    with open("/proc/%d/cmdline" % pid, "rb") as f:
+        return f.read()
+
+
+def title(pid):
+    """The process title: /proc/PID/cmdline, which must hold nothing after it but NULs
+    (no leftover of the original arguments)."""
+    raw = cmdline(pid)
+    text = raw.rstrip(b"\0")
+    if b"\0" in text:
+        raise AssertionError("pid %d: more than a title in its cmdline: %r" % (pid, raw))
+    return text.decode()
+
+
+def comm(pid):
+    with open("/proc/%d/comm" % pid) as f:
+        return f.read().rstrip("\n")
+
+
+class ProcessTitles(h.ServersTestCase):
+    def titles(self, pid):
+        """{title: comm} of pid's live children; None while one is coming or going."""
+        try:
+            return {title(k): comm(k) for k in h.children(pid)}
+        except FileNotFoundError:
+            return None
+
+    def serving(self, addr):
+        def ok():
+            try:
+                return h.health_check(addr, timeout=1.0) == "SERVING"
+            except h.grpc.RpcError:
+                return False
+        h.wait_for(ok, 15, what="SERVING on " + addr)
+
+    def test_every_role_in_ps(self):
+        srv = self.server(workers=2, metrics=True)
+        self.assertEqual(title(srv.pid), "thumbnail_server: master")
+        # The master keeps the program's name as comm (the pidfile check compares it).
+        self.assertEqual(comm(srv.pid), "thumbnail_serve")
+        want = {"thumbnail_server: front (gen 1)": "tn: front",
+                "thumbnail_server: worker 0 (gen 1)": "tn: worker 0",
+                "thumbnail_server: worker 1 (gen 1)": "tn: worker 1",
+                "thumbnail_server: metrics": "tn: metrics"}
+        h.wait_for(lambda: self.titles(srv.pid) == want, 15,
+                   what="titles %s (got %s)" % (want, self.titles(srv.pid)))
+        self.assertEqual(title(srv.front_pid()), "thumbnail_server: front (gen 1)")
+        self.assertEqual(title(srv.metrics_pid()), "thumbnail_server: metrics")
+        # A reload: the new generation's processes say so; the metrics process stays.
+        os.kill(srv.pid, signal.SIGHUP)
+        want = {"thumbnail_server: front (gen 2)": "tn: front",
+                "thumbnail_server: worker 0 (gen 2)": "tn: worker 0",
+                "thumbnail_server: worker 1 (gen 2)": "tn: worker 1",
+                "thumbnail_server: metrics": "tn: metrics"}
+        h.wait_for(lambda: self.titles(srv.pid) == want, 30, what="titles after a reload")
+        self.assertEqual(title(srv.pid), "thumbnail_server: master")
+        self.serving(srv.addr)
+
+    def test_short_argv_takes_room_from_the_environment(self):
+        """argv[] here ("ts --listen 127.0.0.1:PORT") is shorter than a worker's title:
+        the title runs on into the environment's memory, and the server still reads its
+        environment (NUM_WORKERS=1 takes effect)."""
+        if h.server_default_args():
+            self.skipTest("this build's servers need %s, which makes argv[] long enough for "
+                          "every title" % " ".join(h.server_default_args()))
+        port = h.free_port()
+        args = ["ts", "--listen", "127.0.0.1:%d" % port]
+        self.assertLess(len("\0".join(args)) + 1, len("thumbnail_server: worker 0 (gen 1)"))
+        d = h.tempfile.mkdtemp(prefix="tn-title-")
+        self.addCleanup(h.shutil.rmtree, d, True)
+        env = {"NUM_WORKERS": "1", "TMPDIR": d, "PATH": "/usr/bin:/bin"}
+        with open(os.path.join(d, "server.log"), "w") as err:
+            p = subprocess.Popen(args, executable=h.SERVER_BIN, env=env, stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        h._LIVE_GROUPS.add(p.pid)
+        try:
+            want = {"thumbnail_server: front (gen 1)", "thumbnail_server: worker 0 (gen 1)"}
+            h.wait_for(lambda: p.poll() is not None or set(self.titles(p.pid) or ()) == want,
+                       15, what="titles %s (got %s)" % (want, self.titles(p.pid)))
+            self.assertIsNone(p.poll(), "server exited")
+            self.assertEqual(title(p.pid), "thumbnail_server: master")
+            self.serving("127.0.0.1:%d" % port)
+        finally:
+            os.kill(p.pid, signal.SIGTERM)
+            rc = p.wait(30)
+            h._LIVE_GROUPS.discard(p.pid)
+        with open(os.path.join(d, "server.log")) as f:
+            self.assertEqual(rc, 0, f.read())
+
+
 class SystemdNotify(unittest.TestCase):
     def test_ready_only_when_serving(self):
         """Like systemd: a datagram socket in $NOTIFY_SOCKET. READY=1 must come, and when it
@@ -167,8 +261,10 @@ class Install(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stdout)
         unit = os.path.join(prefix, "lib", "systemd", "system", "thumbnail_server.service")
         conf = os.path.join(prefix, "etc", "thumbnail_server", "thumbnail_server.conf")
-        for f in ("bin/thumbnail_server", "bin/thumbnail_client", "share/man/man1/thumbnail_server.1",
-                  "share/man/man1/thumbnail_client.1"):
+        for f in ("bin/thumbnail_server", "bin/thumbnail_client",
+                  "share/man/man1/thumbnail_server.1.gz", "share/man/man1/thumbnail_client.1.gz",
+                  "share/doc/thumbnail-server/copyright",
+                  "share/doc/thumbnail-server/changelog.Debian.gz"):
             self.assertTrue(os.path.isfile(os.path.join(prefix, f)), f)
         with open(unit) as f:
             text = f.read()
@@ -176,10 +272,17 @@ class Install(unittest.TestCase):
         with open(conf) as f, open(EXAMPLE_CONF) as g:
             self.assertEqual(f.read(), g.read())
         # The man page is the --help of this build, plus doc/thumbnail_server.h2m.
-        with open(os.path.join(prefix, "share/man/man1/thumbnail_server.1")) as f:
+        with gzip.open(os.path.join(prefix, "share/man/man1/thumbnail_server.1.gz"), "rt") as f:
             man = f.read()
         self.assertIn("config", man)
         self.assertIn("CONFIGURATION FILE", man)
+        # Each page's footer (the .TH source field) is the program and its version alone.
+        version = subprocess.run([h.SERVER_BIN, "--version"], stdout=subprocess.PIPE, text=True,
+                                 check=True).stdout.split()[1]
+        for prog in ("thumbnail_server", "thumbnail_client"):
+            with gzip.open(os.path.join(prefix, "share/man/man1/%s.1.gz" % prog), "rt") as f:
+                self.assertRegex(f.read(), r'(?m)^\.TH %s "1" "[^"]+" "%s %s" "User Commands"$'
+                                 % (prog.upper(), prog, re.escape(version)))
         if shutil.which("systemd-analyze"):
             r = subprocess.run(["systemd-analyze", "verify", unit], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True,
