@@ -1,7 +1,9 @@
 /*
  * The gRPC front: the only process that calls grpc_init(). Serves
- * thumbnail.v1.Thumbnailer/Generate and grpc.health.v1.Health/Check, spools
- * uploads to O_TMPFILE files, sends jobs on the queue, streams results back.
+ * thumbnail.v1.Thumbnailer/Generate and /Probe, grpc.health.v1.Health/Check and
+ * /Watch, and server reflection (v1, v1alpha); answers other methods
+ * UNIMPLEMENTED. Spools uploads to O_TMPFILE files (pull and local mode: see
+ * front.c), sends jobs on the queue, streams results back.
  *
  * Signals (sent by the master): SIGTERM/SIGINT stop now (cancel calls),
  * SIGQUIT stop accepting (the listeners close and clients get GOAWAY, so new

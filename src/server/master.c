@@ -196,7 +196,7 @@ static const char *sig_name(int sig)
 }
 
 /* Install the flag-setting handlers; every handled signal stays blocked except
- * inside sigsuspend(). Returns 0 or -errno. */
+ * inside the main loop's ppoll(). Returns 0 or -errno. */
 static int setup_signals(void)
 {
     struct sigaction sa;
@@ -654,7 +654,7 @@ static void begin_stop(struct master *m, int status)
 }
 
 /* Graceful stop: every front drains first (SIGQUIT), the workers keep serving
- * them; they get SIGTERM once no front is left (advance_stop). A reload that
+ * them; they get SIGTERM once no front is left (advance()). A reload that
  * is still starting is abandoned. */
 static void begin_drain(struct master *m)
 {
