@@ -7,6 +7,9 @@
  * (started first, so an early error from the server — too large, not a video —
  * is seen during the upload and stops it), one send batch, and one receive
  * batch. Waiting wakes every 200 ms to notice an interrupt (SIGINT) and cancel.
+ * Every wait is bounded by the call's deadline, and by a grace period after a
+ * cancel: a call whose batches gRPC never completes is abandoned (leaked with
+ * its completion queue), never waited for forever.
  * The channel is shared by all threads.
  */
 #ifndef TN_CLIENT_RPC_H
@@ -132,6 +135,7 @@ struct tn_rpc_result {
     grpc_status_code code;
     bool local;       /* the failure is ours: I/O, protocol violation, interrupt */
     bool interrupted; /* *stop was seen */
+    bool abandoned;   /* gRPC never completed the cancelled call: leak cq, skip grpc_shutdown */
     char message[512];
     uint32_t thumbnails; /* complete thumbnails received */
     uint64_t bytes_sent; /* bytes of video sent (all of them, the pulled ranges, or none) */
@@ -145,7 +149,8 @@ struct tn_rpc_result {
  * and every expected thumbnail (count, or max(1, n_times); with every, at
  * least one) arrived complete; anything
  * else is described in res->message. cq must be a for_next queue used by this
- * thread only, and is empty again on return.
+ * thread only, and is empty again on return, unless res->abandoned: then gRPC
+ * still holds batches on it and the caller must leak it (and skip grpc_shutdown).
  */
 void tn_rpc_generate(grpc_channel *ch, grpc_completion_queue *cq, const struct tn_rpc_request *req,
                      const struct tn_rpc_sink *sink, struct tn_rpc_result *res);
