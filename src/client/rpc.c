@@ -413,9 +413,12 @@ static void build_options(const struct tn_rpc_request *req, Thumbnail__V1__Optio
     opt->quality = req->quality;
     opt->lossless = req->lossless;
     opt->png_level = req->png_level;
-    opt->mode = req->mode == TN_MODE_KEYFRAME ? THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_KEYFRAME
-                : req->mode == TN_MODE_SMART  ? THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_SMART
-                                              : THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_ACCURATE;
+    /* Not given = UNSPECIFIED: the server's choice (a representative frame when no time
+     * is named either), not an explicit ACCURATE. */
+    opt->mode = req->mode == TN_MODE_KEYFRAME   ? THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_KEYFRAME
+                : req->mode == TN_MODE_SMART    ? THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_SMART
+                : req->mode == TN_MODE_ACCURATE ? THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_ACCURATE
+                                                : THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_UNSPECIFIED;
     opt->fit = (Thumbnail__V1__FitMode)req->fit; /* enum tn_fit has the proto's values */
     opt->pad_color = req->pad_color;
     opt->count = req->count;
@@ -782,14 +785,15 @@ static const char *state_name(grpc_connectivity_state s)
     return "?";
 }
 
-int tn_rpc_wait_ready(grpc_channel *ch, double timeout, const char **name)
+int tn_rpc_wait_ready(grpc_channel *ch, double timeout, bool stop_on_failure, const char **name)
 {
     grpc_completion_queue *cq = grpc_completion_queue_create_for_next(NULL);
     gpr_timespec deadline =
         gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
                      gpr_time_from_millis((int64_t)(timeout * 1000), GPR_TIMESPAN));
     grpc_connectivity_state s = grpc_channel_check_connectivity_state(ch, 1);
-    while (s != GRPC_CHANNEL_READY && s != GRPC_CHANNEL_SHUTDOWN) {
+    while (s != GRPC_CHANNEL_READY && s != GRPC_CHANNEL_SHUTDOWN &&
+           !(stop_on_failure && s == GRPC_CHANNEL_TRANSIENT_FAILURE)) {
         grpc_channel_watch_connectivity_state(ch, s, deadline, cq, NULL);
         grpc_event ev = grpc_completion_queue_next(cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
         if (ev.type != GRPC_OP_COMPLETE || !ev.success)
@@ -800,7 +804,9 @@ int tn_rpc_wait_ready(grpc_channel *ch, double timeout, const char **name)
     }
     tn_rpc_cq_destroy(&cq);
     *name = state_name(s);
-    return s == GRPC_CHANNEL_READY ? 0 : -ETIMEDOUT;
+    return s == GRPC_CHANNEL_READY                                  ? 0
+           : stop_on_failure && s == GRPC_CHANNEL_TRANSIENT_FAILURE ? -ECONNREFUSED
+                                                                    : -ETIMEDOUT;
 }
 
 void tn_rpc_cq_destroy(grpc_completion_queue **cq)

@@ -51,9 +51,12 @@ grpc_channel *tn_rpc_channel_create(const struct tn_rpc_channel_config *cc);
 /*
  * Ask the channel to connect and wait until it is READY or `timeout` seconds
  * pass. Returns 0 when ready, else -ETIMEDOUT and the last state's name in
- * *state_name.
+ * *state_name. With stop_on_failure, returns -ECONNREFUSED as soon as the
+ * channel reaches TRANSIENT_FAILURE (every address failed once), so that the
+ * caller can find out why at once.
  */
-int tn_rpc_wait_ready(grpc_channel *ch, double timeout, const char **state_name);
+int tn_rpc_wait_ready(grpc_channel *ch, double timeout, bool stop_on_failure,
+                      const char **state_name);
 
 /*
  * grpc.health.v1.Health/Check for `service`. Returns the call's status code
