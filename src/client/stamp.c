@@ -11,6 +11,7 @@
 
 #define KEYWORD "thumbnail_client"
 #define MAX_STAMP 1024
+static int write_all_at(int fd, const void *p, size_t n, off_t off);
 static const unsigned char iend[12] = {0, 0, 0, 0, 'I', 'E', 'N', 'D', 0xae, 0x42, 0x60, 0x82};
 
 char *tn_stamp_make(const struct tn_client_options *o, const struct stat *src)
@@ -39,10 +40,59 @@ char *tn_stamp_make(const struct tn_client_options *o, const struct stat *src)
     return buf;
 }
 
+static bool ends_with(const char *p, const char *ext)
+{
+    size_t n = strlen(p), e = strlen(ext);
+    return n > e && !strcasecmp(p + n - e, ext);
+}
+
 bool tn_stamp_inline(const char *p)
 {
-    size_t n = strlen(p);
-    return n > 4 && !strcasecmp(p + n - 4, ".png");
+    return ends_with(p, ".png") || ends_with(p, ".jpg");
+}
+
+/* A JPEG's record: a COM segment right after SOI holding COM_PREFIX + the stamp. */
+#define COM_PREFIX KEYWORD ": "
+#define MAX_JPEG (64u << 20)
+
+static int jpeg_attach(int fd, const char *stamp, size_t sl)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return -errno;
+    if (st.st_size < 4 || (uint64_t)st.st_size > MAX_JPEG)
+        return -EINVAL;
+    size_t n = (size_t)st.st_size - 2, seg = 4 + strlen(COM_PREFIX) + sl;
+    unsigned char *buf = malloc(seg + n), soi[2];
+    if (!buf)
+        return -ENOMEM;
+    int r = 0;
+    if (pread(fd, soi, 2, 0) != 2 || soi[0] != 0xff || soi[1] != 0xd8 ||
+        pread(fd, buf + seg, n, 2) != (ssize_t)n) {
+        r = -EINVAL;
+    } else {
+        buf[0] = 0xff;
+        buf[1] = 0xfe;
+        buf[2] = (unsigned char)((seg - 2) >> 8);
+        buf[3] = (unsigned char)(seg - 2);
+        memcpy(buf + 4, COM_PREFIX, strlen(COM_PREFIX));
+        memcpy(buf + 4 + strlen(COM_PREFIX), stamp, sl);
+        r = write_all_at(fd, buf, seg + n, 2);
+    }
+    free(buf);
+    return r;
+}
+
+static bool jpeg_matches(int fd, const char *stamp, size_t sl)
+{
+    unsigned char buf[6 + sizeof(COM_PREFIX) + MAX_STAMP];
+    size_t seg = 4 + strlen(COM_PREFIX) + sl;
+    if (pread(fd, buf, 2 + seg, 0) != (ssize_t)(2 + seg))
+        return false;
+    return buf[0] == 0xff && buf[1] == 0xd8 && buf[2] == 0xff && buf[3] == 0xfe &&
+           buf[4] == (unsigned char)((seg - 2) >> 8) && buf[5] == (unsigned char)(seg - 2) &&
+           !memcmp(buf + 6, COM_PREFIX, strlen(COM_PREFIX)) &&
+           !memcmp(buf + 6 + strlen(COM_PREFIX), stamp, sl);
 }
 
 static char *sidecar_path(const char *final_path)
@@ -108,6 +158,8 @@ int tn_stamp_attach(const char *final_path, int fd, const char *stamp)
             r = -errno;
         return r;
     }
+    if (ends_with(final_path, ".jpg"))
+        return jpeg_attach(fd, stamp, sl);
     struct stat st;
     unsigned char tail[12];
     if (fstat(fd, &st) < 0)
@@ -142,6 +194,8 @@ bool tn_stamp_matches(const char *path, const char *stamp)
         if (!inl) {
             ssize_t n = pread(fd, buf, sizeof(buf), 0);
             ok = n == (ssize_t)sl && memcmp(buf, stamp, sl) == 0;
+        } else if (ends_with(path, ".jpg")) {
+            ok = jpeg_matches(fd, stamp, sl);
         } else {
             /* Ours is the last chunk before IEND: exactly where tn_stamp_attach put it. */
             size_t want = 8 + sizeof(KEYWORD) + sl + 4 + 12;
