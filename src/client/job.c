@@ -348,7 +348,10 @@ void tn_job_run(const struct tn_job_env *env, grpc_completion_queue *cq,
         n_ready++;
         struct stat ost;
         bool exists = !to_stdout && lstat(outs[i].final, &ost) == 0;
-        fresh[i] = exists && !opt->overwrite && tn_stamp_matches(outs[i].final, stamp);
+        /* A storyboard's WebVTT carries no record: it is as fresh as its sprite sheet. */
+        bool vtt = opt->storyboard && i == 1;
+        fresh[i] =
+            exists && !opt->overwrite && (vtt ? fresh[0] : tn_stamp_matches(outs[i].final, stamp));
         replace[i] = exists && !fresh[i];
         if (!fresh[i])
             map[n_send++] = i;
@@ -477,9 +480,10 @@ void tn_job_run(const struct tn_job_env *env, grpc_completion_queue *cq,
         cues = count_cues(outs[1].fd);
     for (size_t k = 0; k < n_send; k++) {
         size_t i = map[k];
-        /* The record: inside a PNG before the rename, else a sidecar after it. */
+        /* The record: inside a PNG/JPEG before the rename, else a sidecar after it. */
         bool inl = !to_stdout && tn_stamp_inline(outs[i].final);
-        if (inl && (r = tn_stamp_attach(outs[i].final, outs[i].fd, stamp)) < 0)
+        bool record = !to_stdout && !(opt->storyboard && i == 1);
+        if (record && inl && (r = tn_stamp_attach(outs[i].final, outs[i].fd, stamp)) < 0)
             tn_log_warn("%s: no record of how it was made (%s): a re-run will make it again",
                         outs[i].final, strerror(-r));
         if ((r = tn_output_commit(&outs[i], opt->overwrite || replace[i])) < 0) {
@@ -489,7 +493,7 @@ void tn_job_run(const struct tn_job_env *env, grpc_completion_queue *cq,
             rep->line = format_line("FAIL %s: %s", e->rel, reason);
             goto out; /* the outputs already renamed stay: each one is complete */
         }
-        if (!inl && !to_stdout && (r = tn_stamp_attach(outs[i].final, -1, stamp)) < 0)
+        if (record && !inl && (r = tn_stamp_attach(outs[i].final, -1, stamp)) < 0)
             tn_log_warn("%s: cannot write its record (%s): a re-run will make it again",
                         outs[i].final, strerror(-r));
         rep->thumbnails++;

@@ -7,8 +7,9 @@
  * a JPEG's COM segment just after SOI ("thumbnail_client: ..."). It then
  * travels with the file, and the common formats need no second file. WebP
  * (whose simple format has room for one chunk only: metadata means rewriting
- * it as VP8X) and WebVTT outputs get a hidden sidecar ".NAME.thumbmeta" beside
- * them instead; the walk skips hidden names, so a sidecar is never taken for
+ * it as VP8X) gets a hidden sidecar ".NAME.thumbmeta" beside it instead. A
+ * storyboard's WebVTT file is left exactly as the server made it: it is up to
+ * date when its sprite sheet is (one call makes both); the walk skips hidden names, so a sidecar is never taken for
  * input. An output without a record (made by something else, or an older
  * client) is not known to be up to date: it is made again.
  */
