@@ -756,7 +756,8 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
             break;
         case 'h': usage(stdout); return TN_OPTIONS_EXIT_OK;
         case 'V':
-            printf("thumbnail_client %s (gRPC core %s)\n", TN_VERSION, grpc_version_string());
+            /* The version alone on the first line: help2man puts it in the man page's footer. */
+            printf("thumbnail_client %s\ngRPC core %s\n", TN_VERSION, grpc_version_string());
             return TN_OPTIONS_EXIT_OK;
         case ':':
             fprintf(stderr, "thumbnail_client: %s needs a value\nTry 'thumbnail_client --help'.\n",
