@@ -361,6 +361,9 @@ void tn_job_run(const struct tn_job_env *env, grpc_completion_queue *cq,
         /* One call makes them all: all up to date (--every: the first) = skip, else all again. */
         if ((every && fresh[0]) || n_send == 0) {
             n_send = 0;
+            if (every) /* report the outputs there are, not all the possible ones */
+                for (count = 1; count < n_ready && fresh[count]; count++)
+                    ;
         } else {
             for (size_t i = 0; i < count; i++) {
                 map[i] = i;

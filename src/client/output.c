@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,11 +96,18 @@ char *tn_output_join(const char *dir, const char *name, const char *suffix)
     return p;
 }
 
-/* ".NAME.tmp.PID" with PID not running (and not us): the PID, else 0. */
+/* ".NAME.EXT.tmp.PID", EXT one of ours, with PID not running (and not us): the
+ * PID, else 0. Other programs' temporary files are left alone. */
 static long stale_pid(const char *name)
 {
+    static const char *const exts[] = {".png.tmp", ".jpg.tmp", ".webp.tmp", ".vtt.tmp"};
     const char *t = strrchr(name, '.');
-    if (name[0] != '.' || !t || t - name < 6 || strncmp(t - 4, ".tmp", 4) != 0)
+    bool ours = false;
+    for (size_t i = 0; i < sizeof(exts) / sizeof(exts[0]) && t && !ours; i++) {
+        size_t n = strlen(exts[i]);
+        ours = t - name > (ptrdiff_t)n && !strncmp(t - n, exts[i], n);
+    }
+    if (name[0] != '.' || !ours)
         return 0;
     char *end;
     long pid = strtol(t + 1, &end, 10);

@@ -35,7 +35,7 @@ bool tn_output_template_numbers(const char *tmpl);
 char *tn_output_join(const char *dir, const char *name, const char *suffix);
 
 /*
- * Remove ".NAME.tmp.PID" files under dir (recursively) that were left by a
+ * Remove ".NAME.png.tmp.PID" files (and .jpg, .webp, .vtt) under dir, recursively, left by a
  * client that died before renaming them: those whose PID no longer runs.
  * Returns how many were removed.
  */

@@ -9,9 +9,9 @@
  * (whose simple format has room for one chunk only: metadata means rewriting
  * it as VP8X) gets a hidden sidecar ".NAME.thumbmeta" beside it instead. A
  * storyboard's WebVTT file is left exactly as the server made it: it is up to
- * date when its sprite sheet is (one call makes both); the walk skips hidden names, so a sidecar is never taken for
- * input. An output without a record (made by something else, or an older
- * client) is not known to be up to date: it is made again.
+ * date when its sprite sheet is (one call makes both); the walk skips hidden names, so a sidecar is
+ * never taken for input. An output without a record (made by something else, or an older client) is
+ * not known to be up to date: it is made again.
  */
 #ifndef TN_CLIENT_STAMP_H
 #define TN_CLIENT_STAMP_H
