@@ -65,7 +65,6 @@ struct run {
     size_t next;
     size_t ok, failed, skipped, interrupted;
     bool unauthenticated; /* a call was refused UNAUTHENTICATED: start no more files */
-    bool wedged;          /* a call was abandoned (rpc.h): gRPC cannot be shut down cleanly */
     uint64_t thumbnails;
 };
 
@@ -94,7 +93,6 @@ static void *worker_main(void *arg)
         }
         run->interrupted += rep.interrupted;
         run->unauthenticated = run->unauthenticated || rep.unauthenticated;
-        run->wedged = run->wedged || rep.abandoned;
         run->thumbnails += rep.thumbnails;
         pthread_mutex_unlock(&run->lock);
 
@@ -326,7 +324,8 @@ static int health_one(const struct tn_client_options *opt, const char *server)
                 tn_code_name((int)code), msg[0] ? ": " : "", msg);
         rc = code == GRPC_STATUS_UNAVAILABLE ? EXIT_USAGE : EXIT_FAILED;
     }
-    grpc_channel_destroy(ch);
+    if (!tn_rpc_wedged())
+        grpc_channel_destroy(ch);
     return rc;
 }
 
@@ -339,7 +338,8 @@ static int run_health(const struct tn_client_options *opt)
         int r = health_one(opt, opt->servers[i]);
         rc = r > rc ? r : rc;
     }
-    grpc_shutdown();
+    if (!tn_rpc_wedged())
+        grpc_shutdown();
     return rc;
 }
 
@@ -371,7 +371,7 @@ static int probe_data(void *ctx, uint32_t index, const void *p, size_t n)
 /* One Probe of path (a regular file): its JSON, with "file" first, on stdout.
  * 0, or EXIT_FAILED after a message on stderr. */
 static int probe_one(const struct tn_client_options *opt, grpc_channel *ch,
-                     grpc_completion_queue *cq, const char *path)
+                     grpc_completion_queue **cq, const char *path)
 {
     struct stat st;
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
@@ -397,7 +397,9 @@ static int probe_one(const struct tn_client_options *opt, grpc_channel *ch,
     struct probe_buf buf = {0};
     struct tn_rpc_sink sink = {.ctx = &buf, .begin = probe_begin, .data = probe_data};
     struct tn_rpc_result res;
-    tn_rpc_generate(ch, cq, &req, &sink, &res);
+    tn_rpc_generate(ch, *cq, &req, &sink, &res);
+    if (res.abandoned) /* gRPC still holds a batch on it: leak it, take a new one */
+        *cq = grpc_completion_queue_create_for_next(NULL);
     close(fd);
     int rc = 0;
     if (!res.local && res.code == GRPC_STATUS_OK && buf.data && buf.data[0] == '{') {
@@ -440,7 +442,7 @@ static int run_probe(const struct tn_client_options *opt)
         const char *path = opt->probe_files[i];
         struct stat st;
         if (stat(path, &st) < 0 || !S_ISDIR(st.st_mode)) {
-            int r = probe_one(opt, ch, cq, path);
+            int r = probe_one(opt, ch, &cq, path);
             rc = r > rc ? r : rc;
             continue;
         }
@@ -464,7 +466,7 @@ static int run_probe(const struct tn_client_options *opt)
             if (skip && opt->verbose)
                 fprintf(stderr, "thumbnail_client: %s: skipped: %s\n", p ? p : "?", skip);
             if (!skip) {
-                int r = probe_one(opt, ch, cq, p);
+                int r = probe_one(opt, ch, &cq, p);
                 rc = r > rc ? r : rc;
             }
             free(p);
@@ -472,9 +474,11 @@ static int run_probe(const struct tn_client_options *opt)
         tn_walk_free(&files);
     }
     tn_rpc_cq_destroy(&cq);
-    grpc_channel_destroy(ch);
+    if (!tn_rpc_wedged())
+        grpc_channel_destroy(ch);
 out:
-    grpc_shutdown();
+    if (!tn_rpc_wedged())
+        grpc_shutdown();
     return stop_flag ? 128 + stop_flag : rc;
 }
 
@@ -529,7 +533,7 @@ static int run_batch(const struct tn_client_options *opt)
     struct tn_walk_list files = {0};
     struct tn_job_plan *plans = NULL;
     grpc_channel *ch = NULL;
-    bool grpc_up = false, wedged = false;
+    bool grpc_up = false;
     int rc = EXIT_USAGE;
     char err[4200];
     struct stat in_st, out_st;
@@ -634,14 +638,13 @@ static int run_batch(const struct tn_client_options *opt)
                 "thumbnail_client: the server refused our credentials (UNAUTHENTICATED); "
                 "%zu files not started: check --auth-token-file\n",
                 not_started);
-    wedged = run.wedged;
     rc = stop_flag ? 128 + stop_flag : run.failed ? EXIT_FAILED : 0;
 
 out:
     /* After an abandoned call gRPC would wait for it forever: leave it to exit(). */
-    if (ch && !wedged)
+    if (ch && !tn_rpc_wedged())
         grpc_channel_destroy(ch);
-    if (grpc_up && !wedged)
+    if (grpc_up && !tn_rpc_wedged())
         grpc_shutdown();
     for (size_t i = 0; plans && i < files.n; i++)
         free((char *)plans[i].skip);

@@ -39,6 +39,14 @@
 /* The largest range request we answer: the server asks for at most 4 MiB. */
 #define MAX_RANGE (64u << 20)
 
+/* Set once any call was abandoned: gRPC would wait for it in grpc_shutdown(). */
+static bool wedged;
+
+bool tn_rpc_wedged(void)
+{
+    return __atomic_load_n(&wedged, __ATOMIC_RELAXED);
+}
+
 /* The batches of one call; the tag of a batch is its enum value + 1. */
 enum tag { TAG_SEND, TAG_RECV, TAG_STATUS, N_TAGS };
 
@@ -145,6 +153,7 @@ static bool wait_for(struct call *c, enum tag t)
             tn_log_error("gRPC did not complete a cancelled call within %d ms; abandoning it",
                          CANCEL_GRACE_MS);
             c->abandoned = true;
+            __atomic_store_n(&wedged, true, __ATOMIC_RELAXED);
             break;
         }
         gpr_timespec dl =

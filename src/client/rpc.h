@@ -158,6 +158,10 @@ struct tn_rpc_result {
 void tn_rpc_generate(grpc_channel *ch, grpc_completion_queue *cq, const struct tn_rpc_request *req,
                      const struct tn_rpc_sink *sink, struct tn_rpc_result *res);
 
+/* Was any call abandoned? Then neither destroy the channel nor call
+ * grpc_shutdown(): both would wait for it; leave the rest to exit(). */
+bool tn_rpc_wedged(void);
+
 /* Shut down, drain and destroy a completion queue. NULL-safe. */
 void tn_rpc_cq_destroy(grpc_completion_queue **cq);
 

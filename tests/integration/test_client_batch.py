@@ -189,6 +189,22 @@ class Interrupts(h.ServersTestCase):
             rc, elapsed = c.interrupt()
             self.check_interrupted(c, rc, elapsed)
 
+    def test_timeout_bounds_every_wait(self):
+        """A server that never answers (its worker is stopped): each call ends at the
+        client's own --timeout, in every mode, as DEADLINE_EXCEEDED."""
+        self.stopped_workers()
+        inp = h.make_input_dir(["h264.mp4"], parent=self.root)
+        for mode in (["--no-pull"], ["--pull"]):
+            with self.subTest(mode=mode):
+                r = h.run_client(["-s", self.srv.addr, "--timeout", "2", "--retries", "0"] +
+                                 mode + [inp, self.out], timeout=60)
+                h.log("%s --timeout 2: exit %d after %.2f s" % (mode[0], r.returncode, r.elapsed))
+                self.assertEqual(r.returncode, 1, r)
+                self.assertRegex(r.line_for("h264.mp4") or "", r"FAIL .*DEADLINE_EXCEEDED", r)
+                self.assertLess(r.elapsed, 2 + PROMPT, r)
+                self.assertEqual(hidden_temp_files(self.out) if os.path.isdir(self.out) else [],
+                                 [])
+
     def test_stale_temp_files_are_removed(self):
         """A killed client leaves .NAME.png.tmp.PID: the next run removes those whose PID
         is gone, and only those."""
