@@ -152,7 +152,8 @@ static void usage(FILE *f)
             "      --mode MODE         accurate (the exact frame), keyframe (the keyframe\n"
             "                          at or before the time: faster) or smart (among\n"
             "                          keyframes near the time, skip black and blank ones);\n"
-            "                          default: the server's choice\n"
+            "                          default: accurate for a time given by --at, --count\n"
+            "                          or --every; none sent without one\n"
             "      --format FMT        png (default), jpeg (.jpg) or webp (.webp)\n"
             "      --quality N         JPEG/WebP quality 1..100 (server default: JPEG 85,\n"
             "                          WebP 80); with --lossless, the WebP effort\n"
@@ -889,6 +890,10 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
         tn_options_free(o);
         return TN_OPTIONS_USAGE;
     }
+    /* A named time (--at, --count, --every) is exact unless --mode says otherwise; with
+     * none, no mode is sent either, and the server picks a representative frame. */
+    if (!o->mode_set && !o->storyboard && (o->n_times || o->count || o->every > 0))
+        o->mode = TN_MODE_ACCURATE;
     /* Like other thumbnailers, the default bounds the longer side: a square box
      * (with the default fit, FIT, the picture keeps its aspect inside it). */
     if (!width_set && !height_set)

@@ -52,8 +52,8 @@ struct tn_client_options {
     uint32_t max_width;
     uint32_t max_height;
     bool upscale;
-    int mode;            /* enum tn_mode; 0 = not given: the server's choice */
-    int format;          /* enum tn_format: PNG (default), JPEG, WEBP */
+    int mode;   /* enum tn_mode; 0 = none sent (no --mode and no time named): the server's choice */
+    int format; /* enum tn_format: PNG (default), JPEG, WEBP */
     uint32_t quality;    /* JPEG/WebP 1..100; 0 = the server's default */
     bool lossless;       /* WebP only */
     uint32_t png_level;  /* zlib level 1..9; 0 = the server's default */

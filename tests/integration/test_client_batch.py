@@ -19,9 +19,11 @@ import shutil
 import signal
 import struct
 import subprocess
+import tempfile
 import termios
 import threading
 import time
+import unittest
 
 import harness as h
 
@@ -467,6 +469,53 @@ class Folders(h.ServerTestCase):
         r = self.client("--storyboard", "--count", "12", "--columns", "5", inp, out, check_rc=0)
         self.assertRegex(r.line_for("h264.mp4"), r"^ok ", r)
         self.assertEqual(h.tree_files(out), ["h264.sprite.png", "h264.vtt"])
+
+
+class WhatIsSent(unittest.TestCase):
+    """The request the client builds, seen by a recording grpcio server: with no time
+    named the client sends no time and no mode (the server picks a representative
+    frame); a named time is exact (ACCURATE); the default box is 320 x 320."""
+
+    def tmpdir(self):
+        d = tempfile.mkdtemp(prefix="tn-test-")
+        self.addCleanup(shutil.rmtree, d, True)
+        return d
+
+    def options_sent(self, *args):
+        from concurrent import futures
+        seen = []
+
+        class Recorder(h.pb_grpc.ThumbnailerServicer):
+            def Generate(self, request_iterator, context):
+                seen.append(next(request_iterator).options)
+                context.abort(h.grpc.StatusCode.INVALID_ARGUMENT, "recorded")
+
+        srv = h.grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        h.pb_grpc.add_ThumbnailerServicer_to_server(Recorder(), srv)
+        port = srv.add_insecure_port("127.0.0.1:0")
+        srv.start()
+        try:
+            inp = h.make_input_dir(["h264.mp4"], parent=self.tmpdir())
+            h.run_client(["-s", "127.0.0.1:%d" % port] + list(args) +
+                         [inp, os.path.join(self.tmpdir(), "out")], check_rc=1)
+        finally:
+            srv.stop(0)
+        self.assertEqual(len(seen), 1)
+        return seen[0]
+
+    def test_defaults(self):
+        o = self.options_sent()
+        self.assertEqual(len(o.times), 0)
+        self.assertEqual((o.count, o.every), (0, 0))
+        self.assertEqual(o.mode, h.pb.SEEK_MODE_UNSPECIFIED)
+        self.assertEqual((o.max_width, o.max_height), (320, 320))
+        o = self.options_sent("--at", "1m30s")
+        self.assertEqual([t.seconds for t in o.times], [90.0])
+        self.assertEqual(o.mode, h.pb.SEEK_MODE_ACCURATE)
+        self.assertEqual(self.options_sent("--count", "3").mode, h.pb.SEEK_MODE_ACCURATE)
+        self.assertEqual(self.options_sent("--mode", "smart").mode, h.pb.SEEK_MODE_SMART)
+        o = self.options_sent("--height", "200")
+        self.assertEqual((o.max_width, o.max_height), (0, 200))
 
 
 class Connection(h.ServerTestCase):
