@@ -3,15 +3,19 @@
  * file to a thumbnail_server over gRPC (C core API), and writes the
  * thumbnails under OUTPUT_DIR.
  *
- * DESIGN. The files are listed and sorted up front (deterministic order, a
- * known total for the progress bar, output-name collisions found before any
- * upload). Then --jobs threads share one channel; each pulls the next file
- * index from a counter and drives that file's call synchronously on its own
- * completion queue (see rpc.h). Before any work the channel must become READY
- * within --connect-timeout, so an unreachable server is one clear error
- * (exit 2) instead of a FAIL line per file. SIGINT/SIGTERM only set a flag:
+ * DESIGN. The files are listed, sorted and filtered up front (deterministic
+ * order, a known total for the progress bar, output names settled before any
+ * upload: two inputs that would share one keep their extensions). Then --jobs
+ * threads share one channel; each pulls the next file index from a counter
+ * and drives that file's call synchronously on its own completion queue (see
+ * rpc.h). Before any work the channel must become READY within
+ * --connect-timeout, so an unreachable server is one clear error (exit 2)
+ * instead of a FAIL line per file; a refused connection or an unknown name is
+ * reported at once, with the OS's reason. SIGINT/SIGTERM only set a flag:
  * calls in flight are cancelled, their temporary files removed, no new file
- * is started, and the summary is still printed (exit 130).
+ * is started, and the summary is still printed (exit 128 + the signal: 130,
+ * 143). Temporary files that a killed client left behind are removed by the
+ * next run.
  *
  * Several --server values become one channel with the round_robin policy
  * (target.h): calls go to every server that is up in turn, a server that
@@ -21,6 +25,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grpc/grpc.h>
+#include <jansson.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -29,6 +34,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "filter.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "ipc.h" /* tn_mono_ms */
 #include "job.h"
@@ -41,7 +47,7 @@
 #include "target.h"
 #include "walk.h"
 
-enum { EXIT_FAILED = 1, EXIT_USAGE = 2, EXIT_INTERRUPTED = 130 };
+enum { EXIT_FAILED = 1, EXIT_USAGE = 2 };
 
 static volatile sig_atomic_t stop_flag;
 
@@ -54,8 +60,8 @@ static void on_signal(int sig)
 struct run {
     struct tn_job_env env;
     const struct tn_walk_list *files;
-    const char **collides; /* per file: an earlier file with the same output, or NULL */
-    pthread_mutex_t lock;  /* protects everything below */
+    struct tn_job_plan *plans; /* per file */
+    pthread_mutex_t lock;      /* protects everything below */
     size_t next;
     size_t ok, failed, skipped, interrupted;
     bool unauthenticated; /* a call was refused UNAUTHENTICATED: start no more files */
@@ -75,7 +81,9 @@ static void *worker_main(void *arg)
             break;
 
         struct tn_job_report rep;
-        tn_job_run(&run->env, cq, &run->files->v[i], run->collides[i], &rep);
+        tn_job_run(&run->env, cq, &run->files->v[i], &run->plans[i], &rep);
+        if (rep.abandoned) /* gRPC still holds a batch on it: leak it, take a new one */
+            cq = grpc_completion_queue_create_for_next(NULL);
 
         pthread_mutex_lock(&run->lock);
         switch (rep.outcome) {
@@ -90,57 +98,110 @@ static void *worker_main(void *arg)
 
         const char *line = rep.line ? rep.line : "FAIL (out of memory)";
         bool show = !run->env.opt->quiet || rep.outcome == TN_JOB_FAILED;
-        tn_progress_file_done(show ? line : NULL);
+        tn_progress_file_done(show ? line : NULL, rep.json);
         free(rep.line);
+        free(rep.json);
     }
     tn_rpc_cq_destroy(&cq);
     return NULL;
 }
 
-struct stem {
-    char *stem;
+struct name {
+    char *name;
     size_t index;
 };
 
-static int by_stem(const void *a, const void *b)
+static int by_name(const void *a, const void *b)
 {
-    const struct stem *x = a, *y = b;
-    int c = strcmp(x->stem, y->stem);
+    const struct name *x = a, *y = b;
+    int c = strcmp(x->name, y->name);
     return c ? c : (x->index > y->index) - (x->index < y->index);
 }
 
 /*
- * "a.mp4" and "a.mkv" would both write a.png: the first (in sorted order)
- * wins, each later one gets collides[i] = the winner's name. Returns 0 or -ENOMEM.
+ * Sort the output names of the files to send; call dup(i, first) for each
+ * file i whose name an earlier file `first` (in sorted order) has too.
+ * Returns 0 or -ENOMEM.
  */
-static int find_collisions(const struct tn_walk_list *files, const char **collides)
+static int name_groups(struct run *run, void (*dup)(struct run *, size_t, size_t))
 {
-    struct stem *s = calloc(files->n ? files->n : 1, sizeof(*s));
+    const struct tn_walk_list *files = run->files;
+    struct name *s = calloc(files->n ? files->n : 1, sizeof(*s));
     if (!s)
         return -ENOMEM;
     size_t n = 0;
     int ret = 0;
     for (size_t i = 0; i < files->n; i++) {
-        if (files->v[i].err)
+        if (files->v[i].err || run->plans[i].skip)
             continue;
-        if (!(s[n].stem = tn_output_stem(files->v[i].rel))) {
-            ret = -ENOMEM;
+        if (!(s[n].name =
+                  tn_job_output_name(run->env.opt, files->v[i].rel, run->plans[i].keep_ext))) {
+            ret = -ENOMEM; /* --name was checked: only memory can run out */
             goto out;
         }
         s[n++].index = i;
     }
-    qsort(s, n, sizeof(*s), by_stem);
+    qsort(s, n, sizeof(*s), by_name);
     for (size_t k = 1, first = 0; k < n; k++) {
-        if (strcmp(s[k].stem, s[first].stem) == 0)
-            collides[s[k].index] = files->v[s[first].index].rel;
+        if (strcmp(s[k].name, s[first].name) == 0)
+            dup(run, s[k].index, s[first].index);
         else
             first = k;
     }
 out:
     for (size_t k = 0; k < n; k++)
-        free(s[k].stem);
+        free(s[k].name);
     free(s);
     return ret;
+}
+
+static void keep_ext(struct run *run, size_t i, size_t first)
+{
+    run->plans[i].keep_ext = run->plans[first].keep_ext = true;
+}
+
+static void collide(struct run *run, size_t i, size_t first)
+{
+    run->plans[i].collides_with = run->files->v[first].rel;
+}
+
+/*
+ * "a.mp4" and "a.avi" would both write a.png: without --name, every file of
+ * such a group is named after its whole name (a.mp4.png, a.avi.png), so that
+ * no name depends on which other files happen to exist. What still collides
+ * (an explicit --name, or "a.mp4" next to "a.mp4.avi") fails: the first in
+ * sorted order wins. Returns 0 or -ENOMEM.
+ */
+static int settle_names(struct run *run)
+{
+    if (!run->env.opt->name_template && name_groups(run, keep_ext) < 0)
+        return -ENOMEM;
+    return name_groups(run, collide);
+}
+
+/* plans[i].skip for each file the filters leave out (filter.h); reasons malloc'd. */
+static int filter_files(const struct tn_client_options *opt, const char *dir,
+                        const struct tn_walk_list *files, struct tn_job_plan *plans)
+{
+    for (size_t i = 0; i < files->n; i++) {
+        char why[300];
+        bool included;
+        const char *r = tn_filter_name(opt, files->v[i].rel, &included, why, sizeof(why));
+        if (!r && !included && !files->v[i].err) {
+            char *p = NULL;
+            int fd = asprintf(&p, "%s/%s", dir, files->v[i].rel) < 0
+                         ? -1
+                         : open(p, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+            free(p);
+            if (fd >= 0) {
+                r = tn_filter_content(files->v[i].rel, fd, why, sizeof(why));
+                close(fd);
+            }
+        }
+        if (r && !(plans[i].skip = strdup(r)))
+            return -ENOMEM;
+    }
+    return 0;
 }
 
 /*
@@ -172,17 +233,39 @@ static grpc_channel *connect_servers(const struct tn_client_options *opt,
     grpc_channel *ch = tn_rpc_channel_create(&cc); /* copies the strings it keeps */
     tn_target_free(&t);
     const char *state;
-    if (tn_rpc_wait_ready(ch, opt->connect_timeout, &state) < 0) {
+    int64_t t0 = tn_mono_ms();
+    int r = tn_rpc_wait_ready(ch, opt->connect_timeout, true, &state);
+    char why[512] = "";
+    if (r == -ECONNREFUSED) {
+        /* Every address failed once: ask the OS why. Nobody there (refused, no such
+         * name or socket) is final; otherwise (TLS, a slow network) keep trying. */
+        bool final = true;
+        size_t off = 0;
+        for (size_t i = 0; i < n && off < sizeof(why); i++) {
+            char w[300];
+            final = tn_target_diagnose(servers[i], w, sizeof(w)) == 1 && final;
+            if (w[0])
+                off += (size_t)snprintf(why + off, sizeof(why) - off, "%s%s", off ? "; " : "", w);
+        }
+        if (!final) {
+            double left = opt->connect_timeout - (double)(tn_mono_ms() - t0) / 1e3;
+            r = tn_rpc_wait_ready(ch, left > 0 ? left : 0, false, &state);
+        }
+    }
+    if (r < 0) {
         char what[600];
         if (n > 1)
             snprintf(what, sizeof(what), "any of the %zu servers (%s, ...)", n, servers[0]);
         else
             snprintf(what, sizeof(what), "server at %s", servers[0]);
-        fprintf(stderr, "thumbnail_client: cannot reach %s (%s after %.1f s)%s\n", what, state,
-                opt->connect_timeout,
-                opt->tls ? "; with TLS, also check --ca, --cert/--key and that the server's "
-                           "certificate names the host (or use --tls-server-name)"
-                         : "");
+        if (r == -ECONNREFUSED)
+            fprintf(stderr, "thumbnail_client: cannot reach %s: %s\n", what, why);
+        else
+            fprintf(stderr, "thumbnail_client: cannot reach %s (%s after %.1f s%s%s)%s\n", what,
+                    state, opt->connect_timeout, why[0] ? "; " : "", why,
+                    opt->tls ? "; with TLS, also check --ca, --cert/--key and that the server's "
+                               "certificate names the host (or use --tls-server-name)"
+                             : "");
         grpc_channel_destroy(ch);
         return NULL;
     }
@@ -241,7 +324,8 @@ static int health_one(const struct tn_client_options *opt, const char *server)
                 tn_code_name((int)code), msg[0] ? ": " : "", msg);
         rc = code == GRPC_STATUS_UNAVAILABLE ? EXIT_USAGE : EXIT_FAILED;
     }
-    grpc_channel_destroy(ch);
+    if (!tn_rpc_wedged())
+        grpc_channel_destroy(ch);
     return rc;
 }
 
@@ -254,7 +338,8 @@ static int run_health(const struct tn_client_options *opt)
         int r = health_one(opt, opt->servers[i]);
         rc = r > rc ? r : rc;
     }
-    grpc_shutdown();
+    if (!tn_rpc_wedged())
+        grpc_shutdown();
     return rc;
 }
 
@@ -283,8 +368,66 @@ static int probe_data(void *ctx, uint32_t index, const void *p, size_t n)
     return 0;
 }
 
-/* One Probe call per file; its JSON on stdout. 0, EXIT_FAILED if any file
- * failed, EXIT_USAGE if the server is unreachable. */
+/* One Probe of path (a regular file): its JSON, with "file" first, on stdout.
+ * 0, or EXIT_FAILED after a message on stderr. */
+static int probe_one(const struct tn_client_options *opt, grpc_channel *ch,
+                     grpc_completion_queue **cq, const char *path)
+{
+    struct stat st;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        fprintf(stderr, "thumbnail_client: %s: %s\n", path,
+                fd < 0 ? strerror(errno) : "not a regular file");
+        if (fd >= 0)
+            close(fd);
+        return EXIT_FAILED;
+    }
+    const char *base = strrchr(path, '/');
+    struct tn_rpc_request req = {.fd = fd,
+                                 .size = (uint64_t)st.st_size,
+                                 .file_name = base ? base + 1 : path,
+                                 .chunk_size = opt->chunk_size,
+                                 .timeout = opt->timeout,
+                                 .authorization = opt->authorization,
+                                 .stop = &stop_flag,
+                                 .probe = true};
+    /* a big file is probed by pull mode: the server reads only its headers */
+    if (tn_options_pulls(opt, req.size))
+        req.transfer = TN_RPC_PULL;
+    struct probe_buf buf = {0};
+    struct tn_rpc_sink sink = {.ctx = &buf, .begin = probe_begin, .data = probe_data};
+    struct tn_rpc_result res;
+    tn_rpc_generate(ch, *cq, &req, &sink, &res);
+    if (res.abandoned) /* gRPC still holds a batch on it: leak it, take a new one */
+        *cq = grpc_completion_queue_create_for_next(NULL);
+    close(fd);
+    int rc = 0;
+    if (!res.local && res.code == GRPC_STATUS_OK && buf.data && buf.data[0] == '{') {
+        /* The server's object with the file's name put first, textually: the rest is
+         * passed on exactly as the server wrote it. */
+        json_t *name = json_string(path);
+        char *quoted = name ? json_dumps(name, JSON_ENCODE_ANY) : NULL;
+        const char *rest = buf.data + 1 + strspn(buf.data + 1, " \t\r\n");
+        printf("{\"file\":%s%s%s", quoted ? quoted : "null", *rest == '}' ? "" : ",", rest);
+        if (buf.len && buf.data[buf.len - 1] != '\n')
+            putchar('\n');
+        fflush(stdout);
+        free(quoted);
+        json_decref(name);
+    } else {
+        fprintf(stderr, "thumbnail_client: %s: %s%s%s\n", path,
+                res.local ? "" : tn_code_name((int)res.code),
+                res.local || !res.message[0] ? "" : ": ",
+                res.local || res.message[0] ? res.message : "");
+        rc = EXIT_FAILED;
+    }
+    free(buf.data);
+    return rc;
+}
+
+/* --probe FILE|DIR...: one Probe call per file (a directory: each video in it,
+ * as the batch would send them). 0, EXIT_FAILED if any file failed, EXIT_USAGE
+ * if the server is unreachable. */
 static int run_probe(const struct tn_client_options *opt)
 {
     grpc_init();
@@ -295,106 +438,52 @@ static int run_probe(const struct tn_client_options *opt)
         goto out;
     cq = grpc_completion_queue_create_for_next(NULL);
     rc = 0;
-    for (size_t i = 0; i < opt->n_probe_files; i++) {
+    for (size_t i = 0; i < opt->n_probe_files && !stop_flag; i++) {
         const char *path = opt->probe_files[i];
         struct stat st;
-        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-        if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-            fprintf(stderr, "thumbnail_client: %s: %s\n", path,
-                    fd < 0 ? strerror(errno) : "not a regular file");
-            if (fd >= 0)
-                close(fd);
-            rc = EXIT_FAILED;
+        if (stat(path, &st) < 0 || !S_ISDIR(st.st_mode)) {
+            int r = probe_one(opt, ch, &cq, path);
+            rc = r > rc ? r : rc;
             continue;
         }
-        const char *base = strrchr(path, '/');
-        struct tn_rpc_request req = {.fd = fd,
-                                     .size = (uint64_t)st.st_size,
-                                     .file_name = base ? base + 1 : path,
-                                     .chunk_size = opt->chunk_size,
-                                     .timeout = opt->timeout,
-                                     .authorization = opt->authorization,
-                                     .probe = true};
-        /* a big file is probed by pull mode: the server reads only its headers */
-        if (tn_options_pulls(opt, req.size))
-            req.transfer = TN_RPC_PULL;
-        struct probe_buf buf = {0};
-        struct tn_rpc_sink sink = {.ctx = &buf, .begin = probe_begin, .data = probe_data};
-        struct tn_rpc_result res;
-        tn_rpc_generate(ch, cq, &req, &sink, &res);
-        close(fd);
-        if (!res.local && res.code == GRPC_STATUS_OK && buf.data) {
-            fputs(buf.data, stdout);
-            fflush(stdout);
-        } else {
-            fprintf(stderr, "thumbnail_client: %s: %s%s%s\n", path,
-                    res.local ? "" : tn_code_name((int)res.code),
-                    res.local || !res.message[0] ? "" : ": ", res.message);
+        struct tn_walk_list files = {0};
+        char err[4200];
+        if (tn_walk(path, NULL, &files, err, sizeof(err)) < 0) {
+            fprintf(stderr, "thumbnail_client: %s\n", err);
             rc = EXIT_FAILED;
         }
-        free(buf.data);
+        for (size_t k = 0; k < files.n && !stop_flag; k++) {
+            char *p = tn_output_join(path, files.v[k].rel, "");
+            char why[300];
+            bool included;
+            int fd = -1;
+            const char *skip = p ? tn_filter_name(opt, files.v[k].rel, &included, why, sizeof(why))
+                                 : "out of memory";
+            if (!skip && !included && (fd = open(p, O_RDONLY | O_CLOEXEC | O_NONBLOCK)) >= 0)
+                skip = tn_filter_content(files.v[k].rel, fd, why, sizeof(why));
+            if (fd >= 0)
+                close(fd);
+            if (skip && opt->verbose)
+                fprintf(stderr, "thumbnail_client: %s: skipped: %s\n", p ? p : "?", skip);
+            if (!skip) {
+                int r = probe_one(opt, ch, &cq, p);
+                rc = r > rc ? r : rc;
+            }
+            free(p);
+        }
+        tn_walk_free(&files);
     }
     tn_rpc_cq_destroy(&cq);
-    grpc_channel_destroy(ch);
+    if (!tn_rpc_wedged())
+        grpc_channel_destroy(ch);
 out:
-    grpc_shutdown();
-    return rc;
+    if (!tn_rpc_wedged())
+        grpc_shutdown();
+    return stop_flag ? 128 + stop_flag : rc;
 }
 
-static int run_batch(const struct tn_client_options *opt)
+static void on_signals(void)
 {
-    struct tn_walk_list files = {0};
-    const char **collides = NULL;
-    grpc_channel *ch = NULL;
-    bool grpc_up = false;
-    int rc = EXIT_USAGE;
-    char err[4200];
-    struct stat in_st, out_st;
-
-    if (stat(opt->input_dir, &in_st) < 0) {
-        fprintf(stderr, "thumbnail_client: input directory %s: %s\n", opt->input_dir,
-                strerror(errno));
-        goto out;
-    }
-    if (!S_ISDIR(in_st.st_mode)) {
-        fprintf(stderr, "thumbnail_client: input directory %s: not a directory\n", opt->input_dir);
-        goto out;
-    }
-    bool out_exists = stat(opt->output_dir, &out_st) == 0;
-    if (out_exists && !S_ISDIR(out_st.st_mode)) {
-        fprintf(stderr, "thumbnail_client: output directory %s: not a directory\n",
-                opt->output_dir);
-        goto out;
-    }
-    /* An output directory inside the input one is not input. */
-    if (tn_walk(opt->input_dir, out_exists ? &out_st : NULL, &files, err, sizeof(err)) < 0) {
-        fprintf(stderr, "thumbnail_client: %s\n", err);
-        goto out;
-    }
-    if (files.n == 0) {
-        if (!opt->quiet)
-            printf("no files in %s\n", opt->input_dir);
-        rc = 0;
-        goto out;
-    }
-    collides = calloc(files.n, sizeof(*collides));
-    if (!collides || find_collisions(&files, collides) < 0) {
-        fprintf(stderr, "thumbnail_client: out of memory\n");
-        goto out;
-    }
-    int r = tn_output_make_dir(opt->output_dir);
-    if (r < 0) {
-        fprintf(stderr, "thumbnail_client: cannot create output directory %s: %s\n",
-                opt->output_dir, strerror(-r));
-        goto out;
-    }
-
-    grpc_init();
-    grpc_up = true;
-    warn_plaintext_token(opt);
-    if (!(ch = connect_server(opt)))
-        goto out;
-
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_signal;
@@ -402,18 +491,131 @@ static int run_batch(const struct tn_client_options *opt)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+}
 
+/* The final line (and --json's final object). */
+static void summary(const struct tn_client_options *opt, struct run *run, size_t not_started,
+                    double wall)
+{
+    uint64_t bytes = tn_progress_bytes();
+    if (!opt->quiet) {
+        char sent[32], rate[32], video[32];
+        tn_progress_fmt_bytes(sent, sizeof(sent), (double)bytes);
+        tn_progress_fmt_bytes(video, sizeof(video), (double)tn_progress_video_bytes());
+        tn_progress_fmt_bytes(rate, sizeof(rate), wall > 0 ? (double)bytes / wall : 0);
+        FILE *f = tn_progress_lines();
+        fprintf(f, "%s: %zu ok, %zu failed, %zu skipped", stop_flag ? "interrupted" : "done",
+                run->ok, run->failed, run->skipped);
+        if (not_started)
+            fprintf(f, ", %zu not started", not_started);
+        fprintf(f, "; %s sent for %s of video in %.2f s (%s/s); %.1f thumbnails/s\n", sent, video,
+                wall, rate, wall > 0 ? (double)run->thumbnails / wall : 0);
+        fflush(f);
+    }
+    if (opt->json) {
+        json_t *o = json_pack(
+            "{s:{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:o}}", "summary", "ok", (json_int_t)run->ok,
+            "failed", (json_int_t)run->failed, "skipped", (json_int_t)run->skipped, "not_started",
+            (json_int_t)not_started, "thumbnails", (json_int_t)run->thumbnails, "bytes_sent",
+            (json_int_t)bytes, "video_bytes", (json_int_t)tn_progress_video_bytes(), "seconds",
+            wall, "interrupted", stop_flag ? json_true() : json_false());
+        char *t = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        if (t)
+            printf("%s\n", t);
+        fflush(stdout);
+        free(t);
+        json_decref(o);
+    }
+}
+
+static int run_batch(const struct tn_client_options *opt)
+{
+    struct tn_walk_list files = {0};
+    struct tn_job_plan *plans = NULL;
+    grpc_channel *ch = NULL;
+    bool grpc_up = false;
+    int rc = EXIT_USAGE;
+    char err[4200];
+    struct stat in_st, out_st;
+    bool single = opt->input_file != NULL;
+    /* stdout carries a thumbnail or JSON: the lines for people go to stderr */
+    FILE *lines = opt->json || (single && !strcmp(opt->output_file, "-")) ? stderr : stdout;
+
+    if (single) {
+        const char *base = strrchr(opt->input_file, '/');
+        files.v = calloc(1, sizeof(*files.v));
+        if (!files.v || !(files.v[0].rel = strdup(base ? base + 1 : opt->input_file))) {
+            free(files.v);
+            files.v = NULL;
+            fprintf(stderr, "thumbnail_client: out of memory\n");
+            goto out;
+        }
+        files.n = files.cap = 1;
+    } else {
+        if (stat(opt->input_dir, &in_st) < 0) {
+            fprintf(stderr, "thumbnail_client: input directory %s: %s\n", opt->input_dir,
+                    strerror(errno));
+            goto out;
+        }
+        if (!S_ISDIR(in_st.st_mode)) {
+            fprintf(stderr, "thumbnail_client: input directory %s: not a directory\n",
+                    opt->input_dir);
+            goto out;
+        }
+        bool out_exists = stat(opt->output_dir, &out_st) == 0;
+        if (out_exists && !S_ISDIR(out_st.st_mode)) {
+            fprintf(stderr, "thumbnail_client: output directory %s: not a directory\n",
+                    opt->output_dir);
+            goto out;
+        }
+        /* An output directory inside the input one is not input. */
+        if (tn_walk(opt->input_dir, out_exists ? &out_st : NULL, &files, err, sizeof(err)) < 0) {
+            fprintf(stderr, "thumbnail_client: %s\n", err);
+            goto out;
+        }
+        if (files.n == 0) {
+            if (!opt->quiet)
+                fprintf(lines, "no files in %s\n", opt->input_dir);
+            rc = 0;
+            goto out;
+        }
+    }
     struct run run = {
-        .env = {.opt = opt, .channel = ch, .stop = &stop_flag},
+        .env = {.opt = opt, .stop = &stop_flag, .input_dir = opt->input_dir, .single = single},
         .files = &files,
-        .collides = collides,
     };
+    if (!(plans = calloc(files.n, sizeof(*plans))) ||
+        (!single && filter_files(opt, opt->input_dir, &files, plans) < 0) ||
+        (run.plans = plans, !single && settle_names(&run) < 0)) {
+        fprintf(stderr, "thumbnail_client: out of memory\n");
+        goto out;
+    }
+    if (!single) {
+        int r = tn_output_make_dir(opt->output_dir);
+        if (r < 0) {
+            fprintf(stderr, "thumbnail_client: cannot create output directory %s: %s\n",
+                    opt->output_dir, strerror(-r));
+            goto out;
+        }
+        size_t stale = tn_output_clean_stale(opt->output_dir);
+        if (stale)
+            tn_log_info("removed %zu temporary files left by an interrupted run", stale);
+    }
+
+    on_signals();
+    grpc_init();
+    grpc_up = true;
+    warn_plaintext_token(opt);
+    if (!(ch = connect_server(opt)))
+        goto out;
+    run.env.channel = ch;
+
     pthread_mutex_init(&run.lock, NULL);
     size_t n_threads = opt->jobs < files.n ? opt->jobs : files.n;
     pthread_t threads[TN_CLIENT_MAX_JOBS];
     size_t started = 0;
     double t0 = ((double)tn_mono_ms() / 1e3);
-    tn_progress_init(!opt->quiet && isatty(STDERR_FILENO), files.n);
+    tn_progress_init(!opt->quiet && isatty(STDERR_FILENO) && !single, files.n, lines);
     for (; started < n_threads; started++) {
         int e = pthread_create(&threads[started], NULL, worker_main, &run);
         if (e) {
@@ -430,32 +632,23 @@ static int run_batch(const struct tn_client_options *opt)
     pthread_mutex_destroy(&run.lock);
 
     size_t not_started = files.n - run.next;
-    if (!opt->quiet) {
-        char sent[32], rate[32], video[32];
-        uint64_t bytes = tn_progress_bytes();
-        tn_progress_fmt_bytes(sent, sizeof(sent), (double)bytes);
-        tn_progress_fmt_bytes(video, sizeof(video), (double)tn_progress_video_bytes());
-        tn_progress_fmt_bytes(rate, sizeof(rate), wall > 0 ? (double)bytes / wall : 0);
-        printf("%s: %zu ok, %zu failed, %zu skipped", stop_flag ? "interrupted" : "done", run.ok,
-               run.failed, run.skipped);
-        if (not_started)
-            printf(", %zu not started", not_started);
-        printf("; %s sent for %s of video in %.2f s (%s/s); %.1f thumbnails/s\n", sent, video, wall,
-               rate, wall > 0 ? (double)run.thumbnails / wall : 0);
-    }
+    summary(opt, &run, not_started, wall);
     if (run.unauthenticated && not_started)
         fprintf(stderr,
                 "thumbnail_client: the server refused our credentials (UNAUTHENTICATED); "
                 "%zu files not started: check --auth-token-file\n",
                 not_started);
-    rc = stop_flag ? EXIT_INTERRUPTED : run.failed ? EXIT_FAILED : 0;
+    rc = stop_flag ? 128 + stop_flag : run.failed ? EXIT_FAILED : 0;
 
 out:
-    if (ch)
+    /* After an abandoned call gRPC would wait for it forever: leave it to exit(). */
+    if (ch && !tn_rpc_wedged())
         grpc_channel_destroy(ch);
-    if (grpc_up)
+    if (grpc_up && !tn_rpc_wedged())
         grpc_shutdown();
-    free(collides);
+    for (size_t i = 0; plans && i < files.n; i++)
+        free((char *)plans[i].skip);
+    free(plans);
     tn_walk_free(&files);
     return rc;
 }
@@ -471,6 +664,8 @@ int main(int argc, char **argv)
     tn_log_init("client", opt.verbose ? TN_LOG_DEBUG : TN_LOG_WARN, NULL);
     /* Lines from several threads, each written whole and in order with the bar on stderr. */
     setvbuf(stdout, NULL, _IOLBF, 0);
+    if (opt.probe)
+        on_signals();
     int rc = opt.probe ? run_probe(&opt) : opt.health ? run_health(&opt) : run_batch(&opt);
     tn_options_free(&opt);
     return rc;

@@ -9,9 +9,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "output.h" /* tn_output_name */
 #include "parse.h"
 
 enum {
@@ -50,6 +52,11 @@ enum {
     OPT_KEY,
     OPT_TLS_SERVER_NAME,
     OPT_AUTH_TOKEN_FILE,
+    /* batch */
+    OPT_NAME,
+    OPT_INCLUDE,
+    OPT_EXCLUDE,
+    OPT_JSON,
 };
 
 static const struct option long_options[] = {
@@ -92,6 +99,12 @@ static const struct option long_options[] = {
     {"key", required_argument, NULL, OPT_KEY},
     {"tls-server-name", required_argument, NULL, OPT_TLS_SERVER_NAME},
     {"auth-token-file", required_argument, NULL, OPT_AUTH_TOKEN_FILE},
+    {"input", required_argument, NULL, 'i'},
+    {"output", required_argument, NULL, 'o'},
+    {"name", required_argument, NULL, OPT_NAME},
+    {"include", required_argument, NULL, OPT_INCLUDE},
+    {"exclude", required_argument, NULL, OPT_EXCLUDE},
+    {"json", no_argument, NULL, OPT_JSON},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -101,36 +114,66 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "Usage: thumbnail_client [options] [INPUT_DIR [OUTPUT_DIR]]\n"
+            "       thumbnail_client [options] -i VIDEO -o OUTPUT.png|-\n"
+            "       thumbnail_client [options] --probe FILE|DIR...\n"
             "\n"
-            "Uploads every regular file under INPUT_DIR (default input/; hidden files and\n"
+            "Sends every video under INPUT_DIR (default input/; hidden files and\n"
             "directories are skipped, symlinks to directories are not followed) to a\n"
             "thumbnail_server and writes OUTPUT_DIR/<path minus extension>.png (default\n"
-            "output/; .jpg or .webp with --format). With several --at points the outputs\n"
-            "are <name>-1.png, <name>-2.png...\n"
+            "output/; .jpg or .webp with --format). Files that are plainly not video\n"
+            "(subtitles, text, still images, archives: by extension and content) are\n"
+            "skipped; GIFs are sent. Two inputs that would share an output name (a.mp4,\n"
+            "a.avi) keep their extension in it (a.mp4.png, a.avi.png). Several outputs\n"
+            "per file are <name>-1.png, <name>-2.png... A file whose outputs exist and\n"
+            "were made from the same source with the same options is skipped.\n"
             "\n"
             "Options:\n"
-            "  -s, --server ADDR       server address, e.g. host:50051, unix:/run/tn.sock or\n"
-            "                          dns:///host:50051 (every address the name resolves\n"
+            "  -s, --server ADDR       server address HOST:PORT, [IPV6]:PORT, unix:PATH or\n"
+            "                          dns:///HOST:PORT (every address the name resolves\n"
             "                          to); repeatable, up to %d HOST:PORT servers: calls\n"
             "                          are balanced round-robin over the ones that are up\n"
             "                          (env THUMBNAIL_SERVER; default " TN_CLIENT_DEFAULT_SERVER
             ")\n"
+            "  -i, --input VIDEO       one file instead of INPUT_DIR (needs -o)\n"
+            "  -o, --output FILE       its thumbnail; - = standard output (nothing else is\n"
+            "                          written there); .png/.jpg/.webp picks the format\n"
             "  -j, --jobs N            files processed concurrently, 1..%d\n"
             "                          (env NUM_JOBS; default %d)\n"
-            "      --at T              time point: seconds (12.5), percent (10%%) or [h:]m:s\n"
-            "                          (1:30); repeatable or comma-separated, at most %d.\n"
-            "                          Default: none sent, the server picks 10%%\n"
+            "      --at T              time point: seconds (12.5, 5s, 1m30s, 500ms), percent\n"
+            "                          (10%%) or [h:]m:s (1:30); repeatable or comma-separated,\n"
+            "                          at most %d. Exact (--mode accurate) unless --mode says\n"
+            "                          otherwise. Default: none sent, the server picks a\n"
+            "                          representative frame near 10%%\n"
             "      --width W           bounding box width in pixels, 0 = unbounded\n"
             "      --height H          bounding box height in pixels, 0 = unbounded\n"
-            "                          (neither given: width %d, height unbounded)\n"
+            "                          (neither given: %dx%d, i.e. the longer side at most\n"
+            "                          %d: a portrait video gives 180x320)\n"
             "      --upscale           allow scaling up videos smaller than the box\n"
-            "      --mode MODE         accurate (exact frame, default) or keyframe (faster)\n"
+            "      --mode MODE         accurate (the exact frame), keyframe (the keyframe\n"
+            "                          at or before the time: faster) or smart (among\n"
+            "                          keyframes near the time, skip black and blank ones);\n"
+            "                          default: accurate for a time given by --at, --count\n"
+            "                          or --every; none sent without one\n"
             "      --format FMT        png (default), jpeg (.jpg) or webp (.webp)\n"
             "      --quality N         JPEG/WebP quality 1..100 (server default: JPEG 85,\n"
             "                          WebP 80); with --lossless, the WebP effort\n"
             "                          (default: fastest; 100: slowest, ~15%% smaller)\n"
             "      --lossless          lossless WebP (needs --format webp)\n"
             "      --png-level N       PNG zlib level 1..9 (server default 1: fast)\n"
+            "      --name TEMPLATE     output names under OUTPUT_DIR, without extension:\n"
+            "                          {path} (the input's path minus its extension),\n"
+            "                          {stem} (its file name minus the extension), {ext},\n"
+            "                          {index} (1..N), {time} (the --at point, e.g. 90s,\n"
+            "                          10pct); e.g. '{stem}-{index}'\n"
+            "      --include GLOB      send only files matching a GLOB (repeatable); a\n"
+            "                          matching file is sent even if it does not look like\n"
+            "                          a video. Without '/' a GLOB matches the file name,\n"
+            "                          with '/' the path under INPUT_DIR; case-insensitive\n"
+            "      --exclude GLOB      skip files matching GLOB (repeatable)\n"
+            "      --json              one JSON object per file on stdout (input, status,\n"
+            "                          reason, outputs with time/size/bytes, bytes_sent, ms)\n"
+            "                          and a final {\"summary\": ...}; lines for people go to\n"
+            "                          stderr\n"
             "      --chunk-size SIZE   bytes per upload message, e.g. 256K, 4M (default 1M)\n"
             "      --retries N         retries of a call that failed with UNAVAILABLE (or was\n"
             "                          cancelled by the server before any result, as in a\n"
@@ -139,8 +182,9 @@ static void usage(FILE *f)
             "      --timeout SECS      deadline of each call, e.g. 90, 10m (default %.0f s;\n"
             "                          %.0f s for --health)\n"
             "      --connect-timeout SECS\n"
-            "                          how long to wait for the server at start-up\n"
-            "                          (default %.0f s); unreachable = exit status 2\n"
+            "                          how long to wait for a server that does not answer\n"
+            "                          (default %.0f s); a refused connection or an unknown\n"
+            "                          name fails at once; unreachable = exit status 2\n"
             "      --pull              pull mode for every file: the server asks for the byte\n"
             "                          ranges it needs and only those are sent (a thumbnail\n"
             "                          of a 10 GB file costs megabytes, not gigabytes)\n"
@@ -151,8 +195,7 @@ static void usage(FILE *f)
             "      --local             send paths relative to INPUT_DIR instead of bytes; the\n"
             "                          server's --media-root must be the same folder (e.g. a\n"
             "                          shared volume)\n"
-            "      --overwrite         replace existing outputs (default: a file whose\n"
-            "                          outputs all exist is skipped)\n"
+            "      --overwrite         make every output again, even those up to date\n"
             "  -q, --quiet             print only failures: no ok/skip lines, progress bar\n"
             "                          or summary\n"
             "  -v, --verbose           debug diagnostics on stderr\n"
@@ -160,36 +203,15 @@ static void usage(FILE *f)
             "                          0 SERVING, 1 not serving or error, 2 unreachable;\n"
             "                          with several --server, each one (the worst wins)\n"
             "  -h, --help              show this help and exit\n"
-            "  -V, --version           show the version and exit\n"
-            "\n"
-            "Security:\n"
-            "      --tls               connect with TLS, verifying the server against the\n"
-            "                          system's CA certificates\n"
-            "      --ca FILE           verify the server against the CA certificates in this\n"
-            "                          PEM file instead (implies --tls)\n"
-            "      --cert FILE         client certificate chain (PEM) for servers that require\n"
-            "      --key FILE          one (mutual TLS), and its private key; go together,\n"
-            "                          imply --tls\n"
-            "      --tls-server-name NAME\n"
-            "                          the name the server's certificate must carry, when it\n"
-            "                          is not the host in --server (e.g. an IP address)\n"
-            "      --auth-token-file FILE\n"
-            "                          send 'authorization: Bearer TOKEN' with every call,\n"
-            "                          TOKEN being the file's content (env\n"
-            "                          THUMBNAIL_TOKEN_FILE)\n"
-            "\n"
-            "Exit status: 0 all files done or skipped, 1 some file failed, 2 usage error,\n"
-            "missing INPUT_DIR or unreachable server, 130 interrupted.\n",
+            "  -V, --version           show the version and exit\n",
             TN_CLIENT_MAX_SERVERS, TN_CLIENT_MAX_JOBS, TN_CLIENT_DEFAULT_JOBS, TN_IPC_MAX_TIMES,
-            TN_CLIENT_DEFAULT_WIDTH, TN_CLIENT_DEFAULT_RETRIES, TN_CLIENT_DEFAULT_TIMEOUT,
-            TN_CLIENT_DEFAULT_HEALTH_TIMEOUT, TN_CLIENT_DEFAULT_CONNECT_TIMEOUT);
+            TN_CLIENT_DEFAULT_BOX, TN_CLIENT_DEFAULT_BOX, TN_CLIENT_DEFAULT_BOX,
+            TN_CLIENT_DEFAULT_RETRIES, TN_CLIENT_DEFAULT_TIMEOUT, TN_CLIENT_DEFAULT_HEALTH_TIMEOUT,
+            TN_CLIENT_DEFAULT_CONNECT_TIMEOUT);
     /* engine options: a section of their own, so merges of the text above stay easy */
     fprintf(f,
             "\n"
             "Engine options:\n"
-            "      --mode smart        among keyframes near the time, skip black and blank\n"
-            "                          ones and take the most representative (the reason is\n"
-            "                          shown in the ok line)\n"
             "      --fit MODE          fit (inside the box, default), fill (cover the box,\n"
             "                          centre crop) or pad (letterbox to exactly the box);\n"
             "                          fill and pad need --width and --height\n"
@@ -198,9 +220,10 @@ static void usage(FILE *f)
             "      --every SECS        a thumbnail every SECS seconds from the start, at most\n"
             "                          %d (instead of --at); outputs <name>-1, -2...\n"
             "      --cover-art         use the file's embedded cover art when it has one\n"
-            "      --probe FILE...     print what is in each FILE as JSON (container,\n"
-            "                          duration, streams, colour, HDR, rotation, keyframe\n"
-            "                          interval), one line per file; nothing is decoded\n"
+            "      --probe FILE|DIR... print what is in each file (each video in a DIR) as\n"
+            "                          one line of JSON, {\"file\": PATH, container, duration,\n"
+            "                          streams, colour, HDR, rotation, keyframe interval};\n"
+            "                          nothing is decoded\n"
             "      --storyboard        a sprite sheet <name>.sprite.<ext> and a WebVTT\n"
             "                          <name>.vtt of seek previews (tiles at --every or\n"
             "                          --count points, default every duration/100, at\n"
@@ -208,6 +231,37 @@ static void usage(FILE *f)
             "      --tile-width W      storyboard tile width, 1..1024 (default 160)\n"
             "      --columns N         storyboard columns, 1..100 (default 10)\n",
             TN_IPC_MAX_TIMES, TN_IPC_MAX_TIMES);
+    fprintf(f, "\n"
+               "Security:\n"
+               "      --tls               connect with TLS, verifying the server against the\n"
+               "                          system's CA certificates\n"
+               "      --ca FILE           verify the server against the CA certificates in this\n"
+               "                          PEM file instead (implies --tls)\n"
+               "      --cert FILE         client certificate chain (PEM) for servers that require\n"
+               "      --key FILE          one (mutual TLS), and its private key; go together,\n"
+               "                          imply --tls\n"
+               "      --tls-server-name NAME\n"
+               "                          the name the server's certificate must carry, when it\n"
+               "                          is not the host in --server (e.g. an IP address)\n"
+               "      --auth-token-file FILE\n"
+               "                          send 'authorization: Bearer TOKEN' with every call,\n"
+               "                          TOKEN being the file's content (env\n"
+               "                          THUMBNAIL_TOKEN_FILE)\n"
+               "\n"
+               "Examples:\n"
+               "  thumbnail_client -s tn.example:50051 ~/Videos thumbs/\n"
+               "  thumbnail_client -i movie.mkv -o movie.jpg --width 640 --at 1m30s\n"
+               "  thumbnail_client -i clip.mp4 -o - > clip.png\n"
+               "  thumbnail_client --exclude 'samples/*' --name '{stem}-{index}' --count 4 in out\n"
+               "  thumbnail_client --json in out | jq -r 'select(.status==\"failed\") | .input'\n"
+               "  thumbnail_client --probe ~/Videos/clip.mp4 ~/Videos/holiday/\n"
+               "\n"
+               "Exit status:\n"
+               "  0    every file done, up to date or skipped\n"
+               "  1    some file failed\n"
+               "  2    usage error, missing INPUT_DIR or unreachable server\n"
+               "  130  interrupted (SIGINT, ^C); 143 terminated (SIGTERM): calls in flight\n"
+               "       are cancelled, no temporary file is left, the summary is printed\n");
 }
 
 static int bad(const char *what, const char *value, const char *fmt, ...)
@@ -252,6 +306,74 @@ static int parse_dimension(const char *what, const char *s, uint32_t *out)
     return 0;
 }
 
+/* "5s", "1m30s", "1h2m3.5s", "500ms": a duration like --timeout, as a time in seconds. */
+static int parse_at_duration(const char *s, struct tn_time_point *out)
+{
+    double total = 0, v;
+    const char *p = s;
+    while (*p) {
+        char *end;
+        if (!(*p >= '0' && *p <= '9') && *p != '.')
+            return -1;
+        v = strtod(p, &end);
+        if (end == p)
+            return -1;
+        if (!strncmp(end, "ms", 2)) {
+            v /= 1000;
+            end += 2;
+        } else if (*end == 'h') {
+            v *= 3600;
+            end++;
+        } else if (*end == 'm') {
+            v *= 60;
+            end++;
+        } else if (*end == 's') {
+            end++;
+        } else {
+            return -1;
+        }
+        total += v;
+        p = end;
+    }
+    if (p == s)
+        return -1;
+    out->kind = TN_TIME_SECONDS;
+    out->value = total;
+    return 0;
+}
+
+/*
+ * --server: a gRPC target that names a port. "320" is ffmpegthumbnailer's
+ * -s (size) and "http://h:p" a URL: both would be taken for a host name by
+ * gRPC and fail only later, obscurely. NULL if fine, else why not.
+ */
+static const char *server_problem(const char *s)
+{
+    if (!strncmp(s, "unix:", 5) || !strncmp(s, "unix-abstract:", 14))
+        return s[strcspn(s, ":") + 1] ? NULL : "expected a socket path after unix:";
+    if (strspn(s, "0123456789") == strlen(s))
+        return "a bare number is not a server address; thumbnail_client's -s is --server "
+               "HOST:PORT, not ffmpegthumbnailer's size flag: use --width/--height for the size";
+    if (strstr(s, "://") && strncmp(s, "dns://", 6) != 0)
+        return "expected HOST:PORT, unix:PATH or dns:///HOST:PORT, not a URL";
+    const char *hp = s;
+    if (!strncmp(s, "dns:", 4)) {
+        hp = strrchr(s, '/'); /* dns:///host:port, dns://resolver/host:port */
+        hp = hp ? hp + 1 : s + 4;
+    } else if (!strncmp(s, "ipv4:", 5) || !strncmp(s, "ipv6:", 5)) {
+        return NULL; /* address lists: gRPC checks them */
+    }
+    const char *colon = strrchr(hp, ':');
+    const char *bracket = strrchr(hp, ']');
+    if (!colon || (bracket && colon < bracket) || !colon[1] ||
+        strspn(colon + 1, "0123456789") != strlen(colon + 1))
+        return "no port: expected HOST:PORT (e.g. localhost:50051), [IPV6]:PORT, "
+               "unix:PATH or dns:///HOST:PORT";
+    if (colon == hp)
+        return "no host before the port";
+    return NULL;
+}
+
 /* "10%,50%,1:30": each comma-separated point appended to o->times. */
 static int parse_times(struct tn_client_options *o, const char *s)
 {
@@ -264,8 +386,11 @@ static int parse_times(struct tn_client_options *o, const char *s)
     for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save), n++) {
         if (o->n_times == TN_IPC_MAX_TIMES)
             return bad("--at", s, "at most %d time points", TN_IPC_MAX_TIMES);
-        if (tn_parse_time_point(tok, &o->times[o->n_times]) < 0)
-            return bad("--at", tok, "expected seconds (12.5), percent 0..100 (10%%) or [h:]m:s");
+        if (tn_parse_time_point(tok, &o->times[o->n_times]) < 0 &&
+            parse_at_duration(tok, &o->times[o->n_times]) < 0)
+            return bad("--at", tok,
+                       "expected seconds (12.5, 5s, 1m30s, 500ms), percent 0..100 (10%%) or "
+                       "[h:]m:s (1:30)");
         o->n_times++;
     }
     if (n == 0)
@@ -404,7 +529,6 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
     o->input_dir = "input/";
     o->output_dir = "output/";
     o->jobs = TN_CLIENT_DEFAULT_JOBS;
-    o->mode = TN_MODE_ACCURATE;
     o->format = TN_FORMAT_PNG;
     o->chunk_size = TN_CLIENT_DEFAULT_CHUNK;
     o->retries = TN_CLIENT_DEFAULT_RETRIES;
@@ -414,8 +538,11 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
     o->pull_threshold = TN_CLIENT_DEFAULT_PULL_THRESHOLD;
 
     const char *env = getenv("THUMBNAIL_SERVER");
-    if (env && *env)
+    if (env && *env) {
+        if (server_problem(env))
+            return bad("THUMBNAIL_SERVER", env, "%s", server_problem(env));
         o->server = env;
+    }
     o->servers[o->n_servers++] = o->server; /* replaced by the first --server */
     bool server_flag = false;
     env = getenv("THUMBNAIL_TOKEN_FILE");
@@ -425,15 +552,17 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
     if (env && *env && parse_jobs("NUM_JOBS", env, &o->jobs) < 0)
         return TN_OPTIONS_USAGE;
 
-    bool width_set = false, height_set = false;
+    bool width_set = false, height_set = false, format_set = false;
     uint64_t v;
     int c;
     opterr = 0; /* our own messages, always followed by the --help hint */
-    while ((c = getopt_long(argc, argv, ":s:j:qvhV", long_options, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":s:j:i:o:qvhV", long_options, NULL)) != -1) {
         switch (c) {
         case 's':
             if (!*optarg)
                 return bad("--server", optarg, "expected an address");
+            if (server_problem(optarg))
+                return bad("--server", optarg, "%s", server_problem(optarg));
             if (!server_flag)
                 o->n_servers = 0;
             server_flag = true;
@@ -473,6 +602,7 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
             o->mode_set = true;
             break;
         case OPT_FORMAT:
+            format_set = true;
             if (strcmp(optarg, "png") == 0)
                 o->format = TN_FORMAT_PNG;
             else if (strcmp(optarg, "jpeg") == 0 || strcmp(optarg, "jpg") == 0)
@@ -568,6 +698,38 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
                 return bad("--columns", optarg, "expected an integer 1..100");
             o->columns = (uint32_t)v;
             break;
+        case 'i':
+        case 'o':
+            if (!*optarg)
+                return bad(c == 'i' ? "--input" : "--output", optarg, "expected a file name");
+            *(c == 'i' ? &o->input_file : &o->output_file) = optarg;
+            break;
+        case OPT_NAME: {
+            /* Checked once here with sample values, so that jobs never meet a bad one. */
+            char *t = tn_output_name(optarg, "dir/name.mp4", false, 1, "1s");
+            if (!t)
+                return bad("--name", optarg, "%s",
+                           errno == ENOMEM ? "out of memory"
+                                           : "expected a relative name using {path}, {stem}, "
+                                             "{ext}, {index} and {time}, without '..'");
+            free(t);
+            o->name_template = optarg;
+            break;
+        }
+        case OPT_INCLUDE:
+        case OPT_EXCLUDE: {
+            const char **globs = c == OPT_INCLUDE ? o->includes : o->excludes;
+            size_t *n = c == OPT_INCLUDE ? &o->n_includes : &o->n_excludes;
+            if (!*optarg)
+                return bad(c == OPT_INCLUDE ? "--include" : "--exclude", optarg,
+                           "expected a glob such as '*.mp4'");
+            if (*n == TN_CLIENT_MAX_GLOBS)
+                return bad(c == OPT_INCLUDE ? "--include" : "--exclude", optarg, "at most %d",
+                           TN_CLIENT_MAX_GLOBS);
+            globs[(*n)++] = optarg;
+            break;
+        }
+        case OPT_JSON: o->json = true; break;
         case OPT_TLS: o->tls = true; break;
         case OPT_CA:
         case OPT_CERT:
@@ -595,6 +757,7 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
             break;
         case 'h': usage(stdout); return TN_OPTIONS_EXIT_OK;
         case 'V':
+            /* The version alone on the first line: help2man puts it in the man page's footer. */
             printf("thumbnail_client %s\ngRPC core %s\n", TN_VERSION, grpc_version_string());
             return TN_OPTIONS_EXIT_OK;
         case ':':
@@ -624,6 +787,50 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
                 "thumbnail_client: too many arguments ('%s')\n"
                 "Try 'thumbnail_client --help'.\n",
                 argv[optind + 2]);
+        return TN_OPTIONS_USAGE;
+    }
+    if (o->input_file || o->output_file) {
+        const char *why = NULL;
+        if (!o->input_file || !o->output_file)
+            why = o->input_file ? "-i needs -o (the output file, or - for standard output)"
+                                : "-o needs -i (the video)";
+        else if (rest)
+            why = "-i/-o take one file: no INPUT_DIR or OUTPUT_DIR with them";
+        else if (o->probe)
+            why = "--probe takes its files as arguments, not -i";
+        else if (tn_options_outputs(o) > 1 && !strcmp(o->output_file, "-"))
+            why = "-o - writes one thumbnail: not with --storyboard, --count, --every or "
+                  "several --at";
+        else if (o->json && !strcmp(o->output_file, "-"))
+            why = "--json and -o - both want standard output";
+        if (why) {
+            fprintf(stderr, "thumbnail_client: %s\nTry 'thumbnail_client --help'.\n", why);
+            return TN_OPTIONS_USAGE;
+        }
+        /* ffmpegthumbnailer's habit: the output's extension picks the format. */
+        const char *dot = strrchr(o->output_file, '.');
+        int f = 0;
+        if (dot && !strchr(dot, '/')) {
+            if (!strcasecmp(dot, ".png"))
+                f = TN_FORMAT_PNG;
+            else if (!strcasecmp(dot, ".jpg") || !strcasecmp(dot, ".jpeg"))
+                f = TN_FORMAT_JPEG;
+            else if (!strcasecmp(dot, ".webp"))
+                f = TN_FORMAT_WEBP;
+        }
+        if (f && format_set && f != o->format) {
+            fprintf(stderr,
+                    "thumbnail_client: -o %s does not match --format %s\n"
+                    "Try 'thumbnail_client --help'.\n",
+                    o->output_file, tn_options_extension(o->format));
+            return TN_OPTIONS_USAGE;
+        }
+        if (f)
+            o->format = f;
+    }
+    if (o->name_template && strstr(o->name_template, "{time}") && (o->count || o->storyboard)) {
+        fprintf(stderr, "thumbnail_client: --name {time} needs --at or --every (the times of "
+                        "--count and --storyboard are known only to the server)\n");
         return TN_OPTIONS_USAGE;
     }
     if (rest >= 1)
@@ -683,9 +890,14 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
         tn_options_free(o);
         return TN_OPTIONS_USAGE;
     }
-    /* Explicit rather than relying on the server's "both 0" rule. */
+    /* A named time (--at, --count, --every) is exact unless --mode says otherwise; with
+     * none, no mode is sent either, and the server picks a representative frame. */
+    if (!o->mode_set && !o->storyboard && (o->n_times || o->count || o->every > 0))
+        o->mode = TN_MODE_ACCURATE;
+    /* Like other thumbnailers, the default bounds the longer side: a square box
+     * (with the default fit, FIT, the picture keeps its aspect inside it). */
     if (!width_set && !height_set)
-        o->max_width = TN_CLIENT_DEFAULT_WIDTH;
+        o->max_width = o->max_height = TN_CLIENT_DEFAULT_BOX;
     return TN_OPTIONS_RUN;
 }
 

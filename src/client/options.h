@@ -16,7 +16,8 @@
 
 #define TN_CLIENT_DEFAULT_SERVER "localhost:50051"
 #define TN_CLIENT_DEFAULT_JOBS 2
-#define TN_CLIENT_DEFAULT_WIDTH 320
+/* The default box: the longer side at most this (a portrait video gives 180x320). */
+#define TN_CLIENT_DEFAULT_BOX 320
 #define TN_CLIENT_DEFAULT_CHUNK (1u << 20)
 #define TN_CLIENT_DEFAULT_RETRIES 2
 #define TN_CLIENT_DEFAULT_TIMEOUT 300.0
@@ -27,6 +28,7 @@
 #define TN_CLIENT_MIN_CHUNK 1024u
 #define TN_CLIENT_DEFAULT_PULL_THRESHOLD (64ull << 20)
 #define TN_CLIENT_MAX_SERVERS 32
+#define TN_CLIENT_MAX_GLOBS 64
 
 struct tn_client_options {
     const char *server; /* the first of servers: for messages */
@@ -36,14 +38,22 @@ struct tn_client_options {
     size_t n_servers; /* >= 1 */
     const char *input_dir;
     const char *output_dir;
+    const char *input_file;    /* -i: one file instead of a directory */
+    const char *output_file;   /* -o: its output ("-" = standard output); set iff input_file */
+    const char *name_template; /* --name: output names ({path} {stem} {ext} {index} {time}) */
+    const char *includes[TN_CLIENT_MAX_GLOBS]; /* --include: only files matching one */
+    size_t n_includes;
+    const char *excludes[TN_CLIENT_MAX_GLOBS]; /* --exclude: never files matching one */
+    size_t n_excludes;
+    bool json; /* --json: one JSON object per file and a summary on stdout */
     unsigned jobs;
     struct tn_time_point times[TN_IPC_MAX_TIMES];
     size_t n_times; /* 0 = send none: the server's default (10 %) */
     uint32_t max_width;
     uint32_t max_height;
     bool upscale;
-    int mode;            /* enum tn_mode */
-    int format;          /* enum tn_format: PNG (default), JPEG, WEBP */
+    int mode;   /* enum tn_mode; 0 = none sent (no --mode and no time named): the server's choice */
+    int format; /* enum tn_format: PNG (default), JPEG, WEBP */
     uint32_t quality;    /* JPEG/WebP 1..100; 0 = the server's default */
     bool lossless;       /* WebP only */
     uint32_t png_level;  /* zlib level 1..9; 0 = the server's default */

@@ -1,36 +1,153 @@
 #include "output.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-char *tn_output_stem(const char *rel)
+/* The extension of rel's last component: a pointer to its dot, or NULL. */
+static const char *extension(const char *rel)
 {
     const char *base = strrchr(rel, '/');
     base = base ? base + 1 : rel;
     const char *dot = strrchr(base, '.');
     /* A leading dot is not an extension; the walk skips such names anyway. */
-    size_t len = dot && dot > base ? (size_t)(dot - rel) : strlen(rel);
-    return strndup(rel, len);
+    return dot && dot > base ? dot : NULL;
 }
 
-char *tn_output_path(const char *out_dir, const char *rel, const char *ext, size_t index,
-                     size_t count)
+bool tn_output_template_numbers(const char *tmpl)
 {
-    char *stem = tn_output_stem(rel);
-    if (!stem)
+    return tmpl && (strstr(tmpl, "{index}") || strstr(tmpl, "{time}"));
+}
+
+char *tn_output_name(const char *tmpl, const char *rel, bool keep_ext, size_t index,
+                     const char *time)
+{
+    const char *dot = extension(rel);
+    size_t path_len = dot ? (size_t)(dot - rel) : strlen(rel);
+    if (!tmpl)
+        return keep_ext ? strdup(rel) : strndup(rel, path_len);
+    const char *slash = strrchr(rel, '/');
+    const char *base = slash ? slash + 1 : rel;
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f)
         return NULL;
-    size_t dl = strlen(out_dir);
-    const char *sep = dl && out_dir[dl - 1] == '/' ? "" : "/";
+    int err = 0;
+    for (const char *p = tmpl; *p && !err; p++) {
+        if (*p != '{') {
+            fputc(*p, f);
+            continue;
+        }
+        const char *close = strchr(p, '}');
+        size_t n = close ? (size_t)(close - p - 1) : 0;
+        if (!close)
+            err = EINVAL;
+        else if (n == 4 && !strncmp(p + 1, "path", 4))
+            fwrite(rel, 1, path_len, f);
+        else if (n == 4 && !strncmp(p + 1, "stem", 4))
+            fwrite(base, 1, path_len - (size_t)(base - rel), f);
+        else if (n == 3 && !strncmp(p + 1, "ext", 3))
+            fputs(dot ? dot + 1 : "", f);
+        else if (n == 5 && !strncmp(p + 1, "index", 5))
+            fprintf(f, "%zu", index ? index : 1);
+        else if (n == 4 && !strncmp(p + 1, "time", 4) && time)
+            fputs(time, f);
+        else
+            err = EINVAL;
+        if (close)
+            p = close;
+    }
+    if (fclose(f) != 0) {
+        free(buf);
+        errno = ENOMEM;
+        return NULL;
+    }
+    /* Stay inside the output directory: no absolute name, no "..", nothing empty. */
+    if (!err && (!*buf || buf[0] == '/' || buf[strlen(buf) - 1] == '/'))
+        err = EINVAL;
+    for (char *c = buf; !err && c; c = strchr(c, '/')) {
+        c += *c == '/';
+        if (!strncmp(c, "..", 2) && (c[2] == '/' || !c[2]))
+            err = EINVAL;
+    }
+    if (err) {
+        free(buf);
+        errno = err;
+        return NULL;
+    }
+    return buf;
+}
+
+char *tn_output_join(const char *dir, const char *name, const char *suffix)
+{
+    size_t dl = strlen(dir);
     char *p;
-    int r = count > 1 ? asprintf(&p, "%s%s%s-%zu.%s", out_dir, sep, stem, index + 1, ext)
-                      : asprintf(&p, "%s%s%s.%s", out_dir, sep, stem, ext);
-    free(stem);
-    return r < 0 ? NULL : p;
+    if (asprintf(&p, "%s%s%s%s", dir, dl && dir[dl - 1] == '/' ? "" : "/", name, suffix) < 0)
+        return NULL;
+    return p;
+}
+
+/* ".NAME.EXT.tmp.PID", EXT one of ours, with PID not running (and not us): the
+ * PID, else 0. Other programs' temporary files are left alone. */
+static long stale_pid(const char *name)
+{
+    static const char *const exts[] = {".png.tmp", ".jpg.tmp", ".webp.tmp", ".vtt.tmp"};
+    const char *t = strrchr(name, '.');
+    bool ours = false;
+    for (size_t i = 0; i < sizeof(exts) / sizeof(exts[0]) && t && !ours; i++) {
+        size_t n = strlen(exts[i]);
+        ours = t - name > (ptrdiff_t)n && !strncmp(t - n, exts[i], n);
+    }
+    if (name[0] != '.' || !ours)
+        return 0;
+    char *end;
+    long pid = strtol(t + 1, &end, 10);
+    if (*end || end == t + 1 || pid <= 0 || pid == (long)getpid())
+        return 0;
+    return kill((pid_t)pid, 0) < 0 && errno == ESRCH ? pid : 0;
+}
+
+static size_t clean_dir(int dfd, int depth)
+{
+    DIR *d = fdopendir(dfd);
+    if (!d) {
+        close(dfd);
+        return 0;
+    }
+    size_t n = 0;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+            continue;
+        struct stat st;
+        if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+            continue;
+        if (S_ISDIR(st.st_mode) && depth < 64) {
+            int c = openat(dirfd(d), de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            if (c >= 0)
+                n += clean_dir(c, depth + 1);
+        } else if (S_ISREG(st.st_mode) && stale_pid(de->d_name) &&
+                   unlinkat(dirfd(d), de->d_name, 0) == 0) {
+            n++;
+        }
+    }
+    closedir(d);
+    return n;
+}
+
+size_t tn_output_clean_stale(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    return fd < 0 ? 0 : clean_dir(fd, 0);
 }
 
 int tn_output_make_dir(const char *dir)
@@ -123,6 +240,10 @@ int tn_output_init(struct tn_output_file *f, const char *final)
 int tn_output_open(struct tn_output_file *f)
 {
     tn_output_discard(f);
+    if (strcmp(f->final, "-") == 0) {
+        f->fd = memfd_create("thumbnail", MFD_CLOEXEC);
+        return f->fd < 0 ? -errno : 0;
+    }
     const char *slash = strrchr(f->final, '/');
     int dirlen = slash ? (int)(slash - f->final + 1) : 0;
     /* The pid keeps two clients writing the same tree apart; within one client
@@ -132,7 +253,7 @@ int tn_output_open(struct tn_output_file *f)
         f->tmp = NULL;
         return -ENOMEM;
     }
-    f->fd = open(f->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0666);
+    f->fd = open(f->tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0666);
     if (f->fd < 0) {
         int e = -errno;
         free(f->tmp);
@@ -173,9 +294,37 @@ static int rename_noreplace(const char *from, const char *to)
     return 0;
 }
 
+/* Standard output gets the whole thumbnail or nothing: copied only once complete. */
+static int copy_to_stdout(int fd)
+{
+    char buf[65536];
+    if (lseek(fd, 0, SEEK_SET) < 0)
+        return -errno;
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof(buf));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return n < 0 ? -errno : 0;
+        for (ssize_t off = 0; off < n;) {
+            ssize_t w = write(STDOUT_FILENO, buf + off, (size_t)(n - off));
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w < 0)
+                return -errno;
+            off += w;
+        }
+    }
+}
+
 int tn_output_commit(struct tn_output_file *f, bool overwrite)
 {
     int ret = 0;
+    if (strcmp(f->final, "-") == 0) {
+        ret = f->fd >= 0 ? copy_to_stdout(f->fd) : -EBADF;
+        tn_output_discard(f);
+        return ret;
+    }
     /* No fsync: a thumbnail is cheap to regenerate and a batch may write thousands. */
     if (f->fd >= 0 && close(f->fd) < 0)
         ret = -errno;

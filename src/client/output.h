@@ -15,16 +15,31 @@
 #include <stdint.h>
 
 /*
- * The output path of thumbnail `index` (0-based) of `count` for input `rel`:
- * out_dir/rel minus its extension + "." + ext (e.g. "png"), or "-<index+1>.<ext>"
- * when count > 1. Only the last path component loses its extension
- * ("a.b/c" -> "a.b/c.png"). Returns a malloc'd string, or NULL on ENOMEM.
+ * The name of an output relative to the output directory, without its own
+ * extension. Without a template: rel minus its extension ("a.b/c.mp4" ->
+ * "a.b/c"), or rel itself when keep_ext (two inputs "c.mp4" and "c.avi" would
+ * otherwise share "c"). A template (--name) expands {path} (rel minus its
+ * extension), {stem} (its file name minus the extension), {ext} (the
+ * extension, no dot), {index} (`index`, 1-based) and {time} (`time`, may be
+ * NULL when unknown). index 0 = a single output.
+ * Returns a malloc'd string, or NULL with errno EINVAL (an unknown {field},
+ * {time} without a time, an absolute name or a ".." component) or ENOMEM.
  */
-char *tn_output_path(const char *out_dir, const char *rel, const char *ext, size_t index,
-                     size_t count);
+char *tn_output_name(const char *tmpl, const char *rel, bool keep_ext, size_t index,
+                     const char *time);
 
-/* rel minus the extension of its last component, malloc'd (NULL on ENOMEM). */
-char *tn_output_stem(const char *rel);
+/* Does the template name each of several outputs apart ({index} or {time})? */
+bool tn_output_template_numbers(const char *tmpl);
+
+/* dir + "/" + name + suffix, malloc'd (NULL on ENOMEM). */
+char *tn_output_join(const char *dir, const char *name, const char *suffix);
+
+/*
+ * Remove ".NAME.png.tmp.PID" files (and .jpg, .webp, .vtt) under dir, recursively, left by a
+ * client that died before renaming them: those whose PID no longer runs.
+ * Returns how many were removed.
+ */
+size_t tn_output_clean_stale(const char *dir);
 
 /* mkdir -p of the directory holding `file`. Returns 0 or -errno. */
 int tn_output_make_parent(const char *file);
@@ -50,7 +65,8 @@ struct tn_output_file {
 /* Prepare *f for `final` (copied); no file is created yet. Returns 0 or -ENOMEM. */
 int tn_output_init(struct tn_output_file *f, const char *final);
 
-/* Create (truncate) the temporary file. Returns 0 or -errno. */
+/* Create (truncate) the temporary file; for the final name "-" (standard
+ * output) an anonymous memory file, copied to stdout on commit. Returns 0 or -errno. */
 int tn_output_open(struct tn_output_file *f);
 
 /* Append n bytes (EINTR and short writes handled). Returns 0 or -errno. */

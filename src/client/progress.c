@@ -15,6 +15,7 @@ static uint64_t bytes_sent;
 static uint64_t video_bytes; /* whole files done, however they were sent */
 static double started;
 static double last_draw;
+static FILE *lines_out;
 
 const char *tn_progress_fmt_bytes(char *buf, size_t len, double bytes)
 {
@@ -63,9 +64,15 @@ static void draw_locked(bool force)
     bar_shown = true;
 }
 
-void tn_progress_init(bool bar, size_t total_files)
+FILE *tn_progress_lines(void)
+{
+    return lines_out ? lines_out : stdout;
+}
+
+void tn_progress_init(bool bar, size_t total_files, FILE *lines)
 {
     pthread_mutex_lock(&lock);
+    lines_out = lines;
     bar_enabled = bar;
     files_total = total_files;
     files_done = 0;
@@ -85,13 +92,18 @@ void tn_progress_add_bytes(uint64_t n)
     pthread_mutex_unlock(&lock);
 }
 
-void tn_progress_file_done(const char *line)
+void tn_progress_file_done(const char *line, const char *json)
 {
     pthread_mutex_lock(&lock);
     files_done++;
     if (line) {
         erase_locked();
-        fputs(line, stdout);
+        fputs(line, tn_progress_lines());
+        fputc('\n', tn_progress_lines());
+        fflush(tn_progress_lines());
+    }
+    if (json) {
+        fputs(json, stdout);
         fputc('\n', stdout);
         fflush(stdout);
     }
@@ -104,7 +116,7 @@ void tn_progress_print(bool to_stderr, const char *fmt, ...)
     va_list ap;
     pthread_mutex_lock(&lock);
     erase_locked();
-    FILE *f = to_stderr ? stderr : stdout;
+    FILE *f = to_stderr ? stderr : tn_progress_lines();
     va_start(ap, fmt);
     vfprintf(f, fmt, ap);
     va_end(ap);

@@ -13,14 +13,21 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
-void tn_progress_init(bool bar, size_t total_files);
+/* lines: where the per-file lines and the summary go (stdout, or stderr when
+ * stdout carries --json or a thumbnail). */
+void tn_progress_init(bool bar, size_t total_files, FILE *lines);
+
+/* The stream given to tn_progress_init() (stdout before it). */
+FILE *tn_progress_lines(void);
 
 /* n more bytes of video sent. */
 void tn_progress_add_bytes(uint64_t n);
 
-/* A file is finished (any outcome): print its line (NULL = none) to stdout. */
-void tn_progress_file_done(const char *line);
+/* A file is finished (any outcome): print its line (NULL = none) to the lines
+ * stream, and its JSON object (NULL = none) as one line on stdout. */
+void tn_progress_file_done(const char *line, const char *json);
 
 /* Print a line to stdout or stderr without counting a file. */
 void tn_progress_print(bool to_stderr, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "grpc/health/v1/health.pb-c.h"
+#include "ipc.h" /* tn_mono_ms */
 #include "log.h"
 #include "pbbuf.h"
 #include "thumbnail.pb-c.h"
@@ -22,6 +23,10 @@
 #define METHOD_PROBE "/thumbnail.v1.Thumbnailer/Probe"
 #define METHOD_HEALTH_CHECK "/grpc.health.v1.Health/Check"
 #define POLL_MS 200
+/* After a cancel gRPC completes the pending batches at once; past this, give up on them. */
+#define CANCEL_GRACE_MS 2000
+/* gRPC ends a call at its deadline; ours is a backstop a little later. */
+#define DEADLINE_SLACK_MS 1000
 /* Room for the GenerateRequest framing around a data chunk, and for the Options message. */
 #define SEND_OVERHEAD (64 << 10)
 /* GenerateRequest.data: field 2, wire type 2 (length-delimited). Checked against the descriptor. */
@@ -34,6 +39,14 @@
 /* The largest range request we answer: the server asks for at most 4 MiB. */
 #define MAX_RANGE (64u << 20)
 
+/* Set once any call was abandoned: gRPC would wait for it in grpc_shutdown(). */
+static bool wedged;
+
+bool tn_rpc_wedged(void)
+{
+    return __atomic_load_n(&wedged, __ATOMIC_RELAXED);
+}
+
 /* The batches of one call; the tag of a batch is its enum value + 1. */
 enum tag { TAG_SEND, TAG_RECV, TAG_STATUS, N_TAGS };
 
@@ -45,6 +58,10 @@ struct call {
     bool success[N_TAGS]; /* of the last completion */
     bool cancelled;
     bool interrupted;
+    bool timed_out;       /* our backstop deadline fired */
+    bool abandoned;       /* batches still pending long after the cancel: leaked */
+    int64_t deadline_ms;  /* tn_mono_ms() at which the call must be over */
+    int64_t cancelled_ms; /* tn_mono_ms() of the cancel */
     grpc_metadata_array initial_md;
     grpc_metadata_array trailing_md;
     grpc_status_code status;
@@ -68,9 +85,12 @@ static void call_init(struct call *c, grpc_completion_queue *cq, volatile sig_at
     grpc_metadata_array_init(&c->trailing_md);
 }
 
-/* Every batch must have completed: the queue is left empty for the next call. */
+/* Every batch must have completed: the queue is left empty for the next call. An
+ * abandoned call is left alone: gRPC may still write into its arrays. */
 static void call_destroy(struct call *c)
 {
+    if (c->abandoned)
+        return;
     for (int t = 0; t < N_TAGS; t++)
         if (c->pending[t]) {
             tn_log_error("call destroyed with batch %d pending", t);
@@ -84,9 +104,10 @@ static void call_destroy(struct call *c)
         grpc_call_unref(c->call);
 }
 
-static grpc_call *create_call(grpc_channel *ch, grpc_completion_queue *cq, const char *method,
-                              double timeout)
+static grpc_call *create_call(struct call *c, grpc_channel *ch, const char *method, double timeout)
 {
+    c->deadline_ms = tn_mono_ms() + (int64_t)(timeout * 1000) + DEADLINE_SLACK_MS;
+    grpc_completion_queue *cq = c->cq;
     gpr_timespec deadline = gpr_time_add(
         gpr_now(GPR_CLOCK_REALTIME), gpr_time_from_millis((int64_t)(timeout * 1000), GPR_TIMESPAN));
     return grpc_channel_create_call(ch, NULL, GRPC_PROPAGATE_DEFAULTS, cq,
@@ -105,8 +126,10 @@ static void start(struct call *c, const grpc_op *ops, size_t n, enum tag t)
 
 static void cancel(struct call *c)
 {
-    if (!c->cancelled)
+    if (!c->cancelled) {
         grpc_call_cancel(c->call, NULL);
+        c->cancelled_ms = tn_mono_ms();
+    }
     c->cancelled = true;
 }
 
@@ -116,10 +139,22 @@ static void cancel(struct call *c)
  */
 static bool wait_for(struct call *c, enum tag t)
 {
-    while (c->pending[t]) {
+    while (c->pending[t] && !c->abandoned) {
         if (c->stop && *c->stop && !c->cancelled) {
             c->interrupted = true;
             cancel(c);
+        }
+        int64_t now = tn_mono_ms();
+        if (!c->cancelled && now > c->deadline_ms) {
+            c->timed_out = true;
+            cancel(c);
+        }
+        if (c->cancelled && now > c->cancelled_ms + CANCEL_GRACE_MS) {
+            tn_log_error("gRPC did not complete a cancelled call within %d ms; abandoning it",
+                         CANCEL_GRACE_MS);
+            c->abandoned = true;
+            __atomic_store_n(&wedged, true, __ATOMIC_RELAXED);
+            break;
         }
         gpr_timespec dl =
             gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(POLL_MS, GPR_TIMESPAN));
@@ -134,7 +169,7 @@ static bool wait_for(struct call *c, enum tag t)
         c->pending[i] = false;
         c->success[i] = ev.success != 0;
     }
-    return c->success[t];
+    return !c->abandoned && c->success[t];
 }
 
 static bool status_arrived(const struct call *c)
@@ -387,9 +422,12 @@ static void build_options(const struct tn_rpc_request *req, Thumbnail__V1__Optio
     opt->quality = req->quality;
     opt->lossless = req->lossless;
     opt->png_level = req->png_level;
-    opt->mode = req->mode == TN_MODE_KEYFRAME ? THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_KEYFRAME
-                : req->mode == TN_MODE_SMART  ? THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_SMART
-                                              : THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_ACCURATE;
+    /* Not given = UNSPECIFIED: the server's choice (a representative frame when no time
+     * is named either), not an explicit ACCURATE. */
+    opt->mode = req->mode == TN_MODE_KEYFRAME   ? THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_KEYFRAME
+                : req->mode == TN_MODE_SMART    ? THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_SMART
+                : req->mode == TN_MODE_ACCURATE ? THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_ACCURATE
+                                                : THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_UNSPECIFIED;
     opt->fit = (Thumbnail__V1__FitMode)req->fit; /* enum tn_fit has the proto's values */
     opt->pad_color = req->pad_color;
     opt->count = req->count;
@@ -580,7 +618,7 @@ void tn_rpc_generate(grpc_channel *ch, grpc_completion_queue *cq, const struct t
     memset(res, 0, sizeof(*res));
     struct call c;
     call_init(&c, cq, req->stop);
-    c.call = create_call(ch, cq, req->probe ? METHOD_PROBE : METHOD_GENERATE, req->timeout);
+    c.call = create_call(&c, ch, req->probe ? METHOD_PROBE : METHOD_GENERATE, req->timeout);
 
     /* Status first: an early error from the server must end the upload promptly. */
     grpc_op ops[2];
@@ -612,9 +650,15 @@ void tn_rpc_generate(grpc_channel *ch, grpc_completion_queue *cq, const struct t
     res->code = c.status;
     res->thumbnails = rx.complete;
     res->interrupted = c.interrupted;
+    res->abandoned = c.abandoned;
     if (c.interrupted) {
         res->local = true;
         snprintf(res->message, sizeof(res->message), "interrupted");
+    } else if (c.abandoned || c.timed_out) {
+        res->local = true;
+        res->code = GRPC_STATUS_DEADLINE_EXCEEDED;
+        snprintf(res->message, sizeof(res->message),
+                 "no answer within --timeout %.0f s (deadline exceeded)", req->timeout);
     } else if (res->local) {
         /* message already set */
     } else if (c.status != GRPC_STATUS_OK) {
@@ -636,7 +680,7 @@ grpc_status_code tn_rpc_health(grpc_channel *ch, const char *service, double tim
     grpc_completion_queue *cq = grpc_completion_queue_create_for_next(NULL);
     struct call c;
     call_init(&c, cq, NULL);
-    c.call = create_call(ch, cq, METHOD_HEALTH_CHECK, timeout);
+    c.call = create_call(&c, ch, METHOD_HEALTH_CHECK, timeout);
 
     Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
     req.service = (char *)service;
@@ -659,6 +703,10 @@ grpc_status_code tn_rpc_health(grpc_channel *ch, const char *service, double tim
     ops[5].data.recv_status_on_client.error_string = &c.error_string;
     start(&c, ops, 6, TAG_STATUS);
     wait_for(&c, TAG_STATUS);
+    if (c.abandoned) { /* gRPC still owns the batch's buffers: leak them with the queue */
+        snprintf(msg, msglen, "no answer within %.0f s", timeout);
+        return GRPC_STATUS_DEADLINE_EXCEEDED;
+    }
     grpc_byte_buffer_destroy(send);
 
     grpc_status_code code = c.status;
@@ -689,7 +737,7 @@ grpc_status_code tn_rpc_health(grpc_channel *ch, const char *service, double tim
 
 grpc_channel *tn_rpc_channel_create(const struct tn_rpc_channel_config *cc)
 {
-    grpc_arg args[6];
+    grpc_arg args[7];
     size_t n = 0;
     memset(args, 0, sizeof(args));
     args[n].type = GRPC_ARG_INTEGER;
@@ -701,6 +749,12 @@ grpc_channel *tn_rpc_channel_create(const struct tn_rpc_channel_config *cc)
     args[n].type = GRPC_ARG_STRING;
     args[n].key = (char *)GRPC_ARG_PRIMARY_USER_AGENT_STRING;
     args[n++].value.string = (char *)"thumbnail_client/" TN_VERSION;
+    /* gRPC's own retries (on by default) buffer the upload, and with them a cancel
+     * at the wrong moment was seen to leave RECV_MESSAGE and the status pending
+     * forever. We retry whole calls ourselves (job.c). */
+    args[n].type = GRPC_ARG_INTEGER;
+    args[n].key = (char *)GRPC_ARG_ENABLE_RETRIES;
+    args[n++].value.integer = 0;
     /* Without it, gRPC picks the first address that connects and sends every call there. */
     args[n].type = GRPC_ARG_STRING;
     args[n].key = (char *)GRPC_ARG_SERVICE_CONFIG;
@@ -740,14 +794,15 @@ static const char *state_name(grpc_connectivity_state s)
     return "?";
 }
 
-int tn_rpc_wait_ready(grpc_channel *ch, double timeout, const char **name)
+int tn_rpc_wait_ready(grpc_channel *ch, double timeout, bool stop_on_failure, const char **name)
 {
     grpc_completion_queue *cq = grpc_completion_queue_create_for_next(NULL);
     gpr_timespec deadline =
         gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
                      gpr_time_from_millis((int64_t)(timeout * 1000), GPR_TIMESPAN));
     grpc_connectivity_state s = grpc_channel_check_connectivity_state(ch, 1);
-    while (s != GRPC_CHANNEL_READY && s != GRPC_CHANNEL_SHUTDOWN) {
+    while (s != GRPC_CHANNEL_READY && s != GRPC_CHANNEL_SHUTDOWN &&
+           !(stop_on_failure && s == GRPC_CHANNEL_TRANSIENT_FAILURE)) {
         grpc_channel_watch_connectivity_state(ch, s, deadline, cq, NULL);
         grpc_event ev = grpc_completion_queue_next(cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
         if (ev.type != GRPC_OP_COMPLETE || !ev.success)
@@ -758,7 +813,9 @@ int tn_rpc_wait_ready(grpc_channel *ch, double timeout, const char **name)
     }
     tn_rpc_cq_destroy(&cq);
     *name = state_name(s);
-    return s == GRPC_CHANNEL_READY ? 0 : -ETIMEDOUT;
+    return s == GRPC_CHANNEL_READY                                  ? 0
+           : stop_on_failure && s == GRPC_CHANNEL_TRANSIENT_FAILURE ? -ECONNREFUSED
+                                                                    : -ETIMEDOUT;
 }
 
 void tn_rpc_cq_destroy(grpc_completion_queue **cq)

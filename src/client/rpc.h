@@ -7,6 +7,9 @@
  * (started first, so an early error from the server — too large, not a video —
  * is seen during the upload and stops it), one send batch, and one receive
  * batch. Waiting wakes every 200 ms to notice an interrupt (SIGINT) and cancel.
+ * Every wait is bounded by the call's deadline, and by a grace period after a
+ * cancel: a call whose batches gRPC never completes is abandoned (leaked with
+ * its completion queue), never waited for forever.
  * The channel is shared by all threads.
  */
 #ifndef TN_CLIENT_RPC_H
@@ -48,9 +51,12 @@ grpc_channel *tn_rpc_channel_create(const struct tn_rpc_channel_config *cc);
 /*
  * Ask the channel to connect and wait until it is READY or `timeout` seconds
  * pass. Returns 0 when ready, else -ETIMEDOUT and the last state's name in
- * *state_name.
+ * *state_name. With stop_on_failure, returns -ECONNREFUSED as soon as the
+ * channel reaches TRANSIENT_FAILURE (every address failed once), so that the
+ * caller can find out why at once.
  */
-int tn_rpc_wait_ready(grpc_channel *ch, double timeout, const char **state_name);
+int tn_rpc_wait_ready(grpc_channel *ch, double timeout, bool stop_on_failure,
+                      const char **state_name);
 
 /*
  * grpc.health.v1.Health/Check for `service`. Returns the call's status code
@@ -132,6 +138,7 @@ struct tn_rpc_result {
     grpc_status_code code;
     bool local;       /* the failure is ours: I/O, protocol violation, interrupt */
     bool interrupted; /* *stop was seen */
+    bool abandoned;   /* gRPC never completed the cancelled call: leak cq, skip grpc_shutdown */
     char message[512];
     uint32_t thumbnails; /* complete thumbnails received */
     uint64_t bytes_sent; /* bytes of video sent (all of them, the pulled ranges, or none) */
@@ -145,10 +152,15 @@ struct tn_rpc_result {
  * and every expected thumbnail (count, or max(1, n_times); with every, at
  * least one) arrived complete; anything
  * else is described in res->message. cq must be a for_next queue used by this
- * thread only, and is empty again on return.
+ * thread only, and is empty again on return, unless res->abandoned: then gRPC
+ * still holds batches on it and the caller must leak it (and skip grpc_shutdown).
  */
 void tn_rpc_generate(grpc_channel *ch, grpc_completion_queue *cq, const struct tn_rpc_request *req,
                      const struct tn_rpc_sink *sink, struct tn_rpc_result *res);
+
+/* Was any call abandoned? Then neither destroy the channel nor call
+ * grpc_shutdown(): both would wait for it; leave the rest to exit(). */
+bool tn_rpc_wedged(void);
 
 /* Shut down, drain and destroy a completion queue. NULL-safe. */
 void tn_rpc_cq_destroy(grpc_completion_queue **cq);

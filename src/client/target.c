@@ -1,14 +1,19 @@
 #include "target.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include "parse.h"
 
@@ -164,4 +169,96 @@ void tn_target_free(struct tn_target *t)
     free(t->authority);
     t->uri = t->authority = NULL;
     t->n_addrs = 0;
+}
+
+/* Connect fd to a within timeout_ms: 0 or an errno. */
+static int try_connect(const struct sockaddr *a, socklen_t alen, int timeout_ms)
+{
+    int fd = socket(a->sa_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return errno;
+    int e = 0;
+    if (connect(fd, a, alen) < 0) {
+        e = errno;
+        if (e == EINPROGRESS) {
+            struct pollfd p = {.fd = fd, .events = POLLOUT};
+            int r;
+            do
+                r = poll(&p, 1, timeout_ms);
+            while (r < 0 && errno == EINTR);
+            socklen_t el = sizeof(e);
+            if (r == 0)
+                e = ETIMEDOUT;
+            else if (r < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &el) < 0)
+                e = errno;
+        }
+    }
+    close(fd);
+    return e;
+}
+
+/* Definitive: nobody is there. ETIMEDOUT is not: a slow network may still answer. */
+static int definitive(int e)
+{
+    return e == ECONNREFUSED || e == ENOENT || e == ENETUNREACH || e == EHOSTUNREACH ||
+           e == EACCES || e == ENOTSOCK || e == EADDRNOTAVAIL;
+}
+
+int tn_target_diagnose(const char *server, char *why, size_t len)
+{
+    why[0] = 0;
+    if (!strncmp(server, "unix:", 5)) {
+        const char *path = server + 5;
+        if (!strncmp(path, "//", 2))
+            path += 2;
+        struct sockaddr_un un = {.sun_family = AF_UNIX};
+        if (strlen(path) >= sizeof(un.sun_path))
+            return 0;
+        strcpy(un.sun_path, path);
+        int e = try_connect((struct sockaddr *)&un, sizeof(un), 1000);
+        if (e && definitive(e)) {
+            snprintf(why, len, "%s: %s", path, strerror(e));
+            return 1;
+        }
+        return 0;
+    }
+    const char *hp = server;
+    if (!strncmp(server, "dns:", 4)) {
+        hp = strrchr(server, '/');
+        hp = hp ? hp + 1 : server + 4;
+    } else if (strchr(server, '/') || !strncmp(server, "ipv4:", 5) ||
+               !strncmp(server, "ipv6:", 5)) {
+        return 0; /* other schemes: gRPC's business */
+    }
+    char host[256], port[8];
+    if (split_host_port(hp, host, sizeof(host), port, sizeof(port)) < 0)
+        return 0;
+    struct addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV;
+    int rc = getaddrinfo(host, port, &hints, &res);
+    if (rc != 0) {
+        snprintf(why, len, "cannot resolve '%s': %s", host,
+                 rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
+        return rc == EAI_NONAME || rc == EAI_FAIL || rc == EAI_NODATA ? 1 : 0;
+    }
+    int last = 0, all_definitive = 1;
+    for (struct addrinfo *a = res; a; a = a->ai_next) {
+        int e = try_connect(a->ai_addr, a->ai_addrlen, 1000);
+        if (e == 0) {
+            all_definitive = 0;
+            snprintf(why, len, "%s:%s accepts TCP connections", host, port);
+            last = 0;
+            break;
+        }
+        last = e;
+        all_definitive = all_definitive && definitive(e);
+    }
+    freeaddrinfo(res);
+    if (!last)
+        return 0;
+    snprintf(why, len, "%s:%s: %s", host, port, strerror(last));
+    return all_definitive;
 }

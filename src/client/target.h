@@ -30,6 +30,16 @@ struct tn_target {
 int tn_target_build(const char *const *servers, size_t n, bool tls, const char *tls_server_name,
                     struct tn_target *t, char *err, size_t errlen);
 
+/*
+ * Why can server (one --server value) not be reached? Tries what gRPC tried,
+ * with the OS's own answer: resolves the name, then connects over TCP (or to
+ * the unix socket) with a short timeout. Returns 1 with the reason in why
+ * ("connection refused", "cannot resolve 'h': Name or service not known"),
+ * or 0 when it can connect or cannot tell (then the trouble is above TCP:
+ * TLS, or not a gRPC server), why holding a remark or "".
+ */
+int tn_target_diagnose(const char *server, char *why, size_t len);
+
 /* Free what tn_target_build() allocated; NULL-safe, idempotent. */
 void tn_target_free(struct tn_target *t);
 

@@ -343,6 +343,19 @@ def png_file(path):
         return png_decode(f.read())
 
 
+def server_png(path):
+    """The bytes the server sent for a PNG that thumbnail_client wrote: the file minus
+    the client's record of how it was made (a tEXt chunk "thumbnail_client" before IEND)."""
+    data = read_bytes(path)
+    pos = 8
+    while pos + 12 <= len(data):
+        length, ctype = struct.unpack(">I4s", data[pos:pos + 8])
+        if ctype == b"tEXt" and data[pos + 8:pos + 8 + 17] == b"thumbnail_client\0":
+            return data[:pos] + data[pos + 12 + length:]
+        pos += 12 + length
+    return data
+
+
 def png_size(path):
     """(width, height) from the IHDR only."""
     with open(path, "rb") as f:

@@ -116,7 +116,7 @@ class Balance(h.ServerTestCase):
         cases = [(["unix:/tmp/x.sock"], "a unix:, dns: or other URI target goes alone"),
                  (["dns:///localhost:1"], "goes alone"),
                  (["no-such-host.invalid:1"], "cannot resolve 'no-such-host.invalid'"),
-                 (["127.0.0.1"], "must be HOST:PORT"),
+                 (["127.0.0.1"], "no port: expected HOST:PORT"),  # refused up front
                  (["[::1]:%d" % self.b.port], "one address family")]
         for other, msg in cases:
             with self.subTest(other=other):

@@ -275,7 +275,7 @@ class PullBigFile(h.ServerTestCase):
         call = PullCall(self.server.addr, big, times=[h.time_point("50%")])
         got = call.run()
         self.assertIsNone(call.error)
-        self.assertEqual(bytes(got[0].data), h.read_bytes(os.path.join(out, "big-2.png")))
+        self.assertEqual(bytes(got[0].data), h.server_png(os.path.join(out, "big-2.png")))
         self.assertLess(call.sent, size * 0.02)
 
 
