@@ -180,7 +180,7 @@ static void usage(FILE *f)
             "\n"
             "Exit status: 0 all files done or skipped, 1 some file failed, 2 usage error,\n"
             "missing INPUT_DIR or unreachable server, 130 interrupted.\n",
-            TN_CLIENT_MAX_SERVERS, TN_CLIENT_MAX_JOBS, TN_CLIENT_DEFAULT_JOBS, TN_IPC_MAX_TIMES,
+            TN_CLIENT_MAX_SERVERS, TN_CLIENT_MAX_JOBS, TN_CLIENT_DEFAULT_JOBS, TN_JOB_MAX_TIMES,
             TN_CLIENT_DEFAULT_WIDTH, TN_CLIENT_DEFAULT_RETRIES, TN_CLIENT_DEFAULT_TIMEOUT,
             TN_CLIENT_DEFAULT_HEALTH_TIMEOUT, TN_CLIENT_DEFAULT_CONNECT_TIMEOUT);
     /* engine options: a section of their own, so merges of the text above stay easy */
@@ -207,7 +207,7 @@ static void usage(FILE *f)
             "                          least 1 s; keyframes unless --mode is given)\n"
             "      --tile-width W      storyboard tile width, 1..1024 (default 160)\n"
             "      --columns N         storyboard columns, 1..100 (default 10)\n",
-            TN_IPC_MAX_TIMES, TN_IPC_MAX_TIMES);
+            TN_JOB_MAX_TIMES, TN_JOB_MAX_TIMES);
 }
 
 static int bad(const char *what, const char *value, const char *fmt, ...)
@@ -262,8 +262,8 @@ static int parse_times(struct tn_client_options *o, const char *s)
     char *save = NULL;
     int n = 0;
     for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save), n++) {
-        if (o->n_times == TN_IPC_MAX_TIMES)
-            return bad("--at", s, "at most %d time points", TN_IPC_MAX_TIMES);
+        if (o->n_times == TN_JOB_MAX_TIMES)
+            return bad("--at", s, "at most %d time points", TN_JOB_MAX_TIMES);
         if (tn_parse_time_point(tok, &o->times[o->n_times]) < 0)
             return bad("--at", tok, "expected seconds (12.5), percent 0..100 (10%%) or [h:]m:s");
         o->n_times++;
@@ -655,11 +655,11 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
                         "Try 'thumbnail_client --help'.\n");
         return TN_OPTIONS_USAGE;
     }
-    if (o->count > TN_IPC_MAX_TIMES && !o->storyboard) {
+    if (o->count > TN_JOB_MAX_TIMES && !o->storyboard) {
         fprintf(stderr,
                 "thumbnail_client: --count %u: at most %d thumbnails (1000 tiles with "
                 "--storyboard)\nTry 'thumbnail_client --help'.\n",
-                o->count, TN_IPC_MAX_TIMES);
+                o->count, TN_JOB_MAX_TIMES);
         return TN_OPTIONS_USAGE;
     }
     if (o->storyboard && o->n_times) {
@@ -701,7 +701,7 @@ size_t tn_options_outputs(const struct tn_client_options *o)
     if (o->count)
         return o->count;
     if (o->every > 0)
-        return TN_IPC_MAX_TIMES;
+        return TN_JOB_MAX_TIMES;
     return o->n_times ? o->n_times : 1;
 }
 

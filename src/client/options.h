@@ -37,7 +37,7 @@ struct tn_client_options {
     const char *input_dir;
     const char *output_dir;
     unsigned jobs;
-    struct tn_time_point times[TN_IPC_MAX_TIMES];
+    struct tn_time_point times[TN_JOB_MAX_TIMES];
     size_t n_times; /* 0 = send none: the server's default (10 %) */
     uint32_t max_width;
     uint32_t max_height;
@@ -86,7 +86,7 @@ struct tn_client_options {
     char *authorization; /* "Bearer <token>", sent with every Generate; NULL = none */
 };
 
-/* How many outputs a file can have: 2 for --storyboard, N for --count, TN_IPC_MAX_TIMES for
+/* How many outputs a file can have: 2 for --storyboard, N for --count, TN_JOB_MAX_TIMES for
  * --every (as many as the server sends), the --at points, or 1. */
 size_t tn_options_outputs(const struct tn_client_options *o);
 

@@ -106,8 +106,6 @@ _Static_assert((int)THUMBNAIL__V1__FIT_MODE__FIT_MODE_PAD == (int)TN_FIT_PAD, "f
 #define KILL_MARGIN_MS 1000 /* past the job deadline before the worker is killed */
 #define POLL_TICK_MS 100
 #define STATUS_MAX 600
-#define DEFAULT_MAX_WIDTH 320
-#define MAX_BOX 16384
 #define SPOOL_MARGIN (64ull << 20) /* free space kept in the spool beyond declared uploads */
 #define PREREQUESTED_CALLS 32      /* Generate calls requested ahead (see setup()) */
 #define PREREQUESTED_PROBES 4      /* Probe calls requested ahead (rarer; same reason) */
@@ -766,67 +764,6 @@ static int check_spool_space(struct gen_call *c)
     return -1;
 }
 
-/* engine: fit, pad colour, count / every, cover art into c->job. The engine
- * checks them against the video (every vs the duration); here only what
- * needs no video. Returns 0 or fails the call and returns -1. */
-static int take_engine_options(struct gen_call *c, const Thumbnail__V1__Options *o)
-{
-    struct tn_ipc_job *j = &c->job;
-
-    switch (o->fit) {
-    case THUMBNAIL__V1__FIT_MODE__FIT_MODE_UNSPECIFIED:
-    case THUMBNAIL__V1__FIT_MODE__FIT_MODE_FIT: j->fit = TN_FIT_FIT; break;
-    case THUMBNAIL__V1__FIT_MODE__FIT_MODE_FILL: j->fit = TN_FIT_FILL; break;
-    case THUMBNAIL__V1__FIT_MODE__FIT_MODE_PAD: j->fit = TN_FIT_PAD; break;
-    default: gen_fail(c, TN_INVALID_ARGUMENT, "unknown fit mode %d", (int)o->fit); return -1;
-    }
-    if (j->fit != TN_FIT_FIT && (!o->max_width || !o->max_height)) {
-        gen_fail(c, TN_INVALID_ARGUMENT, "fit %s needs a box: give both max_width and max_height",
-                 j->fit == TN_FIT_FILL ? "FILL" : "PAD");
-        return -1;
-    }
-    if (o->pad_color > 0xffffff) {
-        gen_fail(c, TN_INVALID_ARGUMENT, "pad_color 0x%x is not an RGB colour 0xRRGGBB",
-                 o->pad_color);
-        return -1;
-    }
-    if (o->every != 0 && (!isfinite(o->every) || o->every < 0.001)) {
-        gen_fail(c, TN_INVALID_ARGUMENT, "every %g s: use an interval of at least 0.001 s",
-                 o->every);
-        return -1;
-    }
-    if (o->count > (o->storyboard ? TN_STORYBOARD_MAX_TILES : TN_IPC_MAX_TIMES)) {
-        gen_fail(c, TN_INVALID_ARGUMENT, "count %u: at most %d %s per call", o->count,
-                 o->storyboard ? TN_STORYBOARD_MAX_TILES : TN_IPC_MAX_TIMES,
-                 o->storyboard ? "storyboard tiles" : "thumbnails");
-        return -1;
-    }
-    if (o->storyboard && (o->tile_width > 1024 || o->columns > 100)) {
-        gen_fail(c, TN_INVALID_ARGUMENT,
-                 "storyboard tile_width %u / columns %u: at most 1024 pixels and 100 columns",
-                 o->tile_width, o->columns);
-        return -1;
-    }
-    if (o->storyboard && o->n_times) {
-        gen_fail(c, TN_INVALID_ARGUMENT, "a storyboard takes count or every, not times");
-        return -1;
-    }
-    j->storyboard = o->storyboard ? 1 : 0;
-    j->tile_width = (uint16_t)o->tile_width;
-    j->columns = (uint16_t)o->columns;
-    if (o->storyboard && o->mode == THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_UNSPECIFIED)
-        j->mode = TN_MODE_KEYFRAME; /* one cheap pass by default */
-    if ((o->count || o->every > 0) && (o->n_times || (o->count && o->every > 0))) {
-        gen_fail(c, TN_INVALID_ARGUMENT, "give one of times, count and every");
-        return -1;
-    }
-    j->pad_color = o->pad_color;
-    j->count = o->count;
-    j->every = o->every;
-    j->cover_art = o->cover_art ? 1 : 0;
-    return 0;
-}
-
 /* ---- local mode ---- */
 
 /* openat2() has no glibc wrapper in Debian 12; -ENOSYS on kernels before 5.6. */
@@ -972,6 +909,52 @@ static int open_local(struct gen_call *c, const char *path, uint64_t *size)
     return fd;
 }
 
+/* The proto's Options into c->job.opts, defaults filled in and checked.
+ * Returns 0 or fails the call (INVALID_ARGUMENT) and returns -1. */
+static int take_job_opts(struct gen_call *c, const Thumbnail__V1__Options *o)
+{
+    struct tn_job_opts *j = &c->job.opts;
+    char err[TN_IPC_MESSAGE_MAX];
+
+    memset(j, 0, sizeof(*j));
+    /* the enums are the proto's numbers; the check refuses unknown ones */
+    j->format = o->format >= 0 && o->format <= UINT8_MAX ? (uint8_t)o->format : UINT8_MAX;
+    j->mode = o->mode >= 0 && o->mode <= UINT8_MAX ? (uint8_t)o->mode : UINT8_MAX;
+    j->fit = o->fit >= 0 && o->fit <= UINT8_MAX ? (uint8_t)o->fit : UINT8_MAX;
+    j->n_times = o->n_times > UINT32_MAX ? UINT32_MAX : (uint32_t)o->n_times;
+    for (size_t i = 0; i < o->n_times && i < TN_JOB_MAX_TIMES; i++) {
+        const Thumbnail__V1__TimePoint *t = o->times[i];
+        struct tn_time_point *tp = &j->times[i];
+        if (t->point_case == THUMBNAIL__V1__TIME_POINT__POINT_SECONDS) {
+            tp->kind = TN_TIME_SECONDS;
+            tp->value = t->seconds;
+        } else if (t->point_case == THUMBNAIL__V1__TIME_POINT__POINT_PERCENT) {
+            tp->kind = TN_TIME_PERCENT;
+            tp->value = t->percent;
+        }
+    }
+    j->max_width = o->max_width;
+    j->max_height = o->max_height;
+    j->upscale = o->upscale ? 1 : 0;
+    j->quality = o->quality;
+    j->lossless = o->lossless ? 1 : 0;
+    j->png_level = o->png_level;
+    j->pad_color = o->pad_color;
+    j->count = o->count;
+    j->every = o->every;
+    j->cover_art = o->cover_art ? 1 : 0;
+    j->storyboard = o->storyboard ? 1 : 0;
+    j->tile_width = o->tile_width;
+    j->columns = o->columns;
+    j->probe = c->probe ? 1 : 0;
+    tn_job_opts_defaults(j);
+    if (tn_job_opts_check(j, err, sizeof(err)) != TN_OK) {
+        gen_fail(c, TN_INVALID_ARGUMENT, "%s", err);
+        return -1;
+    }
+    return 0;
+}
+
 /* Validate Options into c->job. Returns 0 or fails the call and returns -1. */
 static int take_options(struct gen_call *c, const Thumbnail__V1__Options *o)
 {
@@ -998,84 +981,8 @@ static int take_options(struct gen_call *c, const Thumbnail__V1__Options *o)
                  o->size, cfg->max_upload_bytes);
         return -1;
     }
-    if (o->n_times > TN_IPC_MAX_TIMES) {
-        gen_fail(c, TN_INVALID_ARGUMENT, "%zu time points requested; at most %d per call",
-                 o->n_times, TN_IPC_MAX_TIMES);
+    if (take_job_opts(c, o) < 0)
         return -1;
-    }
-    for (size_t i = 0; i < o->n_times; i++) {
-        const Thumbnail__V1__TimePoint *t = o->times[i];
-        struct tn_time_point *tp = &j->times[i];
-        if (t->point_case == THUMBNAIL__V1__TIME_POINT__POINT_SECONDS) {
-            if (!isfinite(t->seconds) || t->seconds < 0) {
-                gen_fail(c, TN_INVALID_ARGUMENT, "time point %zu: %g s is not a time >= 0", i,
-                         t->seconds);
-                return -1;
-            }
-            tp->kind = TN_TIME_SECONDS;
-            tp->value = t->seconds;
-        } else if (t->point_case == THUMBNAIL__V1__TIME_POINT__POINT_PERCENT) {
-            if (!isfinite(t->percent) || t->percent < 0 || t->percent > 100) {
-                gen_fail(c, TN_INVALID_ARGUMENT, "time point %zu: %g%% is not within 0..100 %%", i,
-                         t->percent);
-                return -1;
-            }
-            tp->kind = TN_TIME_PERCENT;
-            tp->value = t->percent;
-        } else {
-            gen_fail(c, TN_INVALID_ARGUMENT, "time point %zu has neither seconds nor percent", i);
-            return -1;
-        }
-    }
-    j->n_times = (uint32_t)o->n_times;
-    if (j->n_times == 0) {
-        j->n_times = 1;
-        j->times[0].kind = TN_TIME_PERCENT;
-        j->times[0].value = 10;
-    }
-    if (o->max_width > MAX_BOX || o->max_height > MAX_BOX) {
-        gen_fail(c, TN_INVALID_ARGUMENT, "box %ux%u is too large; at most %d on each side",
-                 o->max_width, o->max_height, MAX_BOX);
-        return -1;
-    }
-    j->max_width = o->max_width;
-    j->max_height = o->max_height;
-    if (!j->max_width && !j->max_height)
-        j->max_width = DEFAULT_MAX_WIDTH;
-    j->upscale = o->upscale ? 1 : 0;
-    switch (o->format) {
-    case THUMBNAIL__V1__IMAGE_FORMAT__IMAGE_FORMAT_UNSPECIFIED:
-    case THUMBNAIL__V1__IMAGE_FORMAT__IMAGE_FORMAT_PNG: j->format = TN_FORMAT_PNG; break;
-    /* The engine decides which formats it can encode. */
-    case THUMBNAIL__V1__IMAGE_FORMAT__IMAGE_FORMAT_JPEG: j->format = TN_FORMAT_JPEG; break;
-    case THUMBNAIL__V1__IMAGE_FORMAT__IMAGE_FORMAT_WEBP: j->format = TN_FORMAT_WEBP; break;
-    default:
-        gen_fail(c, TN_INVALID_ARGUMENT, "unknown output format %d", (int)o->format);
-        return -1;
-    }
-    switch (o->mode) {
-    case THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_UNSPECIFIED:
-    case THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_ACCURATE: j->mode = TN_MODE_ACCURATE; break;
-    case THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_KEYFRAME: j->mode = TN_MODE_KEYFRAME; break;
-    case THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_SMART: j->mode = TN_MODE_SMART; break;
-    default: gen_fail(c, TN_INVALID_ARGUMENT, "unknown seek mode %d", (int)o->mode); return -1;
-    }
-    if (o->quality > 100) {
-        gen_fail(c, TN_INVALID_ARGUMENT, "quality %u is out of range: use 1..100 (0 = default)",
-                 o->quality);
-        return -1;
-    }
-    if (o->png_level > 9) {
-        gen_fail(c, TN_INVALID_ARGUMENT, "png_level %u is out of range: use 1..9 (0 = default)",
-                 o->png_level);
-        return -1;
-    }
-    j->quality = o->quality;
-    j->lossless = o->lossless ? 1 : 0;
-    j->png_level = o->png_level;
-    if (take_engine_options(c, o) < 0)
-        return -1;
-    j->probe = c->probe;
     if (local) {
         int lfd = open_local(c, o->local_path, &c->file_size);
         if (lfd < 0)
