@@ -205,9 +205,11 @@ static void usage(FILE *f)
             "                          <name>.vtt of seek previews (tiles at --every or\n"
             "                          --count points, default every duration/100, at\n"
             "                          least 1 s; keyframes unless --mode is given)\n"
-            "      --tile-width W      storyboard tile width, 1..1024 (default 160)\n"
-            "      --columns N         storyboard columns, 1..100 (default 10)\n",
-            TN_JOB_MAX_TIMES, TN_JOB_MAX_TIMES);
+            "      --tile-width W      storyboard tile width, 1..%d (default %d)\n"
+            "      --columns N         storyboard columns, 1..%d (default %d)\n",
+            TN_JOB_MAX_TIMES, TN_JOB_MAX_TIMES, TN_STORYBOARD_MAX_TILE_WIDTH,
+            TN_STORYBOARD_DEFAULT_TILE_WIDTH, TN_STORYBOARD_MAX_COLUMNS,
+            TN_STORYBOARD_DEFAULT_COLUMNS);
 }
 
 static int bad(const char *what, const char *value, const char *fmt, ...)
@@ -246,8 +248,8 @@ static int parse_seconds(const char *what, const char *s, double *out)
 static int parse_dimension(const char *what, const char *s, uint32_t *out)
 {
     uint64_t v;
-    if (tn_parse_uint(s, 0, 65535, &v) < 0)
-        return bad(what, s, "expected pixels 0..65535, 0 = unbounded");
+    if (tn_parse_uint(s, 0, TN_JOB_MAX_SIDE, &v) < 0)
+        return bad(what, s, "expected pixels 0..%d, 0 = unbounded", TN_JOB_MAX_SIDE);
     *out = (uint32_t)v;
     return 0;
 }
@@ -483,14 +485,15 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
                 return bad("--format", optarg, "expected png, jpeg or webp");
             break;
         case OPT_QUALITY:
-            if (tn_parse_uint(optarg, 1, 100, &v) < 0)
-                return bad("--quality", optarg, "expected an integer 1..100");
+            if (tn_parse_uint(optarg, 1, TN_JOB_MAX_QUALITY, &v) < 0)
+                return bad("--quality", optarg, "expected an integer 1..%d", TN_JOB_MAX_QUALITY);
             o->quality = (uint32_t)v;
             break;
         case OPT_LOSSLESS: o->lossless = true; break;
         case OPT_PNG_LEVEL:
-            if (tn_parse_uint(optarg, 1, 9, &v) < 0)
-                return bad("--png-level", optarg, "expected an integer 1..9");
+            if (tn_parse_uint(optarg, 1, TN_JOB_MAX_PNG_LEVEL, &v) < 0)
+                return bad("--png-level", optarg, "expected an integer 1..%d",
+                           TN_JOB_MAX_PNG_LEVEL);
             o->png_level = (uint32_t)v;
             break;
         case OPT_CHUNK:
@@ -559,13 +562,15 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
         case OPT_PROBE: o->probe = true; break;
         case OPT_STORYBOARD: o->storyboard = true; break;
         case OPT_TILE_WIDTH:
-            if (tn_parse_uint(optarg, 1, 1024, &v) < 0)
-                return bad("--tile-width", optarg, "expected an integer 1..1024");
+            if (tn_parse_uint(optarg, 1, TN_STORYBOARD_MAX_TILE_WIDTH, &v) < 0)
+                return bad("--tile-width", optarg, "expected an integer 1..%d",
+                           TN_STORYBOARD_MAX_TILE_WIDTH);
             o->tile_width = (uint32_t)v;
             break;
         case OPT_COLUMNS:
-            if (tn_parse_uint(optarg, 1, 100, &v) < 0)
-                return bad("--columns", optarg, "expected an integer 1..100");
+            if (tn_parse_uint(optarg, 1, TN_STORYBOARD_MAX_COLUMNS, &v) < 0)
+                return bad("--columns", optarg, "expected an integer 1..%d",
+                           TN_STORYBOARD_MAX_COLUMNS);
             o->columns = (uint32_t)v;
             break;
         case OPT_TLS: o->tls = true; break;
