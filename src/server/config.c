@@ -197,7 +197,7 @@ static const char *fmt_size(uint64_t v, char *buf, size_t len)
 
 static void print_help(FILE *f, const struct tn_config *d)
 {
-    char s1[32], s2[32], s3[32], s4[32];
+    char s1[32], s2[32], s3[32], s4[32], s5[32], s6[32];
     fprintf(f,
             "Usage: thumbnail_server [OPTION]...\n"
             "Serve thumbnail.v1.Thumbnailer over gRPC: clients stream a video in, thumbnails\n"
@@ -224,13 +224,13 @@ static void print_help(FILE *f, const struct tn_config *d)
             "                            --max-concurrent-calls; behind a proxy: 0)\n"
             "  --min-upload-rate SIZE/DURATION  end with DEADLINE_EXCEEDED an upload that sends\n"
             "                            less than SIZE in any DURATION window; 0 = off\n"
-            "                            (default: 16K/10s)\n"
+            "                            (default: %s/%gs)\n"
             "  --max-result-bytes SIZE   thumbnails held in the front for all clients; while\n"
             "                            over it, new jobs get RESOURCE_EXHAUSTED; 0 = no cap\n"
-            "                            (default: 1G)\n"
+            "                            (default: %s)\n"
             "  --range-timeout DURATION  pull mode: end a call whose client has not sent a\n"
             "                            requested range within this long, or --idle-timeout\n"
-            "                            if shorter; 0 = --idle-timeout alone (default: 5s)\n"
+            "                            if shorter; 0 = --idle-timeout alone (default: %gs)\n"
             "  --spool-dir DIR           writable directory for uploads in progress (unnamed\n"
             "                            O_TMPFILE files) (default: $TMPDIR, else /tmp; here %s)\n"
             "  --media-root DIR          local mode: clients that share DIR may name a file by\n"
@@ -308,7 +308,9 @@ static void print_help(FILE *f, const struct tn_config *d)
             "bound, or already running).\n",
             TN_MAX_LISTEN, DEFAULT_LISTEN, fmt_size(d->max_upload_bytes, s1, sizeof(s1)),
             fmt_size(d->max_message_bytes, s2, sizeof(s2)), fmt_size(d->chunk_size, s3, sizeof(s3)),
-            d->max_concurrent_calls, d->max_queued_jobs, d->idle_timeout_s, d->spool_dir,
+            d->max_concurrent_calls, d->max_queued_jobs, d->idle_timeout_s,
+            fmt_size(d->min_upload_bytes, s5, sizeof(s5)), d->min_upload_window_s,
+            fmt_size(d->max_result_bytes, s6, sizeof(s6)), d->range_timeout_s, d->spool_dir,
             MAX_WORKERS, d->workers, d->job_timeout_s, d->max_pixels,
             fmt_size(d->worker_memory, s4, sizeof(s4)), level_names[d->log_level], d->grace_s,
             d->max_jobs_per_worker);
