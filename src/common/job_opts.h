@@ -51,10 +51,12 @@ struct tn_job_opts {
     uint32_t n_times;   /* as requested; times[] holds min(n_times, TN_JOB_MAX_TIMES) */
     uint32_t max_width; /* 0 = unbounded (not both, outside storyboards) */
     uint32_t max_height;
-    uint32_t quality;   /* JPEG/WebP 1..100 (lossless WebP: the effort); 0 = the engine's default */
-    uint32_t png_level; /* 1..9; 0 = the engine's default */
-    uint32_t pad_color; /* 0xRRGGBB, FIT_PAD's border */
-    uint32_t count;     /* > 0: this many evenly spaced points instead of times */
+    /* JPEG/WebP 1..100; 0 = the engine's default (JPEG 85, WebP 80). Lossless
+     * WebP: the effort, 1..100 = libwebp's presets 0..9; 0 = fastest. */
+    uint32_t quality;
+    uint32_t png_level;  /* zlib level 1..9; 0 = the engine's default (1) */
+    uint32_t pad_color;  /* 0xRRGGBB, FIT_PAD's border */
+    uint32_t count;      /* > 0: this many evenly spaced points instead of times */
     uint32_t tile_width; /* storyboard; 0 = default */
     uint32_t columns;    /* storyboard; 0 = default */
     uint8_t format;      /* enum tn_format */

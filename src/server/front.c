@@ -20,7 +20,13 @@
  *
  * Uploads waiting for a message sit on f->recving (CQ thread only); the main
  * loop scans it every POLL_TICK_MS and ends the ones silent for longer than
- * --idle-timeout with DEADLINE_EXCEEDED.
+ * --idle-timeout, or slower than --min-upload-rate, with DEADLINE_EXCEEDED.
+ * Every accepted Generate/Probe call is on f->calls (under front.mu): the
+ * same tick ends a call whose send batch has been outstanding for
+ * --idle-timeout (a client that does not read), and a new call counts its
+ * peer's calls there (--max-calls-per-peer). Results mapped in the front are
+ * summed in held_result_bytes (--max-result-bytes); pull jobs get at most
+ * N-1 workers (dispatch_pending()).
  *
  * Health/Watch and server reflection (v1, v1alpha) are streaming calls that
  * live on the CQ thread alone (struct stream_call): they sit on f->streams so

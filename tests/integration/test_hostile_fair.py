@@ -6,8 +6,10 @@ Plus the small ones: statuses of odd local paths, probe results larger than a
 data chunk, and resets that never sent a request (not one log line each).
 
 Stated bounds (checked below): a legitimate call during each attack succeeds
-within LEGIT_BOUND_S; a stalled reader's results are unmapped within
---idle-timeout + 2 s; a trickling stream is ended within its rate window + 3 s.
+within LEGIT_BOUND_S; a stalled reader's results are unmapped (within
+--idle-timeout + 30 s of piling up, 2-4 s measured) and the front's RSS is back
+within RSS_BOUND_KB of idle; a trickling stream is ended within its rate
+window + 3 s; no worker dies.
 """
 import os
 import socket
@@ -21,6 +23,7 @@ from test_overload import SlowUpload, spool_fds
 from test_pull import PullCall
 
 LEGIT_BOUND_S = 5.0
+RSS_BOUND_KB = 32 << 10  # the front's RSS after an attack, above its idle RSS
 
 
 def legit_call(addr, timeout=30):
@@ -97,7 +100,9 @@ class StalledReader(h.ServersTestCase):
             freed_after = time.monotonic() - t0
             h.log("results unmapped %.1f s later" % freed_after)
             lat = legit_call(s.addr)
-            h.log("legit call after the stalled readers: %.2f s" % lat)
+            h.log("legit call after the stalled readers: %.2f s; front RSS %d kB"
+                  % (lat, rss_kb(front)))
+            self.assertLess(rss_kb(front), rss0 + RSS_BOUND_KB)
             self.assertLess(lat, LEGIT_BOUND_S)
             self.assertIn("reads nothing for", s.log_text())
             self.assertIn("status=DEADLINE_EXCEEDED", s.log_text())
