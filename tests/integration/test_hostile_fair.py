@@ -9,7 +9,7 @@ Stated bounds (checked below): a legitimate call during each attack succeeds
 within LEGIT_BOUND_S; a stalled reader's results are unmapped (within
 --idle-timeout + 30 s of piling up, 2-4 s measured) and the front's RSS is back
 within RSS_BOUND_KB of idle; a trickling stream is ended within its rate
-window + 3 s; no worker dies.
+window + 5 s; no worker dies.
 """
 import os
 import socket
@@ -174,7 +174,7 @@ class Slowloris(h.ServersTestCase):
         self.assertEqual(len(refused), 20, results)  # half of --max-concurrent-calls
         self.assertTrue(all("max-calls-per-peer" in r[1] for r in refused))
         self.assertEqual(len(ended), 20, results)
-        self.assertTrue(all("min-upload-rate" in r[1] and r[2] < 5 + 3 for r in ended), ended)
+        self.assertTrue(all("min-upload-rate" in r[1] and r[2] < 5 + 5 for r in ended), ended)
         self.assertLess(max(lat), LEGIT_BOUND_S)
 
 
