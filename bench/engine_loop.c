@@ -107,11 +107,11 @@ int main(int argc, char **argv)
             .fd = fd,
             .size = (uint64_t)st.st_size,
             .file_name = argv[optind],
-            .times = &tp,
-            .n_times = 1,
-            .max_width = (unsigned)width,
-            .format = TN_FORMAT_PNG,
-            .mode = mode,
+            .opts = {.times = {tp},
+                     .n_times = 1,
+                     .max_width = (unsigned)width,
+                     .format = TN_FORMAT_PNG,
+                     .mode = (uint8_t)mode},
             .cancel_fd = -1,
         };
         struct got g = {0};

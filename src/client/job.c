@@ -280,12 +280,12 @@ void tn_job_run(const struct tn_job_env *env, grpc_completion_queue *cq,
     const struct tn_client_options *opt = env->opt;
     size_t count = tn_options_outputs(opt);
     bool every = opt->every > 0 && !opt->storyboard; /* the server decides how many: 1..count */
-    struct tn_output_file outs[TN_IPC_MAX_TIMES];
-    struct tn_rpc_thumb info[TN_IPC_MAX_TIMES];
-    struct tn_time_point times[TN_IPC_MAX_TIMES];
-    size_t map[TN_IPC_MAX_TIMES];
-    bool fresh[TN_IPC_MAX_TIMES];   /* exists and up to date: not asked for */
-    bool replace[TN_IPC_MAX_TIMES]; /* exists, out of date (or --overwrite): replaced */
+    struct tn_output_file outs[TN_JOB_MAX_TIMES];
+    struct tn_rpc_thumb info[TN_JOB_MAX_TIMES];
+    struct tn_time_point times[TN_JOB_MAX_TIMES];
+    size_t map[TN_JOB_MAX_TIMES];
+    bool fresh[TN_JOB_MAX_TIMES];   /* exists and up to date: not asked for */
+    bool replace[TN_JOB_MAX_TIMES]; /* exists, out of date (or --overwrite): replaced */
     size_t n_send = 0, n_ready = 0;
     char *in_path = NULL, *stamp = NULL, why[1024];
     const char *reason = NULL, *code = NULL, *transfer = NULL;

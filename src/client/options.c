@@ -204,7 +204,7 @@ static void usage(FILE *f)
             "                          with several --server, each one (the worst wins)\n"
             "  -h, --help              show this help and exit\n"
             "  -V, --version           show the version and exit\n",
-            TN_CLIENT_MAX_SERVERS, TN_CLIENT_MAX_JOBS, TN_CLIENT_DEFAULT_JOBS, TN_IPC_MAX_TIMES,
+            TN_CLIENT_MAX_SERVERS, TN_CLIENT_MAX_JOBS, TN_CLIENT_DEFAULT_JOBS, TN_JOB_MAX_TIMES,
             TN_CLIENT_DEFAULT_BOX, TN_CLIENT_DEFAULT_BOX, TN_CLIENT_DEFAULT_BOX,
             TN_CLIENT_DEFAULT_RETRIES, TN_CLIENT_DEFAULT_TIMEOUT, TN_CLIENT_DEFAULT_HEALTH_TIMEOUT,
             TN_CLIENT_DEFAULT_CONNECT_TIMEOUT);
@@ -228,9 +228,11 @@ static void usage(FILE *f)
             "                          <name>.vtt of seek previews (tiles at --every or\n"
             "                          --count points, default every duration/100, at\n"
             "                          least 1 s; keyframes unless --mode is given)\n"
-            "      --tile-width W      storyboard tile width, 1..1024 (default 160)\n"
-            "      --columns N         storyboard columns, 1..100 (default 10)\n",
-            TN_IPC_MAX_TIMES, TN_IPC_MAX_TIMES);
+            "      --tile-width W      storyboard tile width, 1..%d (default %d)\n"
+            "      --columns N         storyboard columns, 1..%d (default %d)\n",
+            TN_JOB_MAX_TIMES, TN_JOB_MAX_TIMES, TN_STORYBOARD_MAX_TILE_WIDTH,
+            TN_STORYBOARD_DEFAULT_TILE_WIDTH, TN_STORYBOARD_MAX_COLUMNS,
+            TN_STORYBOARD_DEFAULT_COLUMNS);
     fprintf(f, "\n"
                "Security:\n"
                "      --tls               connect with TLS, verifying the server against the\n"
@@ -300,8 +302,8 @@ static int parse_seconds(const char *what, const char *s, double *out)
 static int parse_dimension(const char *what, const char *s, uint32_t *out)
 {
     uint64_t v;
-    if (tn_parse_uint(s, 0, 65535, &v) < 0)
-        return bad(what, s, "expected pixels 0..65535, 0 = unbounded");
+    if (tn_parse_uint(s, 0, TN_JOB_MAX_SIDE, &v) < 0)
+        return bad(what, s, "expected pixels 0..%d, 0 = unbounded", TN_JOB_MAX_SIDE);
     *out = (uint32_t)v;
     return 0;
 }
@@ -384,8 +386,8 @@ static int parse_times(struct tn_client_options *o, const char *s)
     char *save = NULL;
     int n = 0;
     for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save), n++) {
-        if (o->n_times == TN_IPC_MAX_TIMES)
-            return bad("--at", s, "at most %d time points", TN_IPC_MAX_TIMES);
+        if (o->n_times == TN_JOB_MAX_TIMES)
+            return bad("--at", s, "at most %d time points", TN_JOB_MAX_TIMES);
         if (tn_parse_time_point(tok, &o->times[o->n_times]) < 0 &&
             parse_at_duration(tok, &o->times[o->n_times]) < 0)
             return bad("--at", tok,
@@ -613,14 +615,15 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
                 return bad("--format", optarg, "expected png, jpeg or webp");
             break;
         case OPT_QUALITY:
-            if (tn_parse_uint(optarg, 1, 100, &v) < 0)
-                return bad("--quality", optarg, "expected an integer 1..100");
+            if (tn_parse_uint(optarg, 1, TN_JOB_MAX_QUALITY, &v) < 0)
+                return bad("--quality", optarg, "expected an integer 1..%d", TN_JOB_MAX_QUALITY);
             o->quality = (uint32_t)v;
             break;
         case OPT_LOSSLESS: o->lossless = true; break;
         case OPT_PNG_LEVEL:
-            if (tn_parse_uint(optarg, 1, 9, &v) < 0)
-                return bad("--png-level", optarg, "expected an integer 1..9");
+            if (tn_parse_uint(optarg, 1, TN_JOB_MAX_PNG_LEVEL, &v) < 0)
+                return bad("--png-level", optarg, "expected an integer 1..%d",
+                           TN_JOB_MAX_PNG_LEVEL);
             o->png_level = (uint32_t)v;
             break;
         case OPT_CHUNK:
@@ -689,13 +692,15 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
         case OPT_PROBE: o->probe = true; break;
         case OPT_STORYBOARD: o->storyboard = true; break;
         case OPT_TILE_WIDTH:
-            if (tn_parse_uint(optarg, 1, 1024, &v) < 0)
-                return bad("--tile-width", optarg, "expected an integer 1..1024");
+            if (tn_parse_uint(optarg, 1, TN_STORYBOARD_MAX_TILE_WIDTH, &v) < 0)
+                return bad("--tile-width", optarg, "expected an integer 1..%d",
+                           TN_STORYBOARD_MAX_TILE_WIDTH);
             o->tile_width = (uint32_t)v;
             break;
         case OPT_COLUMNS:
-            if (tn_parse_uint(optarg, 1, 100, &v) < 0)
-                return bad("--columns", optarg, "expected an integer 1..100");
+            if (tn_parse_uint(optarg, 1, TN_STORYBOARD_MAX_COLUMNS, &v) < 0)
+                return bad("--columns", optarg, "expected an integer 1..%d",
+                           TN_STORYBOARD_MAX_COLUMNS);
             o->columns = (uint32_t)v;
             break;
         case 'i':
@@ -862,11 +867,11 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
                         "Try 'thumbnail_client --help'.\n");
         return TN_OPTIONS_USAGE;
     }
-    if (o->count > TN_IPC_MAX_TIMES && !o->storyboard) {
+    if (o->count > TN_JOB_MAX_TIMES && !o->storyboard) {
         fprintf(stderr,
                 "thumbnail_client: --count %u: at most %d thumbnails (1000 tiles with "
                 "--storyboard)\nTry 'thumbnail_client --help'.\n",
-                o->count, TN_IPC_MAX_TIMES);
+                o->count, TN_JOB_MAX_TIMES);
         return TN_OPTIONS_USAGE;
     }
     if (o->storyboard && o->n_times) {
@@ -913,7 +918,7 @@ size_t tn_options_outputs(const struct tn_client_options *o)
     if (o->count)
         return o->count;
     if (o->every > 0)
-        return TN_IPC_MAX_TIMES;
+        return TN_JOB_MAX_TIMES;
     return o->n_times ? o->n_times : 1;
 }
 

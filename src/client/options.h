@@ -16,8 +16,8 @@
 
 #define TN_CLIENT_DEFAULT_SERVER "localhost:50051"
 #define TN_CLIENT_DEFAULT_JOBS 2
-/* The default box: the longer side at most this (a portrait video gives 180x320). */
-#define TN_CLIENT_DEFAULT_BOX 320
+/* The default box: the longer side at most this (a portrait video gives 180xTN_JOB_DEFAULT_MAX_WIDTH). */
+#define TN_CLIENT_DEFAULT_BOX TN_JOB_DEFAULT_MAX_WIDTH
 #define TN_CLIENT_DEFAULT_CHUNK (1u << 20)
 #define TN_CLIENT_DEFAULT_RETRIES 2
 #define TN_CLIENT_DEFAULT_TIMEOUT 300.0
@@ -47,7 +47,7 @@ struct tn_client_options {
     size_t n_excludes;
     bool json; /* --json: one JSON object per file and a summary on stdout */
     unsigned jobs;
-    struct tn_time_point times[TN_IPC_MAX_TIMES];
+    struct tn_time_point times[TN_JOB_MAX_TIMES];
     size_t n_times; /* 0 = send none: the server's default (10 %) */
     uint32_t max_width;
     uint32_t max_height;
@@ -96,7 +96,7 @@ struct tn_client_options {
     char *authorization; /* "Bearer <token>", sent with every Generate; NULL = none */
 };
 
-/* How many outputs a file can have: 2 for --storyboard, N for --count, TN_IPC_MAX_TIMES for
+/* How many outputs a file can have: 2 for --storyboard, N for --count, TN_JOB_MAX_TIMES for
  * --every (as many as the server sends), the --at points, or 1. */
 size_t tn_options_outputs(const struct tn_client_options *o);
 

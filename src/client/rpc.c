@@ -313,7 +313,7 @@ static bool send_message(struct call *c, grpc_byte_buffer *bb, bool first, bool 
 struct rx {
     const struct tn_rpc_sink *sink;
     uint32_t expected;
-    bool seen[TN_IPC_MAX_TIMES];
+    bool seen[TN_JOB_MAX_TIMES];
     bool in_thumb;
     uint32_t index;
     uint64_t remaining;
@@ -486,8 +486,8 @@ static int answer_range(struct call *c, const struct tn_rpc_request *req,
 static void upload(struct call *c, const struct tn_rpc_request *req, const struct tn_rpc_sink *sink,
                    struct tn_rpc_result *res)
 {
-    Thumbnail__V1__TimePoint tp[TN_IPC_MAX_TIMES];
-    Thumbnail__V1__TimePoint *tpp[TN_IPC_MAX_TIMES];
+    Thumbnail__V1__TimePoint tp[TN_JOB_MAX_TIMES];
+    Thumbnail__V1__TimePoint *tpp[TN_JOB_MAX_TIMES];
     Thumbnail__V1__Options opt;
     build_options(req, &opt, tp, tpp);
     Thumbnail__V1__GenerateRequest m = THUMBNAIL__V1__GENERATE_REQUEST__INIT;
@@ -634,7 +634,7 @@ void tn_rpc_generate(grpc_channel *ch, grpc_completion_queue *cq, const struct t
 
     struct rx rx = {.sink = sink,
                     .expected = req->count       ? req->count
-                                : req->every > 0 ? TN_IPC_MAX_TIMES
+                                : req->every > 0 ? TN_JOB_MAX_TIMES
                                 : req->n_times   ? (uint32_t)req->n_times
                                                  : 1,
                     .format = req->format ? req->format : TN_FORMAT_PNG,

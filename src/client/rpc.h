@@ -122,7 +122,7 @@ struct tn_rpc_request {
     int fit;            /* enum tn_fit; 0 = the server's default */
     uint32_t pad_color; /* 0xRRGGBB */
     uint32_t count;     /* > 0: expect this many thumbnails (n_times must be 0) */
-    double every;       /* > 0: expect 1..TN_IPC_MAX_TIMES thumbnails (n_times must be 0) */
+    double every;       /* > 0: expect 1..TN_JOB_MAX_TIMES thumbnails (n_times must be 0) */
     bool cover_art;
     bool probe;      /* call Probe instead: the sink gets the JSON as thumbnail 0 */
     bool storyboard; /* expect the sprite (index 0) and the WebVTT (index 1) */

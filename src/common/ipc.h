@@ -23,13 +23,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "job_opts.h"
+
 #define TN_IPC_MAGIC 0x544e4a31u /* "TNJ1" */
-#define TN_IPC_VERSION 1
-#define TN_IPC_MAX_TIMES 64
+#define TN_IPC_VERSION 2         /* 2: the options are one struct tn_job_opts */
 #define TN_IPC_MAX_FDS 2
 #define TN_IPC_NAME_MAX 256
 #define TN_IPC_MESSAGE_MAX 512
-#define TN_STORYBOARD_MAX_TILES 1000 /* engine: tiles of one storyboard */
 
 enum tn_ipc_type {
     TN_IPC_JOB = 1,    /* front -> worker, fds [video, reply] */
@@ -43,20 +43,6 @@ enum tn_ipc_type {
     TN_IPC_READ_REPLY = 6, /* front -> worker (pull): those bytes are in the video fd now */
 };
 
-/* Same values as the proto's ImageFormat and SeekMode enums (checked in the front). */
-enum tn_format { TN_FORMAT_PNG = 1, TN_FORMAT_JPEG = 2, TN_FORMAT_WEBP = 3 };
-enum tn_mode { TN_MODE_ACCURATE = 1, TN_MODE_KEYFRAME = 2, TN_MODE_SMART = 3 };
-/* Same values as the proto's FitMode. */
-enum tn_fit { TN_FIT_FIT = 1, TN_FIT_FILL = 2, TN_FIT_PAD = 3 };
-
-enum tn_time_kind { TN_TIME_SECONDS = 1, TN_TIME_PERCENT = 2 };
-
-struct tn_time_point {
-    uint32_t kind; /* enum tn_time_kind */
-    uint32_t pad;
-    double value; /* seconds, or percent 0..100 */
-};
-
 struct tn_ipc_header {
     uint32_t magic;   /* TN_IPC_MAGIC */
     uint16_t version; /* TN_IPC_VERSION */
@@ -66,29 +52,10 @@ struct tn_ipc_header {
 
 struct tn_ipc_job {
     struct tn_ipc_header h;
-    uint64_t file_size;  /* bytes in the video fd */
-    int64_t deadline_ms; /* CLOCK_MONOTONIC ms (system-wide); 0 = none */
-    uint32_t n_times;    /* 1..TN_IPC_MAX_TIMES (the front fills in the 10 % default) */
-    uint32_t max_width;  /* 0 = unbounded (not both: the front applies the 320 default) */
-    uint32_t max_height;
-    uint8_t upscale;    /* 0/1 */
-    uint8_t format;     /* enum tn_format */
-    uint8_t mode;       /* enum tn_mode */
-    uint8_t lossless;   /* 0/1, WebP only */
-    uint32_t quality;   /* JPEG/WebP 1..100; 0 = the engine's default */
-    uint32_t png_level; /* zlib level 1..9; 0 = the engine's default */
-    struct tn_time_point times[TN_IPC_MAX_TIMES];
+    uint64_t file_size;              /* bytes in the video fd */
+    int64_t deadline_ms;             /* CLOCK_MONOTONIC ms (system-wide); 0 = none */
     char file_name[TN_IPC_NAME_MAX]; /* NUL-terminated, for logs and as a format hint */
-    /* engine options */
-    uint8_t fit;         /* enum tn_fit; 0 = FIT */
-    uint8_t cover_art;   /* 0/1: prefer the attached picture */
-    uint8_t probe;       /* 0/1: a Probe call: one RESULT (format 0) whose memfd holds JSON */
-    uint8_t storyboard;  /* 0/1: a sprite and a WebVTT instead of thumbnails */
-    uint32_t pad_color;  /* 0xRRGGBB for TN_FIT_PAD */
-    uint32_t count;      /* > 0: this many evenly spaced points instead of times */
-    uint16_t tile_width; /* storyboard; 0 = the engine's default */
-    uint16_t columns;
-    double every; /* > 0: a point every this many seconds instead of times */
+    struct tn_job_opts opts;         /* defaults filled in, checked by the front */
     /* pull and local mode */
     uint8_t pull; /* 0/1: the video fd is an empty spool file of file_size bytes to be;
                    * read it only where a READ_REPLY said it was filled */

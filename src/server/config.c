@@ -86,6 +86,10 @@ enum {
     OPT_IDLE_TIMEOUT,
     OPT_MAX_CALLS,
     OPT_MAX_QUEUED,
+    OPT_MAX_CALLS_PER_PEER,
+    OPT_MIN_UPLOAD_RATE,
+    OPT_MAX_RESULT_BYTES,
+    OPT_RANGE_TIMEOUT,
     OPT_MAX_PIXELS,
     OPT_WORKER_MEMORY,
     /* reload: lifecycle and recycling */
@@ -122,6 +126,10 @@ static const struct option long_options[] = {
     {"idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT},
     {"max-concurrent-calls", required_argument, NULL, OPT_MAX_CALLS},
     {"max-queued-jobs", required_argument, NULL, OPT_MAX_QUEUED},
+    {"max-calls-per-peer", required_argument, NULL, OPT_MAX_CALLS_PER_PEER},
+    {"min-upload-rate", required_argument, NULL, OPT_MIN_UPLOAD_RATE},
+    {"max-result-bytes", required_argument, NULL, OPT_MAX_RESULT_BYTES},
+    {"range-timeout", required_argument, NULL, OPT_RANGE_TIMEOUT},
     {"max-pixels", required_argument, NULL, OPT_MAX_PIXELS},
     {"worker-memory", required_argument, NULL, OPT_WORKER_MEMORY},
     /* reload: lifecycle and recycling */
@@ -189,7 +197,7 @@ static const char *fmt_size(uint64_t v, char *buf, size_t len)
 
 static void print_help(FILE *f, const struct tn_config *d)
 {
-    char s1[32], s2[32], s3[32], s4[32];
+    char s1[32], s2[32], s3[32], s4[32], s5[32], s6[32];
     fprintf(f,
             "Usage: thumbnail_server [OPTION]...\n"
             "Serve thumbnail.v1.Thumbnailer over gRPC: clients stream a video in, thumbnails\n"
@@ -207,8 +215,22 @@ static void print_help(FILE *f, const struct tn_config *d)
             "                            (default: %d)\n"
             "  --max-queued-jobs N       uploaded jobs waiting for a free worker; more get\n"
             "                            RESOURCE_EXHAUSTED (default: %d)\n"
-            "  --idle-timeout DURATION   end an upload that sends nothing for this long with\n"
-            "                            DEADLINE_EXCEEDED; 0 = never (default: %gs)\n"
+            "  --idle-timeout DURATION   end with DEADLINE_EXCEEDED an upload that sends\n"
+            "                            nothing, or a client that reads none of its results,\n"
+            "                            for this long; 0 = never (default: %gs)\n"
+            "  --max-calls-per-peer N    calls at once from one client address (port ignored;\n"
+            "                            unix: clients are not counted); more get\n"
+            "                            RESOURCE_EXHAUSTED; 0 = no cap (default: half of\n"
+            "                            --max-concurrent-calls; behind a proxy: 0)\n"
+            "  --min-upload-rate SIZE/DURATION  end with DEADLINE_EXCEEDED an upload that sends\n"
+            "                            less than SIZE in any DURATION window; 0 = off\n"
+            "                            (default: %s/%gs)\n"
+            "  --max-result-bytes SIZE   thumbnails held in the front for all clients; while\n"
+            "                            over it, new jobs get RESOURCE_EXHAUSTED; 0 = no cap\n"
+            "                            (default: %s)\n"
+            "  --range-timeout DURATION  pull mode: end a call whose client has not sent a\n"
+            "                            requested range within this long, or --idle-timeout\n"
+            "                            if shorter; 0 = --idle-timeout alone (default: %gs)\n"
             "  --spool-dir DIR           writable directory for uploads in progress (unnamed\n"
             "                            O_TMPFILE files) (default: $TMPDIR, else /tmp; here %s)\n"
             "  --media-root DIR          local mode: clients that share DIR may name a file by\n"
@@ -286,7 +308,9 @@ static void print_help(FILE *f, const struct tn_config *d)
             "bound, or already running).\n",
             TN_MAX_LISTEN, DEFAULT_LISTEN, fmt_size(d->max_upload_bytes, s1, sizeof(s1)),
             fmt_size(d->max_message_bytes, s2, sizeof(s2)), fmt_size(d->chunk_size, s3, sizeof(s3)),
-            d->max_concurrent_calls, d->max_queued_jobs, d->idle_timeout_s, d->spool_dir,
+            d->max_concurrent_calls, d->max_queued_jobs, d->idle_timeout_s,
+            fmt_size(d->min_upload_bytes, s5, sizeof(s5)), d->min_upload_window_s,
+            fmt_size(d->max_result_bytes, s6, sizeof(s6)), d->range_timeout_s, d->spool_dir,
             MAX_WORKERS, d->workers, d->job_timeout_s, d->max_pixels,
             fmt_size(d->worker_memory, s4, sizeof(s4)), level_names[d->log_level], d->grace_s,
             d->max_jobs_per_worker);
@@ -391,6 +415,32 @@ static int parse_duration_opt(const char *flag, const char *val, bool zero_ok, d
     return 0;
 }
 
+/* "SIZE/DURATION" (16K/10s), or "0" for off. */
+static int parse_rate_opt(const char *flag, const char *val, uint64_t *bytes, double *window,
+                          char *err, size_t errlen)
+{
+    char size[64];
+    const char *slash = strchr(val, '/');
+    uint64_t b;
+    double w;
+    if (!slash && !strcmp(val, "0")) {
+        *bytes = 0;
+        return 0;
+    }
+    if (!slash || (size_t)(slash - val) >= sizeof(size))
+        return fail(err, errlen, "%s '%s': expected SIZE/DURATION such as 16K/10s, or 0", flag,
+                    val);
+    snprintf(size, sizeof(size), "%.*s", (int)(slash - val), val);
+    if (tn_parse_size(size, &b) < 0 || tn_parse_duration(slash + 1, &w) < 0)
+        return fail(err, errlen, "%s '%s': expected SIZE/DURATION such as 16K/10s, or 0", flag,
+                    val);
+    if (b > 0 && (w < 1 || w > MAX_DURATION_S))
+        return fail(err, errlen, "%s '%s': the window must be from 1s to 24h", flag, val);
+    *bytes = b;
+    *window = w;
+    return 0;
+}
+
 /* The spool directory must exist and be writable now, not at the first upload. */
 static int check_spool_dir(const char *dir, const char *flag, char *err, size_t errlen)
 {
@@ -476,6 +526,11 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
     cfg->job_timeout_s = 30;
     cfg->idle_timeout_s = 60;
     cfg->max_concurrent_calls = 256;
+    cfg->max_calls_per_peer = -1; /* half of max_concurrent_calls, once known */
+    cfg->min_upload_bytes = 16u << 10;
+    cfg->min_upload_window_s = 10;
+    cfg->max_result_bytes = 1ull << 30;
+    cfg->range_timeout_s = 5;
     cfg->max_queued_jobs = 64;
     cfg->max_pixels = 8192ull * 8192ull;
     cfg->worker_memory = 1ull << 30;
@@ -578,6 +633,26 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
                 return -1;
             cfg->max_concurrent_calls = (int)u;
             break;
+        case OPT_MAX_CALLS_PER_PEER:
+            if (parse_int_opt("--max-calls-per-peer", optarg, 0, 1000000, &u, err, errlen) < 0)
+                return -1;
+            cfg->max_calls_per_peer = (int)u;
+            break;
+        case OPT_MIN_UPLOAD_RATE:
+            if (parse_rate_opt("--min-upload-rate", optarg, &cfg->min_upload_bytes,
+                               &cfg->min_upload_window_s, err, errlen) < 0)
+                return -1;
+            break;
+        case OPT_MAX_RESULT_BYTES:
+            if (parse_size_opt("--max-result-bytes", optarg, 0, UINT64_MAX, &cfg->max_result_bytes,
+                               err, errlen) < 0)
+                return -1;
+            break;
+        case OPT_RANGE_TIMEOUT:
+            if (parse_duration_opt("--range-timeout", optarg, true, &cfg->range_timeout_s, err,
+                                   errlen) < 0)
+                return -1;
+            break;
         case OPT_MAX_QUEUED:
             if (parse_int_opt("--max-queued-jobs", optarg, 1, 1000000, &u, err, errlen) < 0)
                 return -1;
@@ -663,6 +738,8 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
                     fmt_size(cfg->chunk_size, a, sizeof(a)),
                     fmt_size(cfg->max_message_bytes, b, sizeof(b)));
     }
+    if (cfg->max_calls_per_peer < 0)
+        cfg->max_calls_per_peer = cfg->max_concurrent_calls > 1 ? cfg->max_concurrent_calls / 2 : 1;
     cfg->log_syslog = cfg->daemon && !cfg->log_file; /* a daemon has no terminal */
     if (cfg->n_listen == 0)
         cfg->listen[cfg->n_listen++] = DEFAULT_LISTEN;

@@ -28,11 +28,17 @@ struct tn_config {
     int log_level;                     /* --log-level; enum tn_log_level; default info */
     double grace_s;                    /* --grace; SIGQUIT drain time; default 30 */
     double job_timeout_s;              /* --job-timeout; default 30; per job, from upload end */
-    double idle_timeout_s;             /* --idle-timeout; default 60; 0 = off; upload silence */
-    int max_concurrent_calls;          /* --max-concurrent-calls; default 256 */
-    int max_queued_jobs;               /* --max-queued-jobs; default 64 (not yet picked up) */
-    uint64_t max_pixels;               /* --max-pixels; default 8192*8192 */
-    uint64_t worker_memory;            /* --worker-memory (RLIMIT_AS); default 1 GiB; 0 = off */
+    double idle_timeout_s; /* --idle-timeout; default 60; 0 = off; upload silence, unread results */
+    int max_concurrent_calls; /* --max-concurrent-calls; default 256 */
+    /* Fairness between clients */
+    int max_calls_per_peer;    /* --max-calls-per-peer; default half the above; 0 = off */
+    uint64_t min_upload_bytes; /* --min-upload-rate BYTES/WINDOW; default 16K/10s; 0 = off */
+    double min_upload_window_s;
+    uint64_t max_result_bytes; /* --max-result-bytes; default 1G; 0 = off */
+    double range_timeout_s;    /* --range-timeout; default 5; pull mode, per range */
+    int max_queued_jobs;       /* --max-queued-jobs; default 64 (not yet picked up) */
+    uint64_t max_pixels;       /* --max-pixels; default 8192*8192 */
+    uint64_t worker_memory;    /* --worker-memory (RLIMIT_AS); default 1 GiB; 0 = off */
     /* pull and local mode */
     const char
         *media_root; /* --media-root: local mode's folder (absolute); NULL = local mode off */

@@ -20,7 +20,13 @@
  *
  * Uploads waiting for a message sit on f->recving (CQ thread only); the main
  * loop scans it every POLL_TICK_MS and ends the ones silent for longer than
- * --idle-timeout with DEADLINE_EXCEEDED.
+ * --idle-timeout, or slower than --min-upload-rate, with DEADLINE_EXCEEDED.
+ * Every accepted Generate/Probe call is on f->calls (under front.mu): the
+ * same tick ends a call whose send batch has been outstanding for
+ * --idle-timeout (a client that does not read), and a new call counts its
+ * peer's calls there (--max-calls-per-peer). Results mapped in the front are
+ * summed in held_result_bytes (--max-result-bytes); pull jobs get at most
+ * N-1 workers (dispatch_pending()).
  *
  * Health/Watch and server reflection (v1, v1alpha) are streaming calls that
  * live on the CQ thread alone (struct stream_call): they sit on f->streams so
@@ -106,11 +112,13 @@ _Static_assert((int)THUMBNAIL__V1__FIT_MODE__FIT_MODE_PAD == (int)TN_FIT_PAD, "f
 #define KILL_MARGIN_MS 1000 /* past the job deadline before the worker is killed */
 #define POLL_TICK_MS 100
 #define STATUS_MAX 600
-#define DEFAULT_MAX_WIDTH 320
-#define MAX_BOX 16384
-#define SPOOL_MARGIN (64ull << 20) /* free space kept in the spool beyond declared uploads */
-#define PREREQUESTED_CALLS 32      /* Generate calls requested ahead (see setup()) */
-#define PREREQUESTED_PROBES 4      /* Probe calls requested ahead (rarer; same reason) */
+/* Free space kept in the spool beyond declared uploads: 1 % of the file
+ * system, at least SPOOL_MARGIN, but never more than 1/SPOOL_MARGIN_SHARE of
+ * it (a small spool, e.g. a 64 MiB tmpfs, must still take uploads). */
+#define SPOOL_MARGIN (64ull << 20)
+#define SPOOL_MARGIN_SHARE 8
+#define PREREQUESTED_CALLS 32 /* Generate calls requested ahead (see setup()) */
+#define PREREQUESTED_PROBES 4 /* Probe calls requested ahead (rarer; same reason) */
 #define NO_WORKERS_MSG                                                                             \
     "no decode worker is running on this server (they failed to start; see the server log); "      \
     "retry later or on another instance"
@@ -202,9 +210,13 @@ struct gen_call {
     struct tn_ipc_job job;
     struct timespec started;
     char peer[128];
-    int64_t last_msg_ms;    /* when the last message arrived (--idle-timeout) */
-    bool idle_ended;        /* ended by --idle-timeout */
-    struct dlink recv_link; /* on f->recving while a RECV_MESSAGE is outstanding */
+    int64_t last_msg_ms;     /* when the last message arrived (--idle-timeout) */
+    bool idle_ended;         /* ended by --idle-timeout or --min-upload-rate */
+    int64_t window_start_ms; /* --min-upload-rate: the current window began */
+    uint64_t window_bytes;   /* message bytes received in it */
+    char peer_addr[128];     /* peer without the port (--max-calls-per-peer); "" = unix */
+    bool refused_early;      /* refused at once as over a call limit */
+    struct dlink recv_link;  /* on f->recving while a RECV_MESSAGE is outstanding */
     /* pull and local mode (CQ thread) */
     int pull_fd;        /* pull: our own fd of the spool file, written with range data; owned */
     bool pull;          /* Options.pull: the worker asks for ranges */
@@ -228,6 +240,7 @@ struct gen_call {
     bool cur_header_sent;
     uint64_t cur_off;
     bool sending;
+    int64_t send_since_ms; /* the outstanding send batch started (--idle-timeout, send side) */
     bool md_sent;
     bool status_set, status_sent;
     int status_code;
@@ -243,6 +256,8 @@ struct gen_call {
     bool recv_closed;       /* the client half-closed: no more range data can come */
 
     /* Lists owned by front.mu. */
+    struct dlink all_link;      /* on f->calls from its acceptance to its destruction */
+    bool pull_running;          /* counted in f->n_pull_running */
     struct gen_call *pend_next; /* dispatch list */
     struct dlink run_link;      /* on f->running while its reply socket is in epoll */
 };
@@ -281,7 +296,11 @@ struct front {
 
     pthread_mutex_t mu;
     struct gen_call *pend_head, *pend_tail;
-    struct dlink running; /* jobs with a reply socket in epoll (poller; under mu) */
+    struct dlink running;   /* jobs with a reply socket in epoll (poller; under mu) */
+    struct dlink calls;     /* every accepted Generate/Probe call alive (under mu) */
+    int n_pull_running;     /* pull jobs given to a worker and not done (under mu) */
+    uint64_t quiet_resets;  /* calls ended before sending a request, not logged yet (under mu) */
+    int64_t quiet_since_ms; /* CQ thread: when they were last summed up in the log */
     bool queue_blocked;
     bool stop_poller;
     int n_gen_calls; /* Generate calls alive */
@@ -389,12 +408,17 @@ static void log_other_call(int level, grpc_call *call, const char *method, int c
     gpr_free(peer);
 }
 
+/* Bytes of results mapped in the front, all calls (--max-result-bytes). */
+static uint64_t held_result_bytes;
+
 static void free_result(struct result *r)
 {
     if (!r)
         return;
-    if (r->map && r->map != MAP_FAILED && r->meta.size)
+    if (r->map && r->map != MAP_FAILED && r->meta.size) {
         munmap(r->map, r->meta.size);
+        __atomic_sub_fetch(&held_result_bytes, r->meta.size, __ATOMIC_RELAXED);
+    }
     if (r->fd >= 0)
         close(r->fd);
     free(r);
@@ -435,6 +459,16 @@ static void gen_destroy(struct gen_call *c)
         /* A call whose status never went out was cancelled (client gone). */
         int code = c->status_sent ? c->status_code : TN_CANCELLED;
         double ms = elapsed_ms(&c->started);
+        /* Reset before it sent anything, or refused as over a limit before it
+         * could (a rapid-reset flood is all these): counted in the metrics,
+         * summed up in the log (log_quiet_resets()). */
+        bool quiet =
+            (code == TN_CANCELLED || c->refused_early) && !c->have_options && c->received == 0;
+        pthread_mutex_lock(&f->mu);
+        dlink_remove(&c->all_link);
+        if (quiet)
+            f->quiet_resets++;
+        pthread_mutex_unlock(&f->mu);
         struct tn_log_access a = {
             .method =
                 c->probe ? "thumbnail.v1.Thumbnailer/Probe" : "thumbnail.v1.Thumbnailer/Generate",
@@ -450,7 +484,7 @@ static void gen_destroy(struct gen_call *c)
                     : c->local ? "local"
                                : NULL,
         };
-        tn_log_access(TN_LOG_INFO, &a);
+        tn_log_access(quiet ? TN_LOG_DEBUG : TN_LOG_INFO, &a);
         tn_metrics_call_handled(c->probe ? TN_M_PROBE : TN_M_GENERATE, code, ms / 1000);
         tn_metrics_front_spool_add(-(int64_t)c->received);
         grpc_call_unref(c->call);
@@ -552,6 +586,9 @@ static grpc_byte_buffer *range_message(uint64_t offset, uint64_t length)
     return tn_pb_pack(&resp.base);
 }
 
+static void finish_locked(struct gen_call *c, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 /* Start the next send batch if none is outstanding: a range request (between
  * thumbnails, never inside one), results, then the status. */
 static void kick_send_locked(struct gen_call *c)
@@ -589,6 +626,19 @@ static void kick_send_locked(struct gen_call *c)
         pr.json = json ? json : "";
         c->send_buf = tn_pb_pack(&pr.base);
         free(json);
+        size_t len = grpc_byte_buffer_length(c->send_buf);
+        if (len > c->f->cfg->max_message_bytes) {
+            /* gRPC would refuse the send and log nothing useful: say it ourselves */
+            grpc_byte_buffer_destroy(c->send_buf);
+            c->send_buf = NULL;
+            free_result(c->cur);
+            c->cur = NULL;
+            finish_locked(c, TN_RESOURCE_EXHAUSTED,
+                          "the probe result is %zu bytes, over this server's --max-message-bytes "
+                          "of %" PRIu64,
+                          len, c->f->cfg->max_message_bytes);
+            return;
+        }
         c->cur_off = c->cur->meta.size;
         ops[n].op = GRPC_OP_SEND_MESSAGE;
         ops[n].data.send_message.send_message = c->send_buf;
@@ -617,13 +667,12 @@ static void kick_send_locked(struct gen_call *c)
     }
     c->md_sent = true;
     c->sending = true;
+    c->send_since_ms = tn_mono_ms();
     gen_ref_locked(c);
     start_batch(c->call, ops, n, &c->t_send);
 }
 
 /* Set the call's final status (first one wins) and send it when the results are out. */
-static void finish_locked(struct gen_call *c, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
 static void finish_locked(struct gen_call *c, int code, const char *fmt, ...)
 {
     if (c->status_set)
@@ -739,7 +788,7 @@ static int open_spool(const char *dir)
 }
 
 /* Refuse an upload whose declared size does not fit in the spool's free space
- * (minus SPOOL_MARGIN, or 1 % of the file system if that is more) now, rather
+ * (minus the margin, see SPOOL_MARGIN) now, rather
  * than with ENOSPC after the client sent most of it. Returns 0 or fails the
  * call and returns -1. A statvfs() error skips the check: writes still map
  * ENOSPC to RESOURCE_EXHAUSTED. */
@@ -753,9 +802,12 @@ static int check_spool_space(struct gen_call *c)
     }
     uint64_t bsize = sv.f_frsize ? sv.f_frsize : sv.f_bsize;
     uint64_t avail = (uint64_t)sv.f_bavail * bsize;
-    uint64_t margin = (uint64_t)sv.f_blocks * bsize / 100;
-    if (margin < SPOOL_MARGIN)
-        margin = SPOOL_MARGIN;
+    uint64_t total = (uint64_t)sv.f_blocks * bsize;
+    uint64_t margin = total / 100;
+    uint64_t floor_margin =
+        total / SPOOL_MARGIN_SHARE < SPOOL_MARGIN ? total / SPOOL_MARGIN_SHARE : SPOOL_MARGIN;
+    if (margin < floor_margin)
+        margin = floor_margin;
     uint64_t usable = avail > margin ? avail - margin : 0;
     if (c->declared <= usable)
         return 0;
@@ -764,67 +816,6 @@ static int check_spool_space(struct gen_call *c)
              " MiB; retry later",
              usable >> 20, (c->declared + (1u << 20) - 1) >> 20);
     return -1;
-}
-
-/* engine: fit, pad colour, count / every, cover art into c->job. The engine
- * checks them against the video (every vs the duration); here only what
- * needs no video. Returns 0 or fails the call and returns -1. */
-static int take_engine_options(struct gen_call *c, const Thumbnail__V1__Options *o)
-{
-    struct tn_ipc_job *j = &c->job;
-
-    switch (o->fit) {
-    case THUMBNAIL__V1__FIT_MODE__FIT_MODE_UNSPECIFIED:
-    case THUMBNAIL__V1__FIT_MODE__FIT_MODE_FIT: j->fit = TN_FIT_FIT; break;
-    case THUMBNAIL__V1__FIT_MODE__FIT_MODE_FILL: j->fit = TN_FIT_FILL; break;
-    case THUMBNAIL__V1__FIT_MODE__FIT_MODE_PAD: j->fit = TN_FIT_PAD; break;
-    default: gen_fail(c, TN_INVALID_ARGUMENT, "unknown fit mode %d", (int)o->fit); return -1;
-    }
-    if (j->fit != TN_FIT_FIT && (!o->max_width || !o->max_height)) {
-        gen_fail(c, TN_INVALID_ARGUMENT, "fit %s needs a box: give both max_width and max_height",
-                 j->fit == TN_FIT_FILL ? "FILL" : "PAD");
-        return -1;
-    }
-    if (o->pad_color > 0xffffff) {
-        gen_fail(c, TN_INVALID_ARGUMENT, "pad_color 0x%x is not an RGB colour 0xRRGGBB",
-                 o->pad_color);
-        return -1;
-    }
-    if (o->every != 0 && (!isfinite(o->every) || o->every < 0.001)) {
-        gen_fail(c, TN_INVALID_ARGUMENT, "every %g s: use an interval of at least 0.001 s",
-                 o->every);
-        return -1;
-    }
-    if (o->count > (o->storyboard ? TN_STORYBOARD_MAX_TILES : TN_IPC_MAX_TIMES)) {
-        gen_fail(c, TN_INVALID_ARGUMENT, "count %u: at most %d %s per call", o->count,
-                 o->storyboard ? TN_STORYBOARD_MAX_TILES : TN_IPC_MAX_TIMES,
-                 o->storyboard ? "storyboard tiles" : "thumbnails");
-        return -1;
-    }
-    if (o->storyboard && (o->tile_width > 1024 || o->columns > 100)) {
-        gen_fail(c, TN_INVALID_ARGUMENT,
-                 "storyboard tile_width %u / columns %u: at most 1024 pixels and 100 columns",
-                 o->tile_width, o->columns);
-        return -1;
-    }
-    if (o->storyboard && o->n_times) {
-        gen_fail(c, TN_INVALID_ARGUMENT, "a storyboard takes count or every, not times");
-        return -1;
-    }
-    j->storyboard = o->storyboard ? 1 : 0;
-    j->tile_width = (uint16_t)o->tile_width;
-    j->columns = (uint16_t)o->columns;
-    if (o->storyboard && o->mode == THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_UNSPECIFIED)
-        j->mode = TN_MODE_KEYFRAME; /* one cheap pass by default */
-    if ((o->count || o->every > 0) && (o->n_times || (o->count && o->every > 0))) {
-        gen_fail(c, TN_INVALID_ARGUMENT, "give one of times, count and every");
-        return -1;
-    }
-    j->pad_color = o->pad_color;
-    j->count = o->count;
-    j->every = o->every;
-    j->cover_art = o->cover_art ? 1 : 0;
-    return 0;
 }
 
 /* ---- local mode ---- */
@@ -849,6 +840,9 @@ static int walk_beneath(int root, const char *path, int flags)
 {
     char buf[PATH_MAX];
     snprintf(buf, sizeof(buf), "%s", path);
+    size_t plen = strlen(path);
+    if (plen && path[plen - 1] == '/')
+        flags |= O_DIRECTORY; /* "a.mp4/" is ENOTDIR, as openat2() (path resolution) has it */
     int dir = dup(root);
     if (dir < 0)
         return -errno;
@@ -950,6 +944,15 @@ static int open_local(struct gen_call *c, const char *path, uint64_t *size)
             code = TN_INVALID_ARGUMENT;
             why = "a directory, not a video file";
             break;
+        case ENXIO: /* a socket or a FIFO without a writer: nothing a retry fixes */
+        case ENODEV:
+            code = TN_INVALID_ARGUMENT;
+            why = "not a regular file";
+            break;
+        case ENAMETOOLONG:
+            code = TN_INVALID_ARGUMENT;
+            why = "a path component is too long";
+            break;
         default: code = TN_UNAVAILABLE; why = strerror(-fd);
         }
         gen_fail(c, code, "local_path \"%.200s\": %s", path, why);
@@ -970,6 +973,52 @@ static int open_local(struct gen_call *c, const char *path, uint64_t *size)
     }
     *size = (uint64_t)st.st_size;
     return fd;
+}
+
+/* The proto's Options into c->job.opts, defaults filled in and checked.
+ * Returns 0 or fails the call (INVALID_ARGUMENT) and returns -1. */
+static int take_job_opts(struct gen_call *c, const Thumbnail__V1__Options *o)
+{
+    struct tn_job_opts *j = &c->job.opts;
+    char err[TN_IPC_MESSAGE_MAX];
+
+    memset(j, 0, sizeof(*j));
+    /* the enums are the proto's numbers; the check refuses unknown ones */
+    j->format = o->format >= 0 && o->format <= UINT8_MAX ? (uint8_t)o->format : UINT8_MAX;
+    j->mode = o->mode >= 0 && o->mode <= UINT8_MAX ? (uint8_t)o->mode : UINT8_MAX;
+    j->fit = o->fit >= 0 && o->fit <= UINT8_MAX ? (uint8_t)o->fit : UINT8_MAX;
+    j->n_times = o->n_times > UINT32_MAX ? UINT32_MAX : (uint32_t)o->n_times;
+    for (size_t i = 0; i < o->n_times && i < TN_JOB_MAX_TIMES; i++) {
+        const Thumbnail__V1__TimePoint *t = o->times[i];
+        struct tn_time_point *tp = &j->times[i];
+        if (t->point_case == THUMBNAIL__V1__TIME_POINT__POINT_SECONDS) {
+            tp->kind = TN_TIME_SECONDS;
+            tp->value = t->seconds;
+        } else if (t->point_case == THUMBNAIL__V1__TIME_POINT__POINT_PERCENT) {
+            tp->kind = TN_TIME_PERCENT;
+            tp->value = t->percent;
+        }
+    }
+    j->max_width = o->max_width;
+    j->max_height = o->max_height;
+    j->upscale = o->upscale ? 1 : 0;
+    j->quality = o->quality;
+    j->lossless = o->lossless ? 1 : 0;
+    j->png_level = o->png_level;
+    j->pad_color = o->pad_color;
+    j->count = o->count;
+    j->every = o->every;
+    j->cover_art = o->cover_art ? 1 : 0;
+    j->storyboard = o->storyboard ? 1 : 0;
+    j->tile_width = o->tile_width;
+    j->columns = o->columns;
+    j->probe = c->probe ? 1 : 0;
+    tn_job_opts_defaults(j);
+    if (tn_job_opts_check(j, err, sizeof(err)) != TN_OK) {
+        gen_fail(c, TN_INVALID_ARGUMENT, "%s", err);
+        return -1;
+    }
+    return 0;
 }
 
 /* Validate Options into c->job. Returns 0 or fails the call and returns -1. */
@@ -998,84 +1047,8 @@ static int take_options(struct gen_call *c, const Thumbnail__V1__Options *o)
                  o->size, cfg->max_upload_bytes);
         return -1;
     }
-    if (o->n_times > TN_IPC_MAX_TIMES) {
-        gen_fail(c, TN_INVALID_ARGUMENT, "%zu time points requested; at most %d per call",
-                 o->n_times, TN_IPC_MAX_TIMES);
+    if (take_job_opts(c, o) < 0)
         return -1;
-    }
-    for (size_t i = 0; i < o->n_times; i++) {
-        const Thumbnail__V1__TimePoint *t = o->times[i];
-        struct tn_time_point *tp = &j->times[i];
-        if (t->point_case == THUMBNAIL__V1__TIME_POINT__POINT_SECONDS) {
-            if (!isfinite(t->seconds) || t->seconds < 0) {
-                gen_fail(c, TN_INVALID_ARGUMENT, "time point %zu: %g s is not a time >= 0", i,
-                         t->seconds);
-                return -1;
-            }
-            tp->kind = TN_TIME_SECONDS;
-            tp->value = t->seconds;
-        } else if (t->point_case == THUMBNAIL__V1__TIME_POINT__POINT_PERCENT) {
-            if (!isfinite(t->percent) || t->percent < 0 || t->percent > 100) {
-                gen_fail(c, TN_INVALID_ARGUMENT, "time point %zu: %g%% is not within 0..100 %%", i,
-                         t->percent);
-                return -1;
-            }
-            tp->kind = TN_TIME_PERCENT;
-            tp->value = t->percent;
-        } else {
-            gen_fail(c, TN_INVALID_ARGUMENT, "time point %zu has neither seconds nor percent", i);
-            return -1;
-        }
-    }
-    j->n_times = (uint32_t)o->n_times;
-    if (j->n_times == 0) {
-        j->n_times = 1;
-        j->times[0].kind = TN_TIME_PERCENT;
-        j->times[0].value = 10;
-    }
-    if (o->max_width > MAX_BOX || o->max_height > MAX_BOX) {
-        gen_fail(c, TN_INVALID_ARGUMENT, "box %ux%u is too large; at most %d on each side",
-                 o->max_width, o->max_height, MAX_BOX);
-        return -1;
-    }
-    j->max_width = o->max_width;
-    j->max_height = o->max_height;
-    if (!j->max_width && !j->max_height)
-        j->max_width = DEFAULT_MAX_WIDTH;
-    j->upscale = o->upscale ? 1 : 0;
-    switch (o->format) {
-    case THUMBNAIL__V1__IMAGE_FORMAT__IMAGE_FORMAT_UNSPECIFIED:
-    case THUMBNAIL__V1__IMAGE_FORMAT__IMAGE_FORMAT_PNG: j->format = TN_FORMAT_PNG; break;
-    /* The engine decides which formats it can encode. */
-    case THUMBNAIL__V1__IMAGE_FORMAT__IMAGE_FORMAT_JPEG: j->format = TN_FORMAT_JPEG; break;
-    case THUMBNAIL__V1__IMAGE_FORMAT__IMAGE_FORMAT_WEBP: j->format = TN_FORMAT_WEBP; break;
-    default:
-        gen_fail(c, TN_INVALID_ARGUMENT, "unknown output format %d", (int)o->format);
-        return -1;
-    }
-    switch (o->mode) {
-    case THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_UNSPECIFIED:
-    case THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_ACCURATE: j->mode = TN_MODE_ACCURATE; break;
-    case THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_KEYFRAME: j->mode = TN_MODE_KEYFRAME; break;
-    case THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_SMART: j->mode = TN_MODE_SMART; break;
-    default: gen_fail(c, TN_INVALID_ARGUMENT, "unknown seek mode %d", (int)o->mode); return -1;
-    }
-    if (o->quality > 100) {
-        gen_fail(c, TN_INVALID_ARGUMENT, "quality %u is out of range: use 1..100 (0 = default)",
-                 o->quality);
-        return -1;
-    }
-    if (o->png_level > 9) {
-        gen_fail(c, TN_INVALID_ARGUMENT, "png_level %u is out of range: use 1..9 (0 = default)",
-                 o->png_level);
-        return -1;
-    }
-    j->quality = o->quality;
-    j->lossless = o->lossless ? 1 : 0;
-    j->png_level = o->png_level;
-    if (take_engine_options(c, o) < 0)
-        return -1;
-    j->probe = c->probe;
     if (local) {
         int lfd = open_local(c, o->local_path, &c->file_size);
         if (lfd < 0)
@@ -1143,6 +1116,7 @@ static int take_range(struct gen_call *c, uint64_t offset, const uint8_t *data, 
         done += (size_t)n;
     }
     c->received += len;
+    tn_metrics_front_spool_add((int64_t)len); /* released in gen_destroy(), like uploads */
 
     pthread_mutex_lock(&c->mu);
     c->range_got += len;
@@ -1324,6 +1298,19 @@ static void upload_complete(struct gen_call *c)
     if (call_dl && call_dl < dl)
         dl = call_dl;
 
+    uint64_t held = __atomic_load_n(&held_result_bytes, __ATOMIC_RELAXED);
+    if (cfg->max_result_bytes && held >= cfg->max_result_bytes) {
+        /* Refused rather than queued: what holds the bytes may be clients that
+         * read slowly or not at all (ended after --idle-timeout), and a queued
+         * job would add its own results on top. */
+        close(sp[0]);
+        close(sp[1]);
+        gen_fail(c, TN_RESOURCE_EXHAUSTED,
+                 "server busy: %" PRIu64 " MiB of thumbnails wait for their clients to read them "
+                 "(--max-result-bytes %" PRIu64 " MiB); retry later",
+                 held >> 20, cfg->max_result_bytes >> 20);
+        return;
+    }
     pthread_mutex_lock(&f->mu);
     bool no_workers = f->workers_left == 0;
     bool full = !no_workers && f->n_waiting >= cfg->max_queued_jobs;
@@ -1378,6 +1365,8 @@ static void on_recv(struct gen_call *c, bool ok)
     c->recv_buf = NULL;
     dlink_remove(&c->recv_link); /* request_message() puts it back */
     c->last_msg_ms = tn_mono_ms();
+    if (bb)
+        c->window_bytes += grpc_byte_buffer_length(bb);
 
     pthread_mutex_lock(&c->mu);
     bool stop = c->dead || c->status_set;
@@ -1402,7 +1391,11 @@ static void on_recv(struct gen_call *c, bool ok)
     if (!ok || !bb) {
         /* The stream ended (half-close or cancel: gRPC core reports both alike)
          * before the upload was complete. Never process a truncated upload. */
-        if (!c->have_options)
+        if (!c->have_options && grpc_call_failed_before_recv_message(c->call)) {
+            pthread_mutex_lock(&c->mu); /* a reset, not a request: status CANCELLED */
+            c->dead = true;
+            pthread_mutex_unlock(&c->mu);
+        } else if (!c->have_options)
             gen_fail(c, TN_INVALID_ARGUMENT, "the request stream ended before the options");
         else
             gen_fail(c, TN_INVALID_ARGUMENT,
@@ -1715,6 +1708,23 @@ static void on_new_generic(struct simple_call *s, bool ok)
     simple_answer(s, NULL, GRPC_STATUS_UNIMPLEMENTED, msg);
 }
 
+/* The peer's address without the port, for --max-calls-per-peer:
+ * "ipv4:10.0.0.7:5123" -> "ipv4:10.0.0.7", "ipv6:[::1]:5123" -> "ipv6:[::1]".
+ * A unix: peer gives "": local clients admitted by the socket's file
+ * permissions all look alike (no address), so a per-peer cap would be a
+ * second global cap; --max-concurrent-calls bounds them. */
+static void peer_address(const char *peer, char *out, size_t len)
+{
+    out[0] = '\0';
+    if (!strncmp(peer, "unix:", 5) || !strncmp(peer, "unix-abstract:", 14))
+        return;
+    const char *end = strrchr(peer, ':');
+    const char *colon = strchr(peer, ':');
+    if (!end || end == colon) /* no port: keep it all */
+        end = peer + strlen(peer);
+    snprintf(out, len, "%.*s", (int)(end - peer), peer);
+}
+
 static void on_new_generate(struct gen_call *c, bool ok)
 {
     struct front *f = c->f;
@@ -1727,12 +1737,19 @@ static void on_new_generate(struct gen_call *c, bool ok)
     char *peer = grpc_call_get_peer(c->call);
     snprintf(c->peer, sizeof(c->peer), "%s", peer ? peer : "?");
     gpr_free(peer);
+    peer_address(c->peer, c->peer_addr, sizeof(c->peer_addr));
 
     pthread_mutex_lock(&f->mu);
     f->n_live++;
     f->n_gen_calls++;
     int n = f->n_gen_calls;
     bool no_workers = f->workers_left == 0;
+    dlink_push(&f->calls, &c->all_link);
+    int same_peer = 0;
+    if (c->peer_addr[0] && f->cfg->max_calls_per_peer > 0)
+        for (struct dlink *l = f->calls.next; l != &f->calls; l = l->next)
+            same_peer +=
+                !strcmp(DLINK_ENTRY(l, struct gen_call, all_link)->peer_addr, c->peer_addr);
     pthread_mutex_unlock(&f->mu);
     if (c->probe)
         request_probe(f);
@@ -1763,11 +1780,20 @@ static void on_new_generate(struct gen_call *c, bool ok)
         return;
     }
     if (n > f->cfg->max_concurrent_calls) {
+        c->refused_early = true;
         gen_fail(c, TN_RESOURCE_EXHAUSTED,
                  "server busy: %d calls in progress (--max-concurrent-calls %d); retry later",
                  n - 1, f->cfg->max_concurrent_calls);
         return;
     }
+    if (f->cfg->max_calls_per_peer > 0 && same_peer > f->cfg->max_calls_per_peer) {
+        c->refused_early = true;
+        gen_fail(c, TN_RESOURCE_EXHAUSTED,
+                 "too many calls from %s: %d in progress (--max-calls-per-peer %d); retry later",
+                 c->peer_addr, same_peer - 1, f->cfg->max_calls_per_peer);
+        return;
+    }
+    c->window_start_ms = c->last_msg_ms;
     request_message(c);
 }
 
@@ -2158,6 +2184,10 @@ static void job_release_locked(struct front *f, struct gen_call *c, bool acked,
     }
     if (!acked)
         f->n_waiting--;
+    if (c->pull_running) {
+        c->pull_running = false;
+        f->n_pull_running--;
+    }
     tn_metrics_front_queue_depth(f->n_waiting);
     dlink_remove(&c->run_link);
     unref_later(l, c);
@@ -2172,21 +2202,43 @@ static void set_queue_blocked_locked(struct front *f, bool blocked)
     f->queue_blocked = blocked;
 }
 
+/* Pull jobs a worker may hold at once: all workers but one, so that a silent
+ * pull client (bounded per range by --range-timeout) can never hold every
+ * worker; uploads and local jobs always find the last one. With a single
+ * worker there is no other: pull jobs may use it. Caller holds f->mu. */
+static int pull_cap_locked(const struct front *f)
+{
+    int n = f->workers_left > 0 ? f->workers_left : f->cfg->workers;
+    return n > 1 ? n - 1 : 1;
+}
+
+/* Send the pending jobs to the queue in order; a pull job over the cap stays
+ * where it is and the jobs behind it go first. */
 static void dispatch_pending(struct front *f)
 {
     struct unref_list l = {.n = 0};
     pthread_mutex_lock(&f->mu);
-    while (f->pend_head && l.n < 60) {
-        struct gen_call *c = f->pend_head;
+    int pull_cap = pull_cap_locked(f);
+    struct gen_call *prev = NULL;
+    struct gen_call **pp = &f->pend_head;
+    bool blocked = false;
+    while (*pp && l.n < 60) {
+        struct gen_call *c = *pp;
         pthread_mutex_lock(&c->mu);
         if (c->dead || c->status_set) {
-            f->pend_head = c->pend_next;
-            if (!f->pend_head)
-                f->pend_tail = NULL;
+            *pp = c->pend_next;
+            if (f->pend_tail == c)
+                f->pend_tail = prev;
             close(c->worker_fd);
             c->worker_fd = -1;
             job_release_locked(f, c, false, &l);
             pthread_mutex_unlock(&c->mu);
+            continue;
+        }
+        if (c->job.pull && f->n_pull_running >= pull_cap) {
+            pthread_mutex_unlock(&c->mu);
+            prev = c;
+            pp = &c->pend_next;
             continue;
         }
         int fds[2] = {c->spool_fd, c->worker_fd};
@@ -2194,11 +2246,12 @@ static void dispatch_pending(struct front *f)
         if (rc == -EAGAIN) {
             pthread_mutex_unlock(&c->mu);
             set_queue_blocked_locked(f, true);
+            blocked = true;
             break;
         }
-        f->pend_head = c->pend_next;
-        if (!f->pend_head)
-            f->pend_tail = NULL;
+        *pp = c->pend_next;
+        if (f->pend_tail == c)
+            f->pend_tail = prev;
         /* The message in flight holds its own references to both fds. */
         close(c->worker_fd);
         c->worker_fd = -1;
@@ -2214,6 +2267,10 @@ static void dispatch_pending(struct front *f)
             pthread_mutex_unlock(&c->mu);
             continue;
         }
+        if (c->job.pull) {
+            c->pull_running = true;
+            f->n_pull_running++;
+        }
         struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = c};
         if (epoll_ctl(f->epfd, EPOLL_CTL_ADD, c->reply_fd, &ev) < 0) {
             tn_log_error("epoll_ctl(ADD) failed for a reply socket: %s", strerror(errno));
@@ -2227,12 +2284,12 @@ static void dispatch_pending(struct front *f)
                      c->job.file_name, c->job.file_size);
         pthread_mutex_unlock(&c->mu);
     }
-    if (!f->pend_head)
+    bool more = *pp != NULL && !blocked; /* stopped early to flush unrefs */
+    if (!blocked)
         set_queue_blocked_locked(f, false);
     pthread_mutex_unlock(&f->mu);
     unref_flush(&l);
-    if (f->pend_head) {
-        /* Stopped early to flush unrefs: come back at once. */
+    if (more) {
         uint64_t one = 1;
         if (write(f->evfd, &one, sizeof(one)) < 0 && errno != EAGAIN)
             tn_log_error("write() to eventfd failed: %s", strerror(errno));
@@ -2260,6 +2317,7 @@ static struct result *result_new(const struct tn_ipc_result *m, int fd)
         free_result(r);
         return NULL;
     }
+    __atomic_add_fetch(&held_result_bytes, m->size, __ATOMIC_RELAXED); /* free_result() */
     return r;
 }
 
@@ -2522,20 +2580,30 @@ static void *poller_main(void *arg)
 /* ------------------------------------------------------------------------ */
 /* --idle-timeout (CQ thread)                                                */
 
-/* End uploads that have waited for a message longer than --idle-timeout. The
- * status ends the call; its outstanding RECV_MESSAGE then completes and
- * on_recv() sees status_set and releases its reference, so the call, its slot
- * and its spool file go away as for any other failed upload. */
+/* End uploads that have waited for a message longer than --idle-timeout, or
+ * that sent less than --min-upload-rate's bytes in a window of it (a trickle
+ * of tiny messages, one per stream, keeps a per-message timer from ever
+ * firing: the rate does not care how many messages carry the bytes); in pull
+ * mode, a range request unanswered for --range-timeout. The status ends the
+ * call; its outstanding RECV_MESSAGE then completes and on_recv() sees
+ * status_set and releases its reference, so the call, its slot and its spool
+ * file go away as for any other failed upload. */
 static void check_idle(struct front *f, int64_t now)
 {
-    double t = f->cfg->idle_timeout_s;
-    if (t <= 0)
-        return;
-    int64_t limit = (int64_t)(t * 1000);
+    const struct tn_config *cfg = f->cfg;
+    int64_t idle = (int64_t)(cfg->idle_timeout_s * 1000);
+    /* a range waits for the shorter of --range-timeout and --idle-timeout */
+    int64_t range = (int64_t)(cfg->range_timeout_s * 1000);
+    bool range_flag = range > 0 && (idle <= 0 || range < idle);
+    if (!range_flag)
+        range = idle;
+    int64_t window = (int64_t)(cfg->min_upload_window_s * 1000);
     for (struct dlink *l = f->recving.next; l != &f->recving; l = l->next) {
         struct gen_call *c = DLINK_ENTRY(l, struct gen_call, recv_link);
+        if (c->idle_ended)
+            continue;
         int64_t since = c->last_msg_ms;
-        if (c->pull) {
+        if (c->pull && c->have_options) {
             /* Pull mode: silence is normal while the worker decodes; only an
              * unanswered range request counts. */
             pthread_mutex_lock(&c->mu);
@@ -2543,25 +2611,93 @@ static void check_idle(struct front *f, int64_t now)
             if (c->range_since_ms > since)
                 since = c->range_since_ms;
             pthread_mutex_unlock(&c->mu);
-            if (!out)
+            if (!out || range <= 0 || now - since < range)
                 continue;
-        }
-        if (c->idle_ended || now - since < limit)
-            continue;
-        c->idle_ended = true;
-        if (c->pull) {
+            c->idle_ended = true;
             tn_log_info("Generate peer=%s: a range request unanswered for %g s: ending it", c->peer,
-                        t);
+                        (double)range / 1000);
             gen_fail(c, TN_DEADLINE_EXCEEDED,
                      "the client did not answer a range request for %g s; the call was ended "
-                     "(--idle-timeout)",
-                     t);
+                     "(%s)",
+                     (double)range / 1000, range_flag ? "--range-timeout" : "--idle-timeout");
             continue;
         }
-        tn_log_info("Generate peer=%s: no upload data for %g s: ending it", c->peer, t);
+        if (idle > 0 && now - since >= idle) {
+            c->idle_ended = true;
+            tn_log_info("Generate peer=%s: no upload data for %g s: ending it", c->peer,
+                        cfg->idle_timeout_s);
+            gen_fail(c, TN_DEADLINE_EXCEEDED,
+                     "no upload data for %g s; the call was ended (--idle-timeout)",
+                     cfg->idle_timeout_s);
+            continue;
+        }
+        if (!cfg->min_upload_bytes || now - c->window_start_ms < window)
+            continue;
+        if (c->window_bytes >= cfg->min_upload_bytes) {
+            c->window_start_ms = now;
+            c->window_bytes = 0;
+            continue;
+        }
+        c->idle_ended = true;
+        tn_log_info("Generate peer=%s: %" PRIu64
+                    " bytes in %g s, under --min-upload-rate: ending it",
+                    c->peer, c->window_bytes, cfg->min_upload_window_s);
         gen_fail(c, TN_DEADLINE_EXCEEDED,
-                 "no upload data for %g s; the call was ended (--idle-timeout)", t);
+                 "the upload sent %" PRIu64 " bytes in %g s, less than this server's "
+                 "--min-upload-rate of %" PRIu64 " bytes per %g s; the call was ended",
+                 c->window_bytes, cfg->min_upload_window_s, cfg->min_upload_bytes,
+                 cfg->min_upload_window_s);
     }
+}
+
+/* The send side of --idle-timeout: a client that reads none of its responses
+ * for that long (one send batch outstanding all the while: HTTP/2 flow
+ * control holds it) is ended with DEADLINE_EXCEEDED, and its results, the
+ * worker's memfds mapped here, are freed at once rather than when gRPC gives
+ * up on the connection. CQ thread. */
+static void check_send_stall(struct front *f, int64_t now)
+{
+    double t = f->cfg->idle_timeout_s;
+    if (t <= 0)
+        return;
+    int64_t limit = (int64_t)(t * 1000);
+    pthread_mutex_lock(&f->mu);
+    for (struct dlink *l = f->calls.next; l != &f->calls; l = l->next) {
+        struct gen_call *c = DLINK_ENTRY(l, struct gen_call, all_link);
+        pthread_mutex_lock(&c->mu);
+        if (c->sending && !c->dead && now - c->send_since_ms >= limit) {
+            c->dead = true;
+            drop_results(c);
+            abandon_job_locked(c);
+            c->status_set = c->status_sent = true; /* the cancel below sends it */
+            c->status_code = TN_DEADLINE_EXCEEDED;
+            snprintf(c->status_msg, sizeof(c->status_msg),
+                     "the client read no response for %g s; the call was ended (--idle-timeout)",
+                     t);
+            tn_log_info("Generate peer=%s: reads nothing for %g s: ending it", c->peer, t);
+            grpc_call_cancel_with_status(c->call, GRPC_STATUS_DEADLINE_EXCEEDED, c->status_msg,
+                                         NULL);
+        }
+        pthread_mutex_unlock(&c->mu);
+    }
+    pthread_mutex_unlock(&f->mu);
+}
+
+/* Calls reset before they sent a request get no access line each (a flood of
+ * them would write one per reset): one summary line a second at most. */
+static void log_quiet_resets(struct front *f, int64_t now)
+{
+    if (now - f->quiet_since_ms < 1000)
+        return;
+    pthread_mutex_lock(&f->mu);
+    uint64_t n = f->quiet_resets;
+    f->quiet_resets = 0;
+    pthread_mutex_unlock(&f->mu);
+    if (n)
+        tn_log_info("%" PRIu64 " call(s) ended before sending a request (reset by the client, or "
+                    "refused as over a call limit) in the last %.1f s (not logged one by one)",
+                    n, (double)(now - f->quiet_since_ms) / 1000);
+    f->quiet_since_ms = now;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -2711,7 +2847,9 @@ static int setup(struct front *f, const struct tn_config *cfg)
     args[0].value.integer = (int)cfg->max_message_bytes;
     args[1].type = GRPC_ARG_INTEGER;
     args[1].key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
-    args[1].value.integer = (int)(cfg->chunk_size + 1024);
+    /* --max-message-bytes both ways: a data message is --chunk-size plus a few
+     * bytes, but a ProbeResponse is one message of any size up to this */
+    args[1].value.integer = (int)cfg->max_message_bytes;
     args[2].type = GRPC_ARG_INTEGER;
     args[2].key = GRPC_ARG_ALLOW_REUSEPORT;
     /* A reload starts a new front beside the old one on the same addresses:
@@ -2808,6 +2946,7 @@ int tn_front_main(const struct tn_config *cfg, int queue_fd, int ctl_fd)
     memset(f, 0, sizeof(*f));
     dlink_init(&f->running);
     dlink_init(&f->recving);
+    dlink_init(&f->calls);
     f->cfg = cfg;
     f->queue_fd = queue_fd;
     f->ctl_fd = ctl_fd;
@@ -2943,6 +3082,8 @@ int tn_front_main(const struct tn_config *cfg, int queue_fd, int ctl_fd)
         if (t_now - last_idle_check >= POLL_TICK_MS) {
             last_idle_check = t_now;
             check_idle(f, t_now);
+            check_send_stall(f, t_now);
+            log_quiet_resets(f, t_now);
         }
     }
 

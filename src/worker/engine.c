@@ -60,10 +60,9 @@
 #define DEFAULT_PROBESIZE (5 * 1000 * 1000)
 #define DEFAULT_ANALYZEDURATION_US (5 * 1000 * 1000)
 #define FORMAT_PROBESIZE (1 << 20) /* bytes looked at to recognise the container */
-#define MAX_OUTPUT_SIDE 16384
-#define MAX_DECODE_ERRORS 100   /* corrupt packets in a row before giving up */
-#define MAX_SEEK_BACKOFFS 4     /* re-seeks when a seek lands after the target */
-#define NONREF_MARGIN_FRAMES 16 /* H.264's deepest reordering: where pts may be a guess */
+#define MAX_DECODE_ERRORS 100      /* corrupt packets in a row before giving up */
+#define MAX_SEEK_BACKOFFS 4        /* re-seeks when a seek lands after the target */
+#define NONREF_MARGIN_FRAMES 16    /* H.264's deepest reordering: where pts may be a guess */
 /* Decoder threads. Workers are the parallelism: 2 frame threads in ACCURATE
  * mode measured no faster on a busy 2-core host and cost ~10 % more CPU. */
 #define DECODER_THREADS 1
@@ -259,7 +258,7 @@ static int refuse_io_open(struct AVFormatContext *s, AVIOContext **pb, const cha
 /* ---- the engine state of one request ---------------------------------- */
 
 struct point {
-    unsigned index; /* into req->times */
+    unsigned index; /* into req->opts.times */
     double seconds; /* resolved, from the start of the video */
     int64_t target; /* in stream time base, start included */
 };
@@ -397,81 +396,18 @@ static const char *format_name(int format)
 static int validate_request(struct engine *e)
 {
     const struct tn_engine_request *req = e->req;
-    const char *name = format_name(req->format);
 
-    if (req->probe)
-        return req->size ? TN_OK : fail(e, TN_INVALID_ARGUMENT, "the file is empty (0 bytes)");
-    if (!name)
-        return fail(e, TN_INVALID_ARGUMENT, "unknown output format %d; use PNG, JPEG or WEBP",
-                    req->format);
-    if (req->quality > 100)
-        return fail(e, TN_INVALID_ARGUMENT, "quality %u is out of range: use 1..100 (0 = default)",
-                    req->quality);
-    if (req->png_level > 9)
-        return fail(e, TN_INVALID_ARGUMENT,
-                    "PNG compression level %u is out of range: use 1..9 (0 = default)",
-                    req->png_level);
-    if (req->mode != TN_MODE_ACCURATE && req->mode != TN_MODE_KEYFRAME &&
-        req->mode != TN_MODE_SMART)
-        return fail(e, TN_INVALID_ARGUMENT, "unknown seek mode %d; use ACCURATE, KEYFRAME or SMART",
-                    req->mode);
-    if (req->fit != 0 && req->fit != TN_FIT_FIT && req->fit != TN_FIT_FILL &&
-        req->fit != TN_FIT_PAD)
-        return fail(e, TN_INVALID_ARGUMENT, "unknown fit mode %d; use FIT, FILL or PAD", req->fit);
-    if ((req->fit == TN_FIT_FILL || req->fit == TN_FIT_PAD) &&
-        (!req->max_width || !req->max_height))
-        return fail(e, TN_INVALID_ARGUMENT, "%s needs a box: give both max_width and max_height",
-                    req->fit == TN_FIT_FILL ? "fit FILL" : "fit PAD");
-    if (req->pad_color > 0xffffff)
-        return fail(e, TN_INVALID_ARGUMENT, "pad colour 0x%x is not an RGB colour 0xRRGGBB",
-                    req->pad_color);
-    if (req->every != 0 && (!isfinite(req->every) || req->every < 0.001))
-        return fail(e, TN_INVALID_ARGUMENT,
-                    "every %g s: the interval must be at least 0.001 s (0 = not used)", req->every);
-    if (req->count > (req->storyboard ? TN_STORYBOARD_MAX_TILES : TN_IPC_MAX_TIMES))
-        return fail(e, TN_INVALID_ARGUMENT, "count %u: at most %d %s per call", req->count,
-                    req->storyboard ? TN_STORYBOARD_MAX_TILES : TN_IPC_MAX_TIMES,
-                    req->storyboard ? "storyboard tiles" : "thumbnails");
-    if (req->storyboard && (req->tile_width > 1024 || req->columns > 100))
-        return fail(e, TN_INVALID_ARGUMENT,
-                    "storyboard tile width %u / columns %u: at most 1024 pixels and 100 columns",
-                    req->tile_width, req->columns);
-    if (req->count && req->every > 0)
-        return fail(e, TN_INVALID_ARGUMENT, "give count or every, not both");
-    if (req->storyboard) {
-        /* times are not used */
-    } else if (req->count || req->every > 0) {
-        if (req->n_times)
-            return fail(e, TN_INVALID_ARGUMENT,
-                        "give time points or count/every, not both (%zu time points given)",
-                        req->n_times);
-    } else if (!req->times || req->n_times == 0) {
-        return fail(e, TN_INVALID_ARGUMENT, "no time points requested");
-    } else if (req->n_times > TN_IPC_MAX_TIMES) {
-        return fail(e, TN_INVALID_ARGUMENT, "%zu time points: at most %d per call", req->n_times,
-                    TN_IPC_MAX_TIMES);
-    }
-    if (req->max_width > MAX_OUTPUT_SIDE || req->max_height > MAX_OUTPUT_SIDE)
-        return fail(e, TN_INVALID_ARGUMENT, "thumbnail size %ux%u is too large (at most %d a side)",
-                    req->max_width, req->max_height, MAX_OUTPUT_SIDE);
-    for (size_t i = 0; i < req->n_times; i++) {
-        const struct tn_time_point *tp = &req->times[i];
-        if (tp->kind == TN_TIME_SECONDS) {
-            if (!isfinite(tp->value) || tp->value < 0)
-                return fail(e, TN_INVALID_ARGUMENT,
-                            "time point %zu (%g s) must be a number of seconds >= 0", i, tp->value);
-        } else if (tp->kind == TN_TIME_PERCENT) {
-            if (!isfinite(tp->value) || tp->value < 0 || tp->value > 100)
-                return fail(e, TN_INVALID_ARGUMENT, "time point %zu (%g%%) must be within 0..100%%",
-                            i, tp->value);
-        } else {
-            return fail(e, TN_INVALID_ARGUMENT, "time point %zu has an unknown kind %u", i,
-                        tp->kind);
-        }
-    }
     if (req->size == 0)
         return fail(e, TN_INVALID_ARGUMENT, "the file is empty (0 bytes)");
-    return TN_OK;
+    if (req->opts.probe)
+        return TN_OK;
+    int code = tn_job_opts_check(&req->opts, e->err, e->errlen);
+    if (code != TN_OK)
+        return code;
+    return format_name(req->opts.format)
+               ? TN_OK
+               : fail(e, TN_INVALID_ARGUMENT, "format %u: this server cannot encode it",
+                      req->opts.format);
 }
 
 /* The video stream to use: not a cover picture, has a decoder; default
@@ -766,7 +702,7 @@ static int resolve_times(struct engine *e, struct point *pts)
 {
     const struct tn_engine_request *req = e->req;
 
-    if (req->count || req->every > 0 || req->storyboard) {
+    if (req->opts.count || req->opts.every > 0 || req->opts.storyboard) {
         /* the video's own length: the container's may include a longer audio track */
         double dur = e->end_pts != AV_NOPTS_VALUE
                          ? (e->end_pts - e->start_pts) * av_q2d(e->st->time_base)
@@ -774,16 +710,21 @@ static int resolve_times(struct engine *e, struct point *pts)
         if (dur <= 0)
             return fail(e, TN_INVALID_ARGUMENT,
                         "the video's duration is unknown: count and every need it; give times");
-        size_t max = req->storyboard ? TN_STORYBOARD_MAX_TILES : TN_IPC_MAX_TIMES;
-        double every = req->every;
-        if (req->storyboard && !req->count && every <= 0)
+        size_t max = req->opts.storyboard ? TN_STORYBOARD_MAX_TILES : TN_JOB_MAX_TIMES;
+        double every = req->opts.every;
+        if (req->opts.storyboard && !req->opts.count && every <= 0)
             every = fmax(1.0, dur / 100);
-        if (req->count) {
-            e->n_points = req->count;
-            for (unsigned i = 0; i < req->count; i++)
-                set_point(e, &pts[i], i, dur * (i + 0.5) / req->count);
+        if (req->opts.count) {
+            e->n_points = req->opts.count;
+            for (unsigned i = 0; i < req->opts.count; i++)
+                set_point(e, &pts[i], i, dur * (i + 0.5) / req->opts.count);
         } else {
             double n = floor(dur / every - 1e-9) + 1;
+            if (!(n >= 1)) /* every so much longer than the video that the rounding ate point 0 */
+                return fail(e, TN_INVALID_ARGUMENT,
+                            "every %g s is longer than this %.3f s video: no thumbnail to make; "
+                            "use a shorter interval or count",
+                            every, dur);
             if (n > (double)max)
                 return fail(
                     e, TN_INVALID_ARGUMENT,
@@ -796,9 +737,9 @@ static int resolve_times(struct engine *e, struct point *pts)
         }
         return TN_OK;
     }
-    e->n_points = req->n_times;
-    for (size_t i = 0; i < req->n_times; i++) {
-        const struct tn_time_point *tp = &req->times[i];
+    e->n_points = req->opts.n_times;
+    for (size_t i = 0; i < req->opts.n_times; i++) {
+        const struct tn_time_point *tp = &req->opts.times[i];
         double s = tp->value;
         if (tp->kind == TN_TIME_PERCENT) {
             if (e->duration < 0) {
@@ -810,7 +751,7 @@ static int resolve_times(struct engine *e, struct point *pts)
         }
         set_point(e, &pts[i], (unsigned)i, s);
     }
-    qsort(pts, req->n_times, sizeof(*pts), cmp_point);
+    qsort(pts, req->opts.n_times, sizeof(*pts), cmp_point);
     return TN_OK;
 }
 
@@ -1397,10 +1338,10 @@ static int fit(struct engine *e, const AVFrame *f, struct geom *g)
             s = 1;
     }
     double ow = fmax(1, round(rw * s)), oh = fmax(1, round(rh * s));
-    if (ow > MAX_OUTPUT_SIDE || oh > MAX_OUTPUT_SIDE)
+    if (ow > TN_JOB_MAX_SIDE || oh > TN_JOB_MAX_SIDE)
         return fail(e, TN_INVALID_ARGUMENT,
                     "the thumbnail would be %.0fx%.0f, over %d a side: give a smaller box", ow, oh,
-                    MAX_OUTPUT_SIDE);
+                    TN_JOB_MAX_SIDE);
     g->ow = (int)ow;
     g->oh = (int)oh;
     g->sw = g->transpose ? g->oh : g->ow;
@@ -1691,10 +1632,10 @@ static int encode(struct engine *e, const uint8_t *img, int w, int h, size_t str
     int fd, rc;
 
     WebPMemoryWriterInit(&webp);
-    switch (req->format) {
+    switch (req->opts.format) {
     case TN_FORMAT_JPEG:
-        rc = encode_jpeg(e, img, w, h, stride, req->quality ? (int)req->quality : JPEG_QUALITY,
-                         perr);
+        rc = encode_jpeg(e, img, w, h, stride,
+                         req->opts.quality ? (int)req->opts.quality : JPEG_QUALITY, perr);
         data = e->out.data;
         len = e->out.len;
         break;
@@ -1706,13 +1647,14 @@ static int encode(struct engine *e, const uint8_t *img, int w, int h, size_t str
                          "or use PNG or JPEG",
                          w, h, WEBP_MAX_DIMENSION);
         }
-        rc = encode_webp(img, w, h, stride, req->quality, req->lossless != 0, &webp, perr);
+        rc =
+            encode_webp(img, w, h, stride, req->opts.quality, req->opts.lossless != 0, &webp, perr);
         data = webp.mem;
         len = webp.size;
         break;
     default:
-        rc = encode_png(img, w, h, stride, req->png_level ? (int)req->png_level : PNG_LEVEL,
-                        &e->out, perr);
+        rc = encode_png(img, w, h, stride,
+                        req->opts.png_level ? (int)req->opts.png_level : PNG_LEVEL, &e->out, perr);
         data = e->out.data;
         len = e->out.len;
         break;
@@ -1723,8 +1665,8 @@ static int encode(struct engine *e, const uint8_t *img, int w, int h, size_t str
             return -fail(e, TN_INVALID_ARGUMENT,
                          "%s encoding failed: out of memory (the thumbnail is too large for a "
                          "worker's memory; ask for a smaller size)",
-                         format_name(req->format));
-        return -fail(e, TN_INTERNAL, "%s encoding failed: %s", format_name(req->format), perr);
+                         format_name(req->opts.format));
+        return -fail(e, TN_INTERNAL, "%s encoding failed: %s", format_name(req->opts.format), perr);
     }
     fd = sealed_memfd(data, len);
     WebPMemoryWriterClear(&webp);
@@ -1740,7 +1682,7 @@ static int encode(struct engine *e, const uint8_t *img, int w, int h, size_t str
 static const uint8_t *pad(struct engine *e, const struct geom *g, const uint8_t *img, size_t stride)
 {
     size_t row = (size_t)g->bw * 3;
-    uint32_t c = e->box.fit == TN_FIT_PAD && e->req->storyboard ? 0 : e->req->pad_color;
+    uint32_t c = e->box.fit == TN_FIT_PAD && e->req->opts.storyboard ? 0 : e->req->opts.pad_color;
     uint8_t rgb[3] = {(uint8_t)(c >> 16), (uint8_t)(c >> 8), (uint8_t)c};
 
     if (grow(&e->canvas, &e->canvas_cap, row * g->bh) < 0)
@@ -1817,7 +1759,7 @@ static int emit_point(struct engine *e, const struct point *p, tn_engine_emit_fn
         .actual_time = st == e->st ? (e->cur_pts - e->start_pts) * av_q2d(e->st->time_base) : 0,
         .width = (unsigned)g.bw,
         .height = (unsigned)g.bh,
-        .format = e->req->format,
+        .format = e->req->opts.format,
         .fd = fd,
         .size = size,
         .reason = reason,
@@ -1835,7 +1777,7 @@ static int emit_point(struct engine *e, const struct point *p, tn_engine_emit_fn
 
 static int serve(struct engine *e, int64_t target)
 {
-    switch (e->req->mode) {
+    switch (e->req->opts.mode) {
     case TN_MODE_KEYFRAME: return serve_keyframe(e, target);
     case TN_MODE_SMART: return serve_smart(e, target);
     default: return serve_accurate(e, target);
@@ -1858,9 +1800,9 @@ static void sprite_name(const struct engine *e, char *buf, size_t len)
     const char *base = strrchr(name, '/') ? strrchr(name, '/') + 1 : name;
     const char *dot = strrchr(base, '.');
     int n = dot && dot != base ? (int)(dot - base) : (int)strlen(base);
-    const char *ext = e->req->format == TN_FORMAT_JPEG   ? "jpg"
-                      : e->req->format == TN_FORMAT_WEBP ? "webp"
-                                                         : "png";
+    const char *ext = e->req->opts.format == TN_FORMAT_JPEG   ? "jpg"
+                      : e->req->opts.format == TN_FORMAT_WEBP ? "webp"
+                                                              : "png";
     snprintf(buf, len, "%.*s.sprite.%s", n, base, ext);
 }
 
@@ -1870,8 +1812,8 @@ static int run_storyboard(struct engine *e, const struct point *points, tn_engin
                           void *opaque)
 {
     const struct tn_engine_request *req = e->req;
-    int tw = req->tile_width ? (int)req->tile_width : 160;
-    int cols = req->columns ? (int)req->columns : 10;
+    int tw = req->opts.tile_width ? (int)req->opts.tile_width : TN_STORYBOARD_DEFAULT_TILE_WIDTH;
+    int cols = req->opts.columns ? (int)req->opts.columns : TN_STORYBOARD_DEFAULT_COLUMNS;
     size_t n = e->n_points;
     uint8_t *sheet = NULL;
     char *vtt = NULL, name[TN_IPC_NAME_MAX + 16], reason[REASON_MAX];
@@ -1895,11 +1837,11 @@ static int run_storyboard(struct engine *e, const struct point *points, tn_engin
             th = g.bh;
             sw = tw * cols;
             shh = th * rows;
-            if (sw > MAX_OUTPUT_SIDE || shh > MAX_OUTPUT_SIDE) {
+            if (sw > TN_JOB_MAX_SIDE || shh > TN_JOB_MAX_SIDE) {
                 code = fail(e, TN_INVALID_ARGUMENT,
                             "the storyboard would be %dx%d (%zu tiles of %dx%d in %d columns), "
                             "over %d a side: use fewer tiles, more columns or smaller tiles",
-                            sw, shh, n, tw, th, cols, MAX_OUTPUT_SIDE);
+                            sw, shh, n, tw, th, cols, TN_JOB_MAX_SIDE);
                 goto out;
             }
             sheet_stride = (size_t)sw * 3;
@@ -1928,7 +1870,7 @@ static int run_storyboard(struct engine *e, const struct point *points, tn_engin
                                  .actual_time = points[0].seconds,
                                  .width = (unsigned)sw,
                                  .height = (unsigned)shh,
-                                 .format = req->format,
+                                 .format = req->opts.format,
                                  .fd = fd,
                                  .size = size,
                                  .reason = reason,
@@ -1952,8 +1894,9 @@ static int run_storyboard(struct engine *e, const struct point *points, tn_engin
     sprite_name(e, name, sizeof(name));
     fputs("WEBVTT\n", f);
     for (size_t i = 0; i < n; i++) {
-        double a = req->count ? step * (double)i : points[i].seconds;
-        double b = i + 1 < n ? (req->count ? step * (double)(i + 1) : points[i + 1].seconds) : end;
+        double a = req->opts.count ? step * (double)i : points[i].seconds;
+        double b =
+            i + 1 < n ? (req->opts.count ? step * (double)(i + 1) : points[i + 1].seconds) : end;
         fputc('\n', f);
         vtt_time(f, a);
         fputs(" --> ", f);
@@ -2071,7 +2014,7 @@ int tn_engine_run(const struct tn_engine_request *req, tn_engine_emit_fn emit, v
     }
     if ((code = open_input(&e)) != TN_OK)
         goto out;
-    if (req->probe) {
+    if (req->opts.probe) {
         code = run_probe(&e, emit, opaque);
         goto out;
     }
@@ -2083,11 +2026,16 @@ int tn_engine_run(const struct tn_engine_request *req, tn_engine_emit_fn emit, v
     setup_timing(&e);
     if ((code = resolve_times(&e, points)) != TN_OK)
         goto out;
-    e.box = (struct box){.max_width = req->max_width,
-                         .max_height = req->max_height,
-                         .upscale = req->upscale,
-                         .fit = req->fit};
-    if (req->storyboard) {
+    if (e.n_points == 0) { /* the storyboard's grid divides by it; a call must yield something */
+        code =
+            fail(&e, TN_INVALID_ARGUMENT, "the options ask for no thumbnail (times, count, every)");
+        goto out;
+    }
+    e.box = (struct box){.max_width = req->opts.max_width,
+                         .max_height = req->opts.max_height,
+                         .upscale = req->opts.upscale,
+                         .fit = req->opts.fit};
+    if (req->opts.storyboard) {
         code = run_storyboard(&e, points, emit, opaque);
         goto out;
     }
@@ -2100,18 +2048,18 @@ int tn_engine_run(const struct tn_engine_request *req, tn_engine_emit_fn emit, v
     for (size_t i = 0; i < e.n_points; i++) {
         e.pick[0] = '\0';
         e.img_st = NULL;
-        if (req->cover_art && points[i].index == 0 && (code = cover_art(&e)) != 0) {
+        if (req->opts.cover_art && points[i].index == 0 && (code = cover_art(&e)) != 0) {
             if (code < 0) {
                 code = -code;
                 goto out;
             }
             snprintf(e.pick, sizeof(e.pick), "cover art");
             code = TN_OK;
-        } else if (req->mode == TN_MODE_SMART) {
+        } else if (req->opts.mode == TN_MODE_SMART) {
             code = serve_smart(&e, points[i].target);
         } else {
-            code = req->mode == TN_MODE_KEYFRAME ? serve_keyframe(&e, points[i].target)
-                                                 : serve_accurate(&e, points[i].target);
+            code = req->opts.mode == TN_MODE_KEYFRAME ? serve_keyframe(&e, points[i].target)
+                                                      : serve_accurate(&e, points[i].target);
         }
         if (code != TN_OK || (code = check_stop(&e)) != TN_OK ||
             (code = emit_point(&e, &points[i], emit, opaque)) != TN_OK)

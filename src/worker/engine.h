@@ -37,36 +37,18 @@ struct tn_engine_request {
     int fd;                /* the video; read with pread, never closed by the engine */
     uint64_t size;         /* bytes in fd */
     const char *file_name; /* for logs and as a format hint; may be NULL */
-    const struct tn_time_point *times;
-    size_t n_times;     /* >= 1, unless count or every is set; at most TN_IPC_MAX_TIMES */
-    unsigned max_width; /* 0 = unbounded; not both 0 */
-    unsigned max_height;
-    int upscale; /* 0/1 */
-    int format;  /* enum tn_format */
-    /* JPEG/WebP 1..100; 0 = default (JPEG 85, WebP 80); > 100 = INVALID_ARGUMENT.
-     * Lossless WebP: the effort, 1..100 = libwebp's presets 0..9; 0 = fastest. */
-    unsigned quality;
-    int lossless;        /* 0/1: lossless WebP; ignored by the other formats */
-    unsigned png_level;  /* zlib level 1..9; 0 = default (1); else INVALID_ARGUMENT */
-    int mode;            /* enum tn_mode */
+    /* What to make: tn_job_opts_check() must pass (after tn_job_opts_defaults(),
+     * which the engine does not apply). The probe flag asks for one result,
+     * index 0, format 0: the probe.h JSON; the other options are then ignored.
+     * Storyboard: tiles at the count / every points (default: every
+     * max(1 s, duration / 100)), tile_width wide, in a grid of `columns`, into
+     * one sprite (index 0, the requested format) and a WebVTT file (index 1,
+     * format 0) whose cues point into it with #xywh= fragments; max_width,
+     * max_height, fit and times are ignored. count / every replace times. */
+    struct tn_job_opts opts;
     int64_t deadline_ms; /* CLOCK_MONOTONIC ms; 0 = none. Checked in reads and between frames */
     int cancel_fd;       /* POLLHUP/POLLERR/readable EOF on it = abandon; -1 = none */
     const struct tn_engine_limits *limits; /* NULL = defaults */
-    /* engine options */
-    int fit;            /* enum tn_fit; 0 = FIT. FILL and PAD need both box sides */
-    uint32_t pad_color; /* 0xRRGGBB, PAD's border */
-    unsigned count;     /* > 0: this many evenly spaced points; times is ignored */
-    double every;       /* > 0: a point every this many seconds; times is ignored */
-    int cover_art;      /* 0/1: index 0 is the attached picture when there is one */
-    int probe; /* 0/1: one result, index 0, format 0: the probe.h JSON; times etc. ignored */
-    /* Storyboard: tiles at the count / every points (default: every
-     * max(1 s, duration / 100)), tile_width wide (0 = 160), in a grid of
-     * `columns` (0 = 10), into one sprite (index 0, the requested format)
-     * and a WebVTT file (index 1, format 0) whose cues point into it with
-     * #xywh= fragments. max_width/max_height, fit and times are ignored. */
-    int storyboard;
-    unsigned tile_width;
-    unsigned columns;
     /* pull and local mode: NULL = pread() on fd, else every read goes through
      * read(read_opaque, ...) and fd is not used (pull mode's worker cache). */
     tn_engine_read_fn read;

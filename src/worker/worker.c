@@ -227,20 +227,20 @@ static int emit_result(void *opaque, const struct tn_engine_result *r)
 }
 
 /* "10%,1.5s,..." for the log line, cut short if long. */
-static void format_times(const struct tn_ipc_job *job, char *buf, size_t len)
+static void format_times(const struct tn_job_opts *o, char *buf, size_t len)
 {
     size_t off = 0;
 
     buf[0] = '\0';
-    if (job->count || job->every > 0) {
-        if (job->count)
-            snprintf(buf, len, "count %u", job->count);
+    if (o->count || o->every > 0) {
+        if (o->count)
+            snprintf(buf, len, "count %u", o->count);
         else
-            snprintf(buf, len, "every %gs", job->every);
+            snprintf(buf, len, "every %gs", o->every);
         return;
     }
-    for (uint32_t i = 0; i < job->n_times && off + 1 < len; i++) {
-        const struct tn_time_point *t = &job->times[i];
+    for (uint32_t i = 0; i < o->n_times && i < TN_JOB_MAX_TIMES && off + 1 < len; i++) {
+        const struct tn_time_point *t = &o->times[i];
         int n = snprintf(buf + off, len - off, "%s%g%s", i ? "," : "", t->value,
                          t->kind == TN_TIME_PERCENT ? "%" : "s");
         if (n < 0)
@@ -262,7 +262,7 @@ static void run_job(struct tn_ipc_job *job, int video, int reply,
     int code, ret;
 
     job->file_name[TN_IPC_NAME_MAX - 1] = '\0';
-    format_times(job, times, sizeof(times));
+    format_times(&job->opts, times, sizeof(times));
     /* the client's name goes into our log lines: no control characters */
     snprintf(name, sizeof(name), "%s", job->file_name[0] ? job->file_name : "-");
     for (char *c = name; *c; c++)
@@ -313,28 +313,10 @@ static void run_job(struct tn_ipc_job *job, int video, int reply,
         .fd = video,
         .size = size,
         .file_name = job->file_name,
-        .times = job->times,
-        .n_times = job->count || job->every > 0 ? 0 : job->n_times,
-        .max_width = job->max_width,
-        .max_height = job->max_height,
-        .upscale = job->upscale,
-        .format = job->format,
-        .quality = job->quality,
-        .lossless = job->lossless,
-        .png_level = job->png_level,
-        .mode = job->mode,
+        .opts = job->opts,
         .deadline_ms = job->deadline_ms,
         .cancel_fd = reply,
         .limits = &limits,
-        .fit = job->fit,
-        .pad_color = job->pad_color,
-        .count = job->count,
-        .every = job->every,
-        .cover_art = job->cover_art,
-        .probe = job->probe,
-        .storyboard = job->storyboard,
-        .tile_width = job->tile_width,
-        .columns = job->columns,
         .read = pull ? tn_pull_read : NULL,
         .read_opaque = pull,
         .codec_out = codec,
@@ -350,7 +332,7 @@ static void run_job(struct tn_ipc_job *job, int video, int reply,
                     job->h.job_id, name, bytes, size, requests);
         tn_pull_free(&pull);
     }
-    tn_metrics_decode(codec, job->mode, (double)(tn_mono_ms() - t_engine) / 1000);
+    tn_metrics_decode(codec, job->opts.mode, (double)(tn_mono_ms() - t_engine) / 1000);
 
 done:
     if (!ctx.peer_gone) {
@@ -438,23 +420,22 @@ void tn_worker_main(int queue_fd, const struct tn_worker_options *opt)
             tn_log_error("recvmsg() failed while reading a job: %s", strerror(-n));
             leave(1);
         }
-        /* count / every jobs carry the front's default point, ignored */
-        if (msg.h.type == TN_IPC_JOB && nfds == 2 &&
-            (msg.job.n_times < 1 || msg.job.n_times > TN_IPC_MAX_TIMES)) {
-            /* a bug in the front: say so rather than look like a dead worker */
+        /* The front checked the options: a job that fails the check is a bug
+         * there (or another version): say so rather than look like a dead worker. */
+        char why[TN_IPC_MESSAGE_MAX - 16] = "";
+        int bad = msg.h.type != TN_IPC_JOB || nfds != 2 ||
+                  tn_job_opts_check(&msg.job.opts, why, sizeof(why)) != TN_OK;
+        if (bad && msg.h.type == TN_IPC_JOB && nfds == 2) {
             struct tn_ipc_done done;
             memset(&done, 0, sizeof(done));
             tn_ipc_header_init(&done.h, TN_IPC_DONE, msg.h.job_id);
             done.code = TN_INTERNAL;
-            snprintf(done.message, sizeof(done.message), "bad job: %u time points (1..%d)",
-                     msg.job.n_times, TN_IPC_MAX_TIMES);
+            snprintf(done.message, sizeof(done.message), "bad job: %s", why);
             tn_ipc_send(fds[1], &done, sizeof(done), NULL, 0, 0);
         }
-        if (msg.h.type != TN_IPC_JOB || nfds != 2 || msg.job.n_times < 1 ||
-            msg.job.n_times > TN_IPC_MAX_TIMES) {
-            tn_log_warn("malformed job %" PRIu64 " skipped (type %u, %d fds, %u times)",
-                        msg.h.job_id, msg.h.type, nfds,
-                        msg.h.type == TN_IPC_JOB ? msg.job.n_times : 0);
+        if (bad) {
+            tn_log_warn("malformed job %" PRIu64 " skipped (type %u, %d fds): %s", msg.h.job_id,
+                        msg.h.type, nfds, why[0] ? why : "not a job with 2 fds");
             for (int i = 0; i < nfds; i++)
                 close(fds[i]);
             continue;

@@ -64,7 +64,9 @@ def spool_fds(pid, spool):
 
 class Overload(h.ServerTestCase):
     workers = 1
-    server_extra = ("--max-concurrent-calls", "2", "--idle-timeout", "1s")
+    # the global cap alone: every call comes from 127.0.0.1
+    server_extra = ("--max-concurrent-calls", "2", "--idle-timeout", "1s",
+                    "--max-calls-per-peer", "0")
 
     def slow(self, **kw):
         s = SlowUpload(self.server.addr, h.read_bytes(h.video("h264.mp4")), **kw)
@@ -150,7 +152,7 @@ class Overload(h.ServerTestCase):
 
 
 class SpoolSpace(h.ServerTestCase):
-    """--spool-dir on a 128 MiB tmpfs: 64 MiB of it usable (the rest is margin)."""
+    """--spool-dir on a 128 MiB tmpfs: 112 MiB of it usable (an eighth is margin)."""
 
     workers = 1
     server = None
@@ -189,15 +191,39 @@ class SpoolSpace(h.ServerTestCase):
     def test_declared_size_over_free_space(self):
         t0 = time.monotonic()
         with self.assertRaises(h.grpc.RpcError) as cm:
-            h.generate(self.server.addr, data=b"\0" * 1024, declared_size=100 << 20,
+            h.generate(self.server.addr, data=b"\0" * 1024, declared_size=120 << 20,
                        send_end=False, timeout=30)
         self.assertLess(time.monotonic() - t0, 2.0)
         self.assertRpcCode(cm.exception, "RESOURCE_EXHAUSTED",
-                           r"spool \(--spool-dir\) has \d+ MiB free, the upload needs 100 MiB")
+                           r"spool \(--spool-dir\) has 11\d MiB free, the upload needs 120 MiB")
         self.assertEqual(os.listdir(self.mnt), [])
         # A file that fits is served from the same spool.
         thumbs = h.generate(self.server.addr, path=h.video("h264.mp4"), timeout=30)
         self.assertEqual(len(thumbs), 1)
+
+    def test_small_spool_takes_uploads(self):
+        """A 64 MiB spool: the margin scales with it (a fixed 64 MiB margin refused
+        every upload)."""
+        import tempfile
+        mnt = tempfile.mkdtemp(prefix="tn-spool-small-")
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", mnt],
+                           capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)  # the class mounted one: so can we
+        try:
+            s = h.Server(workers=1, extra=("--spool-dir", mnt))
+            try:
+                thumbs = h.generate(s.addr, path=h.video("h264.mp4"), timeout=30)
+                self.assertEqual(len(thumbs), 1)
+                with self.assertRaises(h.grpc.RpcError) as cm:
+                    h.generate(s.addr, data=b"\0" * 1024, declared_size=60 << 20,
+                               send_end=False, timeout=30)
+                self.assertRpcCode(cm.exception, "RESOURCE_EXHAUSTED", r"has 5\d MiB free")
+            finally:
+                s.stop()
+                s.cleanup()
+        finally:
+            subprocess.run(["umount", mnt], check=False)
+            os.rmdir(mnt)
 
 
 if __name__ == "__main__":

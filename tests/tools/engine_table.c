@@ -96,11 +96,11 @@ int main(int argc, char **argv)
                 struct tn_engine_request req = {.fd = fd,
                                                 .size = (uint64_t)st.st_size,
                                                 .file_name = base,
-                                                .times = &t,
-                                                .n_times = 1,
-                                                .max_width = width,
-                                                .format = TN_FORMAT_PNG,
-                                                .mode = mode,
+                                                .opts = {.times = {t},
+                                                         .n_times = 1,
+                                                         .max_width = width,
+                                                         .format = TN_FORMAT_PNG,
+                                                         .mode = mode},
                                                 .cancel_fd = -1};
                 int64_t t0 = tn_mono_ms();
                 struct timespec a, b;

@@ -253,6 +253,39 @@ static void test_max_jobs_per_worker(void **state)
     assert_int_equal(cfg.max_jobs_per_worker, 7);
 }
 
+/* Fairness between clients: defaults, the per-peer default following
+ * --max-concurrent-calls, the rate's SIZE/DURATION form. */
+static void test_fairness(void **state)
+{
+    (void)state;
+    assert_int_equal(parse(NULL), 0);
+    assert_int_equal(cfg.max_calls_per_peer, 128);
+    assert_int_equal(cfg.min_upload_bytes, 16 << 10);
+    assert_true(cfg.min_upload_window_s == 10);
+    assert_int_equal(cfg.max_result_bytes, 1ull << 30);
+    assert_true(cfg.range_timeout_s == 5);
+    assert_int_equal(parse("--max-concurrent-calls", "40", NULL), 0);
+    assert_int_equal(cfg.max_calls_per_peer, 20);
+    assert_int_equal(parse("--max-concurrent-calls", "1", NULL), 0);
+    assert_int_equal(cfg.max_calls_per_peer, 1);
+    assert_int_equal(parse("--max-concurrent-calls", "40", "--max-calls-per-peer", "0", NULL), 0);
+    assert_int_equal(cfg.max_calls_per_peer, 0);
+    assert_int_equal(parse("--min-upload-rate", "64K/2s", "--max-result-bytes", "0",
+                           "--range-timeout", "500ms", NULL),
+                     0);
+    assert_int_equal(cfg.min_upload_bytes, 64 << 10);
+    assert_true(cfg.min_upload_window_s == 2);
+    assert_int_equal(cfg.max_result_bytes, 0);
+    assert_true(cfg.range_timeout_s == 0.5);
+    assert_int_equal(parse("--min-upload-rate", "0", NULL), 0);
+    assert_int_equal(cfg.min_upload_bytes, 0);
+    bad("--min-upload-rate '16K': expected SIZE/DURATION", "--min-upload-rate", "16K", NULL);
+    bad("--min-upload-rate '16K/100ms': the window must be", "--min-upload-rate", "16K/100ms",
+        NULL);
+    bad("--min-upload-rate 'x/10s'", "--min-upload-rate", "x/10s", NULL);
+    bad("--max-calls-per-peer '-1'", "--max-calls-per-peer", "-1", NULL);
+}
+
 /* SIGHUP: the same argv again, relative paths against the directory of the
  * first parse even after a chdir (a daemon is in "/" by then). */
 static void test_reload(void **state)
@@ -536,6 +569,7 @@ int main(void)
         cmocka_unit_test_setup(test_listen_limit, setup),
         cmocka_unit_test_setup(test_relative_paths, setup),
         cmocka_unit_test_setup(test_max_jobs_per_worker, setup),
+        cmocka_unit_test_setup(test_fairness, setup),
         cmocka_unit_test_setup(test_reload, setup),
         cmocka_unit_test_setup(test_help_and_version, setup),
         cmocka_unit_test_setup(test_security, setup),

@@ -17,6 +17,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <float.h>
 #include <math.h>
 #include <png.h>
 #include <stdio.h>
@@ -344,28 +345,29 @@ static void engine(struct run *run, const char *name, const struct tn_time_point
         .fd = fd,
         .size = (uint64_t)sb.st_size,
         .file_name = name,
-        .times = times,
-        .n_times = n_times,
-        .max_width = o->max_width,
-        .max_height = o->max_height,
-        .upscale = o->upscale,
-        .format = o->format,
-        .quality = o->quality,
-        .lossless = o->lossless,
-        .png_level = o->png_level,
-        .mode = o->mode,
+        .opts = {.n_times = (uint32_t)n_times,
+                 .max_width = o->max_width,
+                 .max_height = o->max_height,
+                 .upscale = (uint8_t)o->upscale,
+                 .format = (uint8_t)o->format,
+                 .quality = o->quality,
+                 .lossless = (uint8_t)o->lossless,
+                 .png_level = o->png_level,
+                 .mode = (uint8_t)o->mode,
+                 .fit = (uint8_t)o->fit,
+                 .pad_color = o->pad_color,
+                 .count = o->count,
+                 .every = o->every,
+                 .cover_art = (uint8_t)o->cover_art,
+                 .storyboard = (uint8_t)o->storyboard,
+                 .tile_width = o->tile_width,
+                 .columns = o->columns},
         .deadline_ms = o->deadline_ms,
         .cancel_fd = o->cancel_fd,
         .limits = o->limits,
-        .fit = o->fit,
-        .pad_color = o->pad_color,
-        .count = o->count,
-        .every = o->every,
-        .cover_art = o->cover_art,
-        .storyboard = o->storyboard,
-        .tile_width = o->tile_width,
-        .columns = o->columns,
     };
+    for (size_t i = 0; i < n_times && i < TN_JOB_MAX_TIMES; i++)
+        req.opts.times[i] = times[i];
     run->code = tn_engine_run(&req, emit, run, run->err, sizeof(run->err));
     close(fd);
     if (run->code != TN_OK)
@@ -1072,7 +1074,7 @@ static void test_fit_fill_pad(void **state)
     o.fit = TN_FIT_FILL;
     expect_error("h264.mp4", TN_INVALID_ARGUMENT, "needs a box", &o);
     o.fit = 7;
-    expect_error("h264.mp4", TN_INVALID_ARGUMENT, "unknown fit mode", &o);
+    expect_error("h264.mp4", TN_INVALID_ARGUMENT, "is unknown: use FIT", &o);
 }
 
 static void test_count_and_every(void **state)
@@ -1116,6 +1118,30 @@ static void test_count_and_every(void **state)
     assert_non_null(strstr(run.err, "not both"));
     o.count = 0; /* times and every */
     expect_error("h264.mp4", TN_INVALID_ARGUMENT, "not both", &o);
+
+    /* An interval so long that not even point 0 survives the rounding: no
+     * thumbnail is INVALID_ARGUMENT (it used to be OK with none), and a
+     * storyboard of no tile must not divide by zero (SIGFPE). */
+    const double huge[] = {1e18, 1e12, DBL_MAX};
+    for (size_t i = 0; i < sizeof(huge) / sizeof(huge[0]); i++) {
+        for (int sb = 0; sb <= 1; sb++) {
+            o = defaults;
+            o.every = huge[i];
+            o.storyboard = sb;
+            engine(&run, "h264.mp4", NULL, 0, &o);
+            assert_int_equal(run.code, TN_INVALID_ARGUMENT);
+            assert_int_equal(run.n, 0);
+            assert_non_null(strstr(run.err, "every"));
+            run_free(&run);
+        }
+    }
+    /* longer than the video, but not absurdly: the one point at the start */
+    o = defaults;
+    o.every = 1e6;
+    engine(&run, "h264.mp4", NULL, 0, &o);
+    assert_int_equal(run.code, TN_OK);
+    assert_int_equal(run.n, 1);
+    run_free(&run);
 }
 
 static double mean_luma(const struct result *r)
@@ -1298,17 +1324,17 @@ static void test_bad_inputs(void **state)
     expect_error("empty.mp4", TN_INVALID_ARGUMENT, "empty", NULL);
     expect_error("truncated.mp4", TN_INVALID_ARGUMENT, "truncated", NULL);
     o.format = 9;
-    expect_error("h264.mp4", TN_INVALID_ARGUMENT, "unknown output format 9", &o);
+    expect_error("h264.mp4", TN_INVALID_ARGUMENT, "format 9 is unknown", &o);
     o = defaults;
     o.format = TN_FORMAT_JPEG;
     o.quality = 101;
     expect_error("h264.mp4", TN_INVALID_ARGUMENT, "quality 101 is out of range", &o);
     o = defaults;
     o.png_level = 10;
-    expect_error("h264.mp4", TN_INVALID_ARGUMENT, "PNG compression level 10 is out of range", &o);
+    expect_error("h264.mp4", TN_INVALID_ARGUMENT, "png_level 10 is out of range", &o);
     o = defaults;
     o.mode = 7;
-    expect_error("h264.mp4", TN_INVALID_ARGUMENT, "seek mode", &o);
+    expect_error("h264.mp4", TN_INVALID_ARGUMENT, "mode 7 is unknown", &o);
     o = defaults;
     o.limits = &lim;
     expect_error("h264.mp4", TN_INVALID_ARGUMENT, "limit", &o);
@@ -1320,7 +1346,7 @@ static void test_bad_inputs(void **state)
         struct run run;
         engine(&run, "h264.mp4", &bad[i], 1, &defaults);
         assert_int_equal(run.code, TN_INVALID_ARGUMENT);
-        assert_true(strstr(run.err, "time point") != NULL);
+        assert_true(strstr(run.err, "times[0]") != NULL);
         run_free(&run);
     }
 }
@@ -1517,11 +1543,11 @@ static void test_deadline_and_cancel(void **state)
     assert_int_equal(fstat(fd, &sb), 0);
     struct tn_engine_request req = {.fd = fd,
                                     .size = (uint64_t)sb.st_size,
-                                    .times = two,
-                                    .n_times = 2,
-                                    .max_width = 320,
-                                    .format = TN_FORMAT_PNG,
-                                    .mode = TN_MODE_ACCURATE,
+                                    .opts = {.n_times = 2,
+                                             .max_width = 320,
+                                             .format = TN_FORMAT_PNG,
+                                             .mode = TN_MODE_ACCURATE,
+                                             .times = {two[0], two[1]}},
                                     .cancel_fd = -1};
     run.stop_after = 1;
     run.code = tn_engine_run(&req, emit, &run, run.err, sizeof(run.err));

@@ -152,14 +152,14 @@ static void test_job_round_trip(void **state)
     tn_ipc_header_init(&job.h, TN_IPC_JOB, 42);
     job.file_size = 123456789012ull;
     job.deadline_ms = 987654321;
-    job.n_times = 2;
-    job.max_width = 320;
-    job.max_height = 240;
-    job.upscale = 1;
-    job.format = TN_FORMAT_PNG;
-    job.mode = TN_MODE_KEYFRAME;
-    job.times[0] = (struct tn_time_point){.kind = TN_TIME_SECONDS, .value = 12.5};
-    job.times[1] = (struct tn_time_point){.kind = TN_TIME_PERCENT, .value = 50};
+    job.opts.n_times = 2;
+    job.opts.max_width = 320;
+    job.opts.max_height = 240;
+    job.opts.upscale = 1;
+    job.opts.format = TN_FORMAT_PNG;
+    job.opts.mode = TN_MODE_KEYFRAME;
+    job.opts.times[0] = (struct tn_time_point){.kind = TN_TIME_SECONDS, .value = 12.5};
+    job.opts.times[1] = (struct tn_time_point){.kind = TN_TIME_PERCENT, .value = 50};
     snprintf(job.file_name, sizeof(job.file_name), "dir/clip.mp4");
 
     int sent_fds[2] = {video, reply[1]};
@@ -385,7 +385,7 @@ static void test_too_many_fds(void **state)
     struct tn_ipc_job job;
     memset(&job, 0, sizeof(job));
     tn_ipc_header_init(&job.h, TN_IPC_JOB, 5);
-    job.n_times = 1;
+    job.opts.n_times = 1;
     int mems[8];
     for (int i = 0; i < 8; i++)
         mems[i] = make_memfd(NULL);

@@ -1,0 +1,116 @@
+/*
+ * A job's options: defaults and the one validation (see job_opts.h).
+ */
+#include "job_opts.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+
+#include "status.h"
+
+void tn_job_opts_defaults(struct tn_job_opts *o)
+{
+    if (!o->format)
+        o->format = TN_FORMAT_PNG;
+    if (!o->mode)
+        o->mode = o->storyboard ? TN_MODE_KEYFRAME : TN_MODE_ACCURATE;
+    if (!o->fit)
+        o->fit = TN_FIT_FIT;
+    if (o->storyboard)
+        return;
+    if (!o->max_width && !o->max_height)
+        o->max_width = TN_JOB_DEFAULT_MAX_WIDTH;
+    if (!o->n_times && !o->count && !(o->every > 0)) {
+        o->n_times = 1;
+        o->times[0] =
+            (struct tn_time_point){.kind = TN_TIME_PERCENT, .value = TN_JOB_DEFAULT_PERCENT};
+    }
+}
+
+__attribute__((format(printf, 3, 4))) static int invalid(char *err, size_t errlen, const char *fmt,
+                                                         ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    if (errlen)
+        vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return TN_INVALID_ARGUMENT;
+}
+
+static const char *fit_name(unsigned fit)
+{
+    return fit == TN_FIT_FILL ? "FILL" : "PAD";
+}
+
+int tn_job_opts_check(const struct tn_job_opts *o, char *err, size_t errlen)
+{
+    if (o->format < TN_FORMAT_PNG || o->format > TN_FORMAT_WEBP)
+        return invalid(err, errlen, "format %u is unknown: use PNG, JPEG or WEBP", o->format);
+    if (o->mode < TN_MODE_ACCURATE || o->mode > TN_MODE_SMART)
+        return invalid(err, errlen, "mode %u is unknown: use ACCURATE, KEYFRAME or SMART", o->mode);
+    if (o->fit > TN_FIT_PAD)
+        return invalid(err, errlen, "fit %u is unknown: use FIT, FILL or PAD", o->fit);
+    if (o->quality > TN_JOB_MAX_QUALITY)
+        return invalid(err, errlen, "quality %u is out of range: use 1..%d (0 = default)",
+                       o->quality, TN_JOB_MAX_QUALITY);
+    if (o->png_level > TN_JOB_MAX_PNG_LEVEL)
+        return invalid(err, errlen, "png_level %u is out of range: use 1..%d (0 = default)",
+                       o->png_level, TN_JOB_MAX_PNG_LEVEL);
+    if (o->pad_color > TN_JOB_MAX_PAD_COLOR)
+        return invalid(err, errlen, "pad_color 0x%x is not an RGB colour 0xRRGGBB", o->pad_color);
+    if (o->max_width > TN_JOB_MAX_SIDE || o->max_height > TN_JOB_MAX_SIDE)
+        return invalid(err, errlen,
+                       "max_width x max_height %ux%u is too large: at most %d on each side",
+                       o->max_width, o->max_height, TN_JOB_MAX_SIDE);
+    if (!o->storyboard && (o->fit == TN_FIT_FILL || o->fit == TN_FIT_PAD) &&
+        (!o->max_width || !o->max_height))
+        return invalid(err, errlen, "fit %s needs a box: give both max_width and max_height",
+                       fit_name(o->fit));
+    if (o->every != 0 && !(isfinite(o->every) && o->every >= TN_JOB_MIN_EVERY))
+        return invalid(err, errlen, "every %g s: use an interval of at least %g s (0 = not used)",
+                       o->every, TN_JOB_MIN_EVERY);
+    if (o->count && o->every > 0)
+        return invalid(err, errlen, "give count or every, not both");
+    unsigned max_points = o->storyboard ? TN_STORYBOARD_MAX_TILES : TN_JOB_MAX_TIMES;
+    if (o->count > max_points)
+        return invalid(err, errlen, "count %u: at most %u %s per call", o->count, max_points,
+                       o->storyboard ? "storyboard tiles" : "thumbnails");
+    if (o->n_times > TN_JOB_MAX_TIMES)
+        return invalid(err, errlen, "times: %u time points requested; at most %d per call",
+                       o->n_times, TN_JOB_MAX_TIMES);
+    if (o->storyboard) {
+        if (o->n_times)
+            return invalid(err, errlen, "times: a storyboard takes count or every, not times");
+        if (o->tile_width > TN_STORYBOARD_MAX_TILE_WIDTH)
+            return invalid(err, errlen, "tile_width %u: at most %d pixels", o->tile_width,
+                           TN_STORYBOARD_MAX_TILE_WIDTH);
+        if (o->columns > TN_STORYBOARD_MAX_COLUMNS)
+            return invalid(err, errlen, "columns %u: at most %d", o->columns,
+                           TN_STORYBOARD_MAX_COLUMNS);
+        return TN_OK; /* count, every or the default interval: at least one tile */
+    }
+    if (o->count || o->every > 0) {
+        if (o->n_times)
+            return invalid(err, errlen,
+                           "give times or count/every, not both (%u time points given)",
+                           o->n_times);
+        return TN_OK;
+    }
+    if (!o->n_times)
+        return invalid(err, errlen, "times: no time point requested (nor count or every)");
+    for (uint32_t i = 0; i < o->n_times; i++) {
+        const struct tn_time_point *t = &o->times[i];
+        if (t->kind == TN_TIME_SECONDS) {
+            if (!isfinite(t->value) || t->value < 0)
+                return invalid(err, errlen, "times[%u]: %g s is not a time >= 0", i, t->value);
+        } else if (t->kind == TN_TIME_PERCENT) {
+            if (!isfinite(t->value) || t->value < 0 || t->value > 100)
+                return invalid(err, errlen, "times[%u]: %g%% is not within 0..100 %%", i, t->value);
+        } else {
+            return invalid(err, errlen, "times[%u] has neither seconds nor percent", i);
+        }
+    }
+    return TN_OK;
+}
