@@ -126,6 +126,9 @@ def expected_height(path):
         rot = next((abs(int(sd.get("rotation", 0))) for sd in st.get("side_data_list", [])), 0)
         if rot in (90, 270):
             dw, h = h, dw
+        if h > dw:
+            raise SystemExit("bench: %s is portrait: ffmpegthumbnailer's -s bounds the longer "
+                             "side, the others the width; take it out of the corpus" % path)
         if dw < WIDTH:
             raise SystemExit("bench: %s is %d px wide, less than %d: the peers would upscale "
                              "it and we would not; take it out of the corpus" % (path, dw, WIDTH))
@@ -379,7 +382,8 @@ def ft_cmd(f, out, pct=AT):
 def client_cmd(client, addr, mode, indir, outdir, jobs=1):
     """Our client as a user runs it: the files uploaded whole (--no-pull)."""
     return [client, "--quiet", "--overwrite", "--no-pull", "--server", addr, "--mode", mode,
-            "--at", "%d%%" % AT, "--jobs", str(jobs), indir, outdir]
+            "--at", "%d%%" % AT, "--width", str(WIDTH), "--height", "0", "--jobs", str(jobs),
+            indir, outdir]
 
 
 class Peers:
