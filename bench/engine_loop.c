@@ -6,8 +6,10 @@
  * of what the engine does beyond the minimal loop.
  *
  * Usage: tn_engine_bench [--at T|P%] [--mode keyframe|accurate] [--n N] [--width W] FILE
- * Output: "iter=I total=MS bytes=B pts=S" per iteration, then
- * "median total=MS n=K" over iterations 2..N (the first is cold).
+ * Output: "iter=I total=MS cpu=MS bytes=B pts=S w=W h=H" per iteration, then
+ * "median total=MS cpu=MS n=K" over iterations 2..N (the first is cold); times
+ * in ms to the microsecond. cpu is the process's CPU time (all threads): unlike
+ * the wall time, it does not grow when other programs share the cores.
  * Exit 0 when every iteration produced a thumbnail, 1 otherwise.
  */
 #include <fcntl.h>
@@ -15,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -24,6 +27,7 @@
 struct got {
     uint64_t bytes;
     double pts;
+    unsigned w, h;
     int n;
 };
 
@@ -40,15 +44,33 @@ static int emit(void *opaque, const struct tn_engine_result *r)
     struct got *g = opaque;
     g->bytes = r->size;
     g->pts = r->actual_time;
+    g->w = r->width;
+    g->h = r->height;
     g->n++;
     close(r->fd);
     return 0;
+}
+
+static double cpu_ms(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e3 +
+           (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e3;
 }
 
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
+}
+
+static double median(double *v, int n)
+{
+    if (n <= 0)
+        return 0;
+    qsort(v, (size_t)n, sizeof(*v), cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 static void usage(void)
@@ -100,7 +122,7 @@ int main(int argc, char **argv)
         return 1;
     }
     tn_engine_global_init();
-    double *v = calloc((size_t)n, sizeof(double));
+    double *v = calloc((size_t)n, sizeof(double)), *vc = calloc((size_t)n, sizeof(double));
     int ok = 0;
     for (int i = 0; i < n; i++) {
         struct tn_engine_request req = {
@@ -116,23 +138,24 @@ int main(int argc, char **argv)
         };
         struct got g = {0};
         char err[512] = "";
-        double t0 = now_ms();
+        double c0 = cpu_ms(), t0 = now_ms();
         int code = tn_engine_run(&req, emit, &g, err, sizeof(err));
-        double ms = now_ms() - t0;
+        double ms = now_ms() - t0, cpu = cpu_ms() - c0;
         if (code != 0 || g.n != 1) {
             printf("iter=%d failed code=%d %s\n", i + 1, code, err);
             failed++;
             continue;
         }
-        printf("iter=%d total=%.2f bytes=%llu pts=%.3f\n", i + 1, ms, (unsigned long long)g.bytes,
-               g.pts);
-        if (i > 0 || n == 1)
-            v[ok++] = ms;
+        printf("iter=%d total=%.3f cpu=%.3f bytes=%llu pts=%.3f w=%u h=%u\n", i + 1, ms, cpu,
+               (unsigned long long)g.bytes, g.pts, g.w, g.h);
+        if (i > 0 || n == 1) {
+            v[ok] = ms;
+            vc[ok++] = cpu;
+        }
     }
-    qsort(v, (size_t)ok, sizeof(*v), cmp_double);
-    printf("median total=%.2f n=%d\n",
-           ok ? (ok % 2 ? v[ok / 2] : (v[ok / 2 - 1] + v[ok / 2]) / 2) : 0.0, ok);
+    printf("median total=%.3f cpu=%.3f n=%d\n", median(v, ok), median(vc, ok), ok);
     free(v);
+    free(vc);
     close(fd);
     return failed ? 1 : 0;
 }

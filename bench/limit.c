@@ -2,8 +2,16 @@
  * tn_limit: the in-process limit. The minimal loop a program that makes one
  * thumbnail can run, written independently of src/worker/engine.c so that
  * "warm worker / limit" means something: open the file, seek, decode one
- * frame, scale it to RGB in one swscale pass, encode a PNG (zlib level 1).
- * No IPC, no gRPC, no sandbox, no limits, no error reporting beyond "failed".
+ * frame, scale it to RGB in one swscale pass, encode a PNG (zlib level 1,
+ * SUB filter: the engine's defaults). No IPC, no gRPC, no sandbox, no limits,
+ * no error reporting beyond "failed".
+ *
+ * It must do no more work than the engine, or it is not a limit: one decoder
+ * thread (the engine's), and in accurate mode the same shortcut the engine
+ * takes, non-reference frames before the target not decoded
+ * (AVDISCARD_NONREF) on the codecs where nothing refers to them (H.264,
+ * MPEG-4 Part 2, single-layer HEVC), with the same safety margin of 16
+ * frame durations where the container's pts may be a decode-order guess.
  *
  * Every iteration reopens the file (a thumbnail server sees a new file per
  * call) in the same warm process: libav's tables, the page cache and the
@@ -17,12 +25,14 @@
  *   --width W      thumbnail width (default 320; height keeps the aspect ratio)
  *   --level L      PNG zlib level (default 1)
  *   --filter F     PNG row filter: none | sub | paeth | all (default sub)
- *   --probe        always call avformat_find_stream_info (default: only when
- *                  the container header lacks the size or pixel format)
+ *   --probe        always call avformat_find_stream_info (default: as the
+ *                  engine, only when the header lacks the size or the duration)
+ *   --no-skip      accurate mode: decode every frame before the target
  *   --out FILE     write the last PNG there
  * Output: one line per iteration, then a median line, as space-separated
  * key=value pairs (all times in ms):
- *   iter=1 total=38.2 open=9.1 decode=22.0 scale=2.6 png=3.4 frames=1 bytes=51234 pts=6.000
+ *   iter=1 total=38.2 open=9.1 decode=22.0 scale=2.6 png=3.4 cpu=38.0 frames=1 bytes=51234
+ *   pts=6.000 w=320 h=180
  *   median total=... open=... decode=... scale=... png=... cpu=...   (iterations 2..N)
  * cpu is the process's CPU time (all threads) for the iteration: what a
  * thumbnail costs a fully busy machine, whatever else is running on it.
@@ -52,6 +62,7 @@ struct opts {
     int level;
     int filter;
     int probe;
+    int no_skip;
     const char *out;
 };
 
@@ -60,6 +71,7 @@ struct stage_ms {
     int frames;
     size_t bytes;
     double pts;
+    int w, h;
 };
 
 struct membuf {
@@ -130,6 +142,60 @@ out:
     return ret;
 }
 
+/* Codecs whose non-reference frames nothing refers to: skipping them leaves
+ * every other frame intact. HEVC only with one temporal layer (hvcC byte 21,
+ * bits 5..3); Annex B extradata: unknown, so no. */
+static int nonref_skip_is_safe(const AVCodecParameters *par)
+{
+    switch (par->codec_id) {
+    case AV_CODEC_ID_H264:
+    case AV_CODEC_ID_MPEG4: return 1;
+    case AV_CODEC_ID_HEVC:
+        return par->extradata_size >= 23 && par->extradata[0] == 1 &&
+               ((par->extradata[21] >> 3) & 7) <= 1;
+    default: return 0;
+    }
+}
+
+/* Packets with pts below this may skip their non-reference frames: the target
+ * minus a margin of 16 frames where pts may be a decode-order guess (AVI and
+ * other containers without real pts), and never within that margin of the end,
+ * where one of them may be the last frame. INT64_MIN: skip nothing. */
+static int64_t nonref_skip_until(const AVFormatContext *fmt, const AVStream *st, int64_t start,
+                                 int64_t ts)
+{
+    static const char *real_pts[] = {"mov", "matroska", "mpegts", "mpeg", "flv", "nut"};
+    int real = 0;
+
+    if (!nonref_skip_is_safe(st->codecpar))
+        return INT64_MIN;
+    for (size_t i = 0; i < sizeof(real_pts) / sizeof(*real_pts); i++) {
+        size_t n = strlen(real_pts[i]);
+        const char *name = fmt->iformat->name;
+        /* the demuxer's name is a comma-separated list ("mov,mp4,m4a,...") */
+        if (!strncmp(name, real_pts[i], n) && (name[n] == ',' || !name[n]))
+            real = 1;
+    }
+    AVRational fr = st->avg_frame_rate;
+    if (fr.num <= 0 || fr.den <= 0)
+        fr = st->r_frame_rate;
+    if (fr.num <= 0 || fr.den <= 0)
+        fr = (AVRational){25, 1};
+    int64_t frame_dur = av_rescale_q(1, av_inv_q(fr), st->time_base);
+    if (frame_dur < 1)
+        frame_dur = 1;
+    int64_t margin = real ? 0 : 16 * frame_dur;
+    int64_t until = ts - margin;
+    int64_t end = AV_NOPTS_VALUE;
+    if (st->duration > 0 && st->duration != AV_NOPTS_VALUE)
+        end = start + st->duration;
+    else if (fmt->duration > 0 && fmt->duration != AV_NOPTS_VALUE)
+        end = start + av_rescale_q(fmt->duration, AV_TIME_BASE_Q, st->time_base);
+    if (end != AV_NOPTS_VALUE && end - margin - 16 * frame_dur < until)
+        until = end - margin - 16 * frame_dur;
+    return until;
+}
+
 /* One thumbnail, start to finish. 0 or -1; *s gets the stage times. */
 static int one(const struct opts *o, struct membuf *mb, struct stage_ms *s)
 {
@@ -146,8 +212,11 @@ static int one(const struct opts *o, struct membuf *mb, struct stage_ms *s)
     if (!pkt || !frame || avformat_open_input(&fmt, o->file, NULL, NULL) < 0)
         goto out;
     si = av_find_best_stream(fmt, AVMEDIA_TYPE_VIDEO, -1, -1, NULL, 0);
-    if (si < 0 || o->probe || fmt->streams[si]->codecpar->width <= 0 ||
-        fmt->streams[si]->codecpar->format < 0) {
+    /* The decoded frame gives the pixel format: the header need only name the
+     * stream, its size and a duration (for the percent), as in the engine. */
+    if (si < 0 || o->probe || (fmt->ctx_flags & AVFMTCTX_NOHEADER) ||
+        fmt->streams[si]->codecpar->width <= 0 || fmt->streams[si]->codecpar->height <= 0 ||
+        (fmt->duration <= 0 && fmt->streams[si]->duration <= 0)) {
         if (avformat_find_stream_info(fmt, NULL) < 0)
             goto out;
         si = av_find_best_stream(fmt, AVMEDIA_TYPE_VIDEO, -1, -1, NULL, 0);
@@ -181,8 +250,11 @@ static int one(const struct opts *o, struct membuf *mb, struct stage_ms *s)
         goto out;
     if (o->keyframe)
         dec->skip_frame = AVDISCARD_NONKEY;
-    /* Accurate: decode until the first frame at or after ts. Keyframe: the
-     * first keyframe after the seek, sent alone and drained. */
+    int64_t skip_until =
+        o->keyframe || o->no_skip ? INT64_MIN : nonref_skip_until(fmt, st, start, ts);
+    /* Accurate: decode until the first frame at or after ts, the non-reference
+     * frames well before it skipped. Keyframe: the first keyframe after the
+     * seek, sent alone and drained. */
     while (!got) {
         int r = av_read_frame(fmt, pkt);
         if (r < 0) {
@@ -191,6 +263,10 @@ static int one(const struct opts *o, struct membuf *mb, struct stage_ms *s)
             av_packet_unref(pkt);
             continue;
         } else {
+            if (!o->keyframe)
+                dec->skip_frame = pkt->pts != AV_NOPTS_VALUE && pkt->pts < skip_until
+                                      ? AVDISCARD_NONREF
+                                      : AVDISCARD_DEFAULT;
             r = avcodec_send_packet(dec, pkt);
             av_packet_unref(pkt);
             if (o->keyframe)
@@ -246,6 +322,8 @@ static int one(const struct opts *o, struct membuf *mb, struct stage_ms *s)
         goto out;
     s->png = now_ms() - t0;
     s->bytes = mb->len;
+    s->w = w;
+    s->h = h;
     ret = 0;
 out:
     sws_freeContext(sws);
@@ -276,18 +354,24 @@ static void usage(void)
 {
     fprintf(stderr, "usage: tn_limit [--at T|P%%] [--mode keyframe|accurate] "
                     "[--threads none|slice|frame] [--n N] [--width W] [--level L] "
-                    "[--filter none|sub|paeth|all] [--probe] [--out FILE] FILE\n");
+                    "[--filter none|sub|paeth|all] [--probe] [--no-skip] [--out FILE] FILE\n");
     exit(2);
 }
 
 int main(int argc, char **argv)
 {
     static const struct option lo[] = {
-        {"at", required_argument, NULL, 'a'},      {"mode", required_argument, NULL, 'm'},
-        {"threads", required_argument, NULL, 't'}, {"n", required_argument, NULL, 'n'},
-        {"width", required_argument, NULL, 'w'},   {"level", required_argument, NULL, 'l'},
-        {"filter", required_argument, NULL, 'f'},  {"probe", no_argument, NULL, 'p'},
-        {"out", required_argument, NULL, 'o'},     {NULL, 0, NULL, 0},
+        {"at", required_argument, NULL, 'a'},
+        {"mode", required_argument, NULL, 'm'},
+        {"threads", required_argument, NULL, 't'},
+        {"n", required_argument, NULL, 'n'},
+        {"width", required_argument, NULL, 'w'},
+        {"level", required_argument, NULL, 'l'},
+        {"filter", required_argument, NULL, 'f'},
+        {"probe", no_argument, NULL, 'p'},
+        {"out", required_argument, NULL, 'o'},
+        {"no-skip", no_argument, NULL, 's'},
+        {NULL, 0, NULL, 0},
     };
     struct opts o = {.at = 10,
                      .at_percent = 1,
@@ -334,6 +418,7 @@ int main(int argc, char **argv)
             break;
         case 'p': o.probe = 1; break;
         case 'o': o.out = optarg; break;
+        case 's': o.no_skip = 1; break;
         default: usage();
         }
     }
@@ -357,16 +442,17 @@ int main(int argc, char **argv)
             failed++;
             continue;
         }
-        printf("iter=%d total=%.2f open=%.2f decode=%.2f scale=%.2f png=%.2f cpu=%.2f frames=%d "
-               "bytes=%zu pts=%.3f\n",
-               i + 1, s.total, s.open, s.decode, s.scale, s.png, s.cpu, s.frames, s.bytes, s.pts);
+        printf("iter=%d total=%.3f open=%.3f decode=%.3f scale=%.3f png=%.3f cpu=%.3f frames=%d "
+               "bytes=%zu pts=%.3f w=%d h=%d\n",
+               i + 1, s.total, s.open, s.decode, s.scale, s.png, s.cpu, s.frames, s.bytes, s.pts,
+               s.w, s.h);
         if (i > 0 || o.n == 1) {
             v[0][ok] = s.total, v[1][ok] = s.open, v[2][ok] = s.decode;
             v[3][ok] = s.scale, v[4][ok] = s.png, v[5][ok] = s.cpu;
             ok++;
         }
     }
-    printf("median total=%.2f open=%.2f decode=%.2f scale=%.2f png=%.2f cpu=%.2f n=%d\n",
+    printf("median total=%.3f open=%.3f decode=%.3f scale=%.3f png=%.3f cpu=%.3f n=%d\n",
            median(v[0], ok), median(v[1], ok), median(v[2], ok), median(v[3], ok), median(v[4], ok),
            median(v[5], ok), ok);
     if (o.out && mb.len) {

@@ -3,7 +3,7 @@
 set terminal pngcairo size 1400,600 font ",10" noenhanced
 set output datadir."/plot.png"
 set multiplot layout 1,2
-set title "Per-thumbnail latency, median ms (log scale)"
+set title "Per-thumbnail latency, ms: mean of per-file medians (log scale)"
 set style data histograms
 set style histogram clustered gap 1
 set style fill solid 0.8 border -1

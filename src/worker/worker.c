@@ -251,10 +251,19 @@ static void format_times(const struct tn_job_opts *o, char *buf, size_t len)
         memcpy(buf + len - 4, "...", 4);
 }
 
+/* Monotonic microseconds: a keyframe job takes a few ms, so the job line's time
+ * needs a finer grain than tn_mono_ms() to be worth comparing. */
+static int64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 static void run_job(struct tn_ipc_job *job, int video, int reply,
                     const struct tn_worker_options *opt)
 {
-    int64_t t0 = tn_mono_ms();
+    int64_t t0 = mono_us();
     struct job_ctx ctx = {.job = job, .reply = reply};
     struct tn_engine_limits limits = {.max_pixels = opt->max_pixels};
     char err[TN_IPC_MESSAGE_MAX] = "";
@@ -347,9 +356,9 @@ done:
             tn_log_error("sendmsg() failed while sending the end of job %" PRIu64 ": %s",
                          job->h.job_id, strerror(-ret));
     }
-    tn_log_info("job %" PRIu64 " %s [%s]: %s%s%s, %u thumbnails, %" PRId64 " ms", job->h.job_id,
-                name, times, tn_code_name(code), code != TN_OK ? ": " : "",
-                code != TN_OK ? err : "", ctx.results, tn_mono_ms() - t0);
+    tn_log_info("job %" PRIu64 " %s [%s]: %s%s%s, %u thumbnails, %.3f ms", job->h.job_id, name,
+                times, tn_code_name(code), code != TN_OK ? ": " : "", code != TN_OK ? err : "",
+                ctx.results, (double)(mono_us() - t0) / 1000);
 }
 
 /* ---- the loop ----------------------------------------------------------- */
