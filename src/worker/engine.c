@@ -317,6 +317,12 @@ struct engine {
     int need_key;       /* after a seek: drop packets up to a keyframe */
     int have_prev, have_cur, cur_exact, cur_clamped;
     int64_t cur_pts;
+    /* Fallbacks, for the reason: the demuxer could not seek (from then on
+     * every point is decoded forward from the start), and how e->cur was
+     * got when no frame was at the target (enum fallback). */
+    int seek_broken;
+    int fallback, cur_fallback; /* for this point; for e->cur when it is clamped */
+    int probed_streams;         /* avformat_find_stream_info was run (again on a reopen) */
 
     int64_t frames; /* decoded, for messages */
     int errors_in_row;
@@ -509,10 +515,10 @@ static int in_list(const char *name, const char *list)
     return av_match_list(name, list, ',') > 0;
 }
 
+static int open_demuxer(struct engine *e);
+
 static int open_input(struct engine *e)
 {
-    const struct tn_engine_limits *lim = e->req->limits;
-    AVDictionary *opts = NULL;
     uint8_t *buf = NULL;
     int ret;
 
@@ -557,6 +563,17 @@ static int open_input(struct engine *e)
                     "sequences and other formats that refer to other files are refused)",
                     e->ifmt->name, e->ifmt->long_name ? e->ifmt->long_name : "?");
     }
+
+    return open_demuxer(e);
+}
+
+/* The demuxer on e->avio, from its current position (the start): e->fmt
+ * allocated with our AVIO, e->ifmt recognised. */
+static int open_demuxer(struct engine *e)
+{
+    const struct tn_engine_limits *lim = e->req->limits;
+    AVDictionary *opts = NULL;
+    int ret;
 
     av_dict_set(&opts, "format_whitelist", format_whitelist, 0);
     av_dict_set(&opts, "protocol_whitelist", "none", 0);
@@ -705,6 +722,20 @@ static int nonref_skip_is_safe(const AVCodecParameters *par)
     }
 }
 
+/* Matroska's per-track DURATION tag ("01:02:03.500000000", mkvmerge and
+ * libavformat write it) when the segment has no duration; -1 if none. */
+static double tag_duration(const AVStream *st)
+{
+    const AVDictionaryEntry *t = av_dict_get(st->metadata, "DURATION", NULL, 0);
+    int h, m;
+    double sec;
+
+    if (!t || sscanf(t->value, "%d:%d:%lf", &h, &m, &sec) != 3 || h < 0 || m < 0 || sec < 0)
+        return -1;
+    sec += h * 3600.0 + m * 60.0;
+    return sec > 0 && isfinite(sec) ? sec : -1;
+}
+
 static void setup_timing(struct engine *e)
 {
     const AVStream *st = e->st;
@@ -719,6 +750,8 @@ static void setup_timing(struct engine *e)
         e->duration = e->fmt->duration / (double)AV_TIME_BASE;
     else if (st->duration > 0 && st->duration != AV_NOPTS_VALUE)
         e->duration = st->duration * av_q2d(tb);
+    else
+        e->duration = tag_duration(st);
 
     /* the video's own end: the container's may include a longer audio track */
     e->end_pts = AV_NOPTS_VALUE;
@@ -758,6 +791,52 @@ static void set_point(struct engine *e, struct point *p, unsigned index, double 
     /* 1e9 s (31 years) keeps the arithmetic in range; it is past any end */
     int64_t us = llrint(fmin(s, 1e9) * AV_TIME_BASE);
     p->target = e->start_pts + av_rescale_q(us, AV_TIME_BASE_Q, e->st->time_base);
+}
+
+static int reopen(struct engine *e);
+static int read_video_packet(struct engine *e);
+static int64_t packet_ts(const AVPacket *pkt);
+
+/* Whether resolving the request needs the video's duration. */
+static int needs_duration(const struct tn_engine_request *req)
+{
+    if (req->count || req->every > 0 || req->storyboard)
+        return 1;
+    for (size_t i = 0; i < req->n_times; i++)
+        if (req->times[i].kind != TN_TIME_SECONDS)
+            return 1;
+    return 0;
+}
+
+/* No duration in the header (a Matroska or FLV file written to a pipe, a
+ * cut MPEG stream...): read the video's packets to the end, the way players
+ * find it, and take the end of the last one. Demuxing only, no decoding;
+ * then start over from the beginning. */
+static int scan_duration(struct engine *e)
+{
+    int64_t end = AV_NOPTS_VALUE;
+    int code, ret;
+
+    while ((ret = read_video_packet(e)) == 0) {
+        int64_t t = packet_ts(e->pkt);
+        if (t != AV_NOPTS_VALUE) {
+            t += e->pkt->duration > 0 ? e->pkt->duration : e->frame_dur;
+            if (end == AV_NOPTS_VALUE || t > end)
+                end = t;
+        }
+        av_packet_unref(e->pkt);
+    }
+    if (ret == AVERROR_EXIT)
+        return check_stop(e);
+    if ((code = reopen(e)) != TN_OK)
+        return code;
+    e->last_pkt_ts = AV_NOPTS_VALUE;
+    if (end != AV_NOPTS_VALUE && end > e->start_pts) {
+        e->end_pts = end;
+        e->duration = (end - e->start_pts) * av_q2d(e->st->time_base);
+        tn_log_info("duration not in the file's header: %.3f s, from the last packet", e->duration);
+    }
+    return TN_OK;
 }
 
 /* The points to serve, sorted by time, into pts (room for TN_STORYBOARD_MAX_TILES):
@@ -817,6 +896,46 @@ static int resolve_times(struct engine *e, struct point *pts)
 /* ---- decoding ----------------------------------------------------------- */
 
 #define RETREAT 1 /* a seek landed after the target: seek further back */
+
+/* How e->cur was found when the target had no frame of its own. */
+enum fallback {
+    FB_NONE = 0,
+    FB_LAST,    /* the stream ends before the target: its last frame */
+    FB_DAMAGED, /* decoding stopped at damaged data before the target: the last good frame */
+};
+
+/* Start over: a new demuxer from byte 0 on the same AVIO, the same stream,
+ * the decoder flushed by the caller. For files the demuxer cannot seek in
+ * at all (no index and no keyframe flags, a broken index...): decoding
+ * forward from the start is what is left, and it is what the ffmpeg CLI
+ * manages on such files too. */
+static int reopen(struct engine *e)
+{
+    int code, ret;
+
+    avformat_close_input(&e->fmt);
+    e->st = NULL;
+    if (!(e->fmt = avformat_alloc_context()))
+        return fail_av(e, TN_INVALID_ARGUMENT, AVERROR(ENOMEM), "reopening the file");
+    e->fmt->pb = e->avio;
+    e->fmt->flags |= AVFMT_FLAG_CUSTOM_IO;
+    e->fmt->io_open = refuse_io_open;
+    if ((ret = (int)avio_seek(e->avio, 0, SEEK_SET)) < 0)
+        return fail_av(e, TN_INVALID_ARGUMENT, ret, "cannot read the file from the start again");
+    if ((code = open_demuxer(e)) != TN_OK ||
+        (e->probed_streams && (code = find_stream_info(e)) != TN_OK))
+        return code;
+    if ((unsigned)e->si >= e->fmt->nb_streams ||
+        e->fmt->streams[e->si]->codecpar->codec_id != e->dec->codec_id)
+        return fail(e, TN_INVALID_ARGUMENT,
+                    "the file cannot seek, and reopened it shows other streams: it is damaged");
+    for (unsigned i = 0; i < e->fmt->nb_streams; i++)
+        if ((int)i != e->si)
+            e->fmt->streams[i]->discard = AVDISCARD_ALL;
+    e->st = e->fmt->streams[e->si];
+    e->fresh = 1;
+    return TN_OK;
+}
 
 static int64_t frame_pts(struct engine *e, const AVFrame *f)
 {
@@ -953,13 +1072,16 @@ static int next_frame(struct engine *e)
 }
 
 /* Seek to the keyframe at or before ts and reset the decoder. A file that
- * cannot seek is decoded from the start (only if still there). */
+ * cannot seek is decoded from the start: reopened if it is not still there,
+ * and never asked to seek again (e->seek_broken). */
 static int seek_to(struct engine *e, int64_t ts)
 {
     int from_start = ts <= e->start_pts;
-    int ret;
+    int code, ret;
 
-    if (from_start) {
+    if (e->seek_broken) {
+        ret = AVERROR(ENOSYS); /* it failed once: don't search the file again */
+    } else if (from_start) {
         /* A second early first: some demuxers (MPEG-TS) seek by dts, and the
          * first keyframe's dts is before the start pts. Those that refuse a
          * time before the start get the start itself. */
@@ -975,9 +1097,12 @@ static int seek_to(struct engine *e, int64_t ts)
     if (ret < 0) {
         if (e->io.stop)
             return fail_av(e, e->io.stop, ret, "");
-        if (!e->fresh)
-            return fail_av(e, TN_INVALID_ARGUMENT, ret, "cannot seek in this file");
         tn_log_debug("seek failed (%s), decoding from the start", av_err2str(ret));
+        /* even a failed seek may have read the file (generic seeking
+         * searches it for keyframes): start over for certain */
+        e->seek_broken = 1;
+        if ((code = reopen(e)) != TN_OK)
+            return code;
         from_start = 1;
     } else {
         e->fresh = 0;
@@ -1019,6 +1144,8 @@ static int can_continue(struct engine *e, int64_t target)
         return 0;
     if (e->last_out_pts != AV_NOPTS_VALUE && e->last_out_pts >= target)
         return 0;
+    if (e->seek_broken) /* a "seek" would decode from the start again */
+        return 1;
     if (avformat_index_get_entries_count(e->st) <= 0)
         return e->fresh && target <= e->start_pts;
     int idx = av_index_search_timestamp(e->st, target, AVSEEK_FLAG_BACKWARD);
@@ -1048,8 +1175,10 @@ static int serve_accurate(struct engine *e, int64_t target)
 
     /* Points are sorted: the previous answer still holds if it is at or
      * after this target, or if it was the last frame of the stream. */
-    if (e->have_cur && e->cur_exact && (e->cur_pts >= target || e->cur_clamped))
+    if (e->have_cur && e->cur_exact && (e->cur_pts >= target || e->cur_clamped)) {
+        e->fallback = e->cur_clamped ? e->cur_fallback : FB_NONE;
         return TN_OK;
+    }
 
     e->target = target;
     if (can_continue(e, target)) {
@@ -1086,6 +1215,7 @@ static int serve_accurate(struct engine *e, int64_t target)
             if (e->have_prev) {
                 e->have_prev = 0;
                 keep_as_cur(e, e->prev, 1, 1);
+                e->fallback = e->cur_fallback = FB_LAST;
                 return TN_OK;
             }
             if (!from_start && e->seek_ts != INT64_MIN) {
@@ -1100,6 +1230,15 @@ static int serve_accurate(struct engine *e, int64_t target)
                 return fail_av(e, TN_INVALID_ARGUMENT, e->last_decode_error,
                                "no frame of the video could be decoded");
             return fail(e, TN_INVALID_ARGUMENT, "the video stream has no decodable frame");
+        }
+        if (ret < 0 && e->have_prev && !e->io.stop && ret != AVERROR(ENOMEM)) {
+            /* damaged from here on: what was decoded before is the picture */
+            tn_log_debug("decoding stopped (%s): the last good frame", av_err2str(ret));
+            e->positioned = 0;
+            e->have_prev = 0;
+            keep_as_cur(e, e->prev, 1, 1);
+            e->fallback = e->cur_fallback = FB_DAMAGED;
+            return TN_OK;
         }
         if (ret < 0)
             return fail_av(e, TN_INVALID_ARGUMENT, ret, "decoding failed");
@@ -1761,12 +1900,27 @@ static const uint8_t *pad(struct engine *e, const struct geom *g, const uint8_t 
     return e->canvas;
 }
 
-/* "<how it was picked>; <what the colour step did>" */
+/* "<how it was picked>; <fallbacks>; <what the colour step did>" */
 static void make_reason(const struct engine *e, char *buf, size_t len)
 {
     char colour[128];
+    const char *fb = e->fallback == FB_LAST      ? "the video ends before that time: its last frame"
+                     : e->fallback == FB_DAMAGED ? "the video is damaged before that time: the "
+                                                   "last frame that decodes"
+                                                 : "";
+    const char *seek =
+        e->seek_broken && !e->img_st ? "the file cannot seek: decoded from the start" : "";
+    const char *parts[4] = {e->pick, seek, fb, colour};
+    size_t off = 0;
+
     tn_colour_describe(e->colour_did, colour, sizeof(colour));
-    snprintf(buf, len, "%s%s%s", e->pick, e->pick[0] && colour[0] ? "; " : "", colour);
+    buf[0] = '\0';
+    for (size_t i = 0; i < 4 && off < len; i++) {
+        if (!parts[i][0])
+            continue;
+        int n = snprintf(buf + off, len - off, "%s%s", off ? "; " : "", parts[i]);
+        off += n > 0 ? (size_t)n : 0;
+    }
 }
 
 /* e->cur fitted into e->box, scaled, rotated, cropped and padded: *img
@@ -2076,11 +2230,15 @@ int tn_engine_run(const struct tn_engine_request *req, tn_engine_emit_fn emit, v
         goto out;
     }
     int probe_streams = !header_is_enough(e.fmt);
+    e.probed_streams = probe_streams;
     if (probe_streams && (code = find_stream_info(&e)) != TN_OK)
         goto out;
     if ((code = open_stream(&e)) != TN_OK)
         goto out;
     setup_timing(&e);
+    if (e.duration < 0 && e.end_pts == AV_NOPTS_VALUE && needs_duration(req) &&
+        (code = scan_duration(&e)) != TN_OK)
+        goto out;
     if ((code = resolve_times(&e, points)) != TN_OK)
         goto out;
     e.box = (struct box){.max_width = req->max_width,
@@ -2099,6 +2257,7 @@ int tn_engine_run(const struct tn_engine_request *req, tn_engine_emit_fn emit, v
 
     for (size_t i = 0; i < e.n_points; i++) {
         e.pick[0] = '\0';
+        e.fallback = FB_NONE;
         e.img_st = NULL;
         if (req->cover_art && points[i].index == 0 && (code = cover_art(&e)) != 0) {
             if (code < 0) {
