@@ -862,7 +862,11 @@ static int resolve_times(struct engine *e, struct point *pts)
             for (unsigned i = 0; i < req->count; i++)
                 set_point(e, &pts[i], i, dur * (i + 0.5) / req->count);
         } else {
-            double n = floor(dur / every - 1e-9) + 1;
+            /* i * every for every i that leaves at least half a frame of
+             * video: a point at the very end would repeat the last frame
+             * (a 20 s video every 1 s is 20 tiles, not 21) */
+            double half_frame = e->frame_dur * av_q2d(e->st->time_base) / 2;
+            double n = fmax(1, ceil((dur - half_frame) / every - 1e-9));
             if (n > (double)max)
                 return fail(
                     e, TN_INVALID_ARGUMENT,
