@@ -50,6 +50,7 @@
 #include <webp/encode.h>
 
 #include "colour.h"
+#include "json.h"
 #include "log.h"
 #include "probe.h"
 #include "smart.h"
@@ -146,6 +147,9 @@ void tn_engine_global_init(void)
      * decodes the same sizes job after job: keep freed memory in the heap. */
     mallopt(M_MMAP_THRESHOLD, 32 << 20);
     mallopt(M_TRIM_THRESHOLD, 256 << 20);
+    /* jansson seeds its hash function from /dev/urandom on first use: now,
+     * before the sandbox forbids opening files (the probe writes JSON) */
+    json_object_seed(0);
 }
 
 /* ---- input: pread on the fd, deadline and cancel checks --------------- */
