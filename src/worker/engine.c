@@ -327,6 +327,8 @@ struct engine {
     int seek_broken;
     int fallback, cur_fallback; /* for this point; for e->cur when it is clamped */
     int probed_streams;         /* avformat_find_stream_info was run (again on a reopen) */
+    int64_t first_pts;          /* find_start()'s answer when the header names no start */
+    int check_key;              /* the next frame must be a keyframe (see BAD_KEY) */
 
     int64_t frames; /* decoded, for messages */
     int errors_in_row;
@@ -745,8 +747,14 @@ static void setup_timing(struct engine *e)
     const AVStream *st = e->st;
     AVRational tb = st->time_base;
 
-    e->start_pts = st->start_time != AV_NOPTS_VALUE ? st->start_time : 0;
-    if (st->start_time == AV_NOPTS_VALUE && e->fmt->start_time != AV_NOPTS_VALUE)
+    /* find_start()'s answer first: reading packets makes libavformat set a
+     * start_time of its own, from the first packet with a pts (not the
+     * smallest one when B-frames come first) */
+    e->start_pts = e->first_pts != AV_NOPTS_VALUE     ? e->first_pts
+                   : st->start_time != AV_NOPTS_VALUE ? st->start_time
+                                                      : 0;
+    if (e->first_pts == AV_NOPTS_VALUE && st->start_time == AV_NOPTS_VALUE &&
+        e->fmt->start_time != AV_NOPTS_VALUE)
         e->start_pts = av_rescale_q(e->fmt->start_time, AV_TIME_BASE_Q, tb);
 
     e->duration = -1;
@@ -800,6 +808,34 @@ static void set_point(struct engine *e, struct point *p, unsigned index, double 
 static int reopen(struct engine *e);
 static int read_video_packet(struct engine *e);
 static int64_t packet_ts(const AVPacket *pkt);
+
+static int seek_to(struct engine *e, int64_t ts);
+
+#define START_PACKETS 32 /* enough for any B-frame reordering */
+
+/* The header names no start time (avformat_find_stream_info was skipped, it
+ * finds it): the first frame's time is the smallest pts of the first packets
+ * (B-frames come before their references in decode order), e.g. 0.2 s in a
+ * fragmented MP4 with B-frames and no edit list. Times count from there, as
+ * in the ffmpeg CLI and in players. Demuxing only; then back to the start. */
+static int find_start(struct engine *e)
+{
+    int64_t min = AV_NOPTS_VALUE;
+    int ret = 0;
+
+    for (int i = 0; i < START_PACKETS && (ret = read_video_packet(e)) == 0; i++) {
+        int64_t t = e->pkt->pts;
+        if (t != AV_NOPTS_VALUE && !(e->pkt->flags & AV_PKT_FLAG_DISCARD) &&
+            (min == AV_NOPTS_VALUE || t < min))
+            min = t;
+        av_packet_unref(e->pkt);
+    }
+    if (ret == AVERROR_EXIT)
+        return check_stop(e);
+    e->first_pts = min;
+    e->start_pts = min != AV_NOPTS_VALUE ? min : 0;
+    return seek_to(e, e->start_pts);
+}
 
 /* Whether resolving the request needs the video's duration. */
 static int needs_duration(const struct tn_engine_request *req)
@@ -904,6 +940,10 @@ static int resolve_times(struct engine *e, struct point *pts)
 /* ---- decoding ----------------------------------------------------------- */
 
 #define RETREAT 1 /* a seek landed after the target: seek further back */
+/* The first frame after a seek is no keyframe although its packet was flagged
+ * one: the container's key flags are wrong (an AVI without its index flags
+ * every packet), so seeking gives broken pictures. Decode from the start. */
+#define BAD_KEY 2
 
 /* How e->cur was found when the target had no frame of its own. */
 enum fallback {
@@ -1044,6 +1084,15 @@ static int next_frame(struct engine *e)
             int64_t t = frame_pts(e, e->frame);
             e->last_out_pts = t;
             e->frame->pts = t; /* from here on, pts is the one we use */
+            if (e->check_key) {
+                e->check_key = 0;
+                if (!e->frame->key_frame && e->frame->pict_type != AV_PICTURE_TYPE_I) {
+                    tn_log_debug("the frame at a keyframe packet is no keyframe: decoding from "
+                                 "the start");
+                    av_frame_unref(e->frame);
+                    return BAD_KEY;
+                }
+            }
             return 0;
         }
         if (ret == AVERROR_EOF)
@@ -1120,6 +1169,7 @@ static int seek_to(struct engine *e, int64_t ts)
     e->positioned = 1;
     e->seek_ts = from_start ? INT64_MIN : ts;
     e->need_key = !from_start;
+    e->check_key = !from_start;
     e->last_pkt_ts = AV_NOPTS_VALUE;
     e->last_out_pts = AV_NOPTS_VALUE;
     av_frame_unref(e->prev);
@@ -1218,6 +1268,12 @@ static int serve_accurate(struct engine *e, int64_t target)
                 return code;
             continue;
         }
+        if (ret == BAD_KEY) {
+            e->seek_broken = 1;
+            if ((code = seek_to(e, e->start_pts)) != TN_OK)
+                return code;
+            continue;
+        }
         if (ret == AVERROR_EOF) {
             e->positioned = 0;
             if (e->have_prev) {
@@ -1298,8 +1354,14 @@ static int serve_keyframe(struct engine *e, int64_t target)
         e->drained = 1;
         avcodec_send_packet(e->dec, NULL);
         e->key_ts = t;
+        e->check_key = 1;
         ret = next_frame(e);
         e->key_ts = AV_NOPTS_VALUE;
+        e->check_key = 0;
+        if (ret == BAD_KEY) {
+            e->seek_broken = 1;
+            break;
+        }
         if (ret == 0) {
             keep_as_cur(e, e->frame, 0, 0);
             e->cur_key = t;
@@ -2212,6 +2274,7 @@ int tn_engine_run(const struct tn_engine_request *req, tn_engine_emit_fn emit, v
         .skip_until = INT64_MIN,
         .key_ts = AV_NOPTS_VALUE,
         .cur_key = AV_NOPTS_VALUE,
+        .first_pts = AV_NOPTS_VALUE,
     };
     struct point *points = NULL;
     int code;
@@ -2242,6 +2305,9 @@ int tn_engine_run(const struct tn_engine_request *req, tn_engine_emit_fn emit, v
     if (probe_streams && (code = find_stream_info(&e)) != TN_OK)
         goto out;
     if ((code = open_stream(&e)) != TN_OK)
+        goto out;
+    if (e.st->start_time == AV_NOPTS_VALUE && e.fmt->start_time == AV_NOPTS_VALUE &&
+        (code = find_start(&e)) != TN_OK)
         goto out;
     setup_timing(&e);
     if (e.duration < 0 && e.end_pts == AV_NOPTS_VALUE && needs_duration(req) &&
