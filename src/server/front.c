@@ -1030,7 +1030,7 @@ static int take_options(struct gen_call *c, const Thumbnail__V1__Options *o)
     j->n_times = (uint32_t)o->n_times;
     if (j->n_times == 0) {
         j->n_times = 1;
-        j->times[0].kind = TN_TIME_PERCENT;
+        j->times[0].kind = TN_TIME_DEFAULT;
         j->times[0].value = 10;
     }
     if (o->max_width > MAX_BOX || o->max_height > MAX_BOX) {

@@ -264,6 +264,7 @@ static int refuse_io_open(struct AVFormatContext *s, AVIOContext **pb, const cha
 
 struct point {
     unsigned index; /* into req->times */
+    int is_default; /* no time was named: avoid a black or blank frame */
     double seconds; /* resolved, from the start of the video */
     int64_t target; /* in stream time base, start included */
 };
@@ -472,7 +473,7 @@ static int validate_request(struct engine *e)
             if (!isfinite(tp->value) || tp->value < 0)
                 return fail(e, TN_INVALID_ARGUMENT,
                             "time point %zu (%g s) must be a number of seconds >= 0", i, tp->value);
-        } else if (tp->kind == TN_TIME_PERCENT) {
+        } else if (tp->kind == TN_TIME_PERCENT || tp->kind == TN_TIME_DEFAULT) {
             if (!isfinite(tp->value) || tp->value < 0 || tp->value > 100)
                 return fail(e, TN_INVALID_ARGUMENT, "time point %zu (%g%%) must be within 0..100%%",
                             i, tp->value);
@@ -923,7 +924,8 @@ static int resolve_times(struct engine *e, struct point *pts)
     for (size_t i = 0; i < req->n_times; i++) {
         const struct tn_time_point *tp = &req->times[i];
         double s = tp->value;
-        if (tp->kind == TN_TIME_PERCENT) {
+        pts[i].is_default = tp->kind == TN_TIME_DEFAULT;
+        if (tp->kind != TN_TIME_SECONDS) {
             if (e->duration < 0) {
                 tn_log_info("duration unknown: %g%% taken as the start of the video", tp->value);
                 s = 0;
@@ -1490,6 +1492,40 @@ out:
     for (size_t i = 0; i < SMART_NEAR; i++)
         av_frame_free(&keep[i]);
     return code;
+}
+
+/* No time named: the frame at the default time (exact, or its keyframe in
+ * KEYFRAME mode) unless it is black or blank (a fade-in, a title card); then
+ * SMART's choice among the keyframes from there on. */
+static int serve_default(struct engine *e, const struct point *p)
+{
+    struct tn_smart_stats st;
+    char why[REASON_MAX];
+    int code = e->req->mode == TN_MODE_KEYFRAME ? serve_keyframe(e, p->target)
+                                                : serve_accurate(e, p->target);
+
+    if (code != TN_OK || (code = judge(e, &st)) != TN_OK)
+        return code;
+    if (st.verdict == TN_SMART_OK) {
+        snprintf(e->pick, sizeof(e->pick), "no time requested: %g %%",
+                 e->req->times[p->index].value);
+        return TN_OK;
+    }
+    snprintf(why, sizeof(why), "no time requested: the frame at %g %% is %s",
+             e->req->times[p->index].value, st.verdict == TN_SMART_BLACK ? "black" : "blank");
+    e->fallback = FB_NONE; /* a later frame is used */
+    if ((code = serve_smart(e, p->target)) != TN_OK)
+        return code;
+    size_t n = strlen(why), m = strlen(e->pick);
+    if (m && n + 2 < sizeof(why)) { /* "<why>; <smart's reason>", cut to fit */
+        memcpy(why + n, "; ", 2);
+        n += 2;
+        m = m < sizeof(why) - 1 - n ? m : sizeof(why) - 1 - n;
+        memcpy(why + n, e->pick, m);
+        why[n + m] = '\0';
+    }
+    memcpy(e->pick, why, sizeof(why));
+    return TN_OK;
 }
 
 /* The attached picture (cover art) decoded into e->cur; e->img_st is its
@@ -2342,6 +2378,8 @@ int tn_engine_run(const struct tn_engine_request *req, tn_engine_emit_fn emit, v
             code = TN_OK;
         } else if (req->mode == TN_MODE_SMART) {
             code = serve_smart(&e, points[i].target);
+        } else if (points[i].is_default) {
+            code = serve_default(&e, &points[i]);
         } else {
             code = req->mode == TN_MODE_KEYFRAME ? serve_keyframe(&e, points[i].target)
                                                  : serve_accurate(&e, points[i].target);

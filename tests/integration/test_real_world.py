@@ -136,6 +136,29 @@ class RealWorldTest(h.ServerTestCase):
         self.assertGreater(h.image_variance(bytes(png.rgb_bytes()[(90 * 1600 + 1440) * 3:
                                                                  (90 * 1600 + 1600) * 3])), 100)
 
+    def test_default_time_skips_a_black_intro(self):
+        path = os.path.join(self.dir, "intro.mp4")
+        ff("-f", "lavfi", "-i", "color=black:size=160x120:rate=10:duration=2", "-f", "lavfi", "-i",
+           "testsrc2=size=160x120:rate=10:duration=8", "-filter_complex",
+           "[0:v][1:v]concat=n=2:v=1[v]", "-map", "[v]", "-c:v", "libx264", "-preset",
+           "ultrafast", "-g", "10", path)
+        # no time named: not the black frame at 10 % (1 s), and the reason says why
+        t = h.generate(self.server.addr, path=path)[0]
+        self.assertIn("no time requested: the frame at 10 % is black", t.header.reason)
+        self.assertGreaterEqual(t.header.actual_time, 2.0)
+        rgb = h.png_decode(bytes(t.data)).rgb_bytes()
+        self.assertGreater(h.image_variance(rgb), 500)
+        self.same_as_ffmpeg(path, t)
+        # an explicit time stays exact, black or not
+        t = h.generate(self.server.addr, path=path, times=["10%"])[0]
+        self.assertAlmostEqual(t.header.actual_time, 1.0, delta=0.001)
+        self.assertLess(h.image_variance(h.png_decode(bytes(t.data)).rgb_bytes()), 5)
+        self.assertNotIn("no time requested", t.header.reason)
+        # a video that is not black at 10 %: that frame, exactly
+        t = h.generate(self.server.addr, path=os.path.join(self.dir, "a.mkv"))[0]
+        self.assertAlmostEqual(t.header.actual_time, 0.36, delta=0.001)
+        self.assertEqual(t.header.reason, "no time requested: 10 %")
+
     def test_probe_invalid_utf8_tag(self):
         path = os.path.join(self.dir, "lang.mkv")
         ff("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10:duration=1", "-f", "lavfi", "-i",
