@@ -2346,6 +2346,14 @@ int tn_engine_run(const struct tn_engine_request *req, tn_engine_emit_fn emit, v
         (code = find_start(&e)) != TN_OK)
         goto out;
     setup_timing(&e);
+    /* An AVI without its index (idx1, e.g. written to a pipe) flags every
+     * packet as a keyframe, and codecs such as MS Video 1 do not say in the
+     * bitstream which frames are whole (BAD_KEY cannot tell): only decoding
+     * forward from the start gives the right pictures. */
+    const AVCodecDescriptor *desc = avcodec_descriptor_get(e.st->codecpar->codec_id);
+    if (!strcmp(e.fmt->iformat->name, "avi") && avformat_index_get_entries_count(e.st) == 0 &&
+        !(desc && (desc->props & AV_CODEC_PROP_INTRA_ONLY)))
+        e.seek_broken = 1;
     if (e.duration < 0 && e.end_pts == AV_NOPTS_VALUE && needs_duration(req) &&
         (code = scan_duration(&e)) != TN_OK)
         goto out;
