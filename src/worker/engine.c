@@ -329,6 +329,7 @@ struct engine {
     int fallback, cur_fallback; /* for this point; for e->cur when it is clamped */
     int probed_streams;         /* avformat_find_stream_info was run (again on a reopen) */
     int64_t first_pts;          /* find_start()'s answer when the header names no start */
+    int64_t file_start;         /* find_start(): the earliest stream's first pts, video tb */
     int check_key;              /* the next frame must be a keyframe (see BAD_KEY) */
 
     int64_t frames; /* decoded, for messages */
@@ -748,15 +749,22 @@ static void setup_timing(struct engine *e)
     const AVStream *st = e->st;
     AVRational tb = st->time_base;
 
-    /* find_start()'s answer first: reading packets makes libavformat set a
-     * start_time of its own, from the first packet with a pts (not the
-     * smallest one when B-frames come first) */
-    e->start_pts = e->first_pts != AV_NOPTS_VALUE     ? e->first_pts
-                   : st->start_time != AV_NOPTS_VALUE ? st->start_time
-                                                      : 0;
+    /* The video's first frame: find_start()'s answer first (reading packets
+     * makes libavformat set a start_time of its own, from the first packet
+     * with a pts, not the smallest one when B-frames come first). */
+    int64_t video_start = e->first_pts != AV_NOPTS_VALUE     ? e->first_pts
+                          : st->start_time != AV_NOPTS_VALUE ? st->start_time
+                                                             : 0;
+    /* Times count from the file's start, the earliest stream's (ffmpeg -ss
+     * and players do): video after an audio lead-in starts later than 0. */
+    int64_t file_start = e->file_start;
+    if (e->fmt->start_time != AV_NOPTS_VALUE)
+        file_start = av_rescale_q(e->fmt->start_time, AV_TIME_BASE_Q, tb);
     if (e->first_pts == AV_NOPTS_VALUE && st->start_time == AV_NOPTS_VALUE &&
-        e->fmt->start_time != AV_NOPTS_VALUE)
-        e->start_pts = av_rescale_q(e->fmt->start_time, AV_TIME_BASE_Q, tb);
+        file_start != AV_NOPTS_VALUE)
+        video_start = file_start;
+    e->start_pts =
+        file_start != AV_NOPTS_VALUE && file_start < video_start ? file_start : video_start;
 
     e->duration = -1;
     if (e->fmt->duration > 0 && e->fmt->duration != AV_NOPTS_VALUE)
@@ -769,7 +777,7 @@ static void setup_timing(struct engine *e)
     /* the video's own end: the container's may include a longer audio track */
     e->end_pts = AV_NOPTS_VALUE;
     if (st->duration > 0 && st->duration != AV_NOPTS_VALUE)
-        e->end_pts = e->start_pts + st->duration;
+        e->end_pts = video_start + st->duration;
     else if (e->fmt->duration > 0 && e->fmt->duration != AV_NOPTS_VALUE)
         e->end_pts = e->start_pts + av_rescale_q(e->fmt->duration, AV_TIME_BASE_Q, tb);
 
@@ -821,20 +829,47 @@ static int seek_to(struct engine *e, int64_t ts);
  * in the ffmpeg CLI and in players. Demuxing only; then back to the start. */
 static int find_start(struct engine *e)
 {
-    int64_t min = AV_NOPTS_VALUE;
-    int ret = 0;
+    int64_t vmin = AV_NOPTS_VALUE, fmin = AV_NOPTS_VALUE; /* video tb; AV_TIME_BASE */
+    int vpackets = 0, ret = 0;
 
-    for (int i = 0; i < START_PACKETS && (ret = read_video_packet(e)) == 0; i++) {
+    /* the other audio/video streams count too: the file's timeline starts at
+     * the earliest of them (video after an audio lead-in starts later) */
+    for (unsigned i = 0; i < e->fmt->nb_streams; i++) {
+        enum AVMediaType type = e->fmt->streams[i]->codecpar->codec_type;
+        if (type == AVMEDIA_TYPE_AUDIO || type == AVMEDIA_TYPE_VIDEO)
+            e->fmt->streams[i]->discard = AVDISCARD_DEFAULT;
+    }
+    for (int n = 0; vpackets < START_PACKETS && n < 8 * START_PACKETS; n++) {
+        if (io_check(&e->io, 0))
+            break;
+        if ((ret = av_read_frame(e->fmt, e->pkt)) < 0)
+            break;
+        const AVStream *ps = e->fmt->streams[e->pkt->stream_index];
         int64_t t = e->pkt->pts;
-        if (t != AV_NOPTS_VALUE && !(e->pkt->flags & AV_PKT_FLAG_DISCARD) &&
-            (min == AV_NOPTS_VALUE || t < min))
-            min = t;
+        if (t != AV_NOPTS_VALUE && !(e->pkt->flags & AV_PKT_FLAG_DISCARD)) {
+            int64_t us = av_rescale_q(t, ps->time_base, AV_TIME_BASE_Q);
+            if (fmin == AV_NOPTS_VALUE || us < fmin)
+                fmin = us;
+            if (e->pkt->stream_index == e->si && (vmin == AV_NOPTS_VALUE || t < vmin))
+                vmin = t;
+        }
+        vpackets += e->pkt->stream_index == e->si;
         av_packet_unref(e->pkt);
     }
-    if (ret == AVERROR_EXIT)
+    for (unsigned i = 0; i < e->fmt->nb_streams; i++)
+        if ((int)i != e->si)
+            e->fmt->streams[i]->discard = AVDISCARD_ALL;
+    e->fresh = 0;
+    if (e->io.stop)
         return check_stop(e);
-    e->first_pts = min;
-    e->start_pts = min != AV_NOPTS_VALUE ? min : 0;
+    if (ret == AVERROR(ENOMEM))
+        return fail_av(e, TN_INVALID_ARGUMENT, ret, "reading the video");
+    e->first_pts = vmin;
+    if (fmin != AV_NOPTS_VALUE)
+        e->file_start = av_rescale_q(fmin, AV_TIME_BASE_Q, e->st->time_base);
+    e->start_pts = vmin != AV_NOPTS_VALUE ? vmin : 0;
+    if (e->file_start != AV_NOPTS_VALUE && e->file_start < e->start_pts)
+        e->start_pts = e->file_start;
     return seek_to(e, e->start_pts);
 }
 
@@ -2311,6 +2346,7 @@ int tn_engine_run(const struct tn_engine_request *req, tn_engine_emit_fn emit, v
         .key_ts = AV_NOPTS_VALUE,
         .cur_key = AV_NOPTS_VALUE,
         .first_pts = AV_NOPTS_VALUE,
+        .file_start = AV_NOPTS_VALUE,
     };
     struct point *points = NULL;
     int code;
