@@ -5,9 +5,10 @@ For every video encoder of Debian's ffmpeg that makes a picture, in every contai
 fits (with and without the container's index where the muxer can leave it out: a
 Matroska/WebM, AVI, ASF or NUT file written to a pipe has no index and no duration, an
 MP4/MOV written fragmented has no sample table), a small testsrc2 clip is made here; the
-real server (through grpcio) makes an accurate thumbnail mid-GOP and ffmpeg makes its own
-frame at the time the server reports. Same picture = PSNR >= 35 dB; where ffmpeg decodes
-nothing, we must fail too. Then damaged files (the fuzz test's mutations): wherever we
+real server (through grpcio) makes an accurate thumbnail mid-GOP and ffmpeg, decoding from
+the start, gives the frame at the time the server reports (on its timeline, or frame
+number time x rate: the clips are constant-rate). Same picture = PSNR >= 35 dB; where ffmpeg decodes nothing, we
+must fail too. Then damaged files (the fuzz test's mutations): wherever we
 fail, ffmpeg must fail as well (or the file be one we refuse on purpose: a container
 outside the server's whitelist).
 
@@ -46,7 +47,7 @@ CONTAINERS = {
 
 # encoder -> (extra args, containers); the first available of a "|" list is used
 ENCODERS = [
-    ("mpeg1video", ["-r", "25"], ["mpeg", "mpegts", "avi", "mkv", "mov"]),  # no 10 fps in MPEG-1
+    ("mpeg1video", [], ["mpeg", "mpegts", "avi", "mkv", "mov"]),
     ("mpeg2video", [], ["mpeg", "mpegts", "mkv", "mp4", "avi"]),
     ("mpeg4", [], ["mp4", "mov", "mkv", "avi", "3gp", "mpegts", "asf", "nut"]),
     ("mpeg4", ["-bf", "2"], ["mp4", "mkv", "avi"]),
@@ -76,6 +77,8 @@ ENCODERS = [
     ("png", [], ["mov", "mkv", "avi"]),
     ("gif", [], ["gif"]),
 ]
+# MPEG-1 has no 10 fps: its clip is made at 25 fps
+CLIP_RATE = {"mpeg1video": 25}
 # options an encoder needs whatever the container
 ENCODER_PIX = {"mjpeg": "yuvj420p", "cinepak": "rgb24", "msvideo1": "rgb555le", "qtrle": "rgb24",
                "png": "rgb24", "gif": "pal8", "prores_ks": "yuv422p10le",
@@ -96,17 +99,22 @@ def psnr(a, b):
     return 99.0 if mse == 0 else 10 * math.log10(255 * 255 / mse)
 
 
-def ffmpeg_frame(path, t, w, hgt, from_start=False, flags="area"):
+def ffmpeg_frame(path, t, w, hgt, from_start=False, flags="area", index=None):
     """ffmpeg's frame at t (the first at or after it) as RGB24 at w x hgt, or None.
     from_start: decode from the start and select by time instead of -ss (for files
-    ffmpeg itself cannot seek in)."""
+    ffmpeg itself cannot seek in). index: decode from the start and take frame number
+    `index` (0 = the first), whatever timestamps ffmpeg gives it."""
     cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error"]
     vf = "scale=%d:%d:flags=%s" % (w, hgt, flags)
-    if from_start:
+    if index is not None:
+        vf = "select=eq(n\\,%d),%s" % (index, vf)
+    elif from_start:
         vf = "select=gte(t\\,%.6f),%s" % (max(0.0, t - 0.0005), vf)
     elif t is not None:
         cmd += ["-ss", "%.6f" % max(0.0, t - 0.0005)]
-    cmd += ["-i", path, "-frames:v", "1", "-vf", vf, "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    # passthrough: no frame dropped or doubled to make the output constant-rate
+    cmd += ["-i", path, "-frames:v", "1", "-vf", vf, "-fps_mode", "passthrough", "-f", "rawvideo",
+            "-pix_fmt", "rgb24", "-"]
     cp = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=60)
     return cp.stdout if cp.returncode == 0 and len(cp.stdout) == w * hgt * 3 else None
 
@@ -145,7 +153,8 @@ class OracleTest(h.ServerTestCase):
         fmt, ext, how = CONTAINERS[cont]
         path = os.path.join(d, "%s-%s%s.%s" % (enc, cont, "-noidx" if noidx else "", ext))
         cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
-               "-i", "testsrc2=size=%dx%d:rate=%d:duration=%d" % (W, H, RATE, SECONDS),
+               "-i", "testsrc2=size=%dx%d:rate=%d:duration=%d" % (W, H, CLIP_RATE.get(enc, RATE),
+                                                                  SECONDS),
                "-c:v", enc, "-g", str(GOP)] + extra
         if enc in ENCODER_PIX:
             cmd += ["-pix_fmt", ENCODER_PIX[enc]]
@@ -204,11 +213,19 @@ class OracleTest(h.ServerTestCase):
                     sw, sh = (int(v) for v in (extra[extra.index("-s") + 1] if "-s" in extra
                                                else "%dx%d" % (W, H)).split("x"))
                     flags = "bicubic" if hdr.width > sw or hdr.height > sh else "area"
-                    # ffmpeg's frame at our time, decoded from the start: `ffmpeg -ss` has
-                    # seeking troubles of its own (MPEG-PS, AVI without an index)
-                    ref = ffmpeg_frame(path, hdr.actual_time, hdr.width, hdr.height,
-                                       from_start=True, flags=flags)
-                    p = psnr(img, ref) if ref is not None else -1
+                    # ffmpeg decodes from the start (`ffmpeg -ss` has seeking troubles of
+                    # its own: MPEG-PS, AVI without an index) and gives the frame at our
+                    # time on its timeline; the clip being constant-rate, frame number
+                    # round(t * rate) is that frame too. Where ffmpeg's timestamps are
+                    # guesses (AVI has none: an MPEG-1 AVI's second frame is at 0.08 s
+                    # for ffmpeg, B-frames in AVI) the two can differ: either will do.
+                    n = round(hdr.actual_time * CLIP_RATE.get(enc, RATE))
+                    by_n = ffmpeg_frame(path, None, hdr.width, hdr.height, flags=flags, index=n)
+                    by_t = ffmpeg_frame(path, hdr.actual_time, hdr.width, hdr.height,
+                                        from_start=True, flags=flags)
+                    ps = [psnr(img, r) for r in (by_t, by_n) if r is not None]
+                    ref = by_t if by_t is not None else by_n
+                    p = max(ps) if ps else -1
                     ok = p >= MIN_PSNR
                     rows.append((label, variant, "t=%.3f %dx%d%s" % (
                         hdr.actual_time, hdr.width, hdr.height,
@@ -224,13 +241,87 @@ class OracleTest(h.ServerTestCase):
                  "|---|---|---|---|---|---|"]
         table += ["| %s |" % " | ".join(r) for r in rows]
         text = ("Oracle: accurate thumbnail at %.2f s of a %dx%d %d fps %d s testsrc2 clip "
-                "(GOP %d) vs ffmpeg's frame at the time we report, decoded from the start "
-                "(PSNR dB; >= %.0f passes); %d clips in %.0f s\n\n%s\n"
+                "(GOP %d) vs ffmpeg's frame at the time we report (decoded from the start, "
+                "the frame at that time or frame number time x rate; PSNR dB, >= %.0f "
+                "passes); %d clips in %.0f s\n\n%s\n"
                 % (AT, W, H, RATE, SECONDS, GOP, MIN_PSNR, made, wall, "\n".join(table)))
         with open(os.path.join(h.BUILD_DIR, "oracle-table.md"), "w") as f:
             f.write(text)
         h.log(text)
         self.assertGreaterEqual(made, 60, "too few clips made: is ffmpeg complete?")
+        self.assertEqual(bad, [], "\n".join(bad))
+
+    def test_3_edge_files(self):
+        """Timestamps and structures real folders have: no timestamps (elementary streams),
+        non-monotonic ones (two TS files back to back), late and shifted starts, an edit
+        list that starts mid-GOP, open GOPs, variable frame rate, video after the audio, a
+        single keyframe. The reference is ffmpeg's frame at our time on its own timeline
+        (decoded from the start, selected by time)."""
+        d = self.tmpdir()
+        src = ["-f", "lavfi", "-i", "testsrc2=size=%dx%d:rate=%d:duration=3" % (W, H, RATE)]
+        aud = ["-f", "lavfi", "-i", "sine=duration=3"]
+        x264 = ["-c:v", "libx264", "-preset", "ultrafast", "-g", str(GOP)]
+        base = os.path.join(d, "base.mp4")
+        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y"] + src + x264 + ["-bf", "2", base],
+                       check=True)
+        ts = os.path.join(d, "base.ts")
+        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", base, "-c", "copy",
+                        ts], check=True)
+        cases = [
+            ("h264 elementary stream (no timestamps)", "es.h264", src + x264 + ["-f", "h264"]),
+            ("MPEG-4 elementary stream", "es.m4v", src + ["-c:v", "mpeg4", "-g", str(GOP), "-f", "m4v"]),
+            ("HEVC elementary stream", "es.hevc", src + ["-c:v", "libx265", "-preset", "ultrafast",
+                                                          "-x265-params", "log-level=error",
+                                                          "-f", "hevc"]),
+            ("late start (TS at 10 s)", "late.ts", src + x264 + ["-output_ts_offset", "10"]),
+            ("late start (MKV at 5 s)", "late.mkv", src + x264 + ["-output_ts_offset", "5"]),
+            ("edit list from mid-GOP", "cut.mp4", ["-ss", "0.55", "-i", base, "-c", "copy"]),
+            ("open GOP (MKV)", "opengop.mkv", src + x264 + ["-bf", "2", "-x264-params", "open-gop=1"]),
+            ("open GOP (TS)", "opengop.ts", src + x264 + ["-bf", "2", "-x264-params", "open-gop=1"]),
+            ("VFR (MKV)", "vfr.mkv", src + x264 + [
+                "-vf", "setpts='if(lt(N,10),N*0.05,0.5+(N-10)*0.15)/TB'", "-fps_mode", "vfr"]),
+            ("VFR (MP4)", "vfr.mp4", src + x264 + [
+                "-vf", "setpts='if(lt(N,10),N*0.05,0.5+(N-10)*0.15)/TB'", "-fps_mode", "vfr"]),
+            ("video 0.7 s after the audio (MP4)", "late-video.mp4",
+             ["-itsoffset", "0.7"] + src + aud + x264 + ["-c:a", "aac", "-map", "0:v", "-map", "1:a"]),
+            ("video 0.7 s after the audio (MKV)", "late-video.mkv",
+             ["-itsoffset", "0.7"] + src + aud + x264 + ["-c:a", "aac", "-map", "0:v", "-map", "1:a"]),
+            ("single keyframe, no cues (MKV)", "onekey.mkv",
+             src + ["-c:v", "mpeg4", "-g", "1000", "-f", "matroska"]),
+        ]
+        rows, bad = [], []
+        for label, name, args in cases:
+            path = os.path.join(d, name)
+            cp = subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y"] + args + [path],
+                                stderr=subprocess.PIPE)
+            if cp.returncode != 0:
+                rows.append((label, "-", "ffmpeg cannot make it", "", ""))
+                continue
+            for at in (0.0, AT, 2.55):
+                hdr, img = self.ours(path, times=(at,))
+                if hdr is None:
+                    ff = ffmpeg_decodes_any(path)
+                    rows.append((label, "%.2f: %s" % (at, img[:60]), "frame" if ff else "no frame",
+                                 "", "FAIL" if ff else "ok"))
+                    if ff:
+                        bad.append("%s at %.2f: we fail (%s), ffmpeg decodes" % (label, at, img))
+                    continue
+                ref = ffmpeg_frame(path, hdr.actual_time, hdr.width, hdr.height, from_start=True)
+                p = psnr(img, ref) if ref is not None else -1
+                rows.append((label, "%.2f -> t=%.3f%s" % (at, hdr.actual_time, (
+                    " (%s)" % hdr.reason) if hdr.reason else ""),
+                    "frame" if ref is not None else "no frame",
+                    "%.1f" % p if ref is not None else "", "ok" if p >= MIN_PSNR else "FAIL"))
+                if p < MIN_PSNR:
+                    bad.append("%s: at %.2f we give t=%.3f, PSNR %.1f" % (label, at,
+                                                                        hdr.actual_time, p))
+        table = ["| file | asked -> ours | ffmpeg | PSNR dB | verdict |", "|---|---|---|---|---|"]
+        table += ["| %s |" % " | ".join(r) for r in rows]
+        text = "\nEdge files (accurate, ffmpeg's frame at our time on its timeline):\n\n%s\n" % (
+            "\n".join(table))
+        with open(os.path.join(h.BUILD_DIR, "oracle-table.md"), "a") as f:
+            f.write(text)
+        h.log(text)
         self.assertEqual(bad, [], "\n".join(bad))
 
     def test_2_damaged_files(self):
