@@ -288,13 +288,16 @@ class OracleTest(h.ServerTestCase):
              ["-itsoffset", "0.7"] + src + aud + x264 + ["-c:a", "aac", "-map", "0:v", "-map", "1:a"]),
             ("single keyframe, no cues (MKV)", "onekey.mkv",
              src + ["-c:v", "mpeg4", "-g", "1000", "-f", "matroska"]),
+            ("non-monotonic timestamps (two TS back to back)", "twice.ts", None),
         ]
         rows, bad = [], []
         for label, name, args in cases:
             path = os.path.join(d, name)
-            cp = subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y"] + args + [path],
-                                stderr=subprocess.PIPE)
-            if cp.returncode != 0:
+            if args is None:  # the timestamps start again half-way
+                with open(path, "wb") as f:
+                    f.write(h.read_bytes(ts) * 2)
+            elif subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y"] + args + [path],
+                                stderr=subprocess.PIPE).returncode != 0:
                 rows.append((label, "-", "ffmpeg cannot make it", "", ""))
                 continue
             for at in (0.0, AT, 2.55):
