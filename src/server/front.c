@@ -87,6 +87,7 @@
 #include "metrics.h"
 #include "notify.h"
 #include "pbbuf.h"
+#include "probe_msg.h"
 #include "reflection.h"
 #include "status.h"
 #include "thumbnail.pb-c.h"
@@ -583,12 +584,8 @@ static void kick_send_locked(struct gen_call *c)
     if (range) {
         /* the range request is in ops */
     } else if (!c->dead && c->cur && c->probe) {
-        /* ProbeResponse{json}: the whole result in one message, then done */
-        Thumbnail__V1__ProbeResponse pr = THUMBNAIL__V1__PROBE_RESPONSE__INIT;
-        char *json = strndup((const char *)c->cur->map, (size_t)c->cur->meta.size);
-        pr.json = json ? json : "";
-        c->send_buf = tn_pb_pack(&pr.base);
-        free(json);
+        /* ProbeResponse{json, typed fields}: the whole result in one message, then done */
+        c->send_buf = tn_probe_msg_pack((const char *)c->cur->map, (size_t)c->cur->meta.size);
         c->cur_off = c->cur->meta.size;
         ops[n].op = GRPC_OP_SEND_MESSAGE;
         ops[n].data.send_message.send_message = c->send_buf;

@@ -175,6 +175,16 @@ class RealWorldTest(h.ServerTestCase):
         p = json.loads(r.json)
         self.assertEqual(p["audio"][0]["language"], "\ufffdre")
         self.assertEqual(p["video"][0]["codec"], "mpeg4")
+        # the typed fields say the same
+        self.assertEqual(r.audio[0].language, "\ufffdre")
+        self.assertEqual((r.container, r.size, r.cover_art), (p["container"], p["size"], False))
+        self.assertAlmostEqual(r.duration, p["duration"], places=3)
+        v = r.video[0]
+        self.assertEqual((v.codec, v.width, v.height, v.display_width, v.sar, v.main),
+                         ("mpeg4", 64, 48, 64, "1:1", True))
+        self.assertAlmostEqual(v.frame_rate, 10.0, places=3)
+        self.assertEqual((r.audio[0].codec, r.audio[0].index, r.audio[0].sample_rate),
+                         ("mp2", p["audio"][0]["index"], p["audio"][0]["sample_rate"]))
 
 
 if __name__ == "__main__":
