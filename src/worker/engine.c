@@ -17,6 +17,14 @@
  * instead of seeking when the next target lies in the same GOP. KEYFRAME
  * decodes exactly one packet, the keyframe at or before the target.
  *
+ * If the ffmpeg CLI can decode a frame of a file, so must we: when a seek
+ * fails, or lands on a "keyframe" that decodes to no keyframe (an AVI without
+ * its index), the demuxer is reopened and the video decoded forward from the
+ * start, and never sought in again; past the end the last frame is used, at
+ * damaged data the last good one. Times are on the file's timeline (from its
+ * earliest stream's start, as ffmpeg -ss counts). tests/integration/
+ * test_oracle.py holds all this against ffmpeg, encoder by container.
+ *
  * Geometry follows the ffmpeg CLI: the stream's display matrix (rotation and
  * flips) and the sample aspect ratio are applied, so the thumbnail looks like
  * the video does in a player. We scale first, to the pre-rotation size, and
