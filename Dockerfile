@@ -6,7 +6,7 @@ RUN apt-get update \
       build-essential pkg-config cmake \
       libgrpc-dev protobuf-c-compiler libprotobuf-c-dev grpc-proto protobuf-compiler \
       libavformat-dev libavcodec-dev libswscale-dev libavutil-dev libpng-dev \
-      libturbojpeg0-dev libwebp-dev libmicrohttpd-dev libseccomp-dev \
+      libturbojpeg0-dev libwebp-dev libmicrohttpd-dev libseccomp-dev libjansson-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY CMakeLists.txt ./
@@ -21,7 +21,7 @@ FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       libgrpc29 libprotobuf-c1 libavformat59 libavcodec59 libswscale6 libavutil57 libpng16-16 \
-      libturbojpeg0 libwebp7 libmicrohttpd12 libseccomp2 \
+      libturbojpeg0 libwebp7 libmicrohttpd12 libseccomp2 libjansson4 \
  && rm -rf /var/lib/apt/lists/* \
  && mkdir -p /input /output /var/spool/thumbnail
 COPY --from=build /usr/local/bin/thumbnail_server /usr/local/bin/thumbnail_client /usr/local/bin/

@@ -11,7 +11,7 @@ PACKAGES=(
     libgrpc-dev protobuf-c-compiler libprotobuf-c-dev grpc-proto
     protobuf-compiler # the descriptor set embedded for server reflection
     libavformat-dev libavcodec-dev libswscale-dev libavutil-dev libpng-dev
-    libturbojpeg0-dev libwebp-dev
+    libturbojpeg0-dev libwebp-dev libjansson-dev
     libssl-dev # libcrypto: the server checks its TLS files and the auth token
     # tests: unit (cmocka), test videos (ffmpeg), integration (Python grpcio + stubs)
     libcmocka-dev ffmpeg python3 python3-grpcio python3-protobuf python3-pil

@@ -24,7 +24,7 @@ void tn_job_opts_defaults(struct tn_job_opts *o)
     if (!o->n_times && !o->count && !(o->every > 0)) {
         o->n_times = 1;
         o->times[0] =
-            (struct tn_time_point){.kind = TN_TIME_PERCENT, .value = TN_JOB_DEFAULT_PERCENT};
+            (struct tn_time_point){.kind = TN_TIME_DEFAULT, .value = TN_JOB_DEFAULT_PERCENT};
     }
 }
 
@@ -105,7 +105,7 @@ int tn_job_opts_check(const struct tn_job_opts *o, char *err, size_t errlen)
         if (t->kind == TN_TIME_SECONDS) {
             if (!isfinite(t->value) || t->value < 0)
                 return invalid(err, errlen, "times[%u]: %g s is not a time >= 0", i, t->value);
-        } else if (t->kind == TN_TIME_PERCENT) {
+        } else if (t->kind == TN_TIME_PERCENT || t->kind == TN_TIME_DEFAULT) {
             if (!isfinite(t->value) || t->value < 0 || t->value > 100)
                 return invalid(err, errlen, "times[%u]: %g%% is not within 0..100 %%", i, t->value);
         } else {

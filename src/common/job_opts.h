@@ -38,7 +38,9 @@
 enum tn_format { TN_FORMAT_PNG = 1, TN_FORMAT_JPEG = 2, TN_FORMAT_WEBP = 3 };
 enum tn_mode { TN_MODE_ACCURATE = 1, TN_MODE_KEYFRAME = 2, TN_MODE_SMART = 3 };
 enum tn_fit { TN_FIT_FIT = 1, TN_FIT_FILL = 2, TN_FIT_PAD = 3 };
-enum tn_time_kind { TN_TIME_SECONDS = 1, TN_TIME_PERCENT = 2 };
+/* DEFAULT: the request named no time; value is a percent, and a black or blank
+ * frame there is passed over for a representative one nearby. */
+enum tn_time_kind { TN_TIME_SECONDS = 1, TN_TIME_PERCENT = 2, TN_TIME_DEFAULT = 3 };
 
 struct tn_time_point {
     uint32_t kind; /* enum tn_time_kind; 0 = the client gave neither (invalid) */

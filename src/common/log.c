@@ -1,8 +1,11 @@
 #include "log.h"
 
+#include "json.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
@@ -11,6 +14,8 @@
 #include <syslog.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "json.h"
 
 static int log_level = TN_LOG_INFO;
 static int log_fd = STDERR_FILENO; /* owned here when it is a file (log_path != NULL) */
@@ -132,66 +137,63 @@ __attribute__((format(printf, 2, 3))) static void put(struct line *l, const char
     va_end(ap);
 }
 
-/* Room every JSON string leaves after itself for the keys, numbers and
- * closing quotes that follow it in the line: a long string is cut short, but
- * the line stays one valid JSON object. */
-#define JSON_TAIL_RESERVE 256
-
-/* s as the body of a JSON string: quotes, backslashes and control characters
- * escaped; bytes that are not UTF-8 become U+FFFD, so every line parses. */
-static void put_json_str(struct line *l, const char *s)
+/* A JSON line: the object serialised into l (one line of at most its
+ * 4 KiB, newline not included), the long strings cut shorter until it fits,
+ * so a long message is cut but the line stays one valid JSON object.
+ * fill(obj, limit, opaque) sets the fields, strings cut to limit bytes. */
+static void put_json(struct line *l, int (*fill)(json_t *, size_t, const void *),
+                     const void *opaque)
 {
-    const unsigned char *p = (const unsigned char *)(s ? s : "");
-    while (*p && l->len + 8 + JSON_TAIL_RESERVE < sizeof(l->buf)) {
-        unsigned c = *p;
-        if (c == '"' || c == '\\') {
-            put(l, "\\%c", c);
-            p++;
-        } else if (c == '\n') {
-            put(l, "\\n");
-            p++;
-        } else if (c < 0x20 || c == 0x7f) {
-            put(l, "\\u%04x", c);
-            p++;
-        } else if (c < 0x80) {
-            l->buf[l->len++] = (char)c;
-            p++;
-        } else {
-            /* a whole, valid UTF-8 sequence, copied as is */
-            int n = c >= 0xf0 && c <= 0xf4 ? 4 : c >= 0xe0 ? 3 : c >= 0xc2 && c < 0xe0 ? 2 : 0;
-            int ok = n > 0;
-            for (int i = 1; ok && i < n; i++)
-                ok = (p[i] & 0xc0) == 0x80;
-            if (ok) {
-                memcpy(l->buf + l->len, p, (size_t)n);
-                l->len += (size_t)n;
-                p += n;
-            } else {
-                put(l, "\\ufffd");
-                p++;
-            }
+    for (size_t limit = sizeof(l->buf) - 512; limit >= 16; limit /= 2) {
+        json_t *o = json_object();
+        if (!o || fill(o, limit, opaque) < 0) {
+            json_decref(o);
+            break;
+        }
+        size_t n = json_dumpb(o, l->buf, sizeof(l->buf) - 2, JSON_COMPACT | JSON_REAL_PRECISION(6));
+        json_decref(o);
+        if (n > 0 && n <= sizeof(l->buf) - 2) {
+            l->len = n;
+            l->buf[n] = 0;
+            return;
         }
     }
-    l->buf[l->len] = 0;
+    /* out of memory: a line that still parses */
+    l->len =
+        (size_t)snprintf(l->buf, sizeof(l->buf), "{\"msg\":\"(log line lost: out of memory)\"}");
 }
 
 static const char *json_levels[] = {"error", "warn", "info", "debug"};
 
-/* The start of a line: text "TS LEVEL role pid: ", JSON '{"ts":...,"msg":"'.
- * Syslog adds its own timestamp, pid and ident. */
-static void put_prefix(struct line *l, int level)
+static void timestamp(char *ts, size_t len)
 {
-    char ts[64];
     struct timeval tv;
     struct tm tm;
     gettimeofday(&tv, NULL);
     gmtime_r(&tv.tv_sec, &tm);
-    snprintf(ts, sizeof(ts), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(tv.tv_usec / 1000));
-    if (log_format == TN_LOG_JSON)
-        put(l, "{\"ts\":\"%s\",\"level\":\"%s\",\"role\":\"%s\",\"pid\":%d,\"msg\":\"", ts,
-            json_levels[level], log_role, (int)log_pid);
-    else if (log_syslog)
+    snprintf(ts, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(tv.tv_usec / 1000));
+}
+
+/* The fields every JSON line starts with. */
+static int json_head(json_t *o, int level, const char *msg, size_t limit)
+{
+    char ts[64];
+    timestamp(ts, sizeof(ts));
+    return tn_json_set(o, "ts", json_string(ts)) |
+           tn_json_set(o, "level", json_string(json_levels[level])) |
+           tn_json_set(o, "role", tn_json_str(log_role, 0)) |
+           tn_json_set(o, "pid", json_integer(log_pid)) |
+           tn_json_set(o, "msg", tn_json_str(msg, limit));
+}
+
+/* The start of a text line: "TS LEVEL role pid: ". Syslog adds its own
+ * timestamp, pid and ident. */
+static void put_prefix(struct line *l, int level)
+{
+    char ts[64];
+    timestamp(ts, sizeof(ts));
+    if (log_syslog)
         put(l, "%s %s: ", level_names[level], log_role);
     else
         put(l, "%s %s %s %d: ", ts, level_names[level], log_role, (int)log_pid);
@@ -212,19 +214,29 @@ static void write_line(int level, struct line *l)
         ;
 }
 
+struct plain_line {
+    int level;
+    struct line msg;
+};
+
+static int fill_plain(json_t *o, size_t limit, const void *opaque)
+{
+    const struct plain_line *p = opaque;
+    return json_head(o, p->level, p->msg.buf, limit);
+}
+
 void tn_vlog(int level, const char *fmt, va_list ap)
 {
     if (level > log_level)
         return;
     int saved = errno;
     struct line l = {.len = 0};
-    put_prefix(&l, level);
     if (log_format == TN_LOG_JSON) {
-        struct line msg = {.len = 0};
-        vput(&msg, fmt, ap);
-        put_json_str(&l, msg.buf);
-        put(&l, "\"}");
+        struct plain_line p = {.level = level};
+        vput(&p.msg, fmt, ap);
+        put_json(&l, fill_plain, &p);
     } else {
+        put_prefix(&l, level);
         vput(&l, fmt, ap);
     }
     write_line(level, &l);
@@ -237,6 +249,31 @@ void tn_log(int level, const char *fmt, ...)
     va_start(ap, fmt);
     tn_vlog(level, fmt, ap);
     va_end(ap);
+}
+
+struct access_line {
+    int level;
+    const struct tn_log_access *a;
+    const char *method, *status, *message;
+    char msg[256];
+};
+
+/* Short fields first; the long ones (peer, file, message) are cut to limit. */
+static int fill_access(json_t *o, size_t limit, const void *opaque)
+{
+    const struct access_line *x = opaque;
+    const struct tn_log_access *a = x->a;
+    return json_head(o, x->level, x->msg, limit) | tn_json_set(o, "type", json_string("access")) |
+           tn_json_set(o, "method", tn_json_str(x->method, limit)) |
+           tn_json_set(o, "status", tn_json_str(x->status, limit)) |
+           tn_json_set(o, "bytes_in", json_integer((json_int_t)a->bytes_in)) |
+           tn_json_set(o, "bytes_out", json_integer((json_int_t)a->bytes_out)) |
+           tn_json_set(o, "thumbnails", json_integer(a->thumbnails)) |
+           tn_json_set(o, "duration_ms", json_real(round(a->ms * 10) / 10)) |
+           tn_json_set(o, "peer", tn_json_str(a->peer ? a->peer : "", limit)) |
+           tn_json_set(o, "file", tn_json_str(a->file ? a->file : "", limit)) |
+           tn_json_set(o, "mode", tn_json_str(a->mode ? a->mode : "upload", limit)) |
+           tn_json_set(o, "message", tn_json_str(x->message, limit));
 }
 
 void tn_log_access(int level, const struct tn_log_access *a)
@@ -252,29 +289,13 @@ void tn_log_access(int level, const struct tn_log_access *a)
     const char *status = a->status ? a->status : "?";
     bool failed = a->message && *a->message && strcmp(status, "OK") != 0;
     struct line l = {.len = 0};
-    put_prefix(&l, level);
     if (log_format == TN_LOG_JSON) {
-        char msg[256];
-        snprintf(msg, sizeof(msg), "%s %s", name, status);
-        put_json_str(&l, msg);
-        /* short fields first: if a long one is cut, these are whole */
-        put(&l, "\",\"type\":\"access\",\"method\":\"");
-        put_json_str(&l, method);
-        put(&l, "\",\"status\":\"");
-        put_json_str(&l, status);
-        put(&l,
-            "\",\"bytes_in\":%" PRIu64 ",\"bytes_out\":%" PRIu64
-            ",\"thumbnails\":%u,\"duration_ms\":%.1f,\"peer\":\"",
-            a->bytes_in, a->bytes_out, a->thumbnails, a->ms);
-        put_json_str(&l, a->peer);
-        put(&l, "\",\"file\":\"");
-        put_json_str(&l, a->file);
-        put(&l, "\",\"mode\":\"");
-        put_json_str(&l, a->mode ? a->mode : "upload");
-        put(&l, "\",\"message\":\"");
-        put_json_str(&l, failed ? a->message : "");
-        put(&l, "\"}");
+        struct access_line x = {.level = level, .a = a, .method = method, .status = status};
+        snprintf(x.msg, sizeof(x.msg), "%s %s", name, status);
+        x.message = failed ? a->message : "";
+        put_json(&l, fill_access, &x);
     } else {
+        put_prefix(&l, level);
         put(&l,
             "%s peer=%s file=\"%s\"%s%s in=%" PRIu64 " out=%" PRIu64 " thumbnails=%u ms=%.1f "
             "status=%s%s%s",

@@ -93,6 +93,7 @@
 #include "metrics.h"
 #include "notify.h"
 #include "pbbuf.h"
+#include "probe_msg.h"
 #include "reflection.h"
 #include "status.h"
 #include "thumbnail.pb-c.h"
@@ -620,12 +621,8 @@ static void kick_send_locked(struct gen_call *c)
     if (range) {
         /* the range request is in ops */
     } else if (!c->dead && c->cur && c->probe) {
-        /* ProbeResponse{json}: the whole result in one message, then done */
-        Thumbnail__V1__ProbeResponse pr = THUMBNAIL__V1__PROBE_RESPONSE__INIT;
-        char *json = strndup((const char *)c->cur->map, (size_t)c->cur->meta.size);
-        pr.json = json ? json : "";
-        c->send_buf = tn_pb_pack(&pr.base);
-        free(json);
+        /* ProbeResponse{json, typed fields}: the whole result in one message, then done */
+        c->send_buf = tn_probe_msg_pack((const char *)c->cur->map, (size_t)c->cur->meta.size);
         size_t len = grpc_byte_buffer_length(c->send_buf);
         if (len > c->f->cfg->max_message_bytes) {
             /* gRPC would refuse the send and log nothing useful: say it ourselves */

@@ -17,6 +17,14 @@
  * instead of seeking when the next target lies in the same GOP. KEYFRAME
  * decodes exactly one packet, the keyframe at or before the target.
  *
+ * If the ffmpeg CLI can decode a frame of a file, so must we: when a seek
+ * fails, or lands on a "keyframe" that decodes to no keyframe (an AVI without
+ * its index), the demuxer is reopened and the video decoded forward from the
+ * start, and never sought in again; past the end the last frame is used, at
+ * damaged data the last good one. Times are on the file's timeline (from its
+ * earliest stream's start, as ffmpeg -ss counts). tests/integration/
+ * test_oracle.py holds all this against ffmpeg, encoder by container.
+ *
  * Geometry follows the ffmpeg CLI: the stream's display matrix (rotation and
  * flips) and the sample aspect ratio are applied, so the thumbnail looks like
  * the video does in a player. We scale first, to the pre-rotation size, and
@@ -50,6 +58,7 @@
 #include <webp/encode.h>
 
 #include "colour.h"
+#include "json.h"
 #include "log.h"
 #include "probe.h"
 #include "smart.h"
@@ -145,6 +154,9 @@ void tn_engine_global_init(void)
      * decodes the same sizes job after job: keep freed memory in the heap. */
     mallopt(M_MMAP_THRESHOLD, 32 << 20);
     mallopt(M_TRIM_THRESHOLD, 256 << 20);
+    /* jansson seeds its hash function from /dev/urandom on first use: now,
+     * before the sandbox forbids opening files (the probe writes JSON) */
+    json_object_seed(0);
 }
 
 /* ---- input: pread on the fd, deadline and cancel checks --------------- */
@@ -259,6 +271,7 @@ static int refuse_io_open(struct AVFormatContext *s, AVIOContext **pb, const cha
 
 struct point {
     unsigned index; /* into req->opts.times */
+    int is_default; /* no time was named: avoid a black or blank frame */
     double seconds; /* resolved, from the start of the video */
     int64_t target; /* in stream time base, start included */
 };
@@ -316,6 +329,15 @@ struct engine {
     int need_key;       /* after a seek: drop packets up to a keyframe */
     int have_prev, have_cur, cur_exact, cur_clamped;
     int64_t cur_pts;
+    /* Fallbacks, for the reason: the demuxer could not seek (from then on
+     * every point is decoded forward from the start), and how e->cur was
+     * got when no frame was at the target (enum fallback). */
+    int seek_broken;
+    int fallback, cur_fallback; /* for this point; for e->cur when it is clamped */
+    int probed_streams;         /* avformat_find_stream_info was run (again on a reopen) */
+    int64_t first_pts;          /* find_start()'s answer when the header names no start */
+    int64_t file_start;         /* find_start(): the earliest stream's first pts, video tb */
+    int check_key;              /* the next frame must be a keyframe (see BAD_KEY) */
 
     int64_t frames; /* decoded, for messages */
     int errors_in_row;
@@ -445,10 +467,10 @@ static int in_list(const char *name, const char *list)
     return av_match_list(name, list, ',') > 0;
 }
 
+static int open_demuxer(struct engine *e);
+
 static int open_input(struct engine *e)
 {
-    const struct tn_engine_limits *lim = e->req->limits;
-    AVDictionary *opts = NULL;
     uint8_t *buf = NULL;
     int ret;
 
@@ -493,6 +515,17 @@ static int open_input(struct engine *e)
                     "sequences and other formats that refer to other files are refused)",
                     e->ifmt->name, e->ifmt->long_name ? e->ifmt->long_name : "?");
     }
+
+    return open_demuxer(e);
+}
+
+/* The demuxer on e->avio, from its current position (the start): e->fmt
+ * allocated with our AVIO, e->ifmt recognised. */
+static int open_demuxer(struct engine *e)
+{
+    const struct tn_engine_limits *lim = e->req->limits;
+    AVDictionary *opts = NULL;
+    int ret;
 
     av_dict_set(&opts, "format_whitelist", format_whitelist, 0);
     av_dict_set(&opts, "protocol_whitelist", "none", 0);
@@ -641,25 +674,54 @@ static int nonref_skip_is_safe(const AVCodecParameters *par)
     }
 }
 
+/* Matroska's per-track DURATION tag ("01:02:03.500000000", mkvmerge and
+ * libavformat write it) when the segment has no duration; -1 if none. */
+static double tag_duration(const AVStream *st)
+{
+    const AVDictionaryEntry *t = av_dict_get(st->metadata, "DURATION", NULL, 0);
+    int h, m;
+    double sec;
+
+    if (!t || sscanf(t->value, "%d:%d:%lf", &h, &m, &sec) != 3 || h < 0 || m < 0 || sec < 0)
+        return -1;
+    sec += h * 3600.0 + m * 60.0;
+    return sec > 0 && isfinite(sec) ? sec : -1;
+}
+
 static void setup_timing(struct engine *e)
 {
     const AVStream *st = e->st;
     AVRational tb = st->time_base;
 
-    e->start_pts = st->start_time != AV_NOPTS_VALUE ? st->start_time : 0;
-    if (st->start_time == AV_NOPTS_VALUE && e->fmt->start_time != AV_NOPTS_VALUE)
-        e->start_pts = av_rescale_q(e->fmt->start_time, AV_TIME_BASE_Q, tb);
+    /* The video's first frame: find_start()'s answer first (reading packets
+     * makes libavformat set a start_time of its own, from the first packet
+     * with a pts, not the smallest one when B-frames come first). */
+    int64_t video_start = e->first_pts != AV_NOPTS_VALUE     ? e->first_pts
+                          : st->start_time != AV_NOPTS_VALUE ? st->start_time
+                                                             : 0;
+    /* Times count from the file's start, the earliest stream's (ffmpeg -ss
+     * and players do): video after an audio lead-in starts later than 0. */
+    int64_t file_start = e->file_start;
+    if (e->fmt->start_time != AV_NOPTS_VALUE)
+        file_start = av_rescale_q(e->fmt->start_time, AV_TIME_BASE_Q, tb);
+    if (e->first_pts == AV_NOPTS_VALUE && st->start_time == AV_NOPTS_VALUE &&
+        file_start != AV_NOPTS_VALUE)
+        video_start = file_start;
+    e->start_pts =
+        file_start != AV_NOPTS_VALUE && file_start < video_start ? file_start : video_start;
 
     e->duration = -1;
     if (e->fmt->duration > 0 && e->fmt->duration != AV_NOPTS_VALUE)
         e->duration = e->fmt->duration / (double)AV_TIME_BASE;
     else if (st->duration > 0 && st->duration != AV_NOPTS_VALUE)
         e->duration = st->duration * av_q2d(tb);
+    else
+        e->duration = tag_duration(st);
 
     /* the video's own end: the container's may include a longer audio track */
     e->end_pts = AV_NOPTS_VALUE;
     if (st->duration > 0 && st->duration != AV_NOPTS_VALUE)
-        e->end_pts = e->start_pts + st->duration;
+        e->end_pts = video_start + st->duration;
     else if (e->fmt->duration > 0 && e->fmt->duration != AV_NOPTS_VALUE)
         e->end_pts = e->start_pts + av_rescale_q(e->fmt->duration, AV_TIME_BASE_Q, tb);
 
@@ -696,6 +758,107 @@ static void set_point(struct engine *e, struct point *p, unsigned index, double 
     p->target = e->start_pts + av_rescale_q(us, AV_TIME_BASE_Q, e->st->time_base);
 }
 
+static int reopen(struct engine *e);
+static int read_video_packet(struct engine *e);
+static int64_t packet_ts(const AVPacket *pkt);
+
+static int seek_to(struct engine *e, int64_t ts);
+
+#define START_PACKETS 32 /* enough for any B-frame reordering */
+
+/* The header names no start time (avformat_find_stream_info was skipped, it
+ * finds it): the first frame's time is the smallest pts of the first packets
+ * (B-frames come before their references in decode order), e.g. 0.2 s in a
+ * fragmented MP4 with B-frames and no edit list. Times count from there, as
+ * in the ffmpeg CLI and in players. Demuxing only; then back to the start. */
+static int find_start(struct engine *e)
+{
+    int64_t vmin = AV_NOPTS_VALUE, fmin = AV_NOPTS_VALUE; /* video tb; AV_TIME_BASE */
+    int vpackets = 0, ret = 0;
+
+    /* the other audio/video streams count too: the file's timeline starts at
+     * the earliest of them (video after an audio lead-in starts later) */
+    for (unsigned i = 0; i < e->fmt->nb_streams; i++) {
+        enum AVMediaType type = e->fmt->streams[i]->codecpar->codec_type;
+        if (type == AVMEDIA_TYPE_AUDIO || type == AVMEDIA_TYPE_VIDEO)
+            e->fmt->streams[i]->discard = AVDISCARD_DEFAULT;
+    }
+    for (int n = 0; vpackets < START_PACKETS && n < 8 * START_PACKETS; n++) {
+        if (io_check(&e->io, 0))
+            break;
+        if ((ret = av_read_frame(e->fmt, e->pkt)) < 0)
+            break;
+        const AVStream *ps = e->fmt->streams[e->pkt->stream_index];
+        int64_t t = e->pkt->pts;
+        if (t != AV_NOPTS_VALUE && !(e->pkt->flags & AV_PKT_FLAG_DISCARD)) {
+            int64_t us = av_rescale_q(t, ps->time_base, AV_TIME_BASE_Q);
+            if (fmin == AV_NOPTS_VALUE || us < fmin)
+                fmin = us;
+            if (e->pkt->stream_index == e->si && (vmin == AV_NOPTS_VALUE || t < vmin))
+                vmin = t;
+        }
+        vpackets += e->pkt->stream_index == e->si;
+        av_packet_unref(e->pkt);
+    }
+    for (unsigned i = 0; i < e->fmt->nb_streams; i++)
+        if ((int)i != e->si)
+            e->fmt->streams[i]->discard = AVDISCARD_ALL;
+    e->fresh = 0;
+    if (e->io.stop)
+        return check_stop(e);
+    if (ret == AVERROR(ENOMEM))
+        return fail_av(e, TN_INVALID_ARGUMENT, ret, "reading the video");
+    e->first_pts = vmin;
+    if (fmin != AV_NOPTS_VALUE)
+        e->file_start = av_rescale_q(fmin, AV_TIME_BASE_Q, e->st->time_base);
+    e->start_pts = vmin != AV_NOPTS_VALUE ? vmin : 0;
+    if (e->file_start != AV_NOPTS_VALUE && e->file_start < e->start_pts)
+        e->start_pts = e->file_start;
+    return seek_to(e, e->start_pts);
+}
+
+/* Whether resolving the request needs the video's duration. */
+static int needs_duration(const struct tn_engine_request *req)
+{
+    if (req->opts.count || req->opts.every > 0 || req->opts.storyboard)
+        return 1;
+    for (size_t i = 0; i < req->opts.n_times; i++)
+        if (req->opts.times[i].kind != TN_TIME_SECONDS)
+            return 1;
+    return 0;
+}
+
+/* No duration in the header (a Matroska or FLV file written to a pipe, a
+ * cut MPEG stream...): read the video's packets to the end, the way players
+ * find it, and take the end of the last one. Demuxing only, no decoding;
+ * then start over from the beginning. */
+static int scan_duration(struct engine *e)
+{
+    int64_t end = AV_NOPTS_VALUE;
+    int code, ret;
+
+    while ((ret = read_video_packet(e)) == 0) {
+        int64_t t = packet_ts(e->pkt);
+        if (t != AV_NOPTS_VALUE) {
+            t += e->pkt->duration > 0 ? e->pkt->duration : e->frame_dur;
+            if (end == AV_NOPTS_VALUE || t > end)
+                end = t;
+        }
+        av_packet_unref(e->pkt);
+    }
+    if (ret == AVERROR_EXIT)
+        return check_stop(e);
+    if ((code = reopen(e)) != TN_OK)
+        return code;
+    e->last_pkt_ts = AV_NOPTS_VALUE;
+    if (end != AV_NOPTS_VALUE && end > e->start_pts) {
+        e->end_pts = end;
+        e->duration = (end - e->start_pts) * av_q2d(e->st->time_base);
+        tn_log_info("duration not in the file's header: %.3f s, from the last packet", e->duration);
+    }
+    return TN_OK;
+}
+
 /* The points to serve, sorted by time, into pts (room for TN_STORYBOARD_MAX_TILES):
  * the request's times, or count / every resolved against the duration. */
 static int resolve_times(struct engine *e, struct point *pts)
@@ -719,12 +882,11 @@ static int resolve_times(struct engine *e, struct point *pts)
             for (unsigned i = 0; i < req->opts.count; i++)
                 set_point(e, &pts[i], i, dur * (i + 0.5) / req->opts.count);
         } else {
-            double n = floor(dur / every - 1e-9) + 1;
-            if (!(n >= 1)) /* every so much longer than the video that the rounding ate point 0 */
-                return fail(e, TN_INVALID_ARGUMENT,
-                            "every %g s is longer than this %.3f s video: no thumbnail to make; "
-                            "use a shorter interval or count",
-                            every, dur);
+            /* i * every for every i that leaves at least half a frame of
+             * video: a point at the very end would repeat the last frame
+             * (a 20 s video every 1 s is 20 tiles, not 21) */
+            double half_frame = e->frame_dur * av_q2d(e->st->time_base) / 2;
+            double n = fmax(1, ceil((dur - half_frame) / every - 1e-9));
             if (n > (double)max)
                 return fail(
                     e, TN_INVALID_ARGUMENT,
@@ -741,7 +903,8 @@ static int resolve_times(struct engine *e, struct point *pts)
     for (size_t i = 0; i < req->opts.n_times; i++) {
         const struct tn_time_point *tp = &req->opts.times[i];
         double s = tp->value;
-        if (tp->kind == TN_TIME_PERCENT) {
+        pts[i].is_default = tp->kind == TN_TIME_DEFAULT;
+        if (tp->kind != TN_TIME_SECONDS) {
             if (e->duration < 0) {
                 tn_log_info("duration unknown: %g%% taken as the start of the video", tp->value);
                 s = 0;
@@ -758,6 +921,50 @@ static int resolve_times(struct engine *e, struct point *pts)
 /* ---- decoding ----------------------------------------------------------- */
 
 #define RETREAT 1 /* a seek landed after the target: seek further back */
+/* The first frame after a seek is no keyframe although its packet was flagged
+ * one: the container's key flags are wrong (an AVI without its index flags
+ * every packet), so seeking gives broken pictures. Decode from the start. */
+#define BAD_KEY 2
+
+/* How e->cur was found when the target had no frame of its own. */
+enum fallback {
+    FB_NONE = 0,
+    FB_LAST,    /* the stream ends before the target: its last frame */
+    FB_DAMAGED, /* decoding stopped at damaged data before the target: the last good frame */
+};
+
+/* Start over: a new demuxer from byte 0 on the same AVIO, the same stream,
+ * the decoder flushed by the caller. For files the demuxer cannot seek in
+ * at all (no index and no keyframe flags, a broken index...): decoding
+ * forward from the start is what is left, and it is what the ffmpeg CLI
+ * manages on such files too. */
+static int reopen(struct engine *e)
+{
+    int code, ret;
+
+    avformat_close_input(&e->fmt);
+    e->st = NULL;
+    if (!(e->fmt = avformat_alloc_context()))
+        return fail_av(e, TN_INVALID_ARGUMENT, AVERROR(ENOMEM), "reopening the file");
+    e->fmt->pb = e->avio;
+    e->fmt->flags |= AVFMT_FLAG_CUSTOM_IO;
+    e->fmt->io_open = refuse_io_open;
+    if ((ret = (int)avio_seek(e->avio, 0, SEEK_SET)) < 0)
+        return fail_av(e, TN_INVALID_ARGUMENT, ret, "cannot read the file from the start again");
+    if ((code = open_demuxer(e)) != TN_OK ||
+        (e->probed_streams && (code = find_stream_info(e)) != TN_OK))
+        return code;
+    if ((unsigned)e->si >= e->fmt->nb_streams ||
+        e->fmt->streams[e->si]->codecpar->codec_id != e->dec->codec_id)
+        return fail(e, TN_INVALID_ARGUMENT,
+                    "the file cannot seek, and reopened it shows other streams: it is damaged");
+    for (unsigned i = 0; i < e->fmt->nb_streams; i++)
+        if ((int)i != e->si)
+            e->fmt->streams[i]->discard = AVDISCARD_ALL;
+    e->st = e->fmt->streams[e->si];
+    e->fresh = 1;
+    return TN_OK;
+}
 
 static int64_t frame_pts(struct engine *e, const AVFrame *f)
 {
@@ -858,6 +1065,15 @@ static int next_frame(struct engine *e)
             int64_t t = frame_pts(e, e->frame);
             e->last_out_pts = t;
             e->frame->pts = t; /* from here on, pts is the one we use */
+            if (e->check_key) {
+                e->check_key = 0;
+                if (!e->frame->key_frame && e->frame->pict_type != AV_PICTURE_TYPE_I) {
+                    tn_log_debug("the frame at a keyframe packet is no keyframe: decoding from "
+                                 "the start");
+                    av_frame_unref(e->frame);
+                    return BAD_KEY;
+                }
+            }
             return 0;
         }
         if (ret == AVERROR_EOF)
@@ -894,13 +1110,16 @@ static int next_frame(struct engine *e)
 }
 
 /* Seek to the keyframe at or before ts and reset the decoder. A file that
- * cannot seek is decoded from the start (only if still there). */
+ * cannot seek is decoded from the start: reopened if it is not still there,
+ * and never asked to seek again (e->seek_broken). */
 static int seek_to(struct engine *e, int64_t ts)
 {
     int from_start = ts <= e->start_pts;
-    int ret;
+    int code, ret;
 
-    if (from_start) {
+    if (e->seek_broken) {
+        ret = AVERROR(ENOSYS); /* it failed once: don't search the file again */
+    } else if (from_start) {
         /* A second early first: some demuxers (MPEG-TS) seek by dts, and the
          * first keyframe's dts is before the start pts. Those that refuse a
          * time before the start get the start itself. */
@@ -916,9 +1135,12 @@ static int seek_to(struct engine *e, int64_t ts)
     if (ret < 0) {
         if (e->io.stop)
             return fail_av(e, e->io.stop, ret, "");
-        if (!e->fresh)
-            return fail_av(e, TN_INVALID_ARGUMENT, ret, "cannot seek in this file");
         tn_log_debug("seek failed (%s), decoding from the start", av_err2str(ret));
+        /* even a failed seek may have read the file (generic seeking
+         * searches it for keyframes): start over for certain */
+        e->seek_broken = 1;
+        if ((code = reopen(e)) != TN_OK)
+            return code;
         from_start = 1;
     } else {
         e->fresh = 0;
@@ -928,6 +1150,7 @@ static int seek_to(struct engine *e, int64_t ts)
     e->positioned = 1;
     e->seek_ts = from_start ? INT64_MIN : ts;
     e->need_key = !from_start;
+    e->check_key = !from_start;
     e->last_pkt_ts = AV_NOPTS_VALUE;
     e->last_out_pts = AV_NOPTS_VALUE;
     av_frame_unref(e->prev);
@@ -960,6 +1183,8 @@ static int can_continue(struct engine *e, int64_t target)
         return 0;
     if (e->last_out_pts != AV_NOPTS_VALUE && e->last_out_pts >= target)
         return 0;
+    if (e->seek_broken) /* a "seek" would decode from the start again */
+        return 1;
     if (avformat_index_get_entries_count(e->st) <= 0)
         return e->fresh && target <= e->start_pts;
     int idx = av_index_search_timestamp(e->st, target, AVSEEK_FLAG_BACKWARD);
@@ -989,8 +1214,10 @@ static int serve_accurate(struct engine *e, int64_t target)
 
     /* Points are sorted: the previous answer still holds if it is at or
      * after this target, or if it was the last frame of the stream. */
-    if (e->have_cur && e->cur_exact && (e->cur_pts >= target || e->cur_clamped))
+    if (e->have_cur && e->cur_exact && (e->cur_pts >= target || e->cur_clamped)) {
+        e->fallback = e->cur_clamped ? e->cur_fallback : FB_NONE;
         return TN_OK;
+    }
 
     e->target = target;
     if (can_continue(e, target)) {
@@ -1022,11 +1249,18 @@ static int serve_accurate(struct engine *e, int64_t target)
                 return code;
             continue;
         }
+        if (ret == BAD_KEY) {
+            e->seek_broken = 1;
+            if ((code = seek_to(e, e->start_pts)) != TN_OK)
+                return code;
+            continue;
+        }
         if (ret == AVERROR_EOF) {
             e->positioned = 0;
             if (e->have_prev) {
                 e->have_prev = 0;
                 keep_as_cur(e, e->prev, 1, 1);
+                e->fallback = e->cur_fallback = FB_LAST;
                 return TN_OK;
             }
             if (!from_start && e->seek_ts != INT64_MIN) {
@@ -1041,6 +1275,15 @@ static int serve_accurate(struct engine *e, int64_t target)
                 return fail_av(e, TN_INVALID_ARGUMENT, e->last_decode_error,
                                "no frame of the video could be decoded");
             return fail(e, TN_INVALID_ARGUMENT, "the video stream has no decodable frame");
+        }
+        if (ret < 0 && e->have_prev && !e->io.stop && ret != AVERROR(ENOMEM)) {
+            /* damaged from here on: what was decoded before is the picture */
+            tn_log_debug("decoding stopped (%s): the last good frame", av_err2str(ret));
+            e->positioned = 0;
+            e->have_prev = 0;
+            keep_as_cur(e, e->prev, 1, 1);
+            e->fallback = e->cur_fallback = FB_DAMAGED;
+            return TN_OK;
         }
         if (ret < 0)
             return fail_av(e, TN_INVALID_ARGUMENT, ret, "decoding failed");
@@ -1092,8 +1335,14 @@ static int serve_keyframe(struct engine *e, int64_t target)
         e->drained = 1;
         avcodec_send_packet(e->dec, NULL);
         e->key_ts = t;
+        e->check_key = 1;
         ret = next_frame(e);
         e->key_ts = AV_NOPTS_VALUE;
+        e->check_key = 0;
+        if (ret == BAD_KEY) {
+            e->seek_broken = 1;
+            break;
+        }
         if (ret == 0) {
             keep_as_cur(e, e->frame, 0, 0);
             e->cur_key = t;
@@ -1222,6 +1471,40 @@ out:
     for (size_t i = 0; i < SMART_NEAR; i++)
         av_frame_free(&keep[i]);
     return code;
+}
+
+/* No time named: the frame at the default time (exact, or its keyframe in
+ * KEYFRAME mode) unless it is black or blank (a fade-in, a title card); then
+ * SMART's choice among the keyframes from there on. */
+static int serve_default(struct engine *e, const struct point *p)
+{
+    struct tn_smart_stats st;
+    char why[REASON_MAX];
+    int code = e->req->opts.mode == TN_MODE_KEYFRAME ? serve_keyframe(e, p->target)
+                                                : serve_accurate(e, p->target);
+
+    if (code != TN_OK || (code = judge(e, &st)) != TN_OK)
+        return code;
+    if (st.verdict == TN_SMART_OK) {
+        snprintf(e->pick, sizeof(e->pick), "no time requested: %g %%",
+                 e->req->opts.times[p->index].value);
+        return TN_OK;
+    }
+    snprintf(why, sizeof(why), "no time requested: the frame at %g %% is %s",
+             e->req->opts.times[p->index].value, st.verdict == TN_SMART_BLACK ? "black" : "blank");
+    e->fallback = FB_NONE; /* a later frame is used */
+    if ((code = serve_smart(e, p->target)) != TN_OK)
+        return code;
+    size_t n = strlen(why), m = strlen(e->pick);
+    if (m && n + 2 < sizeof(why)) { /* "<why>; <smart's reason>", cut to fit */
+        memcpy(why + n, "; ", 2);
+        n += 2;
+        m = m < sizeof(why) - 1 - n ? m : sizeof(why) - 1 - n;
+        memcpy(why + n, e->pick, m);
+        why[n + m] = '\0';
+    }
+    memcpy(e->pick, why, sizeof(why));
+    return TN_OK;
 }
 
 /* The attached picture (cover art) decoded into e->cur; e->img_st is its
@@ -1703,12 +1986,27 @@ static const uint8_t *pad(struct engine *e, const struct geom *g, const uint8_t 
     return e->canvas;
 }
 
-/* "<how it was picked>; <what the colour step did>" */
+/* "<how it was picked>; <fallbacks>; <what the colour step did>" */
 static void make_reason(const struct engine *e, char *buf, size_t len)
 {
     char colour[128];
+    const char *fb = e->fallback == FB_LAST      ? "the video ends before that time: its last frame"
+                     : e->fallback == FB_DAMAGED ? "the video is damaged before that time: the "
+                                                   "last frame that decodes"
+                                                 : "";
+    const char *seek =
+        e->seek_broken && !e->img_st ? "the file cannot seek: decoded from the start" : "";
+    const char *parts[4] = {e->pick, seek, fb, colour};
+    size_t off = 0;
+
     tn_colour_describe(e->colour_did, colour, sizeof(colour));
-    snprintf(buf, len, "%s%s%s", e->pick, e->pick[0] && colour[0] ? "; " : "", colour);
+    buf[0] = '\0';
+    for (size_t i = 0; i < 4 && off < len; i++) {
+        if (!parts[i][0])
+            continue;
+        int n = snprintf(buf + off, len - off, "%s%s", off ? "; " : "", parts[i]);
+        off += n > 0 ? (size_t)n : 0;
+    }
 }
 
 /* e->cur fitted into e->box, scaled, rotated, cropped and padded: *img
@@ -1993,6 +2291,8 @@ int tn_engine_run(const struct tn_engine_request *req, tn_engine_emit_fn emit, v
         .skip_until = INT64_MIN,
         .key_ts = AV_NOPTS_VALUE,
         .cur_key = AV_NOPTS_VALUE,
+        .first_pts = AV_NOPTS_VALUE,
+        .file_start = AV_NOPTS_VALUE,
     };
     struct point *points = NULL;
     int code;
@@ -2019,11 +2319,26 @@ int tn_engine_run(const struct tn_engine_request *req, tn_engine_emit_fn emit, v
         goto out;
     }
     int probe_streams = !header_is_enough(e.fmt);
+    e.probed_streams = probe_streams;
     if (probe_streams && (code = find_stream_info(&e)) != TN_OK)
         goto out;
     if ((code = open_stream(&e)) != TN_OK)
         goto out;
+    if (e.st->start_time == AV_NOPTS_VALUE && e.fmt->start_time == AV_NOPTS_VALUE &&
+        (code = find_start(&e)) != TN_OK)
+        goto out;
     setup_timing(&e);
+    /* An AVI without its index (idx1, e.g. written to a pipe) flags every
+     * packet as a keyframe, and codecs such as MS Video 1 do not say in the
+     * bitstream which frames are whole (BAD_KEY cannot tell): only decoding
+     * forward from the start gives the right pictures. */
+    const AVCodecDescriptor *desc = avcodec_descriptor_get(e.st->codecpar->codec_id);
+    if (!strcmp(e.fmt->iformat->name, "avi") && avformat_index_get_entries_count(e.st) == 0 &&
+        !(desc && (desc->props & AV_CODEC_PROP_INTRA_ONLY)))
+        e.seek_broken = 1;
+    if (e.duration < 0 && e.end_pts == AV_NOPTS_VALUE && needs_duration(req) &&
+        (code = scan_duration(&e)) != TN_OK)
+        goto out;
     if ((code = resolve_times(&e, points)) != TN_OK)
         goto out;
     if (e.n_points == 0) { /* the storyboard's grid divides by it; a call must yield something */
@@ -2047,6 +2362,7 @@ int tn_engine_run(const struct tn_engine_request *req, tn_engine_emit_fn emit, v
 
     for (size_t i = 0; i < e.n_points; i++) {
         e.pick[0] = '\0';
+        e.fallback = FB_NONE;
         e.img_st = NULL;
         if (req->opts.cover_art && points[i].index == 0 && (code = cover_art(&e)) != 0) {
             if (code < 0) {
@@ -2057,6 +2373,8 @@ int tn_engine_run(const struct tn_engine_request *req, tn_engine_emit_fn emit, v
             code = TN_OK;
         } else if (req->opts.mode == TN_MODE_SMART) {
             code = serve_smart(&e, points[i].target);
+        } else if (points[i].is_default) {
+            code = serve_default(&e, &points[i]);
         } else {
             code = req->opts.mode == TN_MODE_KEYFRAME ? serve_keyframe(&e, points[i].target)
                                                       : serve_accurate(&e, points[i].target);

@@ -9,6 +9,7 @@
 #include "probe.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,40 +19,27 @@
 #include <libavutil/display.h>
 #include <libavutil/pixdesc.h>
 
-static void json_str(FILE *f, const char *s)
+#include "json.h"
+
+/* Numbers: null when not finite (JSON has no NaN). */
+static json_t *num(double v)
 {
-    if (!s) {
-        fputs("null", f);
-        return;
-    }
-    fputc('"', f);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\')
-            fprintf(f, "\\%c", *p);
-        else if (*p < 0x20 || *p == 0x7f)
-            fprintf(f, "\\u%04x", *p);
-        else
-            fputc(*p, f);
-    }
-    fputc('"', f);
+    return isfinite(v) ? json_real(v) : json_null();
 }
 
-static void json_num(FILE *f, double v)
+static json_t *int_or_null(int64_t v)
 {
-    if (!isfinite(v))
-        fputs("null", f);
-    else
-        fprintf(f, "%.6g", v);
+    return v > 0 ? json_integer(v) : json_null();
 }
 
-static void json_ratio(FILE *f, AVRational r)
+static json_t *ratio(AVRational r)
 {
-    if (r.num <= 0 || r.den <= 0) {
-        fputs("null", f);
-        return;
-    }
+    char buf[32];
+    if (r.num <= 0 || r.den <= 0)
+        return json_null();
     av_reduce(&r.num, &r.den, r.num, r.den, 1 << 30);
-    fprintf(f, "\"%d:%d\"", r.num, r.den);
+    snprintf(buf, sizeof(buf), "%d:%d", r.num, r.den);
+    return json_string(buf);
 }
 
 static const char *unknown_null(const char *s)
@@ -100,134 +88,148 @@ static double keyframe_interval(AVFormatContext *fmt, AVStream *st, int max_pack
     return (last - first) * av_q2d(st->time_base) / (keys - 1);
 }
 
+/* One video stream's object (see probe.h); NULL when out of memory. */
+static json_t *video_stream(AVFormatContext *fmt, AVStream *st, int main)
+{
+    const AVCodecParameters *par = st->codecpar;
+    json_t *o = json_object();
+    int bad = !o;
+
+    if (bad)
+        return NULL;
+    const AVPixFmtDescriptor *d = av_pix_fmt_desc_get((enum AVPixelFormat)par->format);
+    bad |= tn_json_set(o, "index", json_integer(st->index));
+    bad |= tn_json_set(o, "codec", tn_json_str(avcodec_get_name(par->codec_id), 0));
+    bad |= tn_json_set(o, "profile",
+                       tn_json_str(avcodec_profile_name(par->codec_id, par->profile), 0));
+    bad |= tn_json_set(o, "pix_fmt", tn_json_str(d ? d->name : NULL, 0));
+    bad |= tn_json_set(o, "bit_depth", d ? json_integer(d->comp[0].depth) : json_null());
+    AVRational sar = av_guess_sample_aspect_ratio(fmt, st, NULL);
+    if (sar.num <= 0 || sar.den <= 0)
+        sar = (AVRational){1, 1};
+    AVRational dar = av_mul_q(sar, (AVRational){par->width, par->height > 0 ? par->height : 1});
+    bad |= tn_json_set(o, "width", json_integer(par->width));
+    bad |= tn_json_set(o, "height", json_integer(par->height));
+    bad |= tn_json_set(o, "sar", ratio(sar));
+    bad |= tn_json_set(o, "dar", ratio(dar));
+    /* display size: SAR applied, then the display matrix's rotation */
+    double dw = par->width * av_q2d(sar), dh = par->height;
+    size_t msize = 0;
+    const int32_t *m =
+        (const int32_t *)av_stream_get_side_data(st, AV_PKT_DATA_DISPLAYMATRIX, &msize);
+    double rot = 0;
+    int flipped = 0;
+    if (m && msize >= 9 * sizeof(int32_t)) {
+        /* av_display_rotation_get: counterclockwise; players turn it clockwise */
+        rot = -av_display_rotation_get(m);
+        flipped = (int64_t)m[0] * m[4] - (int64_t)m[1] * m[3] < 0;
+        if (isnan(rot))
+            rot = 0;
+        rot = fmod(round(rot) + 360, 360);
+    }
+    int swap = fabs(fmod(rot, 180) - 90) < 1;
+    bad |= tn_json_set(o, "display_width", json_integer(llround(swap ? dh : dw)));
+    bad |= tn_json_set(o, "display_height", json_integer(llround(swap ? dw : dh)));
+    AVRational fr = st->avg_frame_rate.num > 0 ? st->avg_frame_rate : st->r_frame_rate;
+    bad |= tn_json_set(o, "frame_rate", num(fr.num > 0 && fr.den > 0 ? av_q2d(fr) : NAN));
+    bad |= tn_json_set(o, "rotation", json_integer(llround(rot)));
+    bad |= tn_json_set(o, "flipped", json_boolean(flipped));
+    bad |= tn_json_set(o, "color_primaries",
+                       tn_json_str(unknown_null(av_color_primaries_name(par->color_primaries)), 0));
+    bad |= tn_json_set(o, "color_transfer",
+                       tn_json_str(unknown_null(av_color_transfer_name(par->color_trc)), 0));
+    bad |= tn_json_set(o, "color_matrix",
+                       tn_json_str(unknown_null(av_color_space_name(par->color_space)), 0));
+    bad |= tn_json_set(o, "color_range",
+                       tn_json_str(unknown_null(av_color_range_name(par->color_range)), 0));
+    bad |= tn_json_set(o, "hdr",
+                       tn_json_str(par->color_trc == AVCOL_TRC_SMPTE2084      ? "HDR10"
+                                   : par->color_trc == AVCOL_TRC_ARIB_STD_B67 ? "HLG"
+                                                                              : NULL,
+                                   0));
+    bad |= tn_json_set(o, "interlaced",
+                       par->field_order == AV_FIELD_UNKNOWN
+                           ? json_null()
+                           : json_boolean(par->field_order != AV_FIELD_PROGRESSIVE));
+    bad |= tn_json_set(o, "main", json_boolean(main));
+    if (bad)
+        json_decref(o);
+    return bad ? NULL : o;
+}
+
 int tn_probe_json(AVFormatContext *fmt, int video, uint64_t file_size, int max_packets,
                   int (*stop)(void *opaque), void *opaque, char **out, size_t *len)
 {
-    char *buf = NULL;
-    size_t size = 0;
-    FILE *f = open_memstream(&buf, &size);
-    int cover = 0;
+    json_t *root = json_object(), *lists[3];
+    static const char *const names[] = {"video", "audio", "cover_art_streams"};
+    int cover = 0, bad = !root;
 
-    if (!f)
+    if (bad)
         return -ENOMEM;
     for (unsigned i = 0; i < fmt->nb_streams; i++)
         cover |= (fmt->streams[i]->disposition & AV_DISPOSITION_ATTACHED_PIC) != 0;
-
-    fputs("{\"container\":", f);
-    json_str(f, fmt->iformat->name);
-    fputs(",\"container_long_name\":", f);
-    json_str(f, fmt->iformat->long_name);
-    fputs(",\"duration\":", f);
-    json_num(f, fmt->duration > 0 ? fmt->duration / (double)AV_TIME_BASE : NAN);
-    fputs(",\"bit_rate\":", f);
-    if (fmt->bit_rate > 0)
-        fprintf(f, "%" PRId64, fmt->bit_rate);
-    else
-        fputs("null", f);
-    fprintf(f, ",\"size\":%" PRIu64 ",\"cover_art\":%s", file_size, cover ? "true" : "false");
-    fputs(",\"keyframe_interval\":", f);
-    json_num(f, video >= 0 ? keyframe_interval(fmt, fmt->streams[video], max_packets, stop, opaque)
-                           : NAN);
-
+    /* container and tag strings come from the file: tn_json_str makes them UTF-8 */
+    bad |= tn_json_set(root, "container", tn_json_str(fmt->iformat->name, 0));
+    bad |= tn_json_set(root, "container_long_name", tn_json_str(fmt->iformat->long_name, 0));
+    bad |= tn_json_set(root, "duration",
+                       num(fmt->duration > 0 ? fmt->duration / (double)AV_TIME_BASE : NAN));
+    bad |= tn_json_set(root, "bit_rate", int_or_null(fmt->bit_rate));
+    bad |= tn_json_set(root, "size", json_integer((json_int_t)file_size));
+    bad |= tn_json_set(root, "cover_art", json_boolean(cover));
+    bad |= tn_json_set(
+        root, "keyframe_interval",
+        num(video >= 0 ? keyframe_interval(fmt, fmt->streams[video], max_packets, stop, opaque)
+                       : NAN));
     for (int pass = 0; pass < 3; pass++) {
-        static const char *const names[] = {"video", "audio", "cover_art_streams"};
-        int first = 1;
-        fprintf(f, ",\"%s\":[", names[pass]);
-        for (unsigned i = 0; i < fmt->nb_streams; i++) {
-            AVStream *st = fmt->streams[i];
-            const AVCodecParameters *par = st->codecpar;
-            int pic = (st->disposition & AV_DISPOSITION_ATTACHED_PIC) != 0;
-            if ((pass == 0 && (par->codec_type != AVMEDIA_TYPE_VIDEO || pic)) ||
-                (pass == 1 && par->codec_type != AVMEDIA_TYPE_AUDIO) || (pass == 2 && !pic))
-                continue;
-            fprintf(f, "%s{\"index\":%u,\"codec\":", first ? "" : ",", i);
-            first = 0;
-            json_str(f, avcodec_get_name(par->codec_id));
-            if (pass == 2) {
-                fprintf(f, ",\"width\":%d,\"height\":%d}", par->width, par->height);
-                continue;
+        lists[pass] = json_array();
+        bad |= tn_json_set(root, names[pass], lists[pass]);
+    }
+    for (unsigned i = 0; i < fmt->nb_streams && !bad; i++) {
+        AVStream *st = fmt->streams[i];
+        const AVCodecParameters *par = st->codecpar;
+        int pic = (st->disposition & AV_DISPOSITION_ATTACHED_PIC) != 0;
+        json_t *o = NULL;
+        if (pic) {
+            if ((o = json_object())) {
+                bad |= tn_json_set(o, "index", json_integer(i));
+                bad |= tn_json_set(o, "codec", tn_json_str(avcodec_get_name(par->codec_id), 0));
+                bad |= tn_json_set(o, "width", json_integer(par->width));
+                bad |= tn_json_set(o, "height", json_integer(par->height));
             }
-            fputs(",\"profile\":", f);
-            json_str(f, avcodec_profile_name(par->codec_id, par->profile));
-            if (pass == 1) {
-                const AVDictionaryEntry *lang = av_dict_get(st->metadata, "language", NULL, 0);
-                fprintf(f, ",\"sample_rate\":%d,\"channels\":%d,\"bit_rate\":", par->sample_rate,
-                        par->ch_layout.nb_channels);
-                if (par->bit_rate > 0)
-                    fprintf(f, "%" PRId64, par->bit_rate);
-                else
-                    fputs("null", f);
-                fputs(",\"language\":", f);
-                json_str(f, lang ? lang->value : NULL);
-                fputc('}', f);
-                continue;
+            bad |= json_array_append_new(lists[2], o) != 0;
+        } else if (par->codec_type == AVMEDIA_TYPE_VIDEO) {
+            bad |= json_array_append_new(lists[0], video_stream(fmt, st, (int)i == video)) != 0;
+        } else if (par->codec_type == AVMEDIA_TYPE_AUDIO) {
+            const AVDictionaryEntry *lang = av_dict_get(st->metadata, "language", NULL, 0);
+            if ((o = json_object())) {
+                bad |= tn_json_set(o, "index", json_integer(i));
+                bad |= tn_json_set(o, "codec", tn_json_str(avcodec_get_name(par->codec_id), 0));
+                bad |=
+                    tn_json_set(o, "profile",
+                                tn_json_str(avcodec_profile_name(par->codec_id, par->profile), 0));
+                bad |= tn_json_set(o, "sample_rate", json_integer(par->sample_rate));
+                bad |= tn_json_set(o, "channels", json_integer(par->ch_layout.nb_channels));
+                bad |= tn_json_set(o, "bit_rate", int_or_null(par->bit_rate));
+                bad |= tn_json_set(o, "language", tn_json_str(lang ? lang->value : NULL, 256));
             }
-            const AVPixFmtDescriptor *d = av_pix_fmt_desc_get((enum AVPixelFormat)par->format);
-            fputs(",\"pix_fmt\":", f);
-            json_str(f, d ? d->name : NULL);
-            fputs(",\"bit_depth\":", f);
-            if (d)
-                fprintf(f, "%d", d->comp[0].depth);
-            else
-                fputs("null", f);
-            AVRational sar = av_guess_sample_aspect_ratio(fmt, st, NULL);
-            if (sar.num <= 0 || sar.den <= 0)
-                sar = (AVRational){1, 1};
-            AVRational dar =
-                av_mul_q(sar, (AVRational){par->width, par->height > 0 ? par->height : 1});
-            fprintf(f, ",\"width\":%d,\"height\":%d,\"sar\":", par->width, par->height);
-            json_ratio(f, sar);
-            fputs(",\"dar\":", f);
-            json_ratio(f, dar);
-            /* display size: SAR applied, then the display matrix's rotation */
-            double dw = par->width * av_q2d(sar), dh = par->height;
-            size_t msize = 0;
-            const int32_t *m =
-                (const int32_t *)av_stream_get_side_data(st, AV_PKT_DATA_DISPLAYMATRIX, &msize);
-            double rot = 0;
-            int flipped = 0;
-            if (m && msize >= 9 * sizeof(int32_t)) {
-                /* av_display_rotation_get: counterclockwise; players turn it clockwise */
-                rot = -av_display_rotation_get(m);
-                flipped = (int64_t)m[0] * m[4] - (int64_t)m[1] * m[3] < 0;
-                if (isnan(rot))
-                    rot = 0;
-                rot = fmod(round(rot) + 360, 360);
-            }
-            int swap = fabs(fmod(rot, 180) - 90) < 1;
-            fprintf(f, ",\"display_width\":%.0f,\"display_height\":%.0f", swap ? dh : dw,
-                    swap ? dw : dh);
-            AVRational fr = st->avg_frame_rate.num > 0 ? st->avg_frame_rate : st->r_frame_rate;
-            fputs(",\"frame_rate\":", f);
-            json_num(f, fr.num > 0 && fr.den > 0 ? av_q2d(fr) : NAN);
-            fprintf(f, ",\"rotation\":%.0f,\"flipped\":%s", rot, flipped ? "true" : "false");
-            fputs(",\"color_primaries\":", f);
-            json_str(f, unknown_null(av_color_primaries_name(par->color_primaries)));
-            fputs(",\"color_transfer\":", f);
-            json_str(f, unknown_null(av_color_transfer_name(par->color_trc)));
-            fputs(",\"color_matrix\":", f);
-            json_str(f, unknown_null(av_color_space_name(par->color_space)));
-            fputs(",\"color_range\":", f);
-            json_str(f, unknown_null(av_color_range_name(par->color_range)));
-            fputs(",\"hdr\":", f);
-            json_str(f, par->color_trc == AVCOL_TRC_SMPTE2084      ? "HDR10"
-                        : par->color_trc == AVCOL_TRC_ARIB_STD_B67 ? "HLG"
-                                                                   : NULL);
-            fputs(",\"interlaced\":", f);
-            if (par->field_order == AV_FIELD_UNKNOWN)
-                fputs("null", f);
-            else
-                fputs(par->field_order == AV_FIELD_PROGRESSIVE ? "false" : "true", f);
-            fprintf(f, ",\"main\":%s}", (int)i == video ? "true" : "false");
+            bad |= json_array_append_new(lists[1], o) != 0;
         }
-        fputc(']', f);
     }
-    fputs("}\n", f);
-    if (fclose(f) != 0) {
-        free(buf);
+    char *text = bad ? NULL : json_dumps(root, JSON_COMPACT | JSON_REAL_PRECISION(6));
+    json_decref(root);
+    if (!text)
         return -ENOMEM;
+    /* one line, newline-terminated, in malloc'd memory of our own */
+    size_t n = strlen(text);
+    char *buf = malloc(n + 2);
+    if (buf) {
+        memcpy(buf, text, n);
+        memcpy(buf + n, "\n", 2);
     }
+    free(text);
+    if (!buf)
+        return -ENOMEM;
     *out = buf;
-    *len = size;
+    *len = n + 1;
     return 0;
 }

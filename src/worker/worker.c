@@ -242,7 +242,7 @@ static void format_times(const struct tn_job_opts *o, char *buf, size_t len)
     for (uint32_t i = 0; i < o->n_times && i < TN_JOB_MAX_TIMES && off + 1 < len; i++) {
         const struct tn_time_point *t = &o->times[i];
         int n = snprintf(buf + off, len - off, "%s%g%s", i ? "," : "", t->value,
-                         t->kind == TN_TIME_PERCENT ? "%" : "s");
+                         t->kind == TN_TIME_SECONDS ? "s" : "%");
         if (n < 0)
             break;
         off += (size_t)n;

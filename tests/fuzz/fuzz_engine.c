@@ -6,8 +6,10 @@
  * 256 KiB). It is written into one memfd, which the engine reads the way a
  * worker reads a spooled upload (pread on an fd). The last byte of the input
  * also picks the request: bit 0 the seek mode (accurate / keyframe), bits 1-2
- * the output format, so both seek paths and every encoder are fuzzed without
- * a header that would stop seeds from being real files.
+ * the output format, bit 3 a Probe instead (whose JSON must parse, as valid
+ * UTF-8, whatever the file's tags hold), so both seek paths, every encoder
+ * and the probe are fuzzed without a header that would stop seeds from being
+ * real files.
  *
  * The worker's hard limits become the fuzzer's: av_max_alloc() stands in for
  * RLIMIT_AS (a file that asks libav for gigabytes must fail with ENOMEM, as
@@ -24,6 +26,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <jansson.h>
 #include <libavutil/mem.h>
 
 #include "engine.h"
@@ -62,6 +65,23 @@ static int discard(void *opaque, const struct tn_engine_result *r)
     return TN_OK;
 }
 
+/* A probe result must be one JSON object (jansson checks the UTF-8 too). */
+static int check_json(void *opaque, const struct tn_engine_result *r)
+{
+    (void)opaque;
+    char *buf = malloc(r->size ? r->size : 1);
+    if (!buf || r->fd < 0 || pread(r->fd, buf, r->size, 0) != (ssize_t)r->size)
+        abort();
+    json_error_t jerr;
+    json_t *j = json_loadb(buf, r->size, 0, &jerr);
+    if (!json_is_object(j))
+        abort();
+    json_decref(j);
+    free(buf);
+    close(r->fd);
+    return TN_OK;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static const struct tn_time_point times[] = {
@@ -94,8 +114,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         .deadline_ms = tn_mono_ms() + DEADLINE_MS,
         .cancel_fd = -1,
         .limits = &limits,
+        .probe = (last >> 3) & 1,
     };
-    int code = tn_engine_run(&req, discard, NULL, err, sizeof(err));
+    int code = tn_engine_run(&req, req.probe ? check_json : discard, NULL, err, sizeof(err));
     /* INTERNAL means a broken invariant in our code, whatever the input. */
     if (code == TN_INTERNAL && strstr(err, "encoding failed") == NULL)
         abort();

@@ -39,6 +39,9 @@ class JsonFormat(h.ServerTestCase):
         with self.assertRaises(h.grpc.RpcError):
             # quotes, a backslash and a newline in the name: the line must still parse
             h.generate(self.server.addr, data=b"\0" * 5000, file_name='we"ird\\name\n.mp4')
+        with self.assertRaises(h.grpc.RpcError):
+            # quotes, backslashes and non-ASCII, as long as a name may be
+            h.generate(self.server.addr, data=b"\0" * 5000, file_name='"\\\u00e9' * 1500)
         srv = type(self).server
         srv.stop()  # every process has written its last line
         type(self).server = None
@@ -51,6 +54,7 @@ class JsonFormat(h.ServerTestCase):
         objs = []
         for line in lines:
             o = json.loads(line)  # raises on any line that is not JSON
+            self.assertLessEqual(len(line.encode()) + 1, 4096, line[:200])
             self.assertTrue({"ts", "level", "role", "pid", "msg"} <= set(o), line)
             self.assertRegex(o["ts"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
             self.assertIn(o["level"], ("error", "warn", "info", "debug"))
@@ -60,7 +64,7 @@ class JsonFormat(h.ServerTestCase):
         self.assertTrue({"master", "front", "worker#0"} <= roles, roles)
         access = [o for o in objs if o.get("type") == "access"
                   and o["method"] == "thumbnail.v1.Thumbnailer/Generate"]
-        self.assertEqual(len(access), 2, access)
+        self.assertEqual(len(access), 3, access)
         checks = [o for o in objs if o.get("type") == "access"
                   and o["method"] == "grpc.health.v1.Health/Check"]
         self.assertTrue(checks, "no access line for the harness's health checks")
@@ -68,7 +72,11 @@ class JsonFormat(h.ServerTestCase):
             self.assertEqual((c["level"], c["status"], c["bytes_in"]), ("debug", "OK", 0))
             self.assertRegex(c["peer"], r"^ipv4:127\.0\.0\.1:\d+$")
         self.assertTrue(any(o["level"] == "debug" and o.get("type") != "access" for o in objs))
-        ok, bad = access
+        # the front cuts a long name; what is left comes through whole and UTF-8
+        cut = [o for o in access if '?\\\u00e9' * 20 in o["file"]]
+        self.assertEqual(len(cut), 1, [o["file"][:40] for o in access])
+        self.assertTrue(ACCESS_FIELDS <= set(cut[0]), cut[0])
+        ok, bad = [o for o in access if o is not cut[0]]
         self.assertTrue(ACCESS_FIELDS <= set(ok), ok)
         self.assertEqual(ok["role"], "front")
         self.assertEqual(ok["method"], "thumbnail.v1.Thumbnailer/Generate")

@@ -50,7 +50,7 @@ static void test_defaults(void **state)
     assert_int_equal(o.max_width, TN_JOB_DEFAULT_MAX_WIDTH);
     assert_int_equal(o.max_height, 0);
     assert_int_equal(o.n_times, 1);
-    assert_int_equal(o.times[0].kind, TN_TIME_PERCENT);
+    assert_int_equal(o.times[0].kind, TN_TIME_DEFAULT);
     assert_true(o.times[0].value == TN_JOB_DEFAULT_PERCENT);
     accepted(&o);
 
