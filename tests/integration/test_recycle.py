@@ -56,7 +56,7 @@ class Recycle(h.ServersTestCase):
         self.assertGreaterEqual(n, 4)
         self.assertEqual(s.stop(), 0)
 
-    @h.unittest.skipIf(h.sanitized(), "ASan workers cannot run under an RLIMIT_AS")
+    @h.unittest.skipIf(h.sanitized(), "ASan build: its workers cannot run under an RLIMIT_AS")
     def test_crash_loop_gives_up_and_reload_recovers(self):
         s = self.server(workers=2, extra=["--worker-memory", "1G"])
         self.assertEqual(len(h.generate(s.addr, path=h.video(SMALL))), 1)

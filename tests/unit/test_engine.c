@@ -32,6 +32,7 @@
 #include "engine.h"
 #include "log.h"
 #include "status.h"
+#include "tn_skip.h"
 
 #define MAX_RESULTS 64
 #define EPS 1e-6
@@ -384,7 +385,8 @@ static void engine1(struct run *run, const char *name, double seconds, int mode)
 #define SKIP_WITHOUT_CLIPS()                                                                       \
     do {                                                                                           \
         if (!have_ffmpeg || !have_clips)                                                           \
-            skip();                                                                                \
+            TN_SKIP(have_ffmpeg ? "the ffmpeg CLI failed to make the clips"                        \
+                                : "no ffmpeg CLI to make the clips");                              \
     } while (0)
 
 /* Decode a PNG result to RGB24 (caller frees). */
