@@ -537,6 +537,19 @@ def kill_and_wait(pids, sig=signal.SIGKILL, timeout=15):
 
 _LIVE_GROUPS = set()
 SANITIZER_RE = re.compile(r"ERROR: (AddressSanitizer|LeakSanitizer)[^\n]*|runtime error:[^\n]*")
+# Sanitizer reports found in the output of any server of this run (every Server is
+# scanned when cleaned up or at the end, however it was stopped; other processes a
+# test starts by hand go through note_sanitizer_output()). main() fails on any.
+_SANITIZER_FOUND = []
+_ALL_SERVERS = []
+
+
+def note_sanitizer_output(text, what):
+    """Record a sanitizer report in text (the output of a process a test started)."""
+    m = SANITIZER_RE.search(text or "")
+    if m:
+        _SANITIZER_FOUND.append("%s: %s" % (what, m.group(0)))
+    return m
 
 
 @atexit.register
@@ -589,6 +602,8 @@ class Server:
         self.log_path = os.path.join(self.tmp, "server.log")
         self.proc = None
         self.port = None
+        self.scanned = False
+        _ALL_SERVERS.append(self)
         if start:
             self.start()
 
@@ -777,9 +792,17 @@ class Server:
             self.dump_log(400)
             raise AssertionError("sanitizer report in the server output: %s" % m.group(0))
 
+    def scan_sanitizer_output(self):
+        """Record any sanitizer report (once), whether or not stop() checked it."""
+        if not self.scanned:
+            self.scanned = True
+            if note_sanitizer_output(self.log_text(), "server %s" % self.tmp):
+                self.dump_log(400)
+
     def cleanup(self):
         if self.proc is not None and self.proc.poll() is None:
             self.stop(check=False)
+        self.scan_sanitizer_output()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -912,5 +935,14 @@ def main():
     ensure_videos()
     prog = unittest.main(verbosity=2, exit=False)
     r = prog.result
+    for srv in _ALL_SERVERS:  # those never cleaned up, e.g. stopped with check=False
+        if os.path.isdir(srv.tmp):
+            srv.scan_sanitizer_output()
+    failed = not r.wasSuccessful()
+    if _SANITIZER_FOUND:
+        log("FAILED: sanitizer report(s) in the output of a process this test started:")
+        for line in _SANITIZER_FOUND:
+            log("  " + line)
+        failed = True
     skips = [(t.id(), reason) for t, reason in r.skipped]
-    sys.exit(skip_policy.verdict(skips, not r.wasSuccessful()))
+    sys.exit(skip_policy.verdict(skips, failed))

@@ -177,10 +177,12 @@ class Lifecycle(h.ServersTestCase):
 
     def start_failing(self, listen, tmp):
         """A server on listen that must stop by itself: (exit status, its log)."""
+        out = open(os.path.join(tmp, "out"), "wb")  # sanitizer reports land here
+        self.addCleanup(out.close)
         p = subprocess.Popen([h.SERVER_BIN, "--listen", listen, "--workers", "1",
                               "--log-file", os.path.join(tmp, "log")] + h.server_default_args(),
-                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)
+                             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                             start_new_session=True)
         h._LIVE_GROUPS.add(p.pid)
         try:
             rc = p.wait(30)
@@ -192,6 +194,8 @@ class Lifecycle(h.ServersTestCase):
             self.fail("server on %s still running after 30 s" % listen)
         h.wait_for(lambda: not h.pids_in_group(p.pid), 5, what="no processes left")
         h._LIVE_GROUPS.discard(p.pid)
+        with open(os.path.join(tmp, "out"), errors="replace") as f:
+            h.note_sanitizer_output(f.read(), "server on %s" % listen)
         with open(os.path.join(tmp, "log"), errors="replace") as f:
             return rc, f.read()
 
