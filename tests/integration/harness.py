@@ -829,6 +829,12 @@ class ClientResult:
         return None
 
 
+def client_retries(output):
+    """Retries the client made, summed over its result lines ("ok   a.mp4 -> ... ms,
+    2 retries)")."""
+    return sum(int(n) for n in re.findall(r"^ok .*, (\d+) retr(?:y|ies)\b", output, re.M))
+
+
 def run_client(args, env=None, timeout=300, check_rc=None):
     if not os.access(CLIENT_BIN, os.X_OK):
         raise AssertionError("%s is not built (TN_BUILD_DIR=%s)" % (CLIENT_BIN, BUILD_DIR))

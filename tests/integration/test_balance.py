@@ -142,6 +142,9 @@ class KillOneMidBatch(unittest.TestCase):
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 text=True, env=env)
             h.wait_for(lambda: served(b) >= 1, 60, what="server B's first call")
+            # kill B while it works on a call, so that one call must be retried on A
+            self.assertIsNotNone(h.busy_worker(b.worker_pids(), timeout=30),
+                                 "B got no second call to kill it in")
             self.assertIsNone(proc.poll(), "the batch ended before B could be killed: "
                               "make it longer")
             os.killpg(b.pid, signal.SIGKILL)  # master, front and workers at once
@@ -152,11 +155,12 @@ class KillOneMidBatch(unittest.TestCase):
             self.assertIn("%d ok, 0 failed" % n, stdout)
             self.assertEqual(len(h.tree_files(out)), n * N_TIMES)
             served_a, served_b = served(a), served(b)
-            retried = len(re.findall(r"^ok .*retr(y|ies)\)?$", stdout, re.M))
+            retried = h.client_retries(stdout)
             h.log("B killed after %.2f s; A served %d calls, B %d before dying; %d files "
                   "retried" % (killed_at, served_a, served_b, retried))
             self.assertEqual(served_a + served_b, n)
             self.assertGreater(served_a, served_b)
+            self.assertGreaterEqual(retried, 1, "B died mid-call: that call is retried on A")
             shutil.rmtree(inp, True)
             shutil.rmtree(out, True)
         except Exception:
