@@ -588,7 +588,7 @@ class Server:
     """The real thumbnail_server on 127.0.0.1:<free port>, in its own process group."""
 
     def __init__(self, workers=2, extra=(), env=None, start=True, metrics=False,
-                 credentials=None, wrapper=()):
+                 credentials=None, wrapper=(), binary=None):
         self.workers = workers
         self.metrics = metrics  # --metrics-listen on a free port (self.metrics_port)
         self.metrics_port = None
@@ -596,6 +596,7 @@ class Server:
         self.extra = list(extra)
         self.env = env
         self.wrapper = list(wrapper)  # a command the server runs under, e.g. valgrind
+        self.binary = binary or SERVER_BIN  # another build's server (test_deb's release tree)
         self.tmp = tempfile.mkdtemp(prefix="tn-server-")
         self.spool = os.path.join(self.tmp, "spool")
         os.mkdir(self.spool)
@@ -616,12 +617,12 @@ class Server:
         return self.proc.pid
 
     def start(self, timeout=30):
-        if not os.access(SERVER_BIN, os.X_OK):
-            raise AssertionError("%s is not built (TN_BUILD_DIR=%s)" % (SERVER_BIN, BUILD_DIR))
+        if not os.access(self.binary, os.X_OK):
+            raise AssertionError("%s is not built (TN_BUILD_DIR=%s)" % (self.binary, BUILD_DIR))
         last = None
         for _attempt in range(3):  # a free port can be taken by someone else meanwhile
             self.port = free_port()
-            cmd = self.wrapper + [SERVER_BIN, "--listen", self.addr, "--workers", str(self.workers),
+            cmd = self.wrapper + [self.binary, "--listen", self.addr, "--workers", str(self.workers),
                    "--spool-dir", self.spool, "--log-file", self.log_path]
             if self.metrics:
                 self.metrics_port = free_port()
