@@ -87,7 +87,7 @@ class Recycle(h.ServersTestCase):
         self.assertIn("no decode worker", cm.exception.details())
         self.assertLess(time.monotonic() - t1, 5)
         r = h.run_client(["--server", s.addr, "--health"])
-        self.assertNotEqual(r.returncode, 0, r)
+        self.assertEqual(r.returncode, 1, r)  # README: --health exits 1 when not SERVING
         # fixed: worker-memory below the hard limit, and a reload starts new workers
         with open(conf, "w") as f:
             f.write("worker-memory = 512M\n")
