@@ -574,6 +574,32 @@ def sanitized():
     return _is_sanitized(SERVER_BIN)
 
 
+# In a sanitized build every process the tests start (servers, daemons, clients, by
+# Server or by hand) writes its sanitizer reports to files here instead of stderr
+# (log_path), so none is lost to a /dev/null or an unread pipe: Server.stop() and
+# main() read them.
+SANITIZER_LOG_DIR = None
+if sanitized():
+    SANITIZER_LOG_DIR = tempfile.mkdtemp(prefix="tn-sanitizer-")
+    for _var in ("ASAN_OPTIONS", "UBSAN_OPTIONS"):
+        _prev = os.environ.get(_var, "")
+        os.environ[_var] = ((_prev + ":") if _prev else "") + "log_path=" + os.path.join(
+            SANITIZER_LOG_DIR, _var.split("_")[0].lower())
+
+
+def sanitizer_log_text():
+    """Everything the sanitizers wrote to SANITIZER_LOG_DIR so far ("" if none)."""
+    text = ""
+    if SANITIZER_LOG_DIR:
+        for fn in sorted(os.listdir(SANITIZER_LOG_DIR)):
+            try:
+                with open(os.path.join(SANITIZER_LOG_DIR, fn), errors="replace") as f:
+                    text += "==> %s <==\n%s" % (fn, f.read())
+            except OSError:
+                pass
+    return text
+
+
 def server_default_args():
     """Flags added to every server the tests start: $TN_SERVER_ARGS (space-separated),
     and --worker-memory 0 for an ASan build, whose shadow memory cannot live under the
@@ -788,9 +814,10 @@ class Server:
     def check_sanitizer_reports(self):
         """ASan/UBSan/LSan write to stderr (server.out); a child that died of it was
         respawned, so the tests may have passed anyway: fail here."""
-        m = SANITIZER_RE.search(self.log_text())
+        m = SANITIZER_RE.search(self.log_text() + sanitizer_log_text())
         if m:
             self.dump_log(400)
+            log(sanitizer_log_text()[-20000:])
             raise AssertionError("sanitizer report in the server output: %s" % m.group(0))
 
     def scan_sanitizer_output(self):
@@ -946,6 +973,10 @@ def main():
         if os.path.isdir(srv.tmp):
             srv.scan_sanitizer_output()
     failed = not r.wasSuccessful()
+    if note_sanitizer_output(sanitizer_log_text(), "sanitizer logs in %s" % SANITIZER_LOG_DIR):
+        log(sanitizer_log_text()[-20000:])
+    elif SANITIZER_LOG_DIR:
+        shutil.rmtree(SANITIZER_LOG_DIR, ignore_errors=True)
     if _SANITIZER_FOUND:
         log("FAILED: sanitizer report(s) in the output of a process this test started:")
         for line in _SANITIZER_FOUND:
