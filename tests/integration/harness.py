@@ -579,8 +579,12 @@ def sanitized():
 # (log_path), so none is lost to a /dev/null or an unread pipe: Server.stop() and
 # main() read them.
 SANITIZER_LOG_DIR = None
-if sanitized():
+# (A script a test runs that imports this module inherits its parent's log_path: the
+# parent reads those reports.)
+if sanitized() and "log_path=" not in os.environ.get("ASAN_OPTIONS", ""):
     SANITIZER_LOG_DIR = tempfile.mkdtemp(prefix="tn-sanitizer-")
+    atexit.register(lambda: os.path.isdir(SANITIZER_LOG_DIR) and not os.listdir(
+        SANITIZER_LOG_DIR) and os.rmdir(SANITIZER_LOG_DIR))
     for _var in ("ASAN_OPTIONS", "UBSAN_OPTIONS"):
         _prev = os.environ.get(_var, "")
         os.environ[_var] = ((_prev + ":") if _prev else "") + "log_path=" + os.path.join(
