@@ -21,6 +21,7 @@ cmake --build "$BUILD_DIR" -j"$JOBS"
 echo "test.sh: validating docker-compose.yml"
 docker-compose -f docker-compose.yml config -q
 
+[ "${TN_SKIP_BIG:-0}" != 1 ] || echo "test.sh: WARNING: TN_SKIP_BIG=1: the >2 GiB upload test is NOT run" >&2
 ctest --test-dir "$BUILD_DIR" --output-on-failure -j2 "$@"
 
 # The same suite again under AddressSanitizer + UndefinedBehaviorSanitizer
@@ -31,6 +32,8 @@ if [ "${TN_NO_SANITIZE:-0}" != 1 ]; then
     cmake -S . -B "${BUILD_DIR}-asan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTN_SANITIZE=ON -DTN_TESTING=ON
     cmake --build "${BUILD_DIR}-asan" -j"$JOBS"
     ctest --test-dir "${BUILD_DIR}-asan" --output-on-failure -j2 "$@"
+else
+    echo "test.sh: WARNING: TN_NO_SANITIZE=1: the ASan+UBSan run of the suite is NOT done" >&2
 fi
 
 # libFuzzer on the engine (clang; tests/fuzz/): a bounded run seeded from the
@@ -43,4 +46,6 @@ if [ "${TN_NO_FUZZ:-0}" != 1 ]; then
     cmake --build "${BUILD_DIR}-fuzz" -j"$JOBS" --target fuzz_engine
     ctest --test-dir "${BUILD_DIR}-fuzz" --output-on-failure -L fuzz
     grep -E "DONE|stat::" "${BUILD_DIR}-fuzz/fuzz-work/fuzz.log" # execs/s, coverage
+else
+    echo "test.sh: WARNING: TN_NO_FUZZ=1: the libFuzzer run is NOT done" >&2
 fi

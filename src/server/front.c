@@ -86,6 +86,7 @@
 #include <grpc/support/time.h>
 #include <linux/openat2.h>
 
+#include "data_msg.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "grpc/reflection/v1/reflection.pb-c.h"
 #include "ipc.h"
@@ -1174,28 +1175,6 @@ static int spool_write(struct gen_call *c, const unsigned char *p, size_t len)
     return 0;
 }
 
-/*
- * A GenerateRequest made of the data field (2) alone: tag 0x12, a varint
- * length n, then n bytes. p[0..avail) is the start of the message, total its
- * whole length. Returns the header's length (the bytes start after it) with
- * *n set, or 0 when the message is anything else (then protobuf-c decodes it).
- */
-static size_t data_field_header(const unsigned char *p, size_t avail, uint64_t total, uint64_t *n)
-{
-    if (avail < 2 || p[0] != 0x12)
-        return 0;
-    *n = 0;
-    size_t i = 1;
-    for (int shift = 0;; shift += 7) {
-        if (i >= avail || shift >= 64)
-            return 0;
-        *n |= (uint64_t)(p[i] & 0x7f) << shift;
-        if (!(p[i++] & 0x80))
-            break;
-    }
-    return *n == total - i ? i : 0;
-}
-
 /* Zero-copy spooling of a data message (GenerateRequest field 2 alone): the
  * bytes go from the received slices to the spool file in one writev() per
  * message, without flattening the message into a new buffer first. With the
@@ -1220,7 +1199,7 @@ static int spool_data_slices(struct gen_call *c, grpc_byte_buffer *bb, bool *com
         nh += take;
     }
     uint64_t n;
-    size_t i = data_field_header(hdr, nh, sb->length, &n);
+    size_t i = tn_data_msg_header(hdr, nh, sb->length, &n);
     if (!i)
         return 0;
     const struct tn_config *cfg = c->f->cfg;
@@ -1419,7 +1398,7 @@ static void on_recv(struct gen_call *c, bool ok)
      * bytes straight from the received slice, without a protobuf-c copy. */
     uint64_t n;
     size_t i;
-    if (c->have_options && !c->pull && (i = data_field_header(p, len, len, &n)) != 0) {
+    if (c->have_options && !c->pull && (i = tn_data_msg_header(p, len, len, &n)) != 0) {
         if (spool_write(c, p + i, (size_t)n) < 0)
             goto out_slice;
         complete = c->declared && c->received == c->declared;

@@ -178,6 +178,15 @@ struct job_ctx {
     int peer_gone;
 };
 
+/* The front closed the job's reply socket. It does so when the call ends; past the
+ * job's deadline the call ended because of it, and the job's log line says so. */
+static int reply_gone(struct job_ctx *ctx)
+{
+    ctx->peer_gone = 1;
+    int64_t dl = ctx->job->deadline_ms;
+    return dl > 0 && tn_mono_ms() >= dl ? TN_DEADLINE_EXCEEDED : TN_CANCELLED;
+}
+
 static int emit_result(void *opaque, const struct tn_engine_result *r)
 {
     struct job_ctx *ctx = opaque;
@@ -193,10 +202,8 @@ static int emit_result(void *opaque, const struct tn_engine_result *r)
         int err = tn_ipc_send(ctx->reply, &info, sizeof(info), NULL, 0, 0);
         if (err < 0) {
             close(r->fd);
-            if (err == -EPIPE) {
-                ctx->peer_gone = 1;
-                return TN_CANCELLED;
-            }
+            if (err == -EPIPE)
+                return reply_gone(ctx);
             tn_log_error("sendmsg() failed while sending a result of job %" PRIu64 ": %s",
                          ctx->job->h.job_id, strerror(-err));
             return TN_INTERNAL;
@@ -213,10 +220,8 @@ static int emit_result(void *opaque, const struct tn_engine_result *r)
     msg.size = r->size;
     int err = tn_ipc_send(ctx->reply, &msg, sizeof(msg), &r->fd, 1, 0);
     close(r->fd);
-    if (err == -EPIPE) {
-        ctx->peer_gone = 1;
-        return TN_CANCELLED;
-    }
+    if (err == -EPIPE)
+        return reply_gone(ctx);
     if (err < 0) {
         tn_log_error("sendmsg() failed while sending a result of job %" PRIu64 ": %s",
                      ctx->job->h.job_id, strerror(-err));

@@ -5,11 +5,12 @@
  * is plain video clips (tests/fuzz/seed_corpus.sh cuts the generated ones to
  * 256 KiB). It is written into one memfd, which the engine reads the way a
  * worker reads a spooled upload (pread on an fd). The last byte of the input
- * also picks the request: bit 0 the seek mode (accurate / keyframe), bits 1-2
- * the output format, bit 3 a Probe instead (whose JSON must parse, as valid
- * UTF-8, whatever the file's tags hold), so both seek paths, every encoder
- * and the probe are fuzzed without a header that would stop seeds from being
- * real files.
+ * also picks the request: bits 0-1 the seek mode (accurate, keyframe, smart)
+ * or, for 3, a Probe instead (whose JSON must parse, as valid UTF-8, whatever
+ * the file's tags hold), bits 2-3 the output format, bits 4-5 the fit (fit,
+ * fill, pad), bit 6 evenly spaced points (count) instead of times, bit 7 a
+ * storyboard, so every seek path, encoder, engine option and the probe are
+ * fuzzed without a header that would stop seeds from being real files.
  *
  * The worker's hard limits become the fuzzer's: av_max_alloc() stands in for
  * RLIMIT_AS (a file that asks libav for gigabytes must fail with ENOMEM, as
@@ -89,6 +90,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         {.kind = TN_TIME_SECONDS, .value = 0.5},
     };
     static const int formats[] = {TN_FORMAT_PNG, TN_FORMAT_JPEG, TN_FORMAT_WEBP, TN_FORMAT_PNG};
+    static const int modes[] = {TN_MODE_ACCURATE, TN_MODE_KEYFRAME, TN_MODE_SMART,
+                                TN_MODE_ACCURATE};
+    static const int fits[] = {TN_FIT_FIT, TN_FIT_FILL, TN_FIT_PAD, TN_FIT_FIT};
     struct tn_engine_limits limits = {.max_pixels = MAX_PIXELS};
     char err[TN_IPC_MESSAGE_MAX];
     uint8_t last = size ? data[size - 1] : 0;
@@ -106,17 +110,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         .size = size,
         .file_name = "fuzz",
         .opts = {.times = {times[0], times[1]},
-                 .n_times = sizeof(times) / sizeof(times[0]),
+                 .n_times = last & 0x40 ? 0 : sizeof(times) / sizeof(times[0]),
                  .max_width = 64,
                  .max_height = 64,
-                 .format = (uint8_t)formats[(last >> 1) & 3],
-                 .mode = last & 1 ? TN_MODE_KEYFRAME : TN_MODE_ACCURATE},
+                 .format = (uint8_t)formats[(last >> 2) & 3],
+                 .mode = (uint8_t)modes[last & 3],
+                 .fit = (uint8_t)fits[(last >> 4) & 3],
+                 .pad_color = 0x204060,
+                 .count = last & 0x40 ? 3 : 0,
+                 .storyboard = last >> 7,
+                 .tile_width = 32,
+                 .columns = 3,
+                 .probe = (last & 3) == 3},
         .deadline_ms = tn_mono_ms() + DEADLINE_MS,
         .cancel_fd = -1,
         .limits = &limits,
-        .probe = (last >> 3) & 1,
     };
-    int code = tn_engine_run(&req, req.probe ? check_json : discard, NULL, err, sizeof(err));
+    int code = tn_engine_run(&req, req.opts.probe ? check_json : discard, NULL, err, sizeof(err));
     /* INTERNAL means a broken invariant in our code, whatever the input. */
     if (code == TN_INTERNAL && strstr(err, "encoding failed") == NULL)
         abort();

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# One bounded libFuzzer run of fuzz_engine: SECONDS of fuzzing from the seeds, new
+# One bounded libFuzzer run of a fuzz target (fuzz_engine, fuzz_front): SECONDS of fuzzing from the seeds, new
 # inputs kept in WORK_DIR/corpus (for this build dir only), crashes written to
 # WORK_DIR/ and the run failed. Prints libFuzzer's final stats (execs/s, coverage).
-# Usage: run.sh FUZZ_ENGINE SEEDS_DIR WORK_DIR SECONDS
+# Usage: run.sh FUZZER SEEDS_DIR WORK_DIR SECONDS
 set -euo pipefail
 fuzzer=$1 seeds=$2 work=$3 seconds=$4
 mkdir -p "$work/corpus"
@@ -19,6 +19,6 @@ set -e
 grep -E "^(#[0-9]+.*(INITED|DONE)|stat::|Done )" "$work/fuzz.log" || true
 if [[ $rc -ne 0 ]]; then
     tail -n 60 "$work/fuzz.log"
-    echo "fuzz_engine: exit $rc; reproducer(s): $(ls "$work"/crash-* "$work"/timeout-* "$work"/oom-* 2>/dev/null | tr '\n' ' ')" >&2
+    echo "$(basename "$fuzzer"): exit $rc; reproducer(s): $(ls "$work"/crash-* "$work"/timeout-* "$work"/oom-* 2>/dev/null | tr '\n' ' ')" >&2
     exit 1
 fi

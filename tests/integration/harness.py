@@ -25,6 +25,9 @@ import time
 import unittest
 import zlib
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import skips as skip_policy  # noqa: E402  (tests/skips.py: what a skip means)
+
 SOURCE_DIR = os.path.abspath(os.environ.get(
     "TN_SOURCE_DIR", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")))
 BUILD_DIR = os.path.abspath(os.environ.get("TN_BUILD_DIR", os.path.join(SOURCE_DIR, "build")))
@@ -547,6 +550,19 @@ def kill_and_wait(pids, sig=signal.SIGKILL, timeout=15):
 
 _LIVE_GROUPS = set()
 SANITIZER_RE = re.compile(r"ERROR: (AddressSanitizer|LeakSanitizer)[^\n]*|runtime error:[^\n]*")
+# Sanitizer reports found in the output of any server of this run (every Server is
+# scanned when cleaned up or at the end, however it was stopped; other processes a
+# test starts by hand go through note_sanitizer_output()). main() fails on any.
+_SANITIZER_FOUND = []
+_ALL_SERVERS = []
+
+
+def note_sanitizer_output(text, what):
+    """Record a sanitizer report in text (the output of a process a test started)."""
+    m = SANITIZER_RE.search(text or "")
+    if m:
+        _SANITIZER_FOUND.append("%s: %s" % (what, m.group(0)))
+    return m
 
 
 @atexit.register
@@ -571,6 +587,36 @@ def sanitized():
     return _is_sanitized(SERVER_BIN)
 
 
+# In a sanitized build every process the tests start (servers, daemons, clients, by
+# Server or by hand) writes its sanitizer reports to files here instead of stderr
+# (log_path), so none is lost to a /dev/null or an unread pipe: Server.stop() and
+# main() read them.
+SANITIZER_LOG_DIR = None
+# (A script a test runs that imports this module inherits its parent's log_path: the
+# parent reads those reports.)
+if sanitized() and "log_path=" not in os.environ.get("ASAN_OPTIONS", ""):
+    SANITIZER_LOG_DIR = tempfile.mkdtemp(prefix="tn-sanitizer-")
+    atexit.register(lambda: os.path.isdir(SANITIZER_LOG_DIR) and not os.listdir(
+        SANITIZER_LOG_DIR) and os.rmdir(SANITIZER_LOG_DIR))
+    for _var in ("ASAN_OPTIONS", "UBSAN_OPTIONS"):
+        _prev = os.environ.get(_var, "")
+        os.environ[_var] = ((_prev + ":") if _prev else "") + "log_path=" + os.path.join(
+            SANITIZER_LOG_DIR, _var.split("_")[0].lower())
+
+
+def sanitizer_log_text():
+    """Everything the sanitizers wrote to SANITIZER_LOG_DIR so far ("" if none)."""
+    text = ""
+    if SANITIZER_LOG_DIR:
+        for fn in sorted(os.listdir(SANITIZER_LOG_DIR)):
+            try:
+                with open(os.path.join(SANITIZER_LOG_DIR, fn), errors="replace") as f:
+                    text += "==> %s <==\n%s" % (fn, f.read())
+            except OSError:
+                pass
+    return text
+
+
 def server_default_args():
     """Flags added to every server the tests start: $TN_SERVER_ARGS (space-separated),
     and --worker-memory 0 for an ASan build, whose shadow memory cannot live under the
@@ -585,7 +631,7 @@ class Server:
     """The real thumbnail_server on 127.0.0.1:<free port>, in its own process group."""
 
     def __init__(self, workers=2, extra=(), env=None, start=True, metrics=False,
-                 credentials=None, wrapper=()):
+                 credentials=None, wrapper=(), binary=None):
         self.workers = workers
         self.metrics = metrics  # --metrics-listen on a free port (self.metrics_port)
         self.metrics_port = None
@@ -593,12 +639,15 @@ class Server:
         self.extra = list(extra)
         self.env = env
         self.wrapper = list(wrapper)  # a command the server runs under, e.g. valgrind
+        self.binary = binary or SERVER_BIN  # another build's server (test_deb's release tree)
         self.tmp = tempfile.mkdtemp(prefix="tn-server-")
         self.spool = os.path.join(self.tmp, "spool")
         os.mkdir(self.spool)
         self.log_path = os.path.join(self.tmp, "server.log")
         self.proc = None
         self.port = None
+        self.scanned = False
+        _ALL_SERVERS.append(self)
         if start:
             self.start()
 
@@ -611,12 +660,12 @@ class Server:
         return self.proc.pid
 
     def start(self, timeout=30):
-        if not os.access(SERVER_BIN, os.X_OK):
-            raise AssertionError("%s is not built (TN_BUILD_DIR=%s)" % (SERVER_BIN, BUILD_DIR))
+        if not os.access(self.binary, os.X_OK):
+            raise AssertionError("%s is not built (TN_BUILD_DIR=%s)" % (self.binary, BUILD_DIR))
         last = None
         for _attempt in range(3):  # a free port can be taken by someone else meanwhile
             self.port = free_port()
-            cmd = self.wrapper + [SERVER_BIN, "--listen", self.addr, "--workers", str(self.workers),
+            cmd = self.wrapper + [self.binary, "--listen", self.addr, "--workers", str(self.workers),
                    "--spool-dir", self.spool, "--log-file", self.log_path]
             if self.metrics:
                 self.metrics_port = free_port()
@@ -782,14 +831,23 @@ class Server:
     def check_sanitizer_reports(self):
         """ASan/UBSan/LSan write to stderr (server.out); a child that died of it was
         respawned, so the tests may have passed anyway: fail here."""
-        m = SANITIZER_RE.search(self.log_text())
+        m = SANITIZER_RE.search(self.log_text() + sanitizer_log_text())
         if m:
             self.dump_log(400)
+            log(sanitizer_log_text()[-20000:])
             raise AssertionError("sanitizer report in the server output: %s" % m.group(0))
+
+    def scan_sanitizer_output(self):
+        """Record any sanitizer report (once), whether or not stop() checked it."""
+        if not self.scanned:
+            self.scanned = True
+            if note_sanitizer_output(self.log_text(), "server %s" % self.tmp):
+                self.dump_log(400)
 
     def cleanup(self):
         if self.proc is not None and self.proc.poll() is None:
             self.stop(check=False)
+        self.scan_sanitizer_output()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -814,6 +872,12 @@ class ClientResult:
             if name in line:
                 return line
         return None
+
+
+def client_retries(output):
+    """Retries the client made, summed over its result lines ("ok   a.mp4 -> ... ms,
+    2 retries)")."""
+    return sum(int(n) for n in re.findall(r"^ok .*, (\d+) retr(?:y|ies)\b", output, re.M))
 
 
 def run_client(args, env=None, timeout=300, check_rc=None):
@@ -916,6 +980,24 @@ class ServerTestCase(unittest.TestCase):
 
 
 def main():
-    """unittest.main() with verbose output; exits nonzero on failure."""
+    """unittest.main() with verbose output. Exit status: 1 on a failure, 77 (skipped, for
+    CTest) when a test was skipped, 0 otherwise; under CI=true a skip not on the
+    allow-list fails (tests/skips.py)."""
     ensure_videos()
-    unittest.main(verbosity=2)
+    prog = unittest.main(verbosity=2, exit=False)
+    r = prog.result
+    for srv in _ALL_SERVERS:  # those never cleaned up, e.g. stopped with check=False
+        if os.path.isdir(srv.tmp):
+            srv.scan_sanitizer_output()
+    failed = not r.wasSuccessful()
+    if note_sanitizer_output(sanitizer_log_text(), "sanitizer logs in %s" % SANITIZER_LOG_DIR):
+        log(sanitizer_log_text()[-20000:])
+    elif SANITIZER_LOG_DIR:
+        shutil.rmtree(SANITIZER_LOG_DIR, ignore_errors=True)
+    if _SANITIZER_FOUND:
+        log("FAILED: sanitizer report(s) in the output of a process this test started:")
+        for line in _SANITIZER_FOUND:
+            log("  " + line)
+        failed = True
+    skips = [(t.id(), reason) for t, reason in r.skipped]
+    sys.exit(skip_policy.verdict(skips, failed))

@@ -30,6 +30,14 @@ def served(server):
     return len(OK_LINE.findall(server.log_text()))
 
 
+def settle(counted, total):
+    """Wait until the servers' access logs hold `total` more OK lines than at
+    `counted` ([(server, count before)]): a front writes a call's line after the
+    status has gone out, so the client can exit before the last line is there."""
+    h.wait_for(lambda: sum(served(s) - n for s, n in counted) >= total, 10,
+               what="%d access lines" % total)
+
+
 def dead_addr():
     """An address with nothing listening (connection refused at once)."""
     return "127.0.0.1:%d" % h.free_port()
@@ -69,6 +77,7 @@ class Balance(h.ServerTestCase):
         a0, b0 = served(self.server), served(self.b)
         r, out = self.batch([self.server.addr, self.b.addr], n=8)
         self.assertEqual(len(h.tree_files(out)), 8, r)
+        settle([(self.server, a0), (self.b, b0)], 8)
         a, b = served(self.server) - a0, served(self.b) - b0
         h.log("8 files: server A served %d, server B %d" % (a, b))
         self.assertEqual(a + b, 8, r)
@@ -87,6 +96,7 @@ class Balance(h.ServerTestCase):
         a0 = served(self.server)
         r, out = self.batch([dead_addr(), self.server.addr], n=6)
         self.assertEqual(len(h.tree_files(out)), 6, r)
+        settle([(self.server, a0)], 6)
         self.assertEqual(served(self.server) - a0, 6)
 
     def test_all_servers_down(self):
@@ -99,6 +109,7 @@ class Balance(h.ServerTestCase):
         where nobody listens: round_robin uses the address that answers)."""
         a0 = served(self.server)
         self.batch(["dns:///localhost:%d" % self.server.port], n=3)
+        settle([(self.server, a0)], 3)
         self.assertEqual(served(self.server) - a0, 3)
 
     def test_health_checks_each_server(self):
@@ -142,6 +153,9 @@ class KillOneMidBatch(unittest.TestCase):
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 text=True, env=env)
             h.wait_for(lambda: served(b) >= 1, 60, what="server B's first call")
+            # kill B while it works on a call, so that one call must be retried on A
+            self.assertIsNotNone(h.busy_worker(b.worker_pids(), timeout=30),
+                                 "B got no second call to kill it in")
             self.assertIsNone(proc.poll(), "the batch ended before B could be killed: "
                               "make it longer")
             os.killpg(b.pid, signal.SIGKILL)  # master, front and workers at once
@@ -152,11 +166,12 @@ class KillOneMidBatch(unittest.TestCase):
             self.assertIn("%d ok, 0 failed" % n, stdout)
             self.assertEqual(len(h.tree_files(out)), n * N_TIMES)
             served_a, served_b = served(a), served(b)
-            retried = len(re.findall(r"^ok .*retr(y|ies)\)?$", stdout, re.M))
+            retried = h.client_retries(stdout)
             h.log("B killed after %.2f s; A served %d calls, B %d before dying; %d files "
                   "retried" % (killed_at, served_a, served_b, retried))
             self.assertEqual(served_a + served_b, n)
             self.assertGreater(served_a, served_b)
+            self.assertGreaterEqual(retried, 1, "B died mid-call: that call is retried on A")
             shutil.rmtree(inp, True)
             shutil.rmtree(out, True)
         except Exception:

@@ -55,7 +55,8 @@ class RssMonitor(threading.Thread):
         self.join()
 
 
-@unittest.skipIf(os.environ.get("TN_SKIP_BIG") == "1", "TN_SKIP_BIG=1")
+@unittest.skipIf(os.environ.get("TN_SKIP_BIG") == "1",
+                 "TN_SKIP_BIG=1: the >2 GiB upload through the real server is NOT tested")
 class BigUpload(h.ServerTestCase):
     workers = 1
 

@@ -12,6 +12,13 @@ health checks, names its processes' roles in ps, and makes a real thumbnail
 for the installed thumbnail_client; dpkg -r removes everything but the
 conffile, dpkg --purge that too and the unit's enable links.
 
+The package is built from the release configuration (TN_TESTING=OFF, no
+sanitizer), never from the test tree: the test configures and builds that tree
+itself, in $TN_RELEASE_BUILD_DIR (default <build dir>/release-tree; incremental
+on a second run), checks that the test-only hooks are not compiled in, smoke-
+tests its binaries (--version, a real thumbnail through a server started from
+the tree), and only then runs cpack on it.
+
 Needs root and dpkg; skipped with a message otherwise, and when a
 thumbnail-server package is already installed (this test must not replace
 or remove an operator's install). Label "deb", RUN_SERIAL (it changes the
@@ -90,10 +97,44 @@ class DebPackage(unittest.TestCase):
                                          stderr=subprocess.DEVNULL).returncode == 0:
             subprocess.run(["dpkg", "--purge", PKG], stdout=subprocess.DEVNULL)
 
+    def release_tree(self):
+        """Configure and build the release tree; returns its directory."""
+        rel = os.environ.get("TN_RELEASE_BUILD_DIR") or os.path.join(h.BUILD_DIR, "release-tree")
+        t0 = time.monotonic()
+        run(["cmake", "-S", h.SOURCE_DIR, "-B", rel, "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
+             "-DTN_TESTING=OFF", "-DTN_SANITIZE=OFF", "-DTN_FUZZ=OFF"])
+        run(["cmake", "--build", rel, "-j2"])
+        h.log("release tree %s built in %.1f s" % (rel, time.monotonic() - t0))
+        with open(os.path.join(rel, "CMakeCache.txt")) as f:
+            cache = f.read()
+        self.assertIn("TN_TESTING:BOOL=OFF", cache)
+        server = os.path.join(rel, "src", "server", "thumbnail_server")
+        client = os.path.join(rel, "src", "client", "thumbnail_client")
+        for b in (server, client):
+            blob = h.read_bytes(b)
+            self.assertNotIn(b"tn-test-sandbox-violation", blob, b + ": test hooks compiled in")
+            self.assertNotIn(b"libasan.so", blob, b + ": sanitized")
+            self.assertRegex(run([b, "--version"]), r"\d+\.\d+")
+        return rel, server, client
+
+    def smoke(self, server, client):
+        """The release tree's own server and client make a real thumbnail."""
+        srv = h.Server(workers=1, binary=server)
+        self.addCleanup(srv.cleanup)
+        inp = h.make_input_dir(["h264.mp4"], parent=self.tmp)
+        out = os.path.join(self.tmp, "smoke-out")
+        r = subprocess.run([client, "--server", srv.addr, inp, out], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stdout)
+        self.assertEqual(h.png_size(os.path.join(out, "h264.png")), (320, 180))
+        self.assertEqual(srv.stop(), 0)
+
     def build_deb(self):
+        rel, server, client = self.release_tree()
+        self.smoke(server, client)
         t0 = time.monotonic()
         run(["cpack", "-G", "DEB", "-B", self.tmp, "--config",
-             os.path.join(h.BUILD_DIR, "CPackConfig.cmake")])
+             os.path.join(rel, "CPackConfig.cmake")])
         debs = glob.glob(os.path.join(self.tmp, PKG + "_*.deb"))
         self.assertEqual(len(debs), 1, os.listdir(self.tmp))
         h.log("cpack: %.1f s, %d bytes" % (time.monotonic() - t0, os.path.getsize(debs[0])))

@@ -36,6 +36,14 @@ class Errors(h.ServerTestCase):
         return [l for l in self.server.log_text().splitlines()
                 if re.match(r"\S+ [A-Z]+ worker", l)]
 
+    def wait_access_line(self, name):
+        """The front logs a call's access line when it is done with the call: after it,
+        no job can come of the call any more."""
+        return h.wait_for(lambda: [l for l in self.server.log_text().splitlines()
+                                   if re.search(r" front \d+: .*file=\"%s\"" % re.escape(name),
+                                                l)],
+                          10, what="the front's access line for %s" % name)
+
     def worker_cpu(self):
         return sum((h.proc_stat(p) or {"cpu": 0})["cpu"] for p in self.server.worker_pids())
 
@@ -151,7 +159,7 @@ class Errors(h.ServerTestCase):
                 h.collect(stub.Generate(requests, timeout=10))
         self.assertIn(cm.exception.code().name, ("INVALID_ARGUMENT", "CANCELLED"),
                       "got %s: %s" % (cm.exception.code().name, cm.exception.details()))
-        time.sleep(0.5)
+        self.wait_access_line(name)
         new_worker_lines = self.worker_lines()[lines0:]
         self.assertFalse([l for l in new_worker_lines if name in l],
                          "a worker ran the discarded upload: %s" % new_worker_lines)
@@ -167,8 +175,10 @@ class Errors(h.ServerTestCase):
         # (if the workers log file names at all).
         good = "control-%s.mp4" % uuid.uuid4().hex[:8]
         h.generate(self.server.addr, data=data, file_name=good)
-        workers_log_names = any(good in l for l in self.worker_lines())
-        h.log("workers log file names: %s" % workers_log_names)
+        # Positive control: a job that did run shows up in the workers' log (it is logged
+        # after the result is sent: wait for it), so the absence below means something.
+        h.wait_for(lambda: any(good in l for l in self.worker_lines()), 10,
+                   what="the workers' line for the control upload %s" % good)
 
         name = "early-%s.mp4" % uuid.uuid4().hex[:8]
 
@@ -210,7 +220,7 @@ class Errors(h.ServerTestCase):
             with self.assertRaises(h.grpc.RpcError) as cm:
                 list(call)
             self.assertEqual(cm.exception.code().name, "CANCELLED")
-        time.sleep(0.5)
+        self.wait_access_line(name)
         self.assertFalse([l for l in self.worker_lines()[lines0:] if name in l])
         self.assertSpoolEmpty()
         self.assertStillServing()

@@ -18,12 +18,6 @@ WEBP = h.pb.IMAGE_FORMAT_WEBP
 PNG = h.pb.IMAGE_FORMAT_PNG
 EXT = {JPEG: ".jpg", WEBP: ".webp", PNG: ".png"}
 
-# Quality and lossless reach the engine only when the front copies them from
-# Options into the IPC job (and the worker into the engine request).
-NOT_FORWARDED = ("Options.quality is not forwarded by the front/worker in this build "
-                 "(take_options() patch not applied yet)")
-
-
 def decode(data, ext):
     """(width, height, rgb24 bytes) decoded by ffmpeg, not by our encoders."""
     with tempfile.NamedTemporaryFile(suffix=ext) as f:
@@ -67,11 +61,6 @@ class Formats(h.ServerTestCase):
         p = h.png_decode(t.data)
         return p.width, p.height, p.rgb_bytes()
 
-    def quality_forwarded(self):
-        a = self.one(fmt=JPEG, quality=30)
-        b = self.one(fmt=JPEG, quality=95)
-        return len(a.data) != len(b.data)
-
     # ------------------------------------------------------------------
     def test_lossy_formats_decode_close_to_png(self):
         for name, size in (("h264.mp4", (320, 180)), ("rotate90.mp4", (320, 569)),
@@ -97,16 +86,12 @@ class Formats(h.ServerTestCase):
         t = self.one()  # format unspecified = PNG
         self.assertEqual(t.header.format, PNG)
         check_magic(self, t.data, PNG)
-        if not self.quality_forwarded():
-            self.skipTest(NOT_FORWARDED)
         fast = self.one(fmt=PNG, png_level=1)
         best = self.one(fmt=PNG, png_level=9)
         self.assertEqual(h.png_decode(fast.data).rgb_bytes(), h.png_decode(best.data).rgb_bytes())
         self.assertLess(len(best.data), len(fast.data))
 
     def test_quality_changes_size(self):
-        if not self.quality_forwarded():
-            self.skipTest(NOT_FORWARDED)
         for fmt in (JPEG, WEBP):
             with self.subTest(fmt=fmt):
                 lo = self.one(fmt=fmt, quality=30)
@@ -117,8 +102,6 @@ class Formats(h.ServerTestCase):
                 self.assertEqual(decode(lo.data, EXT[fmt])[:2], (320, 180))
 
     def test_lossless_webp_equals_png(self):
-        if not self.quality_forwarded():
-            self.skipTest(NOT_FORWARDED)
         for name in ("h264.mp4", "rotate90.mp4"):
             with self.subTest(file=name):
                 pw, ph, ref = self.png_pixels(name)
@@ -130,8 +113,6 @@ class Formats(h.ServerTestCase):
                 self.assertTrue(rgb == ref, "lossless WebP pixels differ from the PNG's")
 
     def test_bad_quality_and_level(self):
-        if not self.quality_forwarded():
-            self.skipTest(NOT_FORWARDED)
         for kw in (dict(fmt=JPEG, quality=150), dict(fmt=WEBP, quality=101),
                    dict(fmt=PNG, png_level=10)):
             with self.subTest(**{k: str(v) for k, v in kw.items()}):

@@ -6,6 +6,7 @@ then stops; kill -9 of the front is repaired by the master; an unusable
 --listen address is a clean start-up failure, not a respawn loop; SIGUSR1
 reopens the log file."""
 import os
+import re
 import shutil
 import signal
 import socket
@@ -174,8 +175,33 @@ class Lifecycle(h.ServersTestCase):
         self.assertEqual(r.returncode, 0, r)
         self.assertEqual(s.stop(), 0)
 
+    def start_failing(self, listen, tmp):
+        """A server on listen that must stop by itself: (exit status, its log)."""
+        out = open(os.path.join(tmp, "out"), "wb")  # sanitizer reports land here
+        self.addCleanup(out.close)
+        p = subprocess.Popen([h.SERVER_BIN, "--listen", listen, "--workers", "1",
+                              "--log-file", os.path.join(tmp, "log")] + h.server_default_args(),
+                             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+        h._LIVE_GROUPS.add(p.pid)
+        try:
+            rc = p.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+            with open(os.path.join(tmp, "log"), errors="replace") as f:
+                h.log(f.read()[-4000:])
+            self.fail("server on %s still running after 30 s" % listen)
+        h.wait_for(lambda: not h.pids_in_group(p.pid), 5, what="no processes left")
+        h._LIVE_GROUPS.discard(p.pid)
+        with open(os.path.join(tmp, "out"), errors="replace") as f:
+            h.note_sanitizer_output(f.read(), "server on %s" % listen)
+        with open(os.path.join(tmp, "log"), errors="replace") as f:
+            return rc, f.read()
+
     def test_listen_address_in_use(self):
-        """The front cannot bind: a start-up failure (exit 2), not a respawn loop."""
+        """Someone listens on the port already: the master refuses to start, exit 1
+        (README: Reload), not a respawn loop."""
         blocker = socket.socket()
         blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
         blocker.bind(("127.0.0.1", 0))
@@ -184,28 +210,22 @@ class Lifecycle(h.ServersTestCase):
         tmp = tempfile.mkdtemp(prefix="tn-busy-")
         self.addCleanup(shutil.rmtree, tmp, True)
         try:
-            p = subprocess.Popen([h.SERVER_BIN, "--listen", "127.0.0.1:%d" % port,
-                                  "--workers", "1", "--log-file", os.path.join(tmp, "log")]
-                                 + h.server_default_args(),
-                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL, start_new_session=True)
-            h._LIVE_GROUPS.add(p.pid)
-            try:
-                rc = p.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-                with open(os.path.join(tmp, "log"), errors="replace") as f:
-                    h.log(f.read()[-4000:])
-                self.fail("server still running 30 s after its front failed to bind")
-            self.assertNotEqual(rc, 0)
-            h.wait_for(lambda: not h.pids_in_group(p.pid), 5, what="no processes left")
-            h._LIVE_GROUPS.discard(p.pid)
-            with open(os.path.join(tmp, "log"), errors="replace") as f:
-                text = f.read()
-            self.assertRegex(text, r"(?i)bind|listen|address", "no useful message:\n" + text)
+            rc, text = self.start_failing("127.0.0.1:%d" % port, tmp)
         finally:
             blocker.close()
+        self.assertEqual(rc, 1, text)
+        self.assertIn("address in use", text)
+
+    def test_front_cannot_bind(self):
+        """The front cannot bind (a unix: path in a missing directory, which the master's
+        start-up check leaves to the front): the front exits 2 and the server stops with
+        exit 1 (README: Respawn), after one front, not a respawn loop."""
+        tmp = tempfile.mkdtemp(prefix="tn-nobind-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        rc, text = self.start_failing("unix:%s/no/such/dir/sock" % tmp, tmp)
+        self.assertEqual(rc, 1, text)
+        self.assertIn("cannot listen on unix:%s/no/such/dir/sock" % tmp, text)
+        self.assertEqual(len(re.findall(r"front \d+ exited with status 2", text)), 1, text)
 
     def test_sigusr1_reopens_log(self):
         s = self.server(workers=1)

@@ -57,6 +57,8 @@ class ConfigFile(h.ServerTestCase):
                 p.wait()
         for f in (p.stdout, p.stderr):
             if f:
+                if not f.closed:  # what the server printed: sanitizer reports fail the run
+                    h.note_sanitizer_output(f.read(), "server %s" % " ".join(p.args[:3]))
                 f.close()
         h._LIVE_GROUPS.discard(p.pid)
 

@@ -343,7 +343,7 @@ class SecretsInMemory(h.ServerTestCase):
 
     def test_workers_hold_no_secrets(self):
         if h.sanitized():
-            self.skipTest("ASan reserves terabytes of anonymous memory: too slow to scan")
+            self.skipTest("ASan build: it reserves terabytes of anonymous memory, too slow to scan")
         key_lines = self.pki.read(self.pki.server_key).splitlines()
         key = key_lines[2]  # a base64 line of the key material (line 1 is a common prefix)
         token = TOKEN.encode()

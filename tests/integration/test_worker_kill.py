@@ -127,6 +127,7 @@ class WorkerKill(h.ServerTestCase):
         self.assertEqual(h.tree_files(out),
                          sorted("h264_1080p-%d.png" % i for i in range(1, 11)))
         self.assertEqual(h.png_size(os.path.join(out, "h264_1080p-1.png")), (1920, 1080))
+        self.assertEqual(h.client_retries(r.stdout), 1, "the kill must have cost one retry: %r" % r)
         after = self.server.wait_roles(2)["workers"]
         self.assertNotIn(victim, after)
 

@@ -33,6 +33,7 @@
 #include "engine.h"
 #include "log.h"
 #include "status.h"
+#include "tn_skip.h"
 
 #define MAX_RESULTS 64
 #define EPS 1e-6
@@ -386,7 +387,8 @@ static void engine1(struct run *run, const char *name, double seconds, int mode)
 #define SKIP_WITHOUT_CLIPS()                                                                       \
     do {                                                                                           \
         if (!have_ffmpeg || !have_clips)                                                           \
-            skip();                                                                                \
+            TN_SKIP(have_ffmpeg ? "the ffmpeg CLI failed to make the clips"                        \
+                                : "no ffmpeg CLI to make the clips");                              \
     } while (0)
 
 /* Decode a PNG result to RGB24 (caller frees). */
@@ -589,6 +591,78 @@ static void test_accurate_is_exact(void **state)
                 run_free(&run);
             }
         }
+    }
+}
+
+/* The frame indices of name's keyframes, from ffprobe's decoding (not our demuxing):
+ * pts relative to the first keyframe's, at 10 fps. Returns how many (<= max). */
+static int probe_keyframes(const char *name, int *idx, int max)
+{
+    char p[512], cmd[1024];
+    path(p, sizeof(p), name);
+    snprintf(cmd, sizeof(cmd),
+             "ffprobe -v error -select_streams v:0 -show_entries frame=key_frame,pts_time "
+             "-of csv=p=0 '%s'",
+             p);
+    FILE *f = popen(cmd, "r");
+    if (!f)
+        return -1;
+    char line[128];
+    double first = 0;
+    int n = 0;
+    while (fgets(line, sizeof(line), f)) {
+        int key;
+        double t;
+        if (sscanf(line, "%d,%lf", &key, &t) != 2 || !key || n >= max)
+            continue; /* not a keyframe, or a blank line (side data) */
+        if (n == 0)
+            first = t;
+        idx[n++] = (int)lround((t - first) * 10);
+    }
+    return pclose(f) == 0 ? n : -1;
+}
+
+/* KEYFRAME gives the keyframe at or before the time (the last one past the end),
+ * checked against ffprobe's keyframe list and the picture's own frame index. */
+static void test_keyframe_is_the_one_before(void **state)
+{
+    (void)state;
+    SKIP_WITHOUT_CLIPS();
+    static const double secs[] = {0, 0.05, 1.0, 2.45, 2.5, 2.51, 3.33, 4.96, 5.0, 5.9, 7};
+    static const char *const names[] = {"idx.mp4", "idx.mkv", "idx.ts", "idx.webm"};
+    enum { N = sizeof(secs) / sizeof(secs[0]) };
+    struct tn_time_point times[N];
+    struct opts o = defaults;
+    struct run run;
+
+    o.max_width = 0;
+    o.max_height = 64;
+    o.mode = TN_MODE_KEYFRAME;
+    for (size_t i = 0; i < N; i++)
+        times[i] = (struct tn_time_point){.kind = TN_TIME_SECONDS, .value = secs[i]};
+    for (size_t f = 0; f < sizeof(names) / sizeof(names[0]); f++) {
+        int key[64];
+        int nk = probe_keyframes(names[f], key, 64);
+        if (nk < 2)
+            fail_msg("%s: ffprobe found %d keyframes: the clip cannot tell keyframe mode apart",
+                     names[f], nk);
+        engine(&run, names[f], times, N, &o);
+        if (run.code != TN_OK)
+            fail_msg("%s: %s", names[f], run.err);
+        assert_int_equal(run.n, N);
+        for (size_t k = 0; k < run.n; k++) {
+            const struct tn_engine_result *r = &run.res[k].r;
+            double t = secs[r->index];
+            int want = key[0];
+            for (int j = 0; j < nk; j++)
+                if (key[j] <= t * 10 + EPS)
+                    want = key[j];
+            int got = shown_index(&run.res[k]);
+            if (got != want || fabs(r->actual_time - want / 10.0) > 1e-3)
+                fail_msg("%s at %g s: frame %d at %g s, want keyframe %d", names[f], t, got,
+                         r->actual_time, want);
+        }
+        run_free(&run);
     }
 }
 
@@ -1223,6 +1297,28 @@ static void test_cover_art(void **state)
  * 16 + 3 N): 6 tiles at 0.5, 1.5 ... 5.5 s in 4 columns; every cue of the
  * WebVTT covers its second and points at the tile that is the thumbnail
  * of that time (a neighbouring frame would be 3 levels off). */
+/* ffmpeg's own frame of name at t seconds, scaled to w x h, as RGB24 (caller frees). */
+static unsigned char *ffmpeg_frame(const char *name, double t, unsigned w, unsigned h)
+{
+    char p[512], cmd[1024];
+    size_t len = (size_t)w * h * 3;
+    unsigned char *buf = malloc(len);
+    path(p, sizeof(p), name);
+    snprintf(cmd, sizeof(cmd),
+             "ffmpeg -nostdin -hide_banner -loglevel error -ss %.3f -i '%s' -frames:v 1 "
+             "-vf scale=%u:%u -f rawvideo -pix_fmt rgb24 -",
+             t, p, w, h);
+    FILE *f = popen(cmd, "r");
+    size_t got = f && buf ? fread(buf, 1, len, f) : 0;
+    if (f && pclose(f) != 0)
+        got = 0;
+    if (got != len) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
 static void test_storyboard(void **state)
 {
     (void)state;
@@ -1261,8 +1357,25 @@ static void test_storyboard(void **state)
         assert_int_equal(y, (cues / 4) * 48);
         assert_int_equal(cw, 48);
         assert_int_equal(ch, 48);
-        /* the tile is the thumbnail of its time: the same frame (frames differ
-         * by 3 levels), within the coordinates the cue gives */
+        /* the tile is ffmpeg's frame at its point (the middle of its cue, accurate
+         * mode): its mean level within a level and a half (frames differ by 3) */
+        unsigned char *ref = ffmpeg_frame("idx.mp4", cues + 0.5, (unsigned)cw, (unsigned)ch);
+        if (!ref)
+            fail_msg("ffmpeg could not give the frame at %g s", cues + 0.5);
+        double tile_mean = 0, ref_mean = 0;
+        for (int ty = 0; ty < ch; ty++)
+            for (int tx = 0; tx < cw; tx++) {
+                tile_mean += px(rgb, w, (unsigned)(x + tx), (unsigned)(y + ty))[1];
+                ref_mean += px(ref, (unsigned)cw, (unsigned)tx, (unsigned)ty)[1];
+            }
+        tile_mean /= cw * ch;
+        ref_mean /= cw * ch;
+        free(ref);
+        if (fabs(tile_mean - ref_mean) > 1.5)
+            fail_msg("tile %d (level %.1f) is not ffmpeg's frame at %g s (level %.1f)", cues,
+                     tile_mean, cues + 0.5, ref_mean);
+        /* and, pixel by pixel, the thumbnail of its time (frames differ by 3
+         * levels), within the coordinates the cue gives */
         struct run one;
         struct opts o1 = defaults;
         unsigned ow, oh;
@@ -1590,6 +1703,7 @@ int main(void)
         cmocka_unit_test(test_many_times_in_order),
         cmocka_unit_test(test_past_the_end),
         cmocka_unit_test(test_accurate_is_exact),
+        cmocka_unit_test(test_keyframe_is_the_one_before),
         cmocka_unit_test(test_rotation),
         cmocka_unit_test(test_eight_orientations),
         cmocka_unit_test(test_anamorphic_circle),

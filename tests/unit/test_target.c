@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 
 #include "target.h"
+#include "tn_skip.h"
 
 #define N(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -88,7 +89,7 @@ static void test_several_ipv6(void **state)
 {
     (void)state;
     if (!has_ipv6_loopback())
-        skip();
+        TN_SKIP("no IPv6 loopback (::1) on this machine");
     const char *const two[] = {"[::1]:5001", "[::1]:5002"};
     build_ok(two, N(two), true, NULL, "ipv6:[::1]:5001,[::1]:5002", "[::1]:5001", 2);
     const char *const mixed[] = {"127.0.0.1:5001", "[::1]:5002"};
