@@ -2705,27 +2705,34 @@ static int setup(struct front *f, const struct tn_config *cfg)
         return -1;
     }
 
-    grpc_arg args[4];
-    args[0].type = GRPC_ARG_INTEGER;
-    args[0].key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
-    args[0].value.integer = (int)cfg->max_message_bytes;
-    args[1].type = GRPC_ARG_INTEGER;
-    args[1].key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
-    args[1].value.integer = (int)(cfg->chunk_size + 1024);
-    args[2].type = GRPC_ARG_INTEGER;
-    args[2].key = GRPC_ARG_ALLOW_REUSEPORT;
+    grpc_arg args[9];
+    size_t na = 0;
+#define INT_ARG(k, v)                                                                              \
+    (args[na++] = (grpc_arg){.type = GRPC_ARG_INTEGER, .key = (k), .value.integer = (v)})
+    INT_ARG(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, (int)cfg->max_message_bytes);
+    INT_ARG(GRPC_ARG_MAX_SEND_MESSAGE_LENGTH, (int)(cfg->chunk_size + 1024));
     /* A reload starts a new front beside the old one on the same addresses:
      * both must set SO_REUSEPORT, and the kernel then spreads new connections
      * over the listeners until the old front stops listening (its drain). */
-    args[2].value.integer = 1;
+    INT_ARG(GRPC_ARG_ALLOW_REUSEPORT, 1);
     /* The BDP probe grows the HTTP/2 receive window without bound while the
      * spool write keeps up: one 1 GiB upload peaked the front at 117 MB RSS
      * with it, 19 MB without, at the same 0.3-0.5 GB/s (spool on /dev/shm,
      * 3 runs each). Memory must not scale with upload size: off. */
-    args[3].type = GRPC_ARG_INTEGER;
-    args[3].key = GRPC_ARG_HTTP2_BDP_PROBE;
-    args[3].value.integer = 0;
-    grpc_channel_args ca = {.num_args = 4, .args = args};
+    INT_ARG(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+    /* Identity only. gRPC inflates a compressed message in full before
+     * GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH is checked against it, so 1 MB of
+     * gzip became 1 GiB in the front; videos and PNGs do not compress anyway.
+     * A compressed message now ends its call with UNIMPLEMENTED. */
+    INT_ARG(GRPC_COMPRESSION_CHANNEL_ENABLED_ALGORITHMS_BITSET, 1 << GRPC_COMPRESS_NONE);
+    /* HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: one connection cannot hold more
+     * streams than this, whatever --max-concurrent-calls leaves free. */
+    INT_ARG(GRPC_ARG_MAX_CONCURRENT_STREAMS, cfg->max_streams_per_connection);
+    /* The header block a call may send (gRPC's default is 8 KiB); gRPC 1.51's
+     * HPACK parser keeps what it reads of a larger one until it gives up on
+     * the block, so this bounds it early. */
+    INT_ARG(GRPC_ARG_MAX_METADATA_SIZE, (int)cfg->max_header_bytes);
+#undef INT_ARG
 
     if (!(f->refl = tn_reflection_new()))
         return -1;
@@ -2737,8 +2744,24 @@ static int setup(struct front *f, const struct tn_config *cfg)
         }
         tn_log_info("local mode: paths are read under %s", cfg->media_root);
     }
+    /* Every buffer gRPC allocates for this front's connections (read and
+     * write buffers, HPACK tables, call arenas) is charged to this quota;
+     * under pressure gRPC shrinks its buffers and refuses new streams instead
+     * of growing the heap. Owned here; the server holds its own ref. */
+    grpc_resource_quota *quota = NULL;
+    if (cfg->front_memory_quota) {
+        quota = grpc_resource_quota_create("front");
+        grpc_resource_quota_resize(quota, (size_t)cfg->front_memory_quota);
+        args[na++] =
+            (grpc_arg){.type = GRPC_ARG_POINTER,
+                       .key = GRPC_ARG_RESOURCE_QUOTA,
+                       .value.pointer = {.p = quota, .vtable = grpc_resource_quota_arg_vtable()}};
+    }
+    grpc_channel_args ca = {.num_args = na, .args = args};
     f->cq = grpc_completion_queue_create_for_next(NULL);
     f->server = grpc_server_create(&ca, NULL);
+    if (quota)
+        grpc_resource_quota_unref(quota);
     grpc_server_register_completion_queue(f->server, f->cq, NULL);
     f->m_generate = grpc_server_register_method(f->server, "/thumbnail.v1.Thumbnailer/Generate",
                                                 NULL, GRPC_SRM_PAYLOAD_NONE, 0);
