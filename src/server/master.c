@@ -138,6 +138,7 @@ struct gen {
     volatile uint32_t *ready; /* MAP_SHARED, one word per worker: set once it initialized */
     int64_t deadline_ms;      /* STARTING: give up the reload; RETIRING: SIGKILL the front */
     bool front_killed;
+    bool retire_now; /* the watchdog found its front unresponsive: no drain when replaced */
     int n_workers;
     struct slot slots[MAX_SLOTS]; /* workers 0..n_workers-1, then the front */
     struct slot *front;           /* == &slots[n_workers] */
@@ -756,7 +757,7 @@ static void switch_if_ready(struct master *m)
     tn_log_info("reload: generation %u is serving (front %d)%s", g->id, (int)g->front->pid,
                 old ? "; the old one drains" : "");
     if (old)
-        gen_retire(m, old, false);
+        gen_retire(m, old, old->retire_now);
 }
 
 /* ---- deaths ---------------------------------------------------------------- */
@@ -1147,9 +1148,14 @@ static void replace_front(struct master *m, struct gen *g, enum tn_front_cause c
         return;
     }
     n->deadline_ms = tn_mono_ms() + RELOAD_TIMEOUT_MS;
+    /* A front that does not answer would not drain either, and while it
+     * listens (SO_REUSEPORT) it takes a share of the new connections: stop it
+     * at once. One that answers but grew finishes its calls (--grace). */
+    g->retire_now = cause == TN_FRONT_UNHEALTHY;
     tn_log_error("REPLACING FRONT %d of generation %u: %s in %d checks in a row; starting "
-                 "generation %u, the old one drains",
-                 (int)g->front->pid, g->id, what, g->cfg.front_check_failures, n->id);
+                 "generation %u, the old one %s once it serves",
+                 (int)g->front->pid, g->id, what, g->cfg.front_check_failures, n->id,
+                 g->retire_now ? "stops" : "drains");
 }
 
 /* A check of the serving front ended: health answered or not. */
