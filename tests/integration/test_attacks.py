@@ -17,7 +17,6 @@ the assertions, so the same file run against another build (TN_BUILD_DIR) gives 
 import json
 import os
 import re
-import socket
 import subprocess
 import time
 import unittest
@@ -145,6 +144,33 @@ class Hpack(Attack):
         self.assert_legit(res, self.LATENCY_S)
 
 
+class MemoryWatchdog(Attack):
+    """The watchdog's memory check: the 12 MB HPACK block holds ~150 MB in the front
+    for several seconds while gRPC parses it; with --max-front-memory 64M and checks
+    every second, two checks in a row see it and the front is replaced (cause
+    "memory"), and the old one drains."""
+    extra = flags(("--front-check-interval", "1s"), ("--front-check-failures", "2"),
+                  ("--max-front-memory", "64M"))
+
+    def test_front_over_memory_is_replaced(self):
+        if "--max-front-memory" not in FLAGS:
+            self.fail("this build has no --max-front-memory: no watchdog to test")
+        self.start()
+        a.hpack_flood(HOST, self.srv.port, 12 << 20, "many")
+        t0 = time.monotonic()
+        h.wait_for(lambda: re.search(r'front_replacements_total\{cause="memory"\} [1-9]',
+                                     self.srv.scrape()[2]), 20, interval=0.5,
+                   what="the watchdog to replace the front for its memory")
+        replaced = time.monotonic() - t0
+        h.wait_for(lambda: not h.pid_alive(self.front0), 40, what="the old front to go")
+        res = self.finish("watchdog: front over --max-front-memory", 1,
+                          replaced_after_s=round(replaced, 1))
+        self.assertRegex(self.srv.log_text(), r"REPLACING FRONT %d .*resident memory"
+                         % self.front0)
+        self.assertEqual(h.health_check(self.srv.addr), "SERVING")
+        self.assert_legit(res, 5.0)
+
+
 class HpackStall(Attack):
     """CVE-2023-33953, the CPU half: one header value spread over CONTINUATION frames.
     gRPC 1.51 re-parses the value from its start at every frame (quadratic): 30 MB kept
@@ -178,12 +204,14 @@ class HpackStall(Attack):
             time.sleep(0.5)
         # legitimate calls after the recovery, with a fresh counter
         self.legit.stop()
+        during = self.legit.summary()
         after = a.Legit(self.srv.addr, self.video)
         for _ in range(5):
             after.one()
         self.legit = after
         res = self.finish("HPACK: 30 MB single value (CPU stall)", 0,
                           replaced_after_s=recovered and round(recovered, 1),
+                          during_calls=during["calls"], during_failures=during["failures"],
                           replacements=re.findall(r'front_replacements_total\{cause="(\w+)"\} '
                                                   r'([1-9]\d*)', self.srv.scrape()[2]))
         self.assertIsNotNone(recovered, "the stalled front was not replaced within 60 s")
@@ -221,12 +249,14 @@ class Emfile(Attack):
             time.sleep(0.5)
         # the thread's calls during the stall failed by design; count the ones after
         self.legit.stop()
+        during = self.legit.summary()
         after = a.Legit(self.srv.addr, self.video)
         for _ in range(5):
             after.one()
         self.legit = after
         res = self.finish("EMFILE (%d connections, nofile %d)" % (len(socks), self.NOFILE), 0,
                           health_back_after_s=recovered and round(recovered, 1),
+                          during_calls=during["calls"], during_failures=during["failures"],
                           replacements=re.findall(r'front_replacements_total\{cause="(\w+)"\} '
                                                   r'([1-9]\d*)', self.srv.scrape()[2]))
         self.assertIn("Too many open files", self.srv.log_text(),
