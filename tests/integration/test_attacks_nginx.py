@@ -83,38 +83,41 @@ class ThroughNginx(unittest.TestCase):
         self.finish("HPACK: 30 MB single value", attack_done=not t.is_alive())
 
     def test_slowloris(self):
-        """200 connections that send the preface and half a HEADERS frame, then
-        nothing: nginx drops them after client_header_timeout; the server never sees
-        them."""
+        """200 connections that send the preface and half of a HEADERS frame, then
+        nothing: nginx holds them (its worker_connections bound them), the server
+        sees none of them: its front stays small and legitimate calls go on. nginx
+        1.22 did not close them within client_header_timeout in this test (it waits
+        for keepalive_timeout): the server-side bound is --max-streams-per-connection
+        and the per-address limit_conn."""
         socks = []
         block = a.request_headers()
         for _ in range(200):
             try:
                 s = a.connect(HOST, self.port)
-                s.sendall(a.frame(a.HEADERS, 0, 1, block[:len(block) // 2]))
+                # a HEADERS frame cut in the middle: its 9-byte header announces
+                # the whole block, half of it follows
+                s.sendall(a.frame(a.HEADERS, a.END_HEADERS, 1, block)[:9 + len(block) // 2])
                 socks.append(s)
             except OSError:
                 break
-        t0 = time.monotonic()
         self.finish("slowloris (%d half-open requests)" % len(socks), settle=5,
-                    held=len(socks))
-        # nginx closes each one after client_header_timeout (10 s)
-        closed = 0
+                    held=len(socks), server_connections=self.server_connections())
+        self.assertLess(self.server_connections(), 20, "the half-open requests reached the server")
         for s in socks:
-            s.settimeout(max(0.1, 15 - (time.monotonic() - t0)))
-            try:
-                while s.recv(65536):
-                    pass
-                closed += 1
-            except ConnectionResetError:
-                closed += 1
-            except OSError:
-                pass
             s.close()
-        h.log("slowloris: nginx closed %d of %d half-open requests within 15 s"
-              % (closed, len(socks)))
-        self.assertEqual(closed, len(socks))
 
+    def server_connections(self):
+        """TCP connections established to the server's port (nginx's upstream ones)."""
+        port = "%04X" % self.srv.port
+        n = 0
+        for fn in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with open(fn) as f:
+                next(f)
+                for line in f:
+                    p = line.split()
+                    if p[1].endswith(":" + port) and p[3] == "01":
+                        n += 1
+        return n
 
 if __name__ == "__main__":
     unittest.main()
