@@ -521,7 +521,7 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
     cfg->sandbox = true; /* sandbox */
     cfg->max_streams_per_connection = 100;
     cfg->max_header_bytes = 16ull << 10;
-    cfg->front_memory_quota = 256ull << 20;
+    cfg->front_memory_quota = 32ull << 20;
     cfg->max_front_memory = 512ull << 20;
     cfg->front_check_interval_s = 5;
     cfg->front_check_failures = 3;
