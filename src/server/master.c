@@ -1222,8 +1222,8 @@ static void watchdog_tick(struct master *m, int64_t now)
     const char *listen = checkable_listener(&g->cfg);
     if (!listen) {
         if (w->noted_gen != g->id)
-            tn_log_info("front watchdog: no plaintext listener to call health on; checking the "
-                        "front's memory only");
+            tn_log_info("front watchdog: no listener to call health on (it needs plaintext and a "
+                        "fixed port); checking the front's memory only");
         w->noted_gen = g->id;
         check_done(m, true);
         return;
@@ -1475,6 +1475,10 @@ static void log_startup(const struct tn_config *cfg)
                  cfg->max_upload_bytes, cfg->max_message_bytes, cfg->chunk_size,
                  cfg->max_concurrent_calls, cfg->max_queued_jobs, cfg->job_timeout_s, cfg->grace_s,
                  cfg->max_pixels, cfg->worker_memory, cfg->max_jobs_per_worker);
+    tn_log_debug("front: %d streams per connection, metadata %" PRIu64 " B, gRPC quota %" PRIu64
+                 " B; watchdog every %gs, %d failures, max memory %" PRIu64 " B",
+                 cfg->max_streams_per_connection, cfg->max_header_bytes, cfg->front_memory_quota,
+                 cfg->front_check_interval_s, cfg->front_check_failures, cfg->max_front_memory);
 }
 
 /*
