@@ -39,6 +39,12 @@
  * the server. A worker that exits TN_EXIT_RECYCLED (--max-jobs-per-worker) is
  * replaced at once.
  *
+ * A front can also be sick while it runs: the watchdog (struct watchdog)
+ * checks the serving front's health over its own connection and its memory,
+ * and replaces a front that keeps failing with a new generation, as SIGHUP
+ * does. Its checker is a short-lived child that speaks raw HTTP/2 (h2check.h),
+ * so the master still never runs gRPC.
+ *
  * The metrics process (--metrics-listen) belongs to no generation: it reads the
  * shared counters (metrics.h), which the master maps once before the first fork
  * and which every generation's children add to, so a reload loses no count. It
@@ -150,7 +156,8 @@ struct gen {
  * a health call to it over its own connection (h2check.h: raw HTTP/2, no
  * gRPC in the master). --front-check-failures failed checks in a row (no
  * answer within CHECK_TIMEOUT_MS, or memory above --max-front-memory) and the
- * master starts a new generation as a reload would; the sick one drains.
+ * master starts a new generation as a reload would; once that serves, an
+ * unanswering front is stopped (SIGTERM) and a bloated one drains (SIGQUIT).
  * This covers what no exit status shows: gRPC 1.51 stops accepting for good
  * after one EMFILE, and keeps memory a hostile client made it allocate.
  */
