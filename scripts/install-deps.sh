@@ -29,6 +29,9 @@ PACKAGES=(
     # two servers, the k8s manifests (YAML), the Node.js example client
     libsystemd-dev help2man dpkg-dev systemd man-db nginx-light python3-yaml
     python3-jsonschema yamllint nodejs
+    # hostile clients (test_attacks*): raw HTTP/2 frames and HPACK from Python;
+    # prlimit (util-linux, essential) runs a server under a low fd limit
+    python3-h2
 )
 # npm: Debian's package, unless a node.js that bundles its own npm is already
 # installed (nodesource's nodejs conflicts with Debian's npm).

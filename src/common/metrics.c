@@ -61,6 +61,7 @@ static const char *const code_names[N_CODES] = {
 
 static const char *const cause_names[TN_RESTART_N_CAUSES] = {"crash", "timeout", "recycle",
                                                              "sandbox"};
+static const char *const front_cause_names[TN_FRONT_N_CAUSES] = {"unhealthy", "memory"};
 
 struct hist_handling {
     uint64_t bucket[N_HANDLING + 1]; /* last: above the largest bound */
@@ -95,6 +96,7 @@ struct region {
     uint64_t unknown_method;
     uint64_t bytes_received, bytes_sent;
     uint64_t restarts[TN_RESTART_N_CAUSES];
+    uint64_t front_replaced[TN_FRONT_N_CAUSES];
     struct hist_decode decode[N_CODECS][N_MODES];
     struct front_rec fronts[MAX_FRONTS];
     struct worker_rec workers[MAX_WORKERS];
@@ -311,6 +313,12 @@ void tn_metrics_worker_restart(enum tn_restart_cause cause)
         add(&R->restarts[cause], 1);
 }
 
+void tn_metrics_front_replaced(enum tn_front_cause cause)
+{
+    if (R && (unsigned)cause < TN_FRONT_N_CAUSES)
+        add(&R->front_replaced[cause], 1);
+}
+
 const char *tn_metrics_cause_name(enum tn_restart_cause cause)
 {
     return (unsigned)cause < TN_RESTART_N_CAUSES ? cause_names[cause] : "?";
@@ -487,6 +495,11 @@ char *tn_metrics_render(size_t *len)
     for (int c = 0; c < TN_RESTART_N_CAUSES; c++)
         emit(&o, "thumbnail_worker_restarts_total{cause=\"%s\"} %" PRIu64 "\n", cause_names[c],
              get(&R->restarts[c]));
+    family(&o, "thumbnail_front_replacements_total", "counter",
+           "Fronts the master's watchdog replaced while they still ran, by cause.");
+    for (int c = 0; c < TN_FRONT_N_CAUSES; c++)
+        emit(&o, "thumbnail_front_replacements_total{cause=\"%s\"} %" PRIu64 "\n",
+             front_cause_names[c], get(&R->front_replaced[c]));
     family(&o, "thumbnail_received_bytes_total", "counter",
            "Video bytes received from clients and written to the spool.");
     emit(&o, "thumbnail_received_bytes_total %" PRIu64 "\n", get(&R->bytes_received));

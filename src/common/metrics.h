@@ -44,6 +44,13 @@ enum tn_restart_cause {
     TN_RESTART_N_CAUSES,
 };
 
+/* Why the master's watchdog replaced a front that was still running. */
+enum tn_front_cause {
+    TN_FRONT_UNHEALTHY = 0, /* its health check went unanswered (accept stall, hang) */
+    TN_FRONT_MEMORY,        /* its resident memory stayed above --max-front-memory */
+    TN_FRONT_N_CAUSES,
+};
+
 /* Master, once, before any fork. Returns 0 or -errno. */
 int tn_metrics_create(void);
 
@@ -88,6 +95,8 @@ int tn_metrics_reaped(pid_t pid);
 /* Count a worker restart (the master, for a death it did not ask for). */
 void tn_metrics_worker_restart(enum tn_restart_cause cause);
 const char *tn_metrics_cause_name(enum tn_restart_cause cause);
+/* Count a front the watchdog replaced (the master). */
+void tn_metrics_front_replaced(enum tn_front_cause cause);
 
 /* ---- exposition --------------------------------------------------------- */
 

@@ -45,6 +45,8 @@
 #define MAX_MESSAGE ((uint64_t)INT_MAX)  /* gRPC channel args are ints */
 #define UNIX_PATH_MAX 107                /* sizeof(sun_path) - 1 */
 #define DEFAULT_LISTEN "0.0.0.0:50051"
+#define MIN_FRONT_QUOTA (16ull << 20)  /* below this gRPC starves its own connections */
+#define MIN_FRONT_MEMORY (64ull << 20) /* an idle front is ~20 MB resident */
 
 /* Storage for the absolute forms of relative paths (see the top comment). */
 static char abs_spool[PATH_MAX];
@@ -108,6 +110,13 @@ enum {
     OPT_CONFIG,
     /* sandbox */
     OPT_NO_SANDBOX,
+    /* hostile clients and the front watchdog */
+    OPT_MAX_STREAMS_PER_CONN,
+    OPT_MAX_HEADER_BYTES,
+    OPT_FRONT_MEMORY_QUOTA,
+    OPT_MAX_FRONT_MEMORY,
+    OPT_FRONT_CHECK_INTERVAL,
+    OPT_FRONT_CHECK_FAILURES,
 };
 
 static const struct option long_options[] = {
@@ -148,6 +157,13 @@ static const struct option long_options[] = {
     {"config", required_argument, NULL, OPT_CONFIG},
     /* sandbox */
     {"no-sandbox", no_argument, NULL, OPT_NO_SANDBOX},
+    /* hostile clients and the front watchdog */
+    {"max-streams-per-connection", required_argument, NULL, OPT_MAX_STREAMS_PER_CONN},
+    {"max-header-bytes", required_argument, NULL, OPT_MAX_HEADER_BYTES},
+    {"front-memory-quota", required_argument, NULL, OPT_FRONT_MEMORY_QUOTA},
+    {"max-front-memory", required_argument, NULL, OPT_MAX_FRONT_MEMORY},
+    {"front-check-interval", required_argument, NULL, OPT_FRONT_CHECK_INTERVAL},
+    {"front-check-failures", required_argument, NULL, OPT_FRONT_CHECK_FAILURES},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -197,7 +213,7 @@ static const char *fmt_size(uint64_t v, char *buf, size_t len)
 
 static void print_help(FILE *f, const struct tn_config *d)
 {
-    char s1[32], s2[32], s3[32], s4[32], s5[32], s6[32];
+    char s1[32], s2[32], s3[32], s4[32], s5[32], s6[32], s7[32], s8[32], s9[32];
     fprintf(f,
             "Usage: thumbnail_server [OPTION]...\n"
             "Serve thumbnail.v1.Thumbnailer over gRPC: clients stream a video in, thumbnails\n"
@@ -231,6 +247,14 @@ static void print_help(FILE *f, const struct tn_config *d)
             "  --range-timeout DURATION  pull mode: end a call whose client has not sent a\n"
             "                            requested range within this long, or --idle-timeout\n"
             "                            if shorter; 0 = --idle-timeout alone (default: %gs)\n"
+            "  --max-streams-per-connection N\n"
+            "                            HTTP/2 streams (calls) one connection may have open\n"
+            "                            at once, 1..65536 (default: %d)\n"
+            "  --max-header-bytes SIZE   largest metadata (header block) of a call, 1K..1M;\n"
+            "                            larger ones are refused (default: %s)\n"
+            "  --front-memory-quota SIZE memory gRPC may use for the front's connections\n"
+            "                            (resource quota), at least 16M; 0 = unbounded\n"
+            "                            (default: %s)\n"
             "  --spool-dir DIR           writable directory for uploads in progress (unnamed\n"
             "                            O_TMPFILE files) (default: $TMPDIR, else /tmp; here %s)\n"
             "  --media-root DIR          local mode: clients that share DIR may name a file by\n"
@@ -281,6 +305,16 @@ static void print_help(FILE *f, const struct tn_config *d)
             "                            HOST:PORT, [IPV6]:PORT or :PORT (default: none)\n"
             "  --grace DURATION          on SIGTERM/SIGQUIT and on reload, how long in-flight\n"
             "                            calls may finish (default: %gs)\n"
+            "  --max-front-memory SIZE   replace the front (new front and workers, the old\n"
+            "                            ones drain) when its resident memory exceeds SIZE\n"
+            "                            for --front-check-failures checks in a row; 0 = off,\n"
+            "                            else at least 64M (default: %s)\n"
+            "  --front-check-interval DURATION\n"
+            "                            how often the master checks the front: a health call\n"
+            "                            over its own connection (deadline 2s, plaintext\n"
+            "                            listeners only) and its memory; 0 = off (default: %gs)\n"
+            "  --front-check-failures N  failed checks in a row that replace the front, 1..100\n"
+            "                            (default: %d)\n"
             "  --max-jobs-per-worker N   replace a worker after about N jobs (+-10 %%, so they\n"
             "                            do not all restart at once); 0 = never (default: %" PRIu64
             ")\n"
@@ -310,10 +344,12 @@ static void print_help(FILE *f, const struct tn_config *d)
             fmt_size(d->max_message_bytes, s2, sizeof(s2)), fmt_size(d->chunk_size, s3, sizeof(s3)),
             d->max_concurrent_calls, d->max_queued_jobs, d->idle_timeout_s,
             fmt_size(d->min_upload_bytes, s5, sizeof(s5)), d->min_upload_window_s,
-            fmt_size(d->max_result_bytes, s6, sizeof(s6)), d->range_timeout_s, d->spool_dir,
-            MAX_WORKERS, d->workers, d->job_timeout_s, d->max_pixels,
-            fmt_size(d->worker_memory, s4, sizeof(s4)), level_names[d->log_level], d->grace_s,
-            d->max_jobs_per_worker);
+            fmt_size(d->max_result_bytes, s6, sizeof(s6)), d->range_timeout_s,
+            d->max_streams_per_connection, fmt_size(d->max_header_bytes, s7, sizeof(s7)),
+            fmt_size(d->front_memory_quota, s8, sizeof(s8)), d->spool_dir, MAX_WORKERS, d->workers,
+            d->job_timeout_s, d->max_pixels, fmt_size(d->worker_memory, s4, sizeof(s4)),
+            level_names[d->log_level], d->grace_s, fmt_size(d->max_front_memory, s9, sizeof(s9)),
+            d->front_check_interval_s, d->front_check_failures, d->max_jobs_per_worker);
 }
 
 /*
@@ -538,6 +574,12 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
     cfg->metrics_fd = -1;
     cfg->log_format = TN_LOG_TEXT;
     cfg->sandbox = true; /* sandbox */
+    cfg->max_streams_per_connection = 100;
+    cfg->max_header_bytes = 16ull << 10;
+    cfg->front_memory_quota = 32ull << 20;
+    cfg->max_front_memory = 512ull << 20;
+    cfg->front_check_interval_s = 5;
+    cfg->front_check_failures = 3;
     if (env_workers && *env_workers && tn_parse_uint(env_workers, 1, MAX_WORKERS, &u) == 0)
         cfg->workers = (int)u; /* a bad value is reported below, unless --workers overrides it */
 
@@ -714,6 +756,48 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
             break; /* read by tn_config_parse() before this loop */
         /* sandbox */
         case OPT_NO_SANDBOX: cfg->sandbox = false; break;
+        /* hostile clients and the front watchdog */
+        case OPT_MAX_STREAMS_PER_CONN:
+            if (parse_int_opt("--max-streams-per-connection", optarg, 1, 65536, &u, err, errlen) <
+                0)
+                return -1;
+            cfg->max_streams_per_connection = (int)u;
+            break;
+        case OPT_MAX_HEADER_BYTES:
+            if (parse_size_opt("--max-header-bytes", optarg, 1ull << 10, 1ull << 20,
+                               &cfg->max_header_bytes, err, errlen) < 0)
+                return -1;
+            break;
+        case OPT_FRONT_MEMORY_QUOTA:
+            if (parse_size_opt("--front-memory-quota", optarg, 0, UINT64_MAX, &u, err, errlen) < 0)
+                return -1;
+            if (u != 0 && u < MIN_FRONT_QUOTA)
+                return fail(err, errlen,
+                            "--front-memory-quota '%s': too small for gRPC's own buffers; use at "
+                            "least 16M, or 0 for no quota",
+                            optarg);
+            cfg->front_memory_quota = u;
+            break;
+        case OPT_MAX_FRONT_MEMORY:
+            if (parse_size_opt("--max-front-memory", optarg, 0, UINT64_MAX, &u, err, errlen) < 0)
+                return -1;
+            if (u != 0 && u < MIN_FRONT_MEMORY)
+                return fail(err, errlen,
+                            "--max-front-memory '%s': an idle front already uses ~20 MB; use at "
+                            "least 64M, or 0 to turn the memory check off",
+                            optarg);
+            cfg->max_front_memory = u;
+            break;
+        case OPT_FRONT_CHECK_INTERVAL:
+            if (parse_duration_opt("--front-check-interval", optarg, true,
+                                   &cfg->front_check_interval_s, err, errlen) < 0)
+                return -1;
+            break;
+        case OPT_FRONT_CHECK_FAILURES:
+            if (parse_int_opt("--front-check-failures", optarg, 1, 100, &u, err, errlen) < 0)
+                return -1;
+            cfg->front_check_failures = (int)u;
+            break;
         default:
             return fail(err, errlen, "internal error: unhandled option '%s'", argv[optind - 1]);
         }

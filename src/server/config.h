@@ -64,6 +64,15 @@ struct tn_config {
     uint64_t max_jobs_per_worker; /* --max-jobs-per-worker; default 1000 (+-10 %); 0 = never */
     /* sandbox: worker seccomp filter */
     bool sandbox; /* default on; --no-sandbox turns it off */
+
+    /* What one client may cost the front before the auth check, and the
+     * master's watchdog that replaces a front that stopped answering anyway. */
+    int max_streams_per_connection; /* --max-streams-per-connection; HTTP/2; default 100 */
+    uint64_t max_header_bytes;      /* --max-header-bytes; a call's metadata; default 16 KiB */
+    uint64_t front_memory_quota;    /* --front-memory-quota; gRPC resource quota; 32M; 0 = none */
+    uint64_t max_front_memory;      /* --max-front-memory; front RSS to replace it at; 0 = off */
+    double front_check_interval_s;  /* --front-check-interval; watchdog period; 0 = off */
+    int front_check_failures;       /* --front-check-failures; consecutive, to replace; 3 */
 };
 
 /*

@@ -39,6 +39,12 @@
  * the server. A worker that exits TN_EXIT_RECYCLED (--max-jobs-per-worker) is
  * replaced at once.
  *
+ * A front can also be sick while it runs: the watchdog (struct watchdog)
+ * checks the serving front's health over its own connection and its memory,
+ * and replaces a front that keeps failing with a new generation, as SIGHUP
+ * does. Its checker is a short-lived child that speaks raw HTTP/2 (h2check.h),
+ * so the master still never runs gRPC.
+ *
  * The metrics process (--metrics-listen) belongs to no generation: it reads the
  * shared counters (metrics.h), which the master maps once before the first fork
  * and which every generation's children add to, so a reload loses no count. It
@@ -59,12 +65,14 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "front.h"
+#include "h2check.h"
 #include "ipc.h"
 #include "log.h"
 #include "metrics.h"
@@ -84,6 +92,7 @@
 #define KILL_TIMEOUT_MS 5000       /* SIGKILL -> give up waiting */
 #define DRAIN_EXTRA_MS 5000        /* front drain deadline = grace + this */
 #define QUEUE_SNDBUF (1 << 20)     /* wish; capped by net.core.wmem_max */
+#define CHECK_TIMEOUT_MS 2000      /* the watchdog's health call must be answered within this */
 
 enum role { ROLE_WORKER, ROLE_FRONT, ROLE_METRICS };
 
@@ -136,9 +145,32 @@ struct gen {
     volatile uint32_t *ready; /* MAP_SHARED, one word per worker: set once it initialized */
     int64_t deadline_ms;      /* STARTING: give up the reload; RETIRING: SIGKILL the front */
     bool front_killed;
+    bool retire_now; /* the watchdog found its front unresponsive: no drain when replaced */
     int n_workers;
     struct slot slots[MAX_SLOTS]; /* workers 0..n_workers-1, then the front */
     struct slot *front;           /* == &slots[n_workers] */
+};
+
+/*
+ * The front watchdog: every --front-check-interval the master samples the
+ * serving front's resident memory and forks a short-lived checker that makes
+ * a health call to it over its own connection (h2check.h: raw HTTP/2, no
+ * gRPC in the master). --front-check-failures failed checks in a row (no
+ * answer within CHECK_TIMEOUT_MS, or memory above --max-front-memory) and the
+ * master starts a new generation as a reload would; once that serves, an
+ * unanswering front is stopped (SIGTERM) and a bloated one drains (SIGQUIT).
+ * This covers what no exit status shows: gRPC 1.51 stops accepting for good
+ * after one EMFILE, and keeps memory a hostile client made it allocate.
+ */
+struct watchdog {
+    pid_t pid;          /* the checker process; 0 = none running */
+    unsigned gen_id;    /* the generation whose front it checks */
+    pid_t front_pid;    /* ... and that front */
+    int64_t started_ms; /* when the checker was forked */
+    int64_t next_ms;    /* when the next check is due */
+    int fails;          /* consecutive failed checks of the serving front */
+    uint64_t rss;       /* the front's resident bytes at the check in progress */
+    unsigned noted_gen; /* the generation told it gets a memory-only check */
 };
 
 enum phase {
@@ -160,12 +192,15 @@ struct master {
     int64_t deadline_ms; /* of the current phase, when not RUNNING */
     bool fronts_killed;  /* DRAINING: the fronts overran their drain deadline */
     int exit_status;
+    struct watchdog wd;
 };
 
 #define FOR_EACH_GEN(m, g)                                                                         \
     for (struct gen *g = (m)->gens; g < (m)->gens + MAX_GENS; g++)                                 \
         if (g->state != GEN_FREE)
 #define FOR_EACH_SLOT(g, s) for (struct slot *s = (g)->slots; s <= (g)->front; s++)
+
+static void watchdog_reaped(struct master *m, int st); /* reap() hands it its checker */
 
 static volatile sig_atomic_t sig_child, sig_terminate, sig_quit, sig_hup, sig_usr1;
 static volatile sig_atomic_t last_terminate_sig;
@@ -754,7 +789,7 @@ static void switch_if_ready(struct master *m)
     tn_log_info("reload: generation %u is serving (front %d)%s", g->id, (int)g->front->pid,
                 old ? "; the old one drains" : "");
     if (old)
-        gen_retire(m, old, false);
+        gen_retire(m, old, old->retire_now);
 }
 
 /* ---- deaths ---------------------------------------------------------------- */
@@ -976,6 +1011,10 @@ static void reap(struct master *m)
         /* Whatever it was, its metrics gauges go; a worker the front killed
          * for an overrun job was marked there first. */
         bool timeout_kill = tn_metrics_reaped(pid) != 0;
+        if (m->wd.pid && pid == m->wd.pid) {
+            watchdog_reaped(m, st);
+            continue;
+        }
         if (alive(&m->metrics) && m->metrics.pid == pid) {
             metrics_ended(m, &m->metrics, st);
             continue;
@@ -1077,6 +1116,176 @@ static void report_pools(struct master *m)
     }
 }
 
+/* ---- the front watchdog (struct watchdog) ----------------------------------- */
+
+/* The resident memory of pid in bytes, from /proc; 0 if it cannot be read. */
+static uint64_t resident_bytes(pid_t pid)
+{
+    char path[64], line[128];
+    unsigned long long kb = 0;
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return 0;
+    while (fgets(line, sizeof(line), f))
+        if (sscanf(line, "VmRSS: %llu kB", &kb) == 1)
+            break;
+    fclose(f);
+    return (uint64_t)kb << 10;
+}
+
+/* The first listener the checker can reach without TLS, or NULL. */
+static const char *checkable_listener(const struct tn_config *cfg)
+{
+    for (size_t i = 0; i < cfg->n_listen; i++) {
+        bool is_unix = strncmp(cfg->listen[i], "unix:", 5) == 0;
+        bool tls = cfg->tls && cfg->tls_cert && (!is_unix || cfg->tls_unix);
+        if (!tls && tn_h2check_supported(cfg->listen[i]))
+            return cfg->listen[i];
+    }
+    return NULL;
+}
+
+/* In the checker child: one health call, then exit 0 (answered) or 1. */
+__attribute__((noreturn)) static void run_checker(const char *listen, pid_t front)
+{
+    char why[160];
+    tn_log_set_role("watchdog");
+    int keep[1] = {tn_log_fd()};
+    close_other_fds(keep, 1);
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    /* a hard bound whatever happens in the call (the master's signals stay
+     * blocked in here; SIGALRM is not one of them) */
+    alarm((CHECK_TIMEOUT_MS + 1999) / 1000 + 1);
+    int rc = tn_h2check_health(listen, CHECK_TIMEOUT_MS, why, sizeof(why));
+    if (rc < 0)
+        tn_log_warn("health check of front %d on %s failed: %s", (int)front, listen, why);
+    else
+        tn_log_debug("health check of front %d on %s: %s", (int)front, listen, why);
+    _exit(rc < 0 ? 1 : 0);
+}
+
+/* Replace g's front (and workers) with a new generation of the same
+ * configuration; g drains once the new one serves (switch_if_ready). */
+static void replace_front(struct master *m, struct gen *g, enum tn_front_cause cause,
+                          const char *what)
+{
+    struct tn_config cfg = g->cfg; /* gen_new copies the strings */
+    tn_metrics_front_replaced(cause);
+    struct gen *n = gen_new(m, &cfg, GEN_STARTING);
+    if (!n) {
+        tn_log_error("FRONT %d IS SICK (%s) but no new generation could be started; it keeps "
+                     "serving",
+                     (int)g->front->pid, what);
+        return;
+    }
+    n->deadline_ms = tn_mono_ms() + RELOAD_TIMEOUT_MS;
+    /* A front that does not answer would not drain either, and while it
+     * listens (SO_REUSEPORT) it takes a share of the new connections: stop it
+     * at once. One that answers but grew finishes its calls (--grace). */
+    g->retire_now = cause == TN_FRONT_UNHEALTHY;
+    tn_log_error("REPLACING FRONT %d of generation %u: %s in %d checks in a row; starting "
+                 "generation %u, the old one %s once it serves",
+                 (int)g->front->pid, g->id, what, g->cfg.front_check_failures, n->id,
+                 g->retire_now ? "stops" : "drains");
+}
+
+/* A check of the serving front ended: health answered or not. */
+static void check_done(struct master *m, bool answered)
+{
+    struct watchdog *w = &m->wd;
+    struct gen *g = active_gen(m);
+    if (!g || g->id != w->gen_id || !alive(g->front) || g->front->pid != w->front_pid ||
+        m->phase != PHASE_RUNNING || starting_gen(m))
+        return; /* what it checked is no longer what serves */
+    bool too_big = g->cfg.max_front_memory && w->rss > g->cfg.max_front_memory;
+    if (answered && !too_big) {
+        if (w->fails)
+            tn_log_info("front %d passes its checks again", (int)g->front->pid);
+        w->fails = 0;
+        return;
+    }
+    char what[160];
+    if (!answered)
+        snprintf(what, sizeof(what), "no health answer within %d ms", CHECK_TIMEOUT_MS);
+    else
+        snprintf(what, sizeof(what),
+                 "resident memory %" PRIu64 " MiB above --max-front-memory %" PRIu64 " MiB",
+                 w->rss >> 20, g->cfg.max_front_memory >> 20);
+    w->fails++;
+    tn_log_warn("front %d failed check %d of %d: %s", (int)g->front->pid, w->fails,
+                g->cfg.front_check_failures, what);
+    if (w->fails < g->cfg.front_check_failures)
+        return;
+    w->fails = 0;
+    replace_front(m, g, answered ? TN_FRONT_MEMORY : TN_FRONT_UNHEALTHY, what);
+}
+
+/* Start a check when one is due; kill a checker that overran. */
+static void watchdog_tick(struct master *m, int64_t now)
+{
+    struct watchdog *w = &m->wd;
+    if (w->pid) {
+        if (now - w->started_ms > CHECK_TIMEOUT_MS + 1000 && kill(w->pid, SIGKILL) < 0 &&
+            errno != ESRCH)
+            tn_log_error("kill(watchdog %d) failed: %s", (int)w->pid, strerror(errno));
+        return;
+    }
+    struct gen *g = active_gen(m);
+    if (!g || g->cfg.front_check_interval_s <= 0 || m->phase != PHASE_RUNNING || starting_gen(m) ||
+        !alive(g->front) || !g->front_ready) {
+        w->fails = 0;
+        w->next_ms = 0;
+        return;
+    }
+    int64_t interval = (int64_t)(g->cfg.front_check_interval_s * 1000);
+    if (w->next_ms == 0 || g->id != w->gen_id || g->front->pid != w->front_pid) {
+        /* a new front: first check one interval after it said it serves */
+        w->gen_id = g->id;
+        w->front_pid = g->front->pid;
+        w->fails = 0;
+        w->next_ms = now + interval;
+        return;
+    }
+    if (now < w->next_ms)
+        return;
+    w->next_ms = now + interval;
+    w->rss = resident_bytes(g->front->pid);
+    const char *listen = checkable_listener(&g->cfg);
+    if (!listen) {
+        if (w->noted_gen != g->id)
+            tn_log_info("front watchdog: no listener to call health on (it needs plaintext and a "
+                        "fixed port); checking the front's memory only");
+        w->noted_gen = g->id;
+        check_done(m, true);
+        return;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        tn_log_error("fork() failed for the front health check: %s", strerror(errno));
+        return;
+    }
+    if (pid == 0)
+        run_checker(listen, g->front->pid);
+    w->pid = pid;
+    w->started_ms = now;
+}
+
+/* The checker exited with status st. */
+static void watchdog_reaped(struct master *m, int st)
+{
+    m->wd.pid = 0;
+    check_done(m, WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
+/* When watchdog_tick() must run next, or -1. */
+static int64_t watchdog_wakeup(const struct master *m)
+{
+    if (m->wd.pid)
+        return m->wd.started_ms + CHECK_TIMEOUT_MS + 1000 + 1;
+    return m->phase == PHASE_RUNNING && m->wd.next_ms ? m->wd.next_ms : -1;
+}
+
 /* ---- the loop ---------------------------------------------------------------- */
 
 /* Advance stops and reloads by their deadlines; returns true when the loop is over. */
@@ -1168,6 +1377,8 @@ static int64_t next_wakeup(struct master *m)
     if (m->metrics.state == SLOT_WAITING &&
         (m->phase == PHASE_RUNNING || m->phase == PHASE_DRAINING))
         EARLIER(m->metrics.respawn_at_ms);
+    if (watchdog_wakeup(m) >= 0)
+        EARLIER(watchdog_wakeup(m));
 #undef EARLIER
     return next;
 }
@@ -1296,6 +1507,31 @@ static void log_startup(const struct tn_config *cfg)
                  cfg->max_upload_bytes, cfg->max_message_bytes, cfg->chunk_size,
                  cfg->max_concurrent_calls, cfg->max_queued_jobs, cfg->job_timeout_s, cfg->grace_s,
                  cfg->max_pixels, cfg->worker_memory, cfg->max_jobs_per_worker);
+    tn_log_debug("front: %d streams per connection, metadata %" PRIu64 " B, gRPC quota %" PRIu64
+                 " B; watchdog every %gs, %d failures, max memory %" PRIu64 " B",
+                 cfg->max_streams_per_connection, cfg->max_header_bytes, cfg->front_memory_quota,
+                 cfg->front_check_interval_s, cfg->front_check_failures, cfg->max_front_memory);
+}
+
+/*
+ * Raise the soft RLIMIT_NOFILE to the hard limit, here so that every child
+ * inherits it. The front holds one fd per connection, and gRPC 1.51 stops
+ * accepting for good after a single EMFILE (the watchdog then replaces the
+ * front): the soft default of 1024 is far too easy to reach.
+ */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= rl.rlim_max)
+        return;
+    rlim_t old = rl.rlim_cur;
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+        tn_log_warn("raising the open-file limit from %llu to %llu failed: %s",
+                    (unsigned long long)old, (unsigned long long)rl.rlim_max, strerror(errno));
+    else
+        tn_log_debug("open-file limit raised from %llu to %llu", (unsigned long long)old,
+                     (unsigned long long)rl.rlim_max);
 }
 
 int tn_master_run(const struct tn_config *cfg)
@@ -1313,6 +1549,7 @@ int tn_master_run(const struct tn_config *cfg)
         return 1;
     }
     log_startup(cfg);
+    raise_fd_limit();
     if (check_ports_free(cfg) < 0)
         return 1;
     /* Shared state that must outlive reloads is created here, before the first
@@ -1342,6 +1579,7 @@ int tn_master_run(const struct tn_config *cfg)
         if (g->state == GEN_ACTIVE && !m.any_worker_ready && any_worker_ready(g))
             m.any_worker_ready = true;
         report_pools(&m);
+        watchdog_tick(&m, now);
 
         struct pollfd pfd[MAX_GENS];
         struct gen *pg[MAX_GENS];
