@@ -30,7 +30,7 @@
  * the video does in a player. We scale first, to the pre-rotation size, and
  * rotate the small RGB image afterwards.
  */
-#include "engine.h"
+#include "engine_int.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -71,7 +71,6 @@
 #define FORMAT_PROBESIZE (1 << 20) /* bytes looked at to recognise the container */
 #define MAX_DECODE_ERRORS 100      /* corrupt packets in a row before giving up */
 #define MAX_SEEK_BACKOFFS 4        /* re-seeks when a seek lands after the target */
-#define NONREF_MARGIN_FRAMES 16    /* H.264's deepest reordering: where pts may be a guess */
 /* Decoder threads. Workers are the parallelism: 2 frame threads in ACCURATE
  * mode measured no faster on a busy 2-core host and cost ~10 % more CPU. */
 #define DECODER_THREADS 1
@@ -81,7 +80,6 @@
 #define SMART_NEAR 5  /* SMART: keyframes compared (frames kept) */
 #define SMART_MAX 12  /* SMART: keyframes decoded at most, looking past black ones */
 #define SMART_SIDE 64 /* SMART: the analysis image, SMART_SIDE x SMART_SIDE */
-#define REASON_MAX 200
 
 /* Real video containers only. No playlists (hls, dash, concat), no image
  * sequences (image2): those name other files. Matched against the demuxer's
@@ -160,18 +158,6 @@ void tn_engine_global_init(void)
 }
 
 /* ---- input: pread on the fd, deadline and cancel checks --------------- */
-
-struct io {
-    int fd;
-    tn_engine_read_fn read; /* NULL = pread(fd) */
-    void *read_opaque;
-    int64_t size;
-    int64_t pos;
-    int64_t deadline_ms;
-    int cancel_fd;
-    unsigned calls;
-    int stop; /* sticky: TN_DEADLINE_EXCEEDED or TN_CANCELLED once seen */
-};
 
 /* The front closes its end of the reply socket to abandon the job. */
 static int peer_gone(int fd)
@@ -269,98 +255,7 @@ static int refuse_io_open(struct AVFormatContext *s, AVIOContext **pb, const cha
 
 /* ---- the engine state of one request ---------------------------------- */
 
-struct point {
-    unsigned index; /* into req->opts.times */
-    int is_default; /* no time was named: avoid a black or blank frame */
-    double seconds; /* resolved, from the start of the video */
-    int64_t target; /* in stream time base, start included */
-};
-
-/* The box of the image being made: the request's, or a storyboard tile's. */
-struct box {
-    unsigned max_width, max_height;
-    int upscale;
-    int fit; /* enum tn_fit; 0 = FIT */
-};
-
-struct membuf {
-    uint8_t *data;
-    size_t len, cap;
-};
-
-struct engine {
-    const struct tn_engine_request *req;
-    char *err;
-    size_t errlen;
-
-    struct io io;
-    AVIOContext *avio;
-    AVFormatContext *fmt;
-    const AVInputFormat *ifmt;
-    int probe_score;
-    AVStream *st;
-    int si;
-    AVCodecContext *dec;
-    AVPacket *pkt;
-    AVFrame *frame;           /* receive_frame scratch */
-    AVFrame *prev;            /* latest frame before the target: used if the stream ends first */
-    AVFrame *cur;             /* the frame chosen for the current point */
-    struct tn_colour *colour; /* made on first use */
-    unsigned colour_did;      /* enum tn_colour_did of the latest image */
-
-    int64_t start_pts; /* stream time base */
-    int64_t end_pts;   /* start + video duration; AV_NOPTS_VALUE if unknown */
-    double duration;   /* seconds, for percent points; < 0 if unknown */
-    int64_t frame_dur; /* one frame, stream time base (estimated) */
-    int64_t nonref_margin;
-    int can_skip_nonref;
-
-    /* decoder position */
-    int fresh;       /* nothing read since open: at the start of the stream */
-    int positioned;  /* decoder holds state that decoding can continue from */
-    int drained;     /* sent the NULL packet: needs a seek (flush) to go on */
-    int64_t seek_ts; /* what the last seek asked for; INT64_MIN = the start */
-    int64_t last_pkt_ts;
-    int64_t last_out_pts;
-    int64_t skip_until; /* non-reference frames with pkt pts below are not decoded */
-    int64_t key_ts;     /* KEYFRAME: the packet's time, for a frame that has none */
-    int64_t cur_key;    /* KEYFRAME: the packet time of e->cur */
-    int64_t target;     /* of the point being served */
-    int need_key;       /* after a seek: drop packets up to a keyframe */
-    int have_prev, have_cur, cur_exact, cur_clamped;
-    int64_t cur_pts;
-    /* Fallbacks, for the reason: the demuxer could not seek (from then on
-     * every point is decoded forward from the start), and how e->cur was
-     * got when no frame was at the target (enum fallback). */
-    int seek_broken;
-    int fallback, cur_fallback; /* for this point; for e->cur when it is clamped */
-    int probed_streams;         /* avformat_find_stream_info was run (again on a reopen) */
-    int64_t first_pts;          /* find_start()'s answer when the header names no start */
-    int64_t file_start;         /* find_start(): the earliest stream's first pts, video tb */
-    int check_key;              /* the next frame must be a keyframe (see BAD_KEY) */
-
-    int64_t frames; /* decoded, for messages */
-    int errors_in_row;
-    int last_decode_error;
-    size_t done; /* thumbnails emitted */
-
-    uint8_t *rgb, *rot; /* scaled image, rotated image */
-    size_t rgb_cap, rot_cap;
-    struct membuf out; /* the encoded image (PNG and JPEG; WebP has its own writer) */
-    uint8_t *canvas;   /* PAD: the box, border colour around the picture */
-    size_t canvas_cap;
-    const AVStream *img_st;    /* whose geometry (matrix, SAR) e->cur has: st or the cover */
-    struct box box;            /* fit() fits e->cur into this */
-    char pick[REASON_MAX];     /* how e->cur was chosen (SMART, cover art), for the reason */
-    struct tn_colour *analyse; /* SMART's small renderings, made on first use */
-    size_t n_points;
-    tjhandle tj; /* JPEG compressor, made on first use */
-};
-
-static int fail(struct engine *e, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int fail(struct engine *e, int code, const char *fmt, ...)
+int fail(struct engine *e, int code, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -371,7 +266,7 @@ static int fail(struct engine *e, int code, const char *fmt, ...)
 
 /* A failed libav call: the stop code if a read stopped it, else code with
  * "<what>: <libav error>[: <what libav logged>]". */
-static int fail_av(struct engine *e, int code, int averr, const char *what)
+int fail_av(struct engine *e, int code, int averr, const char *what)
 {
     char last[sizeof(av_last_error) + 2];
 
@@ -926,13 +821,6 @@ static int resolve_times(struct engine *e, struct point *pts)
  * every packet), so seeking gives broken pictures. Decode from the start. */
 #define BAD_KEY 2
 
-/* How e->cur was found when the target had no frame of its own. */
-enum fallback {
-    FB_NONE = 0,
-    FB_LAST,    /* the stream ends before the target: its last frame */
-    FB_DAMAGED, /* decoding stopped at damaged data before the target: the last good frame */
-};
-
 /* Start over: a new demuxer from byte 0 on the same AVIO, the same stream,
  * the decoder flushed by the caller. For files the demuxer cannot seek in
  * at all (no index and no keyframe flags, a broken index...): decoding
@@ -1481,7 +1369,7 @@ static int serve_default(struct engine *e, const struct point *p)
     struct tn_smart_stats st;
     char why[REASON_MAX];
     int code = e->req->opts.mode == TN_MODE_KEYFRAME ? serve_keyframe(e, p->target)
-                                                : serve_accurate(e, p->target);
+                                                     : serve_accurate(e, p->target);
 
     if (code != TN_OK || (code = judge(e, &st)) != TN_OK)
         return code;
@@ -1543,170 +1431,6 @@ static int cover_art(struct engine *e)
         avcodec_free_context(&dec);
     }
     return found;
-}
-
-/* ---- image: geometry, scale, rotate, PNG, memfd ------------------------- */
-
-struct geom {
-    int sw, sh;       /* scaled size, before rotation */
-    int ow, oh;       /* scaled size, rotated */
-    int transpose;    /* rotated by 90 or 270 degrees */
-    int rev_a, rev_b; /* see orient() */
-    int cx, cy;       /* FILL: the window of ow x oh that is kept, cw x ch */
-    int cw, ch;
-    int bw, bh; /* the image: cw x ch, or PAD's box with the picture at px, py */
-    int px, py;
-};
-
-/* From the display matrix (row-major a b u / c d v / x y w, 16.16), to the
- * nearest right angle: the output pixel (X, Y) is the source pixel
- *   not transposed: x = rev_a ? W-1-X : X,  y = rev_b ? H-1-Y : Y
- *   transposed:     y = rev_a ? H-1-X : X,  x = rev_b ? W-1-Y : Y
- * which matches what the ffmpeg CLI's autorotate shows (checked by a test). */
-static void orient(const AVStream *st, struct geom *g)
-{
-    size_t size = 0;
-    const int32_t *m =
-        (const int32_t *)av_stream_get_side_data(st, AV_PKT_DATA_DISPLAYMATRIX, &size);
-
-    g->transpose = g->rev_a = g->rev_b = 0;
-    if (!m || size < 9 * sizeof(int32_t))
-        return;
-    double a = m[0] / 65536.0, b = m[1] / 65536.0, c = m[3] / 65536.0, d = m[4] / 65536.0;
-    if (fabs(a) + fabs(d) >= fabs(b) + fabs(c)) {
-        g->rev_a = a < 0;
-        g->rev_b = d < 0;
-    } else {
-        g->transpose = 1;
-        g->rev_a = c < 0;
-        g->rev_b = b < 0;
-    }
-}
-
-/* Fit the displayed picture (SAR applied, rotated) in the box: FIT inside
- * it, FILL covering it (then cropped to it), PAD inside it on a canvas of
- * exactly the box. Without upscale nothing is enlarged: FILL then crops to
- * the box's aspect at the video's scale, PAD centres the picture. */
-static int fit(struct engine *e, const AVFrame *f, struct geom *g)
-{
-    const struct box *req = &e->box;
-    const AVStream *st = e->img_st ? e->img_st : e->st;
-    AVRational sar = f->sample_aspect_ratio;
-    double dw = f->width, dh = f->height;
-    int mode = req->fit ? req->fit : TN_FIT_FIT;
-
-    if (st == e->st)
-        sar = av_guess_sample_aspect_ratio(e->fmt, (AVStream *)st, (AVFrame *)f);
-    if (sar.num > 0 && sar.den > 0)
-        dw = dw * sar.num / sar.den;
-    if (st == e->st)
-        orient(st, g);
-    else
-        g->transpose = g->rev_a = g->rev_b = 0; /* cover art: no display matrix */
-    double rw = g->transpose ? dh : dw, rh = g->transpose ? dw : dh;
-    double s = INFINITY, bw = req->max_width, bh = req->max_height;
-    if (mode == TN_FIT_FILL) {
-        s = fmax(bw / rw, bh / rh);
-        if (!req->upscale && s > 1) { /* the largest window of the box's aspect */
-            bw /= s;
-            bh /= s;
-            s = 1;
-        }
-    } else {
-        if (req->max_width)
-            s = bw / rw;
-        if (req->max_height)
-            s = fmin(s, bh / rh);
-        if (!isfinite(s) || (!req->upscale && s > 1))
-            s = 1;
-    }
-    double ow = fmax(1, round(rw * s)), oh = fmax(1, round(rh * s));
-    if (ow > TN_JOB_MAX_SIDE || oh > TN_JOB_MAX_SIDE)
-        return fail(e, TN_INVALID_ARGUMENT,
-                    "the thumbnail would be %.0fx%.0f, over %d a side: give a smaller box", ow, oh,
-                    TN_JOB_MAX_SIDE);
-    g->ow = (int)ow;
-    g->oh = (int)oh;
-    g->sw = g->transpose ? g->oh : g->ow;
-    g->sh = g->transpose ? g->ow : g->oh;
-    g->cw = g->ow;
-    g->ch = g->oh;
-    g->cx = g->cy = 0;
-    if (mode == TN_FIT_FILL) {
-        g->cw = (int)fmin(g->ow, fmax(1, round(bw)));
-        g->ch = (int)fmin(g->oh, fmax(1, round(bh)));
-        g->cx = (g->ow - g->cw) / 2;
-        g->cy = (g->oh - g->ch) / 2;
-    }
-    g->bw = g->cw;
-    g->bh = g->ch;
-    g->px = g->py = 0;
-    if (mode == TN_FIT_PAD) {
-        g->bw = (int)fmax(g->cw, req->max_width);
-        g->bh = (int)fmax(g->ch, req->max_height);
-        g->px = (g->bw - g->cw) / 2;
-        g->py = (g->bh - g->ch) / 2;
-    }
-    return TN_OK;
-}
-
-static int grow(uint8_t **buf, size_t *cap, size_t need)
-{
-    if (need <= *cap)
-        return 0;
-    av_freep(buf);
-    *cap = 0;
-    *buf = av_malloc(need);
-    if (!*buf)
-        return -1;
-    *cap = need;
-    return 0;
-}
-
-/* Scale f to g->sw x g->sh RGB24 into e->rgb (stride *stride), colour
- * converted (colour.h); what that involved goes into e->colour_did. */
-static int scale(struct engine *e, const AVFrame *f, const struct geom *g, int *stride)
-{
-    char cerr[128];
-
-    if (!e->colour && !(e->colour = tn_colour_new()))
-        return fail_av(e, TN_INVALID_ARGUMENT, AVERROR(ENOMEM), "scaling");
-    *stride = FFALIGN(g->sw * 3, 64);
-    if (grow(&e->rgb, &e->rgb_cap, (size_t)*stride * g->sh + 64) < 0)
-        return fail_av(e, TN_INVALID_ARGUMENT, AVERROR(ENOMEM), "scaling");
-    if (tn_colour_to_rgb(e->colour, f, g->sw, g->sh, e->rgb, *stride, &e->colour_did, cerr,
-                         sizeof(cerr)) < 0) {
-        if (!strcmp(cerr, "out of memory"))
-            return fail_av(e, TN_INVALID_ARGUMENT, AVERROR(ENOMEM), "scaling");
-        return fail(e, strncmp(cerr, "pixel format", 12) ? TN_INTERNAL : TN_INVALID_ARGUMENT, "%s",
-                    cerr);
-    }
-    return TN_OK;
-}
-
-/* Apply the rotation/flip of g to the scaled image: e->rot, tight rows. */
-static int rotate(struct engine *e, const struct geom *g, int stride)
-{
-    if (grow(&e->rot, &e->rot_cap, (size_t)g->ow * g->oh * 3) < 0)
-        return fail_av(e, TN_INVALID_ARGUMENT, AVERROR(ENOMEM), "rotating");
-    for (int y = 0; y < g->oh; y++) {
-        uint8_t *out = e->rot + (size_t)y * g->ow * 3;
-        for (int x = 0; x < g->ow; x++, out += 3) {
-            int sx, sy;
-            if (!g->transpose) {
-                sx = g->rev_a ? g->sw - 1 - x : x;
-                sy = g->rev_b ? g->sh - 1 - y : y;
-            } else {
-                sy = g->rev_a ? g->sh - 1 - x : x;
-                sx = g->rev_b ? g->sw - 1 - y : y;
-            }
-            const uint8_t *in = e->rgb + (size_t)sy * stride + (size_t)sx * 3;
-            out[0] = in[0];
-            out[1] = in[1];
-            out[2] = in[2];
-        }
-    }
-    return TN_OK;
 }
 
 static void png_write_cb(png_structp png, png_bytep data, size_t len)
@@ -1960,32 +1684,6 @@ static int encode(struct engine *e, const uint8_t *img, int w, int h, size_t str
     return fd;
 }
 
-/* PAD: the picture (w x h at img, stride) centred on the box in the
- * border colour, into e->canvas. Returns the canvas or NULL (ENOMEM). */
-static const uint8_t *pad(struct engine *e, const struct geom *g, const uint8_t *img, size_t stride)
-{
-    size_t row = (size_t)g->bw * 3;
-    uint32_t c = e->box.fit == TN_FIT_PAD && e->req->opts.storyboard ? 0 : e->req->opts.pad_color;
-    uint8_t rgb[3] = {(uint8_t)(c >> 16), (uint8_t)(c >> 8), (uint8_t)c};
-
-    if (grow(&e->canvas, &e->canvas_cap, row * g->bh) < 0)
-        return NULL;
-    for (int y = 0; y < g->bh; y++) {
-        uint8_t *o = e->canvas + (size_t)y * row;
-        if (y >= g->py && y < g->py + g->ch) {
-            memcpy(o + (size_t)g->px * 3, img + (size_t)(y - g->py) * stride, (size_t)g->cw * 3);
-            for (int x = 0; x < g->px; x++)
-                memcpy(o + (size_t)x * 3, rgb, 3);
-            for (int x = g->px + g->cw; x < g->bw; x++)
-                memcpy(o + (size_t)x * 3, rgb, 3);
-        } else {
-            for (int x = 0; x < g->bw; x++)
-                memcpy(o + (size_t)x * 3, rgb, 3);
-        }
-    }
-    return e->canvas;
-}
-
 /* "<how it was picked>; <fallbacks>; <what the colour step did>" */
 static void make_reason(const struct engine *e, char *buf, size_t len)
 {
@@ -2007,31 +1705,6 @@ static void make_reason(const struct engine *e, char *buf, size_t len)
         int n = snprintf(buf + off, len - off, "%s%s", off ? "; " : "", parts[i]);
         off += n > 0 ? (size_t)n : 0;
     }
-}
-
-/* e->cur fitted into e->box, scaled, rotated, cropped and padded: *img
- * (g->bw x g->bh, *stride bytes a row, in one of the engine's buffers). */
-static int render(struct engine *e, struct geom *g, const uint8_t **img, size_t *img_stride)
-{
-    int stride = 0, code;
-
-    if ((code = fit(e, e->cur, g)) != TN_OK || (code = scale(e, e->cur, g, &stride)) != TN_OK)
-        return code;
-    *img = e->rgb;
-    *img_stride = (size_t)stride;
-    if (g->transpose || g->rev_a || g->rev_b) {
-        if ((code = rotate(e, g, stride)) != TN_OK)
-            return code;
-        *img = e->rot;
-        *img_stride = (size_t)g->ow * 3;
-    }
-    *img += (size_t)g->cy * *img_stride + (size_t)g->cx * 3; /* FILL's crop */
-    if (g->bw != g->cw || g->bh != g->ch) {
-        if (!(*img = pad(e, g, *img, *img_stride)))
-            return fail_av(e, TN_INVALID_ARGUMENT, AVERROR(ENOMEM), "padding");
-        *img_stride = (size_t)g->bw * 3;
-    }
-    return TN_OK;
 }
 
 static int emit_point(struct engine *e, const struct point *p, tn_engine_emit_fn emit, void *opaque)
