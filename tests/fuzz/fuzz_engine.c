@@ -110,13 +110,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                  .max_width = 64,
                  .max_height = 64,
                  .format = (uint8_t)formats[(last >> 1) & 3],
-                 .mode = last & 1 ? TN_MODE_KEYFRAME : TN_MODE_ACCURATE},
+                 .mode = last & 1 ? TN_MODE_KEYFRAME : TN_MODE_ACCURATE,
+                 .probe = (last >> 3) & 1},
         .deadline_ms = tn_mono_ms() + DEADLINE_MS,
         .cancel_fd = -1,
         .limits = &limits,
-        .probe = (last >> 3) & 1,
     };
-    int code = tn_engine_run(&req, req.probe ? check_json : discard, NULL, err, sizeof(err));
+    int code = tn_engine_run(&req, req.opts.probe ? check_json : discard, NULL, err, sizeof(err));
     /* INTERNAL means a broken invariant in our code, whatever the input. */
     if (code == TN_INTERNAL && strstr(err, "encoding failed") == NULL)
         abort();
