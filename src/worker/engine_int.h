@@ -13,6 +13,11 @@
  *   render.c      geometry, orientation, fit, scale, rotation, padding
  *   encode.c      PNG / JPEG / WebP into a sealed memfd
  *   storyboard.c  the sprite sheet and its WebVTT
+ *
+ * The functions keep their short names, and are hidden: a program that links
+ * the engine does not export them, so a shared library with a function of
+ * the same name (libcodec2, loaded by libavcodec, exports encode()) still
+ * calls its own. Two definitions in one link are still an error.
  */
 #ifndef TN_ENGINE_INT_H
 #define TN_ENGINE_INT_H
@@ -29,9 +34,10 @@
 
 #define REASON_MAX 200
 #define NONREF_MARGIN_FRAMES 16 /* H.264's deepest reordering: where pts may be a guess */
-/* ": " and the last error libav logged (av_last_suffix()) */
-#define AV_LAST_SUFFIX_MAX (256 + 2)
+/* the last error libav logged (av_last_suffix()) */
+#define AV_LAST_ERROR_MAX 256
 
+/* The AVIO's state (input.c's reads and seeks; the stop code every file checks). */
 struct io {
     int fd;
     tn_engine_read_fn read; /* NULL = pread(fd) */
@@ -44,6 +50,7 @@ struct io {
     int stop; /* sticky: TN_DEADLINE_EXCEEDED or TN_CANCELLED once seen */
 };
 
+/* One thumbnail to make: input.c's resolve_times() fills them, in time order. */
 struct point {
     unsigned index; /* into req->opts.times */
     int is_default; /* no time was named: avoid a black or blank frame */
@@ -51,11 +58,14 @@ struct point {
     int64_t target; /* in stream time base, start included */
 };
 
+/* A growing output buffer (encode.c). */
 struct membuf {
     uint8_t *data;
     size_t len, cap;
 };
 
+/* One request's state: on tn_engine_run()'s stack, which frees what it holds;
+ * every file of the engine reads and writes it, one call at a time. */
 struct engine {
     const struct tn_engine_request *req;
     char *err;
@@ -132,11 +142,51 @@ enum fallback {
     FB_DAMAGED, /* decoding stopped at damaged data before the target: the last good frame */
 };
 
-/* engine.c: the request's errors */
+#pragma GCC visibility push(hidden)
+
+/* engine.c: the request's errors (e->err), libav's last logged error */
 int fail(struct engine *e, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 int fail_av(struct engine *e, int code, int averr, const char *what);
+int check_stop(struct engine *e);
+void av_last_suffix(char *buf, size_t len);
 
-/* render.c */
+/* input.c: reading the fd, opening, streams, timing, the points */
+int io_check(struct io *io, int force);
+int select_stream(AVFormatContext *fmt, int *undecodable);
+int open_input(struct engine *e);
+int header_is_enough(AVFormatContext *fmt);
+int find_stream_info(struct engine *e);
+int open_stream(struct engine *e);
+void setup_timing(struct engine *e);
+int find_start(struct engine *e);
+int needs_duration(const struct tn_engine_request *req);
+int scan_duration(struct engine *e);
+int resolve_times(struct engine *e, struct point *pts);
+int reopen(struct engine *e);
+
+/* decode.c: seeking and the strategies; each leaves its frame in e->cur */
+int64_t packet_ts(const AVPacket *pkt);
+int read_video_packet(struct engine *e);
+int seek_to(struct engine *e, int64_t ts);
+int serve_accurate(struct engine *e, int64_t target);
+int serve_keyframe(struct engine *e, int64_t target);
+int serve_smart(struct engine *e, int64_t target);
+int serve_default(struct engine *e, const struct point *p);
+int cover_art(struct engine *e);
+int serve(struct engine *e, int64_t target);
+
+/* render.c: e->cur as the image to encode */
 int render(struct engine *e, struct geom *g, const uint8_t **img, size_t *img_stride);
+
+/* encode.c: images into sealed memfds */
+const char *format_name(int format);
+int sealed_memfd(const uint8_t *buf, size_t len);
+int encode(struct engine *e, const uint8_t *img, int w, int h, size_t stride, uint64_t *size);
+
+/* storyboard.c */
+int run_storyboard(struct engine *e, const struct point *points, tn_engine_emit_fn emit,
+                   void *opaque);
+
+#pragma GCC visibility pop
 
 #endif
