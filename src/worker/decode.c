@@ -276,6 +276,8 @@ static int can_continue(struct engine *e, int64_t target)
     return e->last_pkt_ts != AV_NOPTS_VALUE && kf <= e->last_pkt_ts;
 }
 
+/* ---- the strategies ------------------------------------------------------ */
+
 static void keep_as_cur(struct engine *e, AVFrame *f, int exact, int clamped)
 {
     av_frame_unref(e->cur);
@@ -587,6 +589,19 @@ int serve_default(struct engine *e, const struct point *p)
     return TN_OK;
 }
 
+/* The request's mode for one target, as a storyboard tile is served (no
+ * default-time or cover-art choice). */
+int serve(struct engine *e, int64_t target)
+{
+    switch (e->req->opts.mode) {
+    case TN_MODE_KEYFRAME: return serve_keyframe(e, target);
+    case TN_MODE_SMART: return serve_smart(e, target);
+    default: return serve_accurate(e, target);
+    }
+}
+
+/* ---- cover art ------------------------------------------------------------ */
+
 /* The attached picture (cover art) decoded into e->cur; e->img_st is its
  * stream. 1 if there is one, 0 if not (or it cannot be decoded: then the
  * video is used, and the log says why), else a failure code (negative). */
@@ -623,13 +638,4 @@ int cover_art(struct engine *e)
         avcodec_free_context(&dec);
     }
     return found;
-}
-
-int serve(struct engine *e, int64_t target)
-{
-    switch (e->req->opts.mode) {
-    case TN_MODE_KEYFRAME: return serve_keyframe(e, target);
-    case TN_MODE_SMART: return serve_smart(e, target);
-    default: return serve_accurate(e, target);
-    }
 }

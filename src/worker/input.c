@@ -368,6 +368,8 @@ int open_stream(struct engine *e)
     return TN_OK;
 }
 
+/* ---- timing: start, duration, frame rate; the points ---------------- */
+
 /* Whether skipping non-reference frames leaves every other frame intact. */
 static int nonref_skip_is_safe(const AVCodecParameters *par)
 {
@@ -621,6 +623,8 @@ int resolve_times(struct engine *e, struct point *pts)
     qsort(pts, req->opts.n_times, sizeof(*pts), cmp_point);
     return TN_OK;
 }
+
+/* ---- starting over ---------------------------------------------------- */
 
 /* Start over: a new demuxer from byte 0 on the same AVIO, the same stream,
  * the decoder flushed by the caller. For files the demuxer cannot seek in
