@@ -51,8 +51,8 @@ SOURCE = os.path.dirname(HERE)
 
 # The like-for-like settings, applied to every tool that takes them.
 WIDTH = 320         # thumbnail width; the height keeps the display aspect ratio
-PNG_LEVEL = 1       # zlib level: the engine's default (PNG_LEVEL in src/worker/engine.c)
-PNG_FILTER = "sub"  # PNG row filter: the engine's (encode_png in src/worker/engine.c)
+PNG_LEVEL = 1       # zlib level: the engine's default (PNG_LEVEL in src/worker/encode.c)
+PNG_FILTER = "sub"  # PNG row filter: the engine's (encode_png in src/worker/encode.c)
 THREADS = 1         # decoder threads per thumbnail: the engine's (DECODER_THREADS)
 AT = 10             # percent of the duration
 

@@ -1,6 +1,6 @@
 /*
  * tn_limit: the in-process limit. The minimal loop a program that makes one
- * thumbnail can run, written independently of src/worker/engine.c so that
+ * thumbnail can run, written independently of the engine (src/worker/) so that
  * "warm worker / limit" means something: open the file, seek, decode one
  * frame, scale it to RGB in one swscale pass, encode a PNG (zlib level 1,
  * SUB filter: the engine's defaults). No IPC, no gRPC, no sandbox, no limits,

@@ -58,7 +58,7 @@ static const struct allowed {
     ALLOW(recvmsg),  /* the next job and its two fds, from the queue */
     ALLOW(sendmsg),  /* ACK, RESULT (with its memfd), DONE on the reply socket */
     ALLOW(recvfrom), /* recv(MSG_PEEK): did the front close the reply socket? */
-    ALLOW(poll),     /* the same check, between reads and frames (engine.c) */
+    ALLOW(poll),     /* the same check, between reads and frames (input.c) */
     ALLOW(ppoll),    /* poll() on architectures that have no poll syscall */
     ALLOW(close),    /* the job's fds and each memfd once sent */
     ALLOW(getpid),   /* the ACK carries our pid */
