@@ -12,10 +12,11 @@ cd "$(dirname "$(readlink -f "$0")")/.."
 BUILD_DIR=${BUILD_DIR:-build}
 JOBS=$(nproc 2>/dev/null || echo 2)
 
-./scripts/install-deps.sh
+./scripts/install-deps.sh --tests
 # shellcheck disable=SC2086
 # TN_TESTING: the test-only hooks (a worker that breaks its sandbox on request).
-cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTN_TESTING=ON ${CMAKE_ARGS:-}
+cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTN_BUILD_TESTS=ON -DTN_TESTING=ON \
+    ${CMAKE_ARGS:-}
 cmake --build "$BUILD_DIR" -j"$JOBS"
 
 echo "test.sh: validating docker-compose.yml"

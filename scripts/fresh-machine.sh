@@ -1,0 +1,420 @@
+#!/usr/bin/env bash
+# The fresh-machine check: the README's front doors, tried as a new user would,
+# on a clean Debian 12 with nothing installed beforehand. CI runs it (.ci/run).
+#
+#   demo     in a fresh debian:bookworm container, on a fresh clone of this
+#            repository's HEAD: ./scripts/demo.sh; PNGs must appear in output/.
+#            Counts the installed packages before and after.
+#   test     the same, with ./scripts/test.sh: every test must pass.
+#   compose  on a fresh clone, with the sample videos of the demo stage in
+#            input/: docker-compose build (the project's Dockerfile),
+#            docker-compose run client (thumbnails in output/ owned by the user
+#            named by HOST_UID/HOST_GID), docker-compose down.
+#   scale    docker-compose up -d --scale server=3, a client on
+#            dns:///server:50051; each replica's own access log must show calls.
+#
+# usage: scripts/fresh-machine.sh [--stage demo|test|compose|scale|all]...
+# The stages run in that order; default all. compose and scale need the
+# demo stage's sample videos (kept in the cache from its last run).
+#
+# Needs root (debootstrap, dockerd), git, debootstrap, docker.io and
+# docker-compose; installs the last three with apt-get when they are missing.
+# Uses the Docker engine that answers (DOCKER_HOST, else /var/run/docker.sock);
+# when none does, starts its own dockerd (data in the cache, runtime state in
+# a temporary directory) and stops it at the end. If dockerd cannot start, the
+# check fails: it never skips.
+#
+# The base image debian:bookworm (also tagged debian:bookworm-slim, for the
+# Dockerfile's runtime stage) is made without any image registry: debootstrap
+# --variant=minbase from the host's Debian mirror, then docker import. It is
+# made once and cached, with the engine's data (image layers, build cache),
+# the downloaded .deb files and npm's cache, in TN_FRESH_CACHE (default
+# /var/cache/thumbnail-fresh). Delete that directory to start from nothing.
+#
+# Environment: TN_FRESH_CACHE; TN_FRESH_MIRROR (default: the host's apt
+# sources); TN_FRESH_KEEP=1 keeps the clones and logs of a passing run (a
+# failing run always keeps them); CI is passed into the containers.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)
+CACHE=${TN_FRESH_CACHE:-/var/cache/thumbnail-fresh}
+IMAGE=debian:bookworm
+PROJECT=tnfresh # docker-compose project name: its containers, network, image
+
+say() { printf '\n== fresh-machine: %s\n' "$*"; }
+die() {
+    printf '\n!! fresh-machine: FAILED: %s\n' "$*" >&2
+    exit 1
+}
+
+# --- arguments ------------------------------------------------------------------
+ALL_STAGES=(demo test compose scale)
+want=()
+while [[ $# -gt 0 ]]; do
+    case $1 in
+    --stage)
+        [[ $# -ge 2 ]] || die "--stage needs a value"
+        IFS=, read -ra s <<<"$2"
+        want+=("${s[@]}")
+        shift 2
+        ;;
+    --stage=*)
+        IFS=, read -ra s <<<"${1#--stage=}"
+        want+=("${s[@]}")
+        shift
+        ;;
+    -h | --help)
+        sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'
+        exit 0
+        ;;
+    *) die "unknown argument $1 (see --help)" ;;
+    esac
+done
+[[ ${#want[@]} -eq 0 ]] && want=(all)
+STAGES=()
+for st in "${ALL_STAGES[@]}"; do
+    for w in "${want[@]}"; do
+        if [[ $w == all || $w == "$st" ]]; then
+            STAGES+=("$st")
+            break
+        fi
+    done
+done
+for w in "${want[@]}"; do
+    [[ $w == all || " ${ALL_STAGES[*]} " == *" $w "* ]] || die "unknown stage $w (${ALL_STAGES[*]} or all)"
+done
+
+[[ $(id -u) -eq 0 ]] || die "run as root: debootstrap and dockerd need it"
+
+# --- stage timing -----------------------------------------------------------------
+TIMES=()
+T0=$SECONDS
+RUNNING=() # the stages in progress, innermost last, each "NAME START"
+timed() { # timed NAME COMMAND...: runs it, records its wall time
+    local name=$1 t=$SECONDS
+    shift
+    say "$name"
+    RUNNING+=("$t $name")
+    "$@"
+    unset 'RUNNING[-1]'
+    TIMES+=("$(printf '%-40s %5d s' "$name" $((SECONDS - t)))")
+}
+print_times() {
+    local r
+    for r in "${RUNNING[@]}"; do # the stage(s) that failed
+        TIMES+=("$(printf '%-40s %5d s  FAILED' "${r#* }" $((SECONDS - ${r%% *})))")
+    done
+    printf '\n== fresh-machine: wall time per stage\n'
+    printf '  %s\n' "${TIMES[@]}"
+    printf '  %-40s %5d s\n' total $((SECONDS - T0))
+}
+logged() { # logged NAME COMMAND...: its output to the terminal and to logs/NAME.log
+    local name=$1
+    shift
+    "$@" 2>&1 | tee "$RUN/logs/$name.log"
+}
+
+# --- host tools -----------------------------------------------------------------------
+need=()
+command -v git >/dev/null || die "git is not installed"
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v dockerd >/dev/null || need+=(docker.io)
+command -v docker-compose >/dev/null || need+=(docker-compose)
+if [[ ${#need[@]} -gt 0 ]]; then
+    say "installing ${need[*]} on this host"
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y \
+        --no-install-recommends "${need[@]}" || die "could not install ${need[*]}"
+fi
+
+mkdir -p "$CACHE"
+exec 9>"$CACHE/lock"
+flock -w 3600 9 || die "another fresh-machine run holds $CACHE/lock"
+mkdir -p "$CACHE/docker" "$CACHE/apt-archives" "$CACHE/npm" "$CACHE/samples"
+RUN=$(mktemp -d /tmp/tn-fresh.XXXXXX) # this run: clones, logs, dockerd's runtime state
+chmod 755 "$RUN"
+mkdir -p "$RUN/logs"
+DOCKERD_PID=
+# shellcheck disable=SC2317  # called from the EXIT trap
+finish() {
+    local rc=$?
+    set +e
+    docker rm -f "$PROJECT-demo" "$PROJECT-test" >/dev/null 2>&1
+    if [[ -d $RUN/compose ]]; then
+        (cd "$RUN/compose" && docker-compose down >/dev/null 2>&1)
+    fi
+    if [[ -n $DOCKERD_PID ]]; then
+        echo "fresh-machine: stopping the dockerd it started (pid $DOCKERD_PID)"
+        kill -TERM "$DOCKERD_PID" 2>/dev/null
+        for _ in $(seq 60); do
+            kill -0 "$DOCKERD_PID" 2>/dev/null || break
+            sleep 0.5
+        done
+        if kill -0 "$DOCKERD_PID" 2>/dev/null; then
+            echo "fresh-machine: dockerd did not stop in 30 s: SIGKILL" >&2
+            kill -KILL "$DOCKERD_PID"
+        fi
+    fi
+    print_times
+    if [[ $rc -eq 0 && ${TN_FRESH_KEEP:-0} != 1 ]] && ! grep -qF " $RUN/" /proc/mounts; then
+        rm -rf "$RUN"
+    else
+        echo "fresh-machine: clones and logs kept in $RUN"
+    fi
+    [[ $rc -eq 0 ]] && echo "fresh-machine: PASSED (${STAGES[*]})"
+    exit "$rc"
+}
+trap finish EXIT
+trap "exit 130" INT
+trap "exit 143" TERM
+
+# --- the Docker engine -------------------------------------------------------------------
+start_engine() {
+    if [[ -n ${DOCKER_HOST:-} ]] && docker info >/dev/null 2>&1; then
+        echo "using the Docker engine at $DOCKER_HOST"
+        return 0
+    fi
+    if docker -H unix:///var/run/docker.sock info >/dev/null 2>&1; then
+        export DOCKER_HOST=unix:///var/run/docker.sock
+        echo "using the Docker engine at $DOCKER_HOST"
+        return 0
+    fi
+    # Our own: data (images, build cache) in the cache, runtime state here.
+    export DOCKER_HOST=unix://$RUN/docker.sock
+    dockerd --data-root "$CACHE/docker" --exec-root "$RUN/exec" --pidfile "$RUN/dockerd.pid" \
+        -H "$DOCKER_HOST" >"$RUN/logs/dockerd.log" 2>&1 &
+    DOCKERD_PID=$!
+    for _ in $(seq 120); do
+        if docker info >/dev/null 2>&1; then
+            echo "started dockerd (pid $DOCKERD_PID, data in $CACHE/docker, log $RUN/logs/dockerd.log)"
+            return 0
+        fi
+        kill -0 "$DOCKERD_PID" 2>/dev/null || break
+        sleep 0.5
+    done
+    echo "---- last lines of $RUN/logs/dockerd.log:" >&2
+    tail -n 30 "$RUN/logs/dockerd.log" >&2
+    kill -0 "$DOCKERD_PID" 2>/dev/null || DOCKERD_PID=
+    die "no Docker engine answers and dockerd could not be started (see above). This check needs one: it does not skip."
+}
+
+# --- the base image -------------------------------------------------------------------------
+host_mirror() { # the first deb URI for bookworm in the host's apt sources
+    local f
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [[ -e $f ]] || continue
+        awk 'BEGIN { RS = "" }
+             { uri = ""; suites = ""; types = ""
+               n = split($0, l, "\n")
+               for (i = 1; i <= n; i++) {
+                   if (l[i] ~ /^URIs:/) { sub(/^URIs:[ \t]*/, "", l[i]); split(l[i], u, /[ \t]+/); uri = u[1] }
+                   else if (l[i] ~ /^Suites:/) suites = " " substr(l[i], 8) " "
+                   else if (l[i] ~ /^Types:/) types = " " substr(l[i], 7) " "
+               }
+               gsub(/\t/, " ", suites); gsub(/\t/, " ", types)
+               if (uri != "" && types ~ / deb / && suites ~ / bookworm /) { print uri; exit }
+             }' "$f"
+    done
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+        [[ -e $f ]] || continue
+        sed -e 's/\[[^]]*\]//' "$f" | awk '$1 == "deb" && $3 == "bookworm" { print $2; exit }'
+    done
+}
+
+base_image() {
+    if docker image inspect "$IMAGE" >/dev/null 2>&1; then
+        echo "$IMAGE: cached ($(docker image inspect -f '{{.Created}}' "$IMAGE"))"
+    else
+        local mirror=${TN_FRESH_MIRROR:-$(host_mirror | head -n 1)}
+        [[ -n $mirror ]] || die "no bookworm mirror in /etc/apt/sources*: set TN_FRESH_MIRROR"
+        echo "$IMAGE: debootstrap --variant=minbase bookworm from $mirror"
+        local dir=$CACHE/rootfs
+        rm -rf "$dir"
+        debootstrap --variant=minbase bookworm "$dir" "$mirror" >"$RUN/logs/debootstrap.log" 2>&1 ||
+            { tail -n 20 "$RUN/logs/debootstrap.log" >&2; die "debootstrap failed"; }
+        # As the official images: no package lists, no downloaded packages.
+        rm -rf "$dir"/var/lib/apt/lists/* "$dir"/var/cache/apt/archives/*.deb
+        tar -C "$dir" -c . | docker import -c 'CMD ["bash"]' - "$IMAGE"
+        rm -rf "$dir"
+    fi
+    docker tag "$IMAGE" debian:bookworm-slim
+}
+
+# --- what every container gets from the host ----------------------------------------------------
+# The host's apt sources and its settings for reaching the archive (Acquire::*),
+# its CA bundle for npm (egress may go through a TLS proxy), and caches.
+host_files() {
+    local a=$RUN/host-apt f
+    mkdir -p "$a/sources.list.d" "$a/apt.conf.d"
+    if [[ -f /etc/apt/sources.list ]]; then cp /etc/apt/sources.list "$a/"; else : >"$a/sources.list"; fi
+    for f in /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list; do
+        [[ -e $f ]] && cp "$f" "$a/sources.list.d/"
+    done
+    for f in /etc/apt/apt.conf.d/*; do
+        [[ -f $f ]] && grep -q '^[[:space:]]*Acquire' "$f" && cp "$f" "$a/apt.conf.d/"
+    done
+    printf "  handed to the containers: %s\n" "$a"/sources.list "$a"/sources.list.d/* "$a"/apt.conf.d/*
+    CONTAINER=(docker run --rm --init --network host --cap-add SYS_ADMIN --cap-add SYS_PTRACE
+        --security-opt seccomp=unconfined --security-opt apparmor=unconfined
+        -v "$a/sources.list:/etc/apt/sources.list:ro"
+        -v "$a/sources.list.d:/etc/apt/sources.list.d:ro")
+    for f in "$a"/apt.conf.d/*; do
+        [[ -e $f ]] && CONTAINER+=(-v "$f:/etc/apt/apt.conf.d/$(basename "$f"):ro")
+    done
+    CONTAINER+=(-v "$CACHE/apt-archives:/var/cache/apt/archives" -v "$CACHE/npm:/root/.npm"
+        -e CI -e DEBIAN_FRONTEND=noninteractive)
+    if [[ -f /etc/ssl/certs/ca-certificates.crt ]]; then
+        CONTAINER+=(-v /etc/ssl/certs/ca-certificates.crt:/etc/host-ca.crt:ro
+            -e NODE_EXTRA_CA_CERTS=/etc/host-ca.crt -e npm_config_cafile=/etc/host-ca.crt)
+    fi
+}
+
+SHA=$(git -C "$ROOT" rev-parse HEAD)
+fresh_clone() { # fresh_clone DIR: this repository's HEAD commit
+    git clone -q "$ROOT" "$1"
+    git -C "$1" checkout -q --detach "$SHA"
+}
+
+# In a fresh container with the clone at /src, as the README says: cd, run.
+in_container() { # in_container NAME CLONE SCRIPT
+    local name=$1 clone=$2 script=$3
+    docker rm -f "$PROJECT-$name" >/dev/null 2>&1 || true
+    logged "$name" "${CONTAINER[@]}" --name "$PROJECT-$name" -v "$clone:/src" -w /src "$IMAGE" \
+        bash -euo pipefail -c "$script"
+}
+
+# The package count, and which packages a run upgraded: before/after lists.
+# shellcheck disable=SC2016 # expanded in the container
+PKGS='dpkg-query -W -f="\${db:Status-Abbrev} \${Package} \${Version}\n" | awk "\$1 == \"ii\" { print \$2, \$3 }" | sort'
+
+stage_demo() {
+    local c=$RUN/demo
+    fresh_clone "$c"
+    in_container demo "$c" "
+        $PKGS >/tmp/before
+        ./scripts/demo.sh
+        $PKGS >/tmp/after
+        echo \"fresh-machine: packages installed: \$(wc -l </tmp/before) before, \$(wc -l </tmp/after) after\"
+        up=\$(join /tmp/before /tmp/after | awk '\$2 != \$3 { print \$1 }' | tr '\n' ' ')
+        echo \"fresh-machine: packages upgraded: \${up:-none}\"
+        " || die "demo: ./scripts/demo.sh failed in a clean container (log: $RUN/logs/demo.log)"
+    local n_in n_png
+    n_in=$(find "$c/input" -type f ! -name .gitkeep | wc -l)
+    n_png=$(find "$c/output" -name '*.png' -size +0 | wc -l)
+    echo "demo: $n_in videos in input/, $n_png PNGs in output/"
+    [[ $n_in -gt 0 && $n_png -ge $n_in ]] || die "demo: expected a PNG in output/ for each of the $n_in videos in input/"
+    rm -f "$CACHE"/samples/*
+    cp "$c"/input/sample_* "$CACHE/samples/"
+}
+
+stage_test() {
+    local c=$RUN/test
+    fresh_clone "$c"
+    in_container test "$c" "./scripts/test.sh" ||
+        die "test: ./scripts/test.sh failed in a clean container (log: $RUN/logs/test.log)"
+    echo "test: skipped tests and subtests, as the suite reported them:"
+    grep -E 'skipped|SKIP' "$RUN/logs/test.log" | sort | uniq -c | sed 's/^/  /' || echo "  none"
+}
+
+# --- docker-compose, as the README runs it -------------------------------------------------------
+# The user who runs docker-compose: HOST_UID/HOST_GID. Run as root, the check
+# plays a user 1001:1001 that owns the clone (not 1000, the default in
+# docker-compose.yml, so that what decides is the variable).
+if [[ -n ${SUDO_UID:-} && ${SUDO_UID:-0} != 0 ]]; then
+    export HOST_UID=$SUDO_UID HOST_GID=${SUDO_GID:-$SUDO_UID}
+else
+    export HOST_UID=1001 HOST_GID=1001
+fi
+export COMPOSE_PROJECT_NAME=$PROJECT
+
+compose_clone() {
+    local c=$RUN/compose
+    [[ -d $c ]] && return 0
+    compgen -G "$CACHE/samples/sample_*" >/dev/null ||
+        die "no sample videos in $CACHE/samples: run the demo stage first (--stage demo)"
+    fresh_clone "$c"
+    cp "$CACHE"/samples/sample_* "$c/input/"
+    chown -R "$HOST_UID:$HOST_GID" "$c"
+}
+
+stage_compose() {
+    compose_clone
+    cd "$RUN/compose"
+    timed "compose: build the image" logged compose-build docker-compose build
+    timed "compose: run client" logged compose-run docker-compose run client
+    local n_in n_png bad
+    n_in=$(find input -type f ! -name .gitkeep | wc -l)
+    n_png=$(find output -name '*.png' -size +0 | wc -l)
+    bad=$(find output -mindepth 1 ! \( -uid "$HOST_UID" -gid "$HOST_GID" \) -printf '  %u:%g %p\n')
+    echo "compose: $n_in videos in input/, $n_png PNGs in output/, owner $HOST_UID:$HOST_GID expected"
+    [[ $n_png -ge $n_in ]] || die "compose: expected a PNG in output/ for each video in input/"
+    [[ -z $bad ]] || die "compose: files in output/ not owned by $HOST_UID:$HOST_GID:
+$bad"
+    timed "compose: down" docker-compose down
+    local left
+    left=$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT")
+    [[ -z $left ]] || die "compose: containers left after docker-compose down: $left"
+    cd "$ROOT"
+}
+
+stage_scale() {
+    compose_clone
+    cd "$RUN/compose"
+    # More files than replicas, so that each one is asked more than once.
+    local i f
+    i=0
+    for f in "$CACHE"/samples/sample_*; do
+        for r in 1 2 3; do
+            cp "$f" "input/scale${r}_$(basename "$f")"
+            i=$((i + 1))
+        done
+    done
+    chown -R "$HOST_UID:$HOST_GID" input
+    rm -rf output/*
+    timed "scale: up -d --scale server=3" docker-compose up -d --scale server=3 server
+    local ids healthy s
+    mapfile -t ids < <(docker-compose ps -q server)
+    [[ ${#ids[@]} -eq 3 ]] || die "scale: ${#ids[@]} server containers, expected 3"
+    for _ in $(seq 60); do
+        healthy=0
+        for s in "${ids[@]}"; do
+            [[ $(docker inspect -f '{{.State.Health.Status}}' "$s") == healthy ]] && healthy=$((healthy + 1))
+        done
+        [[ $healthy -eq 3 ]] && break
+        sleep 1
+    done
+    [[ $healthy -eq 3 ]] || die "scale: $healthy of 3 replicas healthy after 60 s"
+    timed "scale: client on dns:///server:50051" logged scale-run docker-compose run --rm \
+        --no-deps -e THUMBNAIL_SERVER=dns:///server:50051 client
+    local n_in n_png calls total=0 idle=0
+    n_in=$(find input -type f ! -name .gitkeep | wc -l)
+    n_png=$(find output -name '*.png' -size +0 | wc -l)
+    [[ $n_png -ge $n_in ]] || die "scale: $n_png PNGs for $n_in videos"
+    echo "scale: $n_in files; Generate calls in each replica's own access log:"
+    for s in "${ids[@]}"; do
+        calls=$(docker logs "$s" 2>&1 | grep -c ' Generate .*status=OK' || true)
+        echo "  $(docker inspect -f '{{.Name}}' "$s"): $calls"
+        total=$((total + calls))
+        [[ $calls -gt 0 ]] || idle=$((idle + 1))
+    done
+    [[ $total -eq $n_in ]] || die "scale: the replicas logged $total calls for $n_in files"
+    [[ $idle -eq 0 ]] || die "scale: $idle of 3 replicas served no call: the calls were not spread"
+    timed "scale: down" docker-compose down
+    cd "$ROOT"
+}
+
+# --- run -----------------------------------------------------------------------------------------
+echo "fresh-machine: commit $SHA, stages: ${STAGES[*]}, cache $CACHE, this run in $RUN"
+if [[ -n $(git -C "$ROOT" status --porcelain --untracked-files=no) ]]; then
+    echo "fresh-machine: note: uncommitted changes in $ROOT are not in the clones"
+fi
+timed "engine" start_engine
+timed "base image" base_image
+host_files
+for st in "${STAGES[@]}"; do
+    case $st in
+    demo) timed "demo (./scripts/demo.sh)" stage_demo ;;
+    test) timed "test (./scripts/test.sh)" stage_test ;;
+    compose) timed "compose" stage_compose ;;
+    scale) timed "scale" stage_scale ;;
+    esac
+done
