@@ -126,9 +126,6 @@ if [[ ${#need[@]} -gt 0 ]]; then
         --no-install-recommends "${need[@]}" || die "could not install ${need[*]}"
 fi
 
-mkdir -p "$CACHE"
-exec 9>"$CACHE/lock"
-flock -w 3600 9 || die "another fresh-machine run holds $CACHE/lock"
 mkdir -p "$CACHE/docker" "$CACHE/apt-archives" "$CACHE/npm" "$CACHE/samples"
 RUN=$(mktemp -d /tmp/tn-fresh.XXXXXX) # this run: clones, logs, dockerd's runtime state
 chmod 755 "$RUN"
@@ -179,6 +176,9 @@ start_engine() {
         return 0
     fi
     # Our own: data (images, build cache) in the cache, runtime state here.
+    # One dockerd per data root.
+    exec 9>"$CACHE/lock"
+    flock -w 3600 9 || die "another fresh-machine run holds $CACHE/lock"
     export DOCKER_HOST=unix://$RUN/docker.sock
     dockerd --data-root "$CACHE/docker" --exec-root "$RUN/exec" --pidfile "$RUN/dockerd.pid" \
         -H "$DOCKER_HOST" >"$RUN/logs/dockerd.log" 2>&1 &
@@ -240,8 +240,9 @@ base_image() {
 }
 
 # --- what every container gets from the host ----------------------------------------------------
-# The host's apt sources and its settings for reaching the archive (Acquire::*),
-# its CA bundle for npm (egress may go through a TLS proxy), and caches.
+# The host's apt sources and its settings for reaching the archive
+# (a proxy, Check-Valid-Until for a snapshot mirror), its CA bundle for npm
+# (egress may go through a TLS proxy), and caches.
 host_files() {
     local a=$RUN/host-apt f
     mkdir -p "$a/sources.list.d" "$a/apt.conf.d"
@@ -250,7 +251,7 @@ host_files() {
         [[ -e $f ]] && cp "$f" "$a/sources.list.d/"
     done
     for f in /etc/apt/apt.conf.d/*; do
-        [[ -f $f ]] && grep -q '^[[:space:]]*Acquire' "$f" && cp "$f" "$a/apt.conf.d/"
+        [[ -f $f ]] && grep -qiE 'Check-Valid-Until|Check-Date|::Proxy' "$f" && cp "$f" "$a/apt.conf.d/"
     done
     printf "  handed to the containers: %s\n" "$a"/sources.list "$a"/sources.list.d/* "$a"/apt.conf.d/*
     CONTAINER=(docker run --rm --init --network host --cap-add SYS_ADMIN --cap-add SYS_PTRACE
