@@ -131,11 +131,12 @@ RUN=$(mktemp -d /tmp/tn-fresh.XXXXXX) # this run: clones, logs, dockerd's runtim
 chmod 755 "$RUN"
 mkdir -p "$RUN/logs"
 DOCKERD_PID=
+CONTAINER_NAME= # the container running now
 # shellcheck disable=SC2317  # called from the EXIT trap
 finish() {
     local rc=$?
     set +e
-    docker rm -f "$PROJECT-demo" "$PROJECT-test" >/dev/null 2>&1
+    [[ -n $CONTAINER_NAME ]] && docker rm -f "$CONTAINER_NAME" >/dev/null 2>&1
     if [[ -d $RUN/compose ]]; then
         (cd "$RUN/compose" && docker-compose down >/dev/null 2>&1)
     fi
@@ -278,8 +279,8 @@ fresh_clone() { # fresh_clone DIR: this repository's HEAD commit
 # In a fresh container with the clone at /src, as the README says: cd, run.
 in_container() { # in_container NAME CLONE SCRIPT
     local name=$1 clone=$2 script=$3
-    docker rm -f "$PROJECT-$name" >/dev/null 2>&1 || true
-    logged "$name" "${CONTAINER[@]}" --name "$PROJECT-$name" -v "$clone:/src" -w /src "$IMAGE" \
+    CONTAINER_NAME=$PROJECT-$name-$$
+    logged "$name" "${CONTAINER[@]}" --name "$CONTAINER_NAME" -v "$clone:/src" -w /src "$IMAGE" \
         bash -euo pipefail -c "$script"
 }
 
