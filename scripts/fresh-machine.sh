@@ -6,12 +6,14 @@
 #            repository's HEAD: ./scripts/demo.sh; PNGs must appear in output/.
 #            Counts the installed packages before and after.
 #   test     the same, with ./scripts/test.sh: every test must pass.
-#   compose  on a fresh clone, with the sample videos of the demo stage in
-#            input/: docker-compose build (the project's Dockerfile),
-#            docker-compose run client (thumbnails in output/ owned by the user
-#            named by HOST_UID/HOST_GID), docker-compose down.
-#   scale    docker-compose up -d --scale server=3 server, a client on
-#            dns:///server:50051; each replica's own access log must show calls.
+#   compose  the first block of the README's "docker-compose" section, run
+#            verbatim by a user who is not root (uid 1001), on a fresh clone,
+#            with the demo stage's sample videos in ~/Videos: the image is
+#            built with the project's Dockerfile, every video gets a PNG in
+#            output/ owned by that user, docker-compose down leaves nothing.
+#   scale    its second block: up -d --scale server=3 server, a client on
+#            dns:///server:50051; each replica's own access log (docker-compose
+#            logs) must show calls, and the three must add up to the files.
 #
 # usage: scripts/fresh-machine.sh [--stage demo|test|compose|scale|all]...
 # The stages run in that order; default all. compose and scale need the
@@ -187,6 +189,8 @@ start_engine() {
     for _ in $(seq 120); do
         if docker info >/dev/null 2>&1; then
             echo "started dockerd (pid $DOCKERD_PID, data in $CACHE/docker, log $RUN/logs/dockerd.log)"
+            # The user who runs the README's docker-compose commands may use it.
+            chgrp "${USER_ID#*:}" "$RUN/docker.sock"
             return 0
         fi
         kill -0 "$DOCKERD_PID" 2>/dev/null || break
@@ -323,15 +327,13 @@ stage_test() {
     grep -E 'skipped|SKIP' "$RUN/logs/test.log" | sort | uniq -c | sed 's/^/  /' || echo "  none"
 }
 
-# --- docker-compose, as the README runs it -------------------------------------------------------
-# The user who runs docker-compose: HOST_UID/HOST_GID. Run as root, the check
-# plays a user 1001:1001 that owns the clone (not 1000, the default in
-# docker-compose.yml, so that what decides is the variable).
-if [[ -n ${SUDO_UID:-} && ${SUDO_UID:-0} != 0 ]]; then
-    export HOST_UID=$SUDO_UID HOST_GID=${SUDO_GID:-$SUDO_UID}
-else
-    export HOST_UID=1001 HOST_GID=1001
-fi
+# --- docker-compose, as the README says ----------------------------------------------------------
+# The README's two docker-compose blocks, run verbatim, line by line, by a
+# user who is not root: uid:gid 1001:1001 (not 1000, the default in
+# docker-compose.yml, so that what decides is HOST_UID/HOST_GID), with the
+# Docker socket's group, HOME in this run's directory with sample videos in
+# ~/Videos, owning a fresh clone. Each line's wall time is a stage time.
+USER_ID=1001:1001
 export COMPOSE_PROJECT_NAME=$PROJECT
 
 compose_clone() {
@@ -340,66 +342,89 @@ compose_clone() {
     compgen -G "$CACHE/samples/sample_*" >/dev/null ||
         die "no sample videos in $CACHE/samples: run the demo stage first (--stage demo)"
     fresh_clone "$c"
-    cp "$CACHE"/samples/sample_* "$c/input/"
-    chown -R "$HOST_UID:$HOST_GID" "$c"
+    mkdir -p "$RUN/home/Videos"
+    cp "$CACHE"/samples/sample_* "$RUN/home/Videos/"
+    chown -R "$USER_ID" "$c" "$RUN/home"
+}
+
+readme_block() { # readme_block N: the Nth ```sh block of the README's "## docker-compose"
+    awk -v want="$1" '
+        /^## / { in_section = ($0 == "## docker-compose") }
+        in_section && /^```sh$/ { n++; if (n == want) { on = 1; next } }
+        on && /^```$/ { exit }
+        on { print }' "$RUN/compose/README.md"
+}
+
+as_user() { # as_user NAME N: run block N as the user; its lines' times into TIMES
+    local name=$1 sock=${DOCKER_HOST#unix://} block line
+    block=$(readme_block "$2")
+    [[ -n $block ]] || die "$name: no block $2 under '## docker-compose' in README.md"
+    [[ -S $sock ]] || die "$name: DOCKER_HOST $DOCKER_HOST is not a unix socket"
+    # Each line as typed, in one shell (export carries over), timed.
+    # shellcheck disable=SC2016 # expanded by the user's shell
+    local runner='
+        set -euo pipefail
+        while IFS= read -r line; do
+            [[ -z $line ]] && continue
+            printf "\n$ %s\n" "$line"
+            t=$SECONDS
+            eval "$line"
+            printf "fresh-machine-time %d %s\n" $((SECONDS - t)) "${line%%#*}"
+        done'
+    local rc=0
+    printf '%s\n' "$block" | (cd "$RUN/compose" && setpriv --reuid="${USER_ID%:*}" \
+        --regid="${USER_ID#*:}" --groups="$(stat -c %g "$sock")" -- env -i PATH="$PATH" \
+        HOME="$RUN/home" DOCKER_HOST="$DOCKER_HOST" COMPOSE_PROJECT_NAME="$PROJECT" \
+        bash -c "$runner") 2>&1 | tee "$RUN/logs/$name.log" || rc=$?
+    while read -r _ secs line; do
+        TIMES+=("$(printf '  %-38s %5d s' "$(echo "$line" | cut -c1-38)" "$secs")")
+    done < <(grep '^fresh-machine-time ' "$RUN/logs/$name.log")
+    [[ $rc -eq 0 ]] || die "$name: a command of the README failed (log: $RUN/logs/$name.log)"
 }
 
 stage_compose() {
     compose_clone
-    cd "$RUN/compose"
-    timed "compose: build the image" logged compose-build docker-compose build
-    timed "compose: run client" logged compose-run docker-compose run client
-    local n_in n_png bad
-    n_in=$(find input -type f ! -name .gitkeep | wc -l)
-    n_png=$(find output -name '*.png' -size +0 | wc -l)
-    bad=$(find output -mindepth 1 ! \( -uid "$HOST_UID" -gid "$HOST_GID" \) -printf '  %u:%g %p\n')
-    echo "compose: $n_in videos in input/, $n_png PNGs in output/, owner $HOST_UID:$HOST_GID expected"
-    [[ $n_png -ge $n_in ]] || die "compose: expected a PNG in output/ for each video in input/"
-    [[ -z $bad ]] || die "compose: files in output/ not owned by $HOST_UID:$HOST_GID:
+    local c=$RUN/compose
+    as_user compose 1
+    local n_in n_png bad left
+    n_in=$(find "$c/input" -type f ! -name .gitkeep | wc -l)
+    n_png=$(find "$c/output" -name '*.png' -size +0 | wc -l)
+    bad=$(find "$c/output" -mindepth 1 ! \( -uid "${USER_ID%:*}" -gid "${USER_ID#*:}" \) -printf '  %u:%g %p\n')
+    echo "compose: $n_in videos in input/, $n_png PNGs in output/, owner $USER_ID expected"
+    [[ $n_in -gt 0 && $n_png -ge $n_in ]] || die "compose: expected a PNG in output/ for each video in input/"
+    [[ -z $bad ]] || die "compose: files in output/ not owned by $USER_ID:
 $bad"
-    timed "compose: down" docker-compose down
-    local left
     left=$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT")
     [[ -z $left ]] || die "compose: containers left after docker-compose down: $left"
-    cd "$ROOT"
 }
 
 stage_scale() {
     compose_clone
-    cd "$RUN/compose"
-    # More files than replicas, so that each one is asked more than once.
-    local f r
+    local c=$RUN/compose f r
+    # More files than replicas, so that each one is asked more than once, and
+    # none done yet (the client skips a thumbnail that exists).
     for f in "$CACHE"/samples/sample_*; do
         for r in 1 2 3; do
-            cp "$f" "input/scale${r}_$(basename "$f")"
+            cp "$f" "$c/input/scale${r}_$(basename "$f")"
         done
     done
-    chown -R "$HOST_UID:$HOST_GID" input
-    rm -rf output/*
-    timed "scale: up -d --scale server=3 server" docker-compose up -d --scale server=3 server
-    local ids s
-    mapfile -t ids < <(docker-compose ps -q server)
-    [[ ${#ids[@]} -eq 3 ]] || die "scale: ${#ids[@]} server containers, expected 3"
-    # The client waits until every replica is healthy (depends_on), then
-    # resolves dns:///server:50051 to the three of them.
-    timed "scale: run --rm client" logged scale-run docker-compose run --rm client
-    mapfile -t ids < <(docker-compose ps -q server)
-    [[ ${#ids[@]} -eq 3 ]] || die "scale: ${#ids[@]} server containers after the client's run, expected 3"
-    local n_in n_png calls total=0 idle=0
-    n_in=$(find input -type f ! -name .gitkeep | wc -l)
-    n_png=$(find output -name '*.png' -size +0 | wc -l)
+    rm -rf "${c:?}"/output/*
+    chown -R "$USER_ID" "$c/input" "$c/output"
+    as_user scale 2
+    local n_in n_png calls replicas total left
+    n_in=$(find "$c/input" -type f ! -name .gitkeep | wc -l)
+    n_png=$(find "$c/output" -name '*.png' -size +0 | wc -l)
     [[ $n_png -ge $n_in ]] || die "scale: $n_png PNGs for $n_in videos"
+    # docker-compose logs prefixes each line with its container's name.
+    calls=$(awk -F' *[|] ' '/ Generate .*status=OK/ { print $1 }' "$RUN/logs/scale.log" | sort | uniq -c)
     echo "scale: $n_in files; Generate calls in each replica's own access log:"
-    for s in "${ids[@]}"; do
-        calls=$(docker logs "$s" 2>&1 | grep -c ' Generate .*status=OK' || true)
-        echo "  $(docker inspect -f '{{.Name}}' "$s"): $calls"
-        total=$((total + calls))
-        [[ $calls -gt 0 ]] || idle=$((idle + 1))
-    done
+    printf '  %s\n' "$calls"
+    replicas=$(echo "$calls" | grep -c . || true)
+    total=$(echo "$calls" | awk '{ n += $1 } END { print n + 0 }')
     [[ $total -eq $n_in ]] || die "scale: the replicas logged $total calls for $n_in files"
-    [[ $idle -eq 0 ]] || die "scale: $idle of 3 replicas served no call: the calls were not spread"
-    timed "scale: down" docker-compose down
-    cd "$ROOT"
+    [[ $replicas -eq 3 ]] || die "scale: $replicas of 3 replicas served calls: the calls were not spread"
+    left=$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT")
+    [[ -z $left ]] || die "scale: containers left after docker-compose down: $left"
 }
 
 # --- run -----------------------------------------------------------------------------------------
