@@ -368,8 +368,8 @@ as_user() { # as_user NAME N: run block N as the user; its lines' times into TIM
             [[ -z $line ]] && continue
             printf "\n$ %s\n" "$line"
             t=$SECONDS
-            eval "$line"
-            printf "fresh-machine-time %d %s\n" $((SECONDS - t)) "${line%%#*}"
+            eval "$line" </dev/null # as typed: stdin is not the rest of the block
+            l=${line%%#*}; printf "fresh-machine-time %d %s\n" $((SECONDS - t)) "${l%"${l##*[! ]}"}"
         done'
     local rc=0
     printf '%s\n' "$block" | (cd "$RUN/compose" && setpriv --reuid="${USER_ID%:*}" \
