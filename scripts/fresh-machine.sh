@@ -418,7 +418,7 @@ stage_scale() {
     # docker-compose logs prefixes each line with its container's name.
     calls=$(awk -F' *[|] ' '/ Generate .*status=OK/ { print $1 }' "$RUN/logs/scale.log" | sort | uniq -c)
     echo "scale: $n_in files; Generate calls in each replica's own access log:"
-    printf '  %s\n' "$calls"
+    while read -r n r; do printf '  %s: %d\n' "$r" "$n"; done <<<"$calls"
     replicas=$(echo "$calls" | grep -c . || true)
     total=$(echo "$calls" | awk '{ n += $1 } END { print n + 0 }')
     [[ $total -eq $n_in ]] || die "scale: the replicas logged $total calls for $n_in files"
