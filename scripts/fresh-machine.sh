@@ -152,7 +152,11 @@ finish() {
         if kill -0 "$DOCKERD_PID" 2>/dev/null; then
             echo "fresh-machine: dockerd did not stop in 30 s: SIGKILL" >&2
             kill -KILL "$DOCKERD_PID"
+            sleep 1
         fi
+        # What it leaves mounted in its exec root (its network namespace).
+        awk -v d="$RUN/exec/" 'index($2, d) == 1 { print $2 }' /proc/mounts | sort -r |
+            while read -r m; do umount "$m"; done
     fi
     print_times
     if [[ $rc -eq 0 && ${TN_FRESH_KEEP:-0} != 1 ]] && ! grep -qF " $RUN/" /proc/mounts; then
