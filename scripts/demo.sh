@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The whole product in one command: install missing dependencies, build, start
-# thumbnail_server on localhost, put a few generated sample videos in input/
-# when it is empty, run the batch client (input/ -> output/), stop the server.
+# The whole product in one command: install the missing build dependencies,
+# build, start thumbnail_server on localhost, put a few generated sample videos
+# in input/ when it is empty (installing ffmpeg for that only), run the batch
+# client (input/ -> output/), stop the server. The binaries stay in
+# $BUILD_DIR/src/server/thumbnail_server and $BUILD_DIR/src/client/thumbnail_client.
 # Environment: PORT (default 50051, or a free port if that one is taken),
 # NUM_WORKERS, NUM_JOBS, BUILD_DIR (default build).
 set -euo pipefail
@@ -11,19 +13,27 @@ BUILD_DIR=${BUILD_DIR:-build}
 SERVER=$BUILD_DIR/src/server/thumbnail_server
 CLIENT=$BUILD_DIR/src/client/thumbnail_client
 
-./scripts/install-deps.sh
-cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+mkdir -p input output
+samples=0
+if [[ -z $(find input -mindepth 1 ! -name .gitkeep -print -quit) ]]; then
+    samples=1
+    ./scripts/install-deps.sh --samples
+else
+    ./scripts/install-deps.sh
+fi
+# Neither the tests nor their test-only hooks: a build to use (test.sh turns them on).
+cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTN_BUILD_TESTS=OFF -DTN_TESTING=OFF >/dev/null
 cmake --build "$BUILD_DIR" -j"$(nproc 2>/dev/null || echo 2)" --target thumbnail_server thumbnail_client
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 PORT=${PORT:-50051}
-if ! port_free "$PORT"; then
-    PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-fi
+for _ in $(seq 100); do
+    port_free "$PORT" && break
+    PORT=$((PORT + 1))
+done
 ADDR=127.0.0.1:$PORT
 
-mkdir -p input output
-if [[ -z $(find input -mindepth 1 ! -name .gitkeep -print -quit) ]]; then
+if [[ $samples -eq 1 ]]; then
     echo "demo: input/ is empty: generating sample videos"
     ./tests/gen_videos.sh "$BUILD_DIR/test-videos" >/dev/null
     for f in h264.mp4 hevc.mkv vp9.webm mpeg4.avi rotate90.mp4 anamorphic.mp4 h264_1080p.mp4; do
@@ -61,4 +71,5 @@ rc=0
 "$CLIENT" --server "$ADDR" input output || rc=$?
 echo "demo: thumbnails in output/:"
 find output -name '*.png' | sort | sed 's/^/  /'
+echo "demo: the binaries: $SERVER, $CLIENT (--help)"
 exit "$rc"

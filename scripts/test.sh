@@ -12,11 +12,14 @@ cd "$(dirname "$(readlink -f "$0")")/.."
 BUILD_DIR=${BUILD_DIR:-build}
 JOBS=$(nproc 2>/dev/null || echo 2)
 
-./scripts/install-deps.sh
+./scripts/install-deps.sh --tests
 # shellcheck disable=SC2086
 # TN_TESTING: the test-only hooks (a worker that breaks its sandbox on request).
-cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTN_TESTING=ON ${CMAKE_ARGS:-}
+cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTN_BUILD_TESTS=ON -DTN_TESTING=ON \
+    ${CMAKE_ARGS:-}
 cmake --build "$BUILD_DIR" -j"$JOBS"
+# test_deb builds and packages a release tree (TN_TESTING=OFF): one tree for both passes
+export TN_RELEASE_BUILD_DIR=${TN_RELEASE_BUILD_DIR:-$(readlink -f "$BUILD_DIR")-release}
 
 echo "test.sh: validating docker-compose.yml"
 docker-compose -f docker-compose.yml config -q
@@ -43,7 +46,7 @@ if [ "${TN_NO_FUZZ:-0}" != 1 ]; then
     echo "test.sh: fuzzing the engine for ${TN_FUZZ_SECONDS:-60} s (${BUILD_DIR}-fuzz)"
     CC=clang cmake -S . -B "${BUILD_DIR}-fuzz" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTN_FUZZ=ON \
         -DTN_FUZZ_SECONDS="${TN_FUZZ_SECONDS:-60}"
-    cmake --build "${BUILD_DIR}-fuzz" -j"$JOBS" --target fuzz_engine
+    cmake --build "${BUILD_DIR}-fuzz" -j"$JOBS" --target fuzz_engine fuzz_front
     ctest --test-dir "${BUILD_DIR}-fuzz" --output-on-failure -L fuzz
     grep -E "DONE|stat::" "${BUILD_DIR}-fuzz/fuzz-work/fuzz.log" # execs/s, coverage
 else

@@ -62,16 +62,14 @@ def video(name):
 
 
 def make_input_dir(names, parent=None, rename=None):
-    """A fresh directory holding copies (hard links when possible) of the named videos.
+    """A fresh directory holding copies of the named videos (copies, not hard links:
+    the build tree and the temporary directory may be on different file systems).
     rename: optional {source name: name in the dir} (may include subdirectories)."""
     d = tempfile.mkdtemp(prefix="tn-input-", dir=parent)
     for n in names:
         dst = os.path.join(d, (rename or {}).get(n, n))
         os.makedirs(os.path.dirname(dst), exist_ok=True)
-        try:
-            os.link(video(n), dst)
-        except OSError:
-            shutil.copyfile(video(n), dst)
+        shutil.copyfile(video(n), dst)
     return d
 
 

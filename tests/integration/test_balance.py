@@ -63,7 +63,7 @@ class Balance(h.ServerTestCase):
     def batch(self, servers, n=8, extra=(), check_rc=0):
         inp = h.make_input_dir([])
         for i in range(n):
-            os.link(h.video("h264.mp4"), os.path.join(inp, "v%02d.mp4" % i))
+            shutil.copyfile(h.video("h264.mp4"), os.path.join(inp, "v%02d.mp4" % i))
         self.addCleanup(shutil.rmtree, inp, True)
         out = self.tmpdir()
         args = []
@@ -142,7 +142,7 @@ class KillOneMidBatch(unittest.TestCase):
             n = 24
             inp = h.make_input_dir([])
             for i in range(n):
-                os.link(h.video("h264.mp4"), os.path.join(inp, "v%02d.mp4" % i))
+                shutil.copyfile(h.video("h264.mp4"), os.path.join(inp, "v%02d.mp4" % i))
             out = tempfile.mkdtemp(prefix="tn-out-")
             env = dict(os.environ)
             env.pop("THUMBNAIL_SERVER", None)
@@ -205,7 +205,7 @@ class BalanceTls(unittest.TestCase):
     def run_batch(self, servers, extra=(), check_rc=0, n=4):
         inp = h.make_input_dir([])
         for i in range(n):
-            os.link(h.video("h264.mp4"), os.path.join(inp, "v%02d.mp4" % i))
+            shutil.copyfile(h.video("h264.mp4"), os.path.join(inp, "v%02d.mp4" % i))
         out = tempfile.mkdtemp(prefix="tn-out-")
         args = ["--ca", self.pki.ca, "--jobs", "2", "--connect-timeout", "5"]
         for s in servers:

@@ -111,7 +111,7 @@ http {{
         names = ["h264.mp4"] * n
         inp = h.make_input_dir([], parent=self.tmp)
         for i in range(n):
-            os.link(h.video(names[i]), os.path.join(inp, "%s%d.mp4" % (prefix, i)))
+            shutil.copyfile(h.video(names[i]), os.path.join(inp, "%s%d.mp4" % (prefix, i)))
         out = os.path.join(self.tmp, "out-" + prefix)
         r = h.run_client(["--server", self.addr, "--jobs", "2", "--width", "160", inp, out],
                          timeout=120)

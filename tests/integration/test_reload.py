@@ -197,7 +197,11 @@ class Reload(h.ServersTestCase):
         self.assertEqual(s.stop(), 0)
 
     def _graceful_stop_under_load(self, sig):
-        s = self.server(workers=2, extra=["--grace", "60", "--log-level", "debug"])
+        # --job-timeout: a job's clock starts when it is queued, and the 2 queued here
+        # wait for the 2 decoding; on a loaded machine the default 30 s ran out
+        # (DEADLINE_EXCEEDED) before the drain this test is about was done.
+        s = self.server(workers=2, extra=["--grace", "60", "--job-timeout", "120",
+                                          "--log-level", "debug"])
         front, workers = self.generation(s)
         results = [None] * 4
 
