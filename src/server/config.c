@@ -26,13 +26,13 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "errf.h"
 #include "log.h"
 #include "parse.h"
 #include "tls.h"
@@ -170,16 +170,6 @@ static const struct option long_options[] = {
 };
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
-
-__attribute__((format(printf, 3, 4))) static int fail(char *err, size_t errlen, const char *fmt,
-                                                      ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
 
 static int online_cpus(void)
 {
@@ -380,21 +370,21 @@ static int check_listen(const char *addr, size_t slot, const char **out, char *e
         if (strncmp(p, "//", 2) == 0) /* unix:///abs/path (URI form) */
             p += 2;
         if (!*p)
-            return fail(err, errlen, "--listen '%s': empty socket path; %s", addr, form);
+            return tn_errf(err, errlen, -1, "--listen '%s': empty socket path; %s", addr, form);
         if (p[0] == '/') {
             if (strlen(p) > UNIX_PATH_MAX)
-                return fail(err, errlen, "--listen '%s': socket path longer than %d bytes", addr,
-                            UNIX_PATH_MAX);
+                return tn_errf(err, errlen, -1, "--listen '%s': socket path longer than %d bytes",
+                               addr, UNIX_PATH_MAX);
             *out = addr;
             return 0;
         }
         char buf[PATH_MAX];
         const char *abs = absolutize(p, buf, sizeof(buf));
         if (!abs || strlen(abs) > UNIX_PATH_MAX)
-            return fail(err, errlen,
-                        "--listen '%s': socket path longer than %d bytes once made absolute "
-                        "(the server runs in /)",
-                        addr, UNIX_PATH_MAX);
+            return tn_errf(err, errlen, -1,
+                           "--listen '%s': socket path longer than %d bytes once made absolute "
+                           "(the server runs in /)",
+                           addr, UNIX_PATH_MAX);
         snprintf(abs_listen[slot], sizeof(abs_listen[slot]), "unix:%s", abs);
         *out = abs_listen[slot];
         return 0;
@@ -402,10 +392,10 @@ static int check_listen(const char *addr, size_t slot, const char **out, char *e
     const char *colon = strrchr(addr, ':');
     uint64_t port;
     if (!colon || colon == addr || tn_parse_uint(colon + 1, 0, 65535, &port) < 0)
-        return fail(err, errlen, "--listen '%s': %s (port 0..65535)", addr, form);
+        return tn_errf(err, errlen, -1, "--listen '%s': %s (port 0..65535)", addr, form);
     if (addr[0] == '[' && colon[-1] != ']')
-        return fail(err, errlen, "--listen '%s': %s (an IPv6 address goes in brackets)", addr,
-                    form);
+        return tn_errf(err, errlen, -1, "--listen '%s': %s (an IPv6 address goes in brackets)",
+                       addr, form);
     *out = addr;
     return 0;
 }
@@ -416,14 +406,14 @@ static int parse_size_opt(const char *flag, const char *val, uint64_t min, uint6
     uint64_t v;
     char a[32], b[32];
     if (tn_parse_size(val, &v) < 0)
-        return fail(err, errlen, "%s '%s': expected a size such as 1048576, 64K, 1M or 2G", flag,
-                    val);
+        return tn_errf(err, errlen, -1, "%s '%s': expected a size such as 1048576, 64K, 1M or 2G",
+                       flag, val);
     if (v < min && max == UINT64_MAX)
-        return fail(err, errlen, "%s '%s': must be at least %s", flag, val,
-                    fmt_size(min, a, sizeof(a)));
+        return tn_errf(err, errlen, -1, "%s '%s': must be at least %s", flag, val,
+                       fmt_size(min, a, sizeof(a)));
     if (v < min || v > max)
-        return fail(err, errlen, "%s '%s': must be between %s and %s bytes", flag, val,
-                    fmt_size(min, a, sizeof(a)), fmt_size(max, b, sizeof(b)));
+        return tn_errf(err, errlen, -1, "%s '%s': must be between %s and %s bytes", flag, val,
+                       fmt_size(min, a, sizeof(a)), fmt_size(max, b, sizeof(b)));
     *out = v;
     return 0;
 }
@@ -432,8 +422,9 @@ static int parse_int_opt(const char *flag, const char *val, uint64_t min, uint64
                          uint64_t *out, char *err, size_t errlen)
 {
     if (tn_parse_uint(val, min, max, out) < 0)
-        return fail(err, errlen, "%s '%s': expected a whole number from %" PRIu64 " to %" PRIu64,
-                    flag, val, min, max);
+        return tn_errf(err, errlen, -1,
+                       "%s '%s': expected a whole number from %" PRIu64 " to %" PRIu64, flag, val,
+                       min, max);
     return 0;
 }
 
@@ -442,11 +433,11 @@ static int parse_duration_opt(const char *flag, const char *val, bool zero_ok, d
 {
     double v;
     if (tn_parse_duration(val, &v) < 0)
-        return fail(err, errlen, "%s '%s': expected a duration such as 30, 2.5s, 500ms or 2m", flag,
-                    val);
+        return tn_errf(err, errlen, -1,
+                       "%s '%s': expected a duration such as 30, 2.5s, 500ms or 2m", flag, val);
     if ((!zero_ok && v <= 0) || v > MAX_DURATION_S)
-        return fail(err, errlen, "%s '%s': must be %s 0 and at most 24h", flag, val,
-                    zero_ok ? "at least" : "more than");
+        return tn_errf(err, errlen, -1, "%s '%s': must be %s 0 and at most 24h", flag, val,
+                       zero_ok ? "at least" : "more than");
     *out = v;
     return 0;
 }
@@ -464,14 +455,14 @@ static int parse_rate_opt(const char *flag, const char *val, uint64_t *bytes, do
         return 0;
     }
     if (!slash || (size_t)(slash - val) >= sizeof(size))
-        return fail(err, errlen, "%s '%s': expected SIZE/DURATION such as 16K/10s, or 0", flag,
-                    val);
+        return tn_errf(err, errlen, -1, "%s '%s': expected SIZE/DURATION such as 16K/10s, or 0",
+                       flag, val);
     snprintf(size, sizeof(size), "%.*s", (int)(slash - val), val);
     if (tn_parse_size(size, &b) < 0 || tn_parse_duration(slash + 1, &w) < 0)
-        return fail(err, errlen, "%s '%s': expected SIZE/DURATION such as 16K/10s, or 0", flag,
-                    val);
+        return tn_errf(err, errlen, -1, "%s '%s': expected SIZE/DURATION such as 16K/10s, or 0",
+                       flag, val);
     if (b > 0 && (w < 1 || w > MAX_DURATION_S))
-        return fail(err, errlen, "%s '%s': the window must be from 1s to 24h", flag, val);
+        return tn_errf(err, errlen, -1, "%s '%s': the window must be from 1s to 24h", flag, val);
     *bytes = b;
     *window = w;
     return 0;
@@ -482,12 +473,13 @@ static int check_spool_dir(const char *dir, const char *flag, char *err, size_t 
 {
     struct stat st;
     if (stat(dir, &st) < 0)
-        return fail(err, errlen, "%s '%s': %s", flag, dir,
-                    errno == ENOENT ? "no such directory" : strerror(errno));
+        return tn_errf(err, errlen, -1, "%s '%s': %s", flag, dir,
+                       errno == ENOENT ? "no such directory" : strerror(errno));
     if (!S_ISDIR(st.st_mode))
-        return fail(err, errlen, "%s '%s': not a directory", flag, dir);
+        return tn_errf(err, errlen, -1, "%s '%s': not a directory", flag, dir);
     if (access(dir, W_OK | X_OK) < 0)
-        return fail(err, errlen, "%s '%s': directory not writable: %s", flag, dir, strerror(errno));
+        return tn_errf(err, errlen, -1, "%s '%s': directory not writable: %s", flag, dir,
+                       strerror(errno));
     return 0;
 }
 
@@ -504,23 +496,23 @@ static int check_tls(struct tn_config *cfg, char *err, size_t errlen)
     cfg->tls = NULL;
     for (size_t i = 0; i < 4; i++)
         if (paths[i] && !*paths[i])
-            return fail(err, errlen, "%s: expected a file path", flags[i]);
+            return tn_errf(err, errlen, -1, "%s: expected a file path", flags[i]);
     if (cfg->tls_unix && !cfg->tls_cert)
-        return fail(err, errlen, "--tls-unix needs --tls-cert and --tls-key");
+        return tn_errf(err, errlen, -1, "--tls-unix needs --tls-cert and --tls-key");
     if (cfg->tls_cert && !cfg->tls_unix) {
         bool tcp = false;
         for (size_t i = 0; i < cfg->n_listen; i++)
             tcp = tcp || strncmp(cfg->listen[i], "unix:", 5) != 0;
         if (!tcp)
-            return fail(err, errlen,
-                        "--tls-cert: every --listen address is a unix: socket, and those stay "
-                        "plaintext; add --tls-unix, or listen on a HOST:PORT");
+            return tn_errf(err, errlen, -1,
+                           "--tls-cert: every --listen address is a unix: socket, and those stay "
+                           "plaintext; add --tls-unix, or listen on a HOST:PORT");
     }
     if (!cfg->tls_cert && !cfg->tls_key && !cfg->tls_client_ca && !cfg->auth_token_file)
         return 0;
     struct tls_node *n = calloc(1, sizeof(*n));
     if (!n)
-        return fail(err, errlen, "out of memory while loading the TLS files");
+        return tn_errf(err, errlen, -1, "out of memory while loading the TLS files");
     if (tn_tls_load(&n->tls, cfg->tls_cert, cfg->tls_key, cfg->tls_client_ca, cfg->auth_token_file,
                     err, errlen) < 0) {
         tn_tls_clear(&n->tls);
@@ -593,21 +585,21 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
         switch (c) {
         case 'h': print_help(stdout, cfg); return 1;
         case 'V': printf("thumbnail_server %s\n", TN_VERSION); return 1;
-        case ':': return fail(err, errlen, "option '%s' requires a value", argv[optind - 1]);
+        case ':': return tn_errf(err, errlen, -1, "option '%s' requires a value", argv[optind - 1]);
         case '?':
             /* optopt is a long option's value when it was given one it takes none */
             if (optopt >= OPT_LISTEN)
-                return fail(err, errlen, "option '%s' takes no value", argv[optind - 1]);
+                return tn_errf(err, errlen, -1, "option '%s' takes no value", argv[optind - 1]);
             if (optopt)
-                return fail(err, errlen, "unknown option '-%c'", optopt);
-            return fail(err, errlen, "unknown or ambiguous option '%s'", argv[optind - 1]);
+                return tn_errf(err, errlen, -1, "unknown option '-%c'", optopt);
+            return tn_errf(err, errlen, -1, "unknown or ambiguous option '%s'", argv[optind - 1]);
         case OPT_LISTEN:
             if (*fail_index >= first_cli && !cli_listen) {
                 cfg->n_listen = 0; /* the command line's list replaces the file's */
                 cli_listen = true;
             }
             if (cfg->n_listen == TN_MAX_LISTEN)
-                return fail(err, errlen, "--listen: at most %d addresses", TN_MAX_LISTEN);
+                return tn_errf(err, errlen, -1, "--listen: at most %d addresses", TN_MAX_LISTEN);
             if (check_listen(optarg, cfg->n_listen, &cfg->listen[cfg->n_listen], err, errlen) < 0)
                 return -1;
             cfg->n_listen++;
@@ -640,19 +632,19 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
         case OPT_DAEMON: cfg->daemon = true; break;
         case OPT_PIDFILE:
             if (!*optarg)
-                return fail(err, errlen, "--pidfile: expected a file path");
+                return tn_errf(err, errlen, -1, "--pidfile: expected a file path");
             cfg->pidfile = optarg;
             break;
         case OPT_LOG_FILE:
             if (!*optarg)
-                return fail(err, errlen, "--log-file: expected a file path");
+                return tn_errf(err, errlen, -1, "--log-file: expected a file path");
             cfg->log_file = optarg;
             break;
         case OPT_LOG_LEVEL: {
             int l = tn_log_level_parse(optarg);
             if (l < 0)
-                return fail(err, errlen, "--log-level '%s': expected error, warn, info or debug",
-                            optarg);
+                return tn_errf(err, errlen, -1,
+                               "--log-level '%s': expected error, warn, info or debug", optarg);
             cfg->log_level = l;
             break;
         }
@@ -710,10 +702,10 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
             uint64_t port;
             if (!colon || tn_parse_uint(colon + 1, 1, 65535, &port) < 0 ||
                 (optarg[0] == '[' && (colon == optarg || colon[-1] != ']')))
-                return fail(err, errlen,
-                            "--metrics-listen '%s': expected HOST:PORT, [IPV6]:PORT or :PORT "
-                            "(port 1..65535)",
-                            optarg);
+                return tn_errf(err, errlen, -1,
+                               "--metrics-listen '%s': expected HOST:PORT, [IPV6]:PORT or :PORT "
+                               "(port 1..65535)",
+                               optarg);
             cfg->metrics_listen = optarg;
             break;
         }
@@ -723,16 +715,17 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
             else if (strcmp(optarg, "json") == 0)
                 cfg->log_format = TN_LOG_JSON;
             else
-                return fail(err, errlen, "--log-format '%s': expected text or json", optarg);
+                return tn_errf(err, errlen, -1, "--log-format '%s': expected text or json", optarg);
             break;
         case OPT_WORKER_MEMORY:
             if (parse_size_opt("--worker-memory", optarg, 0, UINT64_MAX, &u, err, errlen) < 0)
                 return -1;
             if (u != 0 && u < MIN_WORKER_MEMORY)
-                return fail(err, errlen,
-                            "--worker-memory '%s': too small to load the decoders (an idle "
-                            "worker already maps ~320 MiB); use at least 256M, or 0 for no limit",
-                            optarg);
+                return tn_errf(
+                    err, errlen, -1,
+                    "--worker-memory '%s': too small to load the decoders (an idle "
+                    "worker already maps ~320 MiB); use at least 256M, or 0 for no limit",
+                    optarg);
             cfg->worker_memory = u;
             break;
         /* reload: lifecycle and recycling */
@@ -743,7 +736,7 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
             break;
         case OPT_MEDIA_ROOT:
             if (!*optarg)
-                return fail(err, errlen, "--media-root: expected a directory");
+                return tn_errf(err, errlen, -1, "--media-root: expected a directory");
             cfg->media_root = optarg;
             break;
         /* tls: paths are checked (and read) below, once every flag is known */
@@ -772,20 +765,21 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
             if (parse_size_opt("--front-memory-quota", optarg, 0, UINT64_MAX, &u, err, errlen) < 0)
                 return -1;
             if (u != 0 && u < MIN_FRONT_QUOTA)
-                return fail(err, errlen,
-                            "--front-memory-quota '%s': too small for gRPC's own buffers; use at "
-                            "least 16M, or 0 for no quota",
-                            optarg);
+                return tn_errf(
+                    err, errlen, -1,
+                    "--front-memory-quota '%s': too small for gRPC's own buffers; use at "
+                    "least 16M, or 0 for no quota",
+                    optarg);
             cfg->front_memory_quota = u;
             break;
         case OPT_MAX_FRONT_MEMORY:
             if (parse_size_opt("--max-front-memory", optarg, 0, UINT64_MAX, &u, err, errlen) < 0)
                 return -1;
             if (u != 0 && u < MIN_FRONT_MEMORY)
-                return fail(err, errlen,
-                            "--max-front-memory '%s': an idle front already uses ~20 MB; use at "
-                            "least 64M, or 0 to turn the memory check off",
-                            optarg);
+                return tn_errf(err, errlen, -1,
+                               "--max-front-memory '%s': an idle front already uses ~20 MB; use at "
+                               "least 64M, or 0 to turn the memory check off",
+                               optarg);
             cfg->max_front_memory = u;
             break;
         case OPT_FRONT_CHECK_INTERVAL:
@@ -799,28 +793,29 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
             cfg->front_check_failures = (int)u;
             break;
         default:
-            return fail(err, errlen, "internal error: unhandled option '%s'", argv[optind - 1]);
+            return tn_errf(err, errlen, -1, "internal error: unhandled option '%s'",
+                           argv[optind - 1]);
         }
     }
     *fail_index = -1;
     if (optind < argc)
-        return fail(err, errlen, "unexpected argument '%s' (this program takes only options)",
-                    argv[optind]);
+        return tn_errf(err, errlen, -1,
+                       "unexpected argument '%s' (this program takes only options)", argv[optind]);
 
     /* Cross-checks and the environment, once every flag is known. */
     if (!workers_flag && env_workers && *env_workers &&
         tn_parse_uint(env_workers, 1, MAX_WORKERS, &u) < 0)
-        return fail(err, errlen,
-                    "environment NUM_WORKERS='%s': expected a whole number from 1 to %d "
-                    "(or use --workers)",
-                    env_workers, MAX_WORKERS);
+        return tn_errf(err, errlen, -1,
+                       "environment NUM_WORKERS='%s': expected a whole number from 1 to %d "
+                       "(or use --workers)",
+                       env_workers, MAX_WORKERS);
     if (cfg->chunk_size + MESSAGE_OVERHEAD >= cfg->max_message_bytes) {
         char a[32], b[32];
-        return fail(err, errlen,
-                    "--chunk-size %s must be less than --max-message-bytes (%s) minus 1K, so a "
-                    "chunk and its framing fit one message",
-                    fmt_size(cfg->chunk_size, a, sizeof(a)),
-                    fmt_size(cfg->max_message_bytes, b, sizeof(b)));
+        return tn_errf(err, errlen, -1,
+                       "--chunk-size %s must be less than --max-message-bytes (%s) minus 1K, so a "
+                       "chunk and its framing fit one message",
+                       fmt_size(cfg->chunk_size, a, sizeof(a)),
+                       fmt_size(cfg->max_message_bytes, b, sizeof(b)));
     }
     if (cfg->max_calls_per_peer < 0)
         cfg->max_calls_per_peer = cfg->max_concurrent_calls > 1 ? cfg->max_concurrent_calls / 2 : 1;
@@ -833,32 +828,32 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
     const char *flag = spool_flag ? "--spool-dir" : "spool directory ($TMPDIR or /tmp)";
     const char *p = absolutize(cfg->spool_dir, abs_spool, sizeof(abs_spool));
     if (!p)
-        return fail(err, errlen, "%s '%s': path too long", flag, cfg->spool_dir);
+        return tn_errf(err, errlen, -1, "%s '%s': path too long", flag, cfg->spool_dir);
     if (check_spool_dir(p, flag, err, errlen) < 0)
         return -1;
     cfg->spool_dir = p;
     if (cfg->pidfile) {
         p = absolutize(cfg->pidfile, abs_pidfile, sizeof(abs_pidfile));
         if (!p)
-            return fail(err, errlen, "--pidfile '%s': path too long", cfg->pidfile);
+            return tn_errf(err, errlen, -1, "--pidfile '%s': path too long", cfg->pidfile);
         cfg->pidfile = p;
     }
     if (cfg->media_root) {
         struct stat st;
         p = absolutize(cfg->media_root, abs_media_root, sizeof(abs_media_root));
         if (!p)
-            return fail(err, errlen, "--media-root '%s': path too long", cfg->media_root);
+            return tn_errf(err, errlen, -1, "--media-root '%s': path too long", cfg->media_root);
         if (stat(p, &st) < 0)
-            return fail(err, errlen, "--media-root '%s': %s", cfg->media_root,
-                        errno == ENOENT ? "no such directory" : strerror(errno));
+            return tn_errf(err, errlen, -1, "--media-root '%s': %s", cfg->media_root,
+                           errno == ENOENT ? "no such directory" : strerror(errno));
         if (!S_ISDIR(st.st_mode))
-            return fail(err, errlen, "--media-root '%s': not a directory", cfg->media_root);
+            return tn_errf(err, errlen, -1, "--media-root '%s': not a directory", cfg->media_root);
         cfg->media_root = p;
     }
     if (cfg->log_file) {
         p = absolutize(cfg->log_file, abs_log, sizeof(abs_log));
         if (!p)
-            return fail(err, errlen, "--log-file '%s': path too long", cfg->log_file);
+            return tn_errf(err, errlen, -1, "--log-file '%s': path too long", cfg->log_file);
         cfg->log_file = p;
     }
     return 0;
@@ -915,7 +910,7 @@ static int split_line(char *s, char **key, char **val, char *err, size_t errlen)
         return 0;
     char *eq = strchr(s, '=');
     if (!eq)
-        return fail(err, errlen, "expected 'key = value', got '%s'", s);
+        return tn_errf(err, errlen, -1, "expected 'key = value', got '%s'", s);
     *eq = 0;
     *key = trim(s);
     char *v = eq + 1;
@@ -924,11 +919,11 @@ static int split_line(char *s, char **key, char **val, char *err, size_t errlen)
     if (*v == '"') {
         char *close = strchr(v + 1, '"');
         if (!close)
-            return fail(err, errlen, "%s: unterminated \" in the value", *key);
+            return tn_errf(err, errlen, -1, "%s: unterminated \" in the value", *key);
         char *rest = trim(close + 1);
         if (*rest && *rest != '#')
-            return fail(err, errlen, "%s: unexpected text after the quoted value: '%s'", *key,
-                        rest);
+            return tn_errf(err, errlen, -1, "%s: unexpected text after the quoted value: '%s'",
+                           *key, rest);
         *close = 0;
         *val = v + 1;
     } else {
@@ -940,7 +935,7 @@ static int split_line(char *s, char **key, char **val, char *err, size_t errlen)
         *val = trim(v);
     }
     if (!**key)
-        return fail(err, errlen, "missing key before '='");
+        return tn_errf(err, errlen, -1, "missing key before '='");
     return 1;
 }
 
@@ -964,30 +959,30 @@ static int read_file(const char *path, char **out, size_t *len, char *err, size_
     char *buf = NULL;
     int rc = -1;
     if (!f)
-        return fail(err, errlen, "--config '%s': %s", path, strerror(errno));
+        return tn_errf(err, errlen, -1, "--config '%s': %s", path, strerror(errno));
     struct stat st;
     if (fstat(fileno(f), &st) < 0 || !S_ISREG(st.st_mode)) {
-        fail(err, errlen, "--config '%s': not a regular file", path);
+        tn_errf(err, errlen, -1, "--config '%s': not a regular file", path);
         goto out;
     }
     if (st.st_size > MAX_CONFIG_BYTES) {
-        fail(err, errlen, "--config '%s': larger than %d bytes; is this the right file?", path,
-             MAX_CONFIG_BYTES);
+        tn_errf(err, errlen, -1, "--config '%s': larger than %d bytes; is this the right file?",
+                path, MAX_CONFIG_BYTES);
         goto out;
     }
     buf = malloc((size_t)st.st_size + 1);
     if (!buf) {
-        fail(err, errlen, "--config '%s': out of memory", path);
+        tn_errf(err, errlen, -1, "--config '%s': out of memory", path);
         goto out;
     }
     size_t n = fread(buf, 1, (size_t)st.st_size, f);
     if (ferror(f)) {
-        fail(err, errlen, "--config '%s': read failed: %s", path, strerror(errno));
+        tn_errf(err, errlen, -1, "--config '%s': read failed: %s", path, strerror(errno));
         goto out;
     }
     buf[n] = 0;
     if (memchr(buf, 0, n)) {
-        fail(err, errlen, "--config '%s': contains NUL bytes; not a text file", path);
+        tn_errf(err, errlen, -1, "--config '%s': contains NUL bytes; not a text file", path);
         goto out;
     }
     *out = buf;
@@ -1012,12 +1007,12 @@ static struct store *load_config(const char *path, int argc, char **argv, char *
     struct store *st = NULL;
 
     if (!*path) {
-        fail(err, errlen, "--config: expected a file path");
+        tn_errf(err, errlen, -1, "--config: expected a file path");
         return NULL;
     }
     const char *p = absolutize(path, abs, sizeof(abs));
     if (!p || strlen(p) >= sizeof(st->path)) {
-        fail(err, errlen, "--config '%s': path too long", path);
+        tn_errf(err, errlen, -1, "--config '%s': path too long", path);
         return NULL;
     }
     if (read_file(p, &text, &len, err, errlen) < 0)
@@ -1033,7 +1028,7 @@ static struct store *load_config(const char *path, int argc, char **argv, char *
         st->line = calloc(nargs, sizeof(*st->line));
     }
     if (!st || !st->argv || !st->line) {
-        fail(err, errlen, "--config '%s': out of memory", p);
+        tn_errf(err, errlen, -1, "--config '%s': out of memory", p);
         goto err;
     }
     strcpy(st->path, p);
@@ -1068,7 +1063,7 @@ static struct store *load_config(const char *path, int argc, char **argv, char *
             rc = -1;
         }
         if (rc < 0) {
-            fail(err, errlen, "%s:%d: %s", p, lineno, msg);
+            tn_errf(err, errlen, -1, "%s:%d: %s", p, lineno, msg);
             goto err;
         }
         if (!on)
@@ -1150,9 +1145,9 @@ int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, siz
 int tn_config_reload(struct tn_config *cfg, char *err, size_t errlen)
 {
     if (!saved_argv)
-        return fail(err, errlen, "internal error: no configuration was parsed before");
+        return tn_errf(err, errlen, -1, "internal error: no configuration was parsed before");
     int rc = parse(cfg, saved_argc, saved_argv, err, errlen);
     if (rc == 1) /* --help/--version: it would not have started */
-        return fail(err, errlen, "internal error: --help or --version on reload");
+        return tn_errf(err, errlen, -1, "internal error: --help or --version on reload");
     return rc;
 }
