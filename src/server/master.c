@@ -459,25 +459,25 @@ static void signal_slot(const struct slot *s, int sig)
 
 static void signal_all(struct master *m, int sig)
 {
-    FOR_EACH_GEN(m, g)
-    FOR_EACH_SLOT(g, s)
-    signal_slot(s, sig);
+    FOR_EACH_GEN (m, g)
+        FOR_EACH_SLOT (g, s)
+            signal_slot(s, sig);
     signal_slot(&m->metrics, sig);
 }
 
 static struct gen *active_gen(struct master *m)
 {
-    FOR_EACH_GEN(m, g)
-    if (g->state == GEN_ACTIVE)
-        return g;
+    FOR_EACH_GEN (m, g)
+        if (g->state == GEN_ACTIVE)
+            return g;
     return NULL;
 }
 
 static struct gen *starting_gen(struct master *m)
 {
-    FOR_EACH_GEN(m, g)
-    if (g->state == GEN_STARTING)
-        return g;
+    FOR_EACH_GEN (m, g)
+        if (g->state == GEN_STARTING)
+            return g;
     return NULL;
 }
 
@@ -635,9 +635,9 @@ static void gen_retire(struct master *m, struct gen *g, bool now_stop)
 {
     (void)m;
     g->state = GEN_RETIRING;
-    FOR_EACH_SLOT(g, s)
-    if (s->state == SLOT_WAITING && s->role == ROLE_FRONT)
-        s->state = SLOT_DONE;
+    FOR_EACH_SLOT (g, s)
+        if (s->state == SLOT_WAITING && s->role == ROLE_FRONT)
+            s->state = SLOT_DONE;
     g->front_killed = false;
     g->deadline_ms = tn_mono_ms() + (now_stop ? STOP_TIMEOUT_MS
                                               : (int64_t)(g->cfg.grace_s * 1000) + DRAIN_EXTRA_MS);
@@ -659,9 +659,9 @@ static void gen_check_retired(struct gen *g)
                 g->slots[i].state = SLOT_DONE;
         tn_log_info("generation %u: front gone; its workers exit once their job is done", g->id);
     }
-    FOR_EACH_SLOT(g, s)
-    if (alive(s))
-        return;
+    FOR_EACH_SLOT (g, s)
+        if (alive(s))
+            return;
     tn_log_info("generation %u has exited", g->id);
     gen_free(g);
 }
@@ -677,10 +677,10 @@ static void begin_stop(struct master *m, int status)
         m->exit_status = status;
     if (m->phase == PHASE_STOPPING || m->phase == PHASE_KILLING)
         return;
-    FOR_EACH_GEN(m, g)
-    FOR_EACH_SLOT(g, s)
-    if (s->state == SLOT_WAITING)
-        s->state = SLOT_DONE;
+    FOR_EACH_GEN (m, g)
+        FOR_EACH_SLOT (g, s)
+            if (s->state == SLOT_WAITING)
+                s->state = SLOT_DONE;
     if (m->metrics.state == SLOT_WAITING)
         m->metrics.state = SLOT_DONE;
     m->phase = PHASE_STOPPING;
@@ -698,8 +698,7 @@ static void begin_drain(struct master *m)
     m->phase = PHASE_DRAINING;
     m->reload_pending = false;
     int64_t grace_ms = 0;
-    FOR_EACH_GEN(m, g)
-    {
+    FOR_EACH_GEN (m, g) {
         if (g->state == GEN_STARTING) {
             tn_log_info("graceful stop: abandoning the reload to generation %u", g->id);
             gen_retire(m, g, true);
@@ -1021,12 +1020,12 @@ static void reap(struct master *m)
         }
         struct gen *found_g = NULL;
         struct slot *found = NULL;
-        FOR_EACH_GEN(m, g)
-        FOR_EACH_SLOT(g, s)
-        if (alive(s) && s->pid == pid) {
-            found_g = g;
-            found = s;
-        }
+        FOR_EACH_GEN (m, g)
+            FOR_EACH_SLOT (g, s)
+                if (alive(s) && s->pid == pid) {
+                    found_g = g;
+                    found = s;
+                }
         if (!found) {
             char how[96];
             describe_status(st, how, sizeof(how));
@@ -1050,13 +1049,12 @@ static bool respawns(const struct master *m, const struct gen *g, const struct s
 
 static void respawn_due(struct master *m, int64_t now)
 {
-    FOR_EACH_GEN(m, g)
-    FOR_EACH_SLOT(g, s)
-    {
-        if (s->state != SLOT_WAITING || s->respawn_at_ms > now || !respawns(m, g, s))
-            continue;
-        spawn(m, g, s);
-    }
+    FOR_EACH_GEN (m, g)
+        FOR_EACH_SLOT (g, s) {
+            if (s->state != SLOT_WAITING || s->respawn_at_ms > now || !respawns(m, g, s))
+                continue;
+            spawn(m, g, s);
+        }
     /* the metrics process: after the first generation's children, and as long
      * as the server serves (it stops last, with the workers) */
     if (m->metrics.state == SLOT_WAITING && m->metrics.respawn_at_ms <= now &&
@@ -1096,8 +1094,7 @@ static void read_ctl(struct master *m, struct gen *g)
  * that changed: 0 makes it NOT_SERVING. */
 static void report_pools(struct master *m)
 {
-    FOR_EACH_GEN(m, g)
-    {
+    FOR_EACH_GEN (m, g) {
         if (g->ctl < 0 || !g->front_ready)
             continue;
         int n = usable_workers(g);
@@ -1291,8 +1288,7 @@ static int64_t watchdog_wakeup(const struct master *m)
 /* Advance stops and reloads by their deadlines; returns true when the loop is over. */
 static bool advance(struct master *m, int64_t now)
 {
-    FOR_EACH_GEN(m, g)
-    {
+    FOR_EACH_GEN (m, g) {
         if (g->state == GEN_STARTING && now >= g->deadline_ms)
             abort_reload(m, g, "was not ready in time");
         if (g->state == GEN_RETIRING && alive(g->front) && now >= g->deadline_ms &&
@@ -1314,16 +1310,16 @@ static bool advance(struct master *m, int64_t now)
         return false;
     case PHASE_DRAINING: {
         bool fronts = false;
-        FOR_EACH_GEN(m, g)
-        fronts |= alive(g->front);
+        FOR_EACH_GEN (m, g)
+            fronts |= alive(g->front);
         if (!fronts) {
             tn_log_info("front has stopped; stopping the workers");
             begin_stop(m, 0);
         } else if (now >= m->deadline_ms && !m->fronts_killed) {
             tn_log_warn("front still draining past grace + %d s; sending SIGKILL",
                         DRAIN_EXTRA_MS / 1000);
-            FOR_EACH_GEN(m, g)
-            signal_slot(g->front, SIGKILL);
+            FOR_EACH_GEN (m, g)
+                signal_slot(g->front, SIGKILL);
             m->fronts_killed = true;
         }
         return false;
@@ -1365,14 +1361,13 @@ static int64_t next_wakeup(struct master *m)
     } while (0)
     if (m->phase != PHASE_RUNNING && !(m->phase == PHASE_DRAINING && m->fronts_killed))
         EARLIER(m->deadline_ms);
-    FOR_EACH_GEN(m, g)
-    {
+    FOR_EACH_GEN (m, g) {
         if (g->state == GEN_STARTING ||
             (g->state == GEN_RETIRING && !g->front_killed && alive(g->front)))
             EARLIER(g->deadline_ms);
-        FOR_EACH_SLOT(g, s)
-        if (s->state == SLOT_WAITING && respawns(m, g, s))
-            EARLIER(s->respawn_at_ms);
+        FOR_EACH_SLOT (g, s)
+            if (s->state == SLOT_WAITING && respawns(m, g, s))
+                EARLIER(s->respawn_at_ms);
     }
     if (m->metrics.state == SLOT_WAITING &&
         (m->phase == PHASE_RUNNING || m->phase == PHASE_DRAINING))
@@ -1575,26 +1570,26 @@ int tn_master_run(const struct tn_config *cfg)
         switch_if_ready(&m);
         if (advance(&m, now))
             break;
-        FOR_EACH_GEN(&m, g)
-        if (g->state == GEN_ACTIVE && !m.any_worker_ready && any_worker_ready(g))
-            m.any_worker_ready = true;
+        FOR_EACH_GEN (&m, g)
+            if (g->state == GEN_ACTIVE && !m.any_worker_ready && any_worker_ready(g))
+                m.any_worker_ready = true;
         report_pools(&m);
         watchdog_tick(&m, now);
 
         struct pollfd pfd[MAX_GENS];
         struct gen *pg[MAX_GENS];
         nfds_t n = 0;
-        FOR_EACH_GEN(&m, g)
-        if (g->ctl >= 0) {
-            pfd[n] = (struct pollfd){.fd = g->ctl, .events = POLLIN};
-            pg[n++] = g;
-        }
+        FOR_EACH_GEN (&m, g)
+            if (g->ctl >= 0) {
+                pfd[n] = (struct pollfd){.fd = g->ctl, .events = POLLIN};
+                pg[n++] = g;
+            }
         /* Workers report "ready" in shared memory, not on a socket: while a
          * generation waits for that, look again every 50 ms. */
         int64_t next = next_wakeup(&m);
-        FOR_EACH_GEN(&m, g)
-        if ((g->state == GEN_STARTING || !m.any_worker_ready) && (next < 0 || next > now + 50))
-            next = now + 50;
+        FOR_EACH_GEN (&m, g)
+            if ((g->state == GEN_STARTING || !m.any_worker_ready) && (next < 0 || next > now + 50))
+                next = now + 50;
         struct timespec ts, *tsp = NULL;
         if (next >= 0) {
             int64_t delay = next - tn_mono_ms() + 1; /* +1: never wake a hair too early */
@@ -1613,8 +1608,8 @@ int tn_master_run(const struct tn_config *cfg)
                     read_ctl(&m, pg[i]);
     }
 
-    FOR_EACH_GEN(&m, g)
-    gen_free(g);
+    FOR_EACH_GEN (&m, g)
+        gen_free(g);
     tn_log_info("master exiting with status %d", m.exit_status);
     return m.exit_status;
 }
