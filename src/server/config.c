@@ -47,7 +47,7 @@ static char abs_pidfile[PATH_MAX];
 static char abs_log[PATH_MAX];
 static char abs_media_root[PATH_MAX];
 static char abs_listen[TN_MAX_LISTEN][sizeof("unix:") + UNIX_PATH_MAX];
-/* The TLS material and token digests that cfg->tls points at (tls): one per
+/* The TLS material and token digests that cfg->tls points at: one per
  * parse that loaded any, never reused, so that a reload (another parse) can
  * neither change nor clear what the serving generation's cfg->tls holds, even
  * when it fails. Reachable from here until the process exits: a few KB per
@@ -87,19 +87,19 @@ const struct option long_options[] = {
     {"range-timeout", required_argument, NULL, OPT_RANGE_TIMEOUT},
     {"max-pixels", required_argument, NULL, OPT_MAX_PIXELS},
     {"worker-memory", required_argument, NULL, OPT_WORKER_MEMORY},
-    /* reload: lifecycle and recycling */
+    /* worker recycling */
     {"max-jobs-per-worker", required_argument, NULL, OPT_MAX_JOBS_PER_WORKER},
     {"media-root", required_argument, NULL, OPT_MEDIA_ROOT},
     /* metrics and logging */
     {"metrics-listen", required_argument, NULL, OPT_METRICS_LISTEN},
     {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
-    /* tls */
+    /* transport security and call authentication */
     {"tls-cert", required_argument, NULL, OPT_TLS_CERT},
     {"tls-key", required_argument, NULL, OPT_TLS_KEY},
     {"tls-client-ca", required_argument, NULL, OPT_TLS_CLIENT_CA},
     {"tls-unix", no_argument, NULL, OPT_TLS_UNIX},
     {"auth-token-file", required_argument, NULL, OPT_AUTH_TOKEN_FILE},
-    /* ops: config file */
+    /* the config file */
     {"config", required_argument, NULL, OPT_CONFIG},
     /* sandbox */
     {"no-sandbox", no_argument, NULL, OPT_NO_SANDBOX},
@@ -287,7 +287,7 @@ static int check_spool_dir(const char *dir, const char *flag, char *err, size_t 
 }
 
 /*
- * tls: cross-check the security flags and load their files into a new tls_node.
+ * Cross-check the security flags and load their files into a new tls_node.
  * TLS on a set of listeners that are all plaintext unix: sockets would protect
  * nothing; say so rather than start a server that looks secure.
  */
@@ -365,7 +365,7 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
     cfg->max_queued_jobs = 64;
     cfg->max_pixels = 8192ull * 8192ull;
     cfg->worker_memory = 1ull << 30;
-    cfg->max_jobs_per_worker = 1000; /* reload: recycling */
+    cfg->max_jobs_per_worker = 1000; /* worker recycling */
     cfg->metrics_fd = -1;
     cfg->log_format = TN_LOG_TEXT;
     cfg->sandbox = true; /* sandbox */
@@ -531,7 +531,7 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
                     optarg);
             cfg->worker_memory = u;
             break;
-        /* reload: lifecycle and recycling */
+        /* worker recycling */
         case OPT_MAX_JOBS_PER_WORKER:
             if (parse_int_opt("--max-jobs-per-worker", optarg, 0, 100000000, &u, err, errlen) < 0)
                 return -1;
@@ -542,7 +542,7 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
                 return tn_errf(err, errlen, -1, "--media-root: expected a directory");
             cfg->media_root = optarg;
             break;
-        /* tls: paths are checked (and read) below, once every flag is known */
+        /* TLS: paths are checked (and read) below, once every flag is known */
         case OPT_TLS_CERT: cfg->tls_cert = optarg; break;
         case OPT_TLS_KEY: cfg->tls_key = optarg; break;
         case OPT_TLS_CLIENT_CA: cfg->tls_client_ca = optarg; break;

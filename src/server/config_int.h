@@ -54,19 +54,19 @@ enum {
     OPT_RANGE_TIMEOUT,
     OPT_MAX_PIXELS,
     OPT_WORKER_MEMORY,
-    /* reload: lifecycle and recycling */
+    /* worker recycling */
     OPT_MAX_JOBS_PER_WORKER,
     OPT_MEDIA_ROOT, /* pull and local mode */
     /* metrics and logging */
     OPT_METRICS_LISTEN,
     OPT_LOG_FORMAT,
-    /* tls */
+    /* transport security and call authentication */
     OPT_TLS_CERT,
     OPT_TLS_KEY,
     OPT_TLS_CLIENT_CA,
     OPT_TLS_UNIX,
     OPT_AUTH_TOKEN_FILE,
-    /* ops: config file */
+    /* the config file */
     OPT_CONFIG,
     /* sandbox */
     OPT_NO_SANDBOX,
