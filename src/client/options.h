@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "ipc.h"
 
@@ -120,5 +121,8 @@ void tn_options_free(struct tn_client_options *o);
 
 /* The file extension of an output format, without the dot: "png", "jpg", "webp". */
 const char *tn_options_extension(int format);
+
+/* The --help text, with the limits and defaults above (options_usage.c). */
+void tn_options_usage(FILE *f);
 
 #endif
