@@ -101,7 +101,7 @@ void tn_config_drop_secrets(void);
  * directory it ran in), into cfg. Returns 0, or -1 with the reason in err.
  * String fields point into argv or into storage of this module that the next
  * parse or reload overwrites: a caller that keeps a configuration across a
- * reload copies the strings (master.c does).
+ * reload copies the strings (the master does: own_config() in gen.c).
  */
 int tn_config_reload(struct tn_config *cfg, char *err, size_t errlen);
 
