@@ -24,7 +24,7 @@ PACKAGES=(
     clang libclang-rt-14-dev
     # validating docker-compose.yml (no Docker engine needed)
     docker-compose
-    # Running as a service: sd_notify (Type=notify), man pages from --help, the DEB test (cpack,
+    # ops: sd_notify (Type=notify), man pages from --help, the DEB test (cpack,
     # dpkg-shlibdeps, systemd-analyze verify of the unit, man), nginx in front of
     # two servers, the k8s manifests (YAML), the Node.js example client
     libsystemd-dev help2man dpkg-dev systemd man-db nginx-light python3-yaml
