@@ -11,12 +11,14 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "ipc.h"
 
 #define TN_CLIENT_DEFAULT_SERVER "localhost:50051"
 #define TN_CLIENT_DEFAULT_JOBS 2
-/* The default box: the longer side at most this (a portrait video gives 180xTN_JOB_DEFAULT_MAX_WIDTH). */
+/* The default box: the longer side at most this (a portrait video gives
+ * 180xTN_JOB_DEFAULT_MAX_WIDTH). */
 #define TN_CLIENT_DEFAULT_BOX TN_JOB_DEFAULT_MAX_WIDTH
 #define TN_CLIENT_DEFAULT_CHUNK (1u << 20)
 #define TN_CLIENT_DEFAULT_RETRIES 2
@@ -84,7 +86,7 @@ struct tn_client_options {
     uint64_t pull_threshold; /* files of at least this many bytes are pulled, not uploaded */
     bool local;              /* --local: send paths relative to INPUT_DIR (server's --media-root) */
 
-    /* Transport security and auth (tls). The files are read by tn_options_parse(),
+    /* Transport security and auth. The files are read by tn_options_parse(),
      * their contents malloc'd for the process's life. */
     bool tls;                    /* --tls, or implied by --ca / --cert */
     const char *ca_file;         /* --ca: PEM roots; NULL = the system's */
@@ -119,5 +121,8 @@ void tn_options_free(struct tn_client_options *o);
 
 /* The file extension of an output format, without the dot: "png", "jpg", "webp". */
 const char *tn_options_extension(int format);
+
+/* The --help text, with the limits and defaults above (options_usage.c). */
+void tn_options_usage(FILE *f);
 
 #endif

@@ -26,7 +26,7 @@
 /* Big enough for any server chunk size we would configure; never rely on the 4 MiB default. */
 #define TN_RPC_MAX_RECEIVE (64 << 20)
 
-/* How to reach the server (tls: security and balancing). */
+/* How to reach the server (security and balancing). */
 struct tn_rpc_channel_config {
     const char *target;          /* gRPC target URI (target.h) */
     const char *authority;       /* :authority and default TLS name; NULL = from the target */

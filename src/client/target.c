@@ -6,7 +6,6 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,19 +14,10 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "errf.h"
 #include "parse.h"
 
 #define ADDR_MAX (INET6_ADDRSTRLEN + 16) /* "[addr]:port" */
-
-__attribute__((format(printf, 3, 4))) static int fail(char *err, size_t errlen, const char *fmt,
-                                                      ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
 
 /* "host:port" or "[v6]:port" into host and port; -1 if it has another shape. */
 static int split_host_port(const char *s, char *host, size_t hlen, char *port, size_t plen)
@@ -69,8 +59,8 @@ static int resolve(const char *server, const char *host, const char *port, char 
     v4[0] = v6[0] = 0;
     int rc = getaddrinfo(host, port, &hints, &res);
     if (rc != 0)
-        return fail(err, errlen, "--server '%s': cannot resolve '%s': %s", server, host,
-                    gai_strerror(rc));
+        return tn_errf(err, errlen, -1, "--server '%s': cannot resolve '%s': %s", server, host,
+                       gai_strerror(rc));
     for (struct addrinfo *a = res; a; a = a->ai_next) {
         char ip[INET6_ADDRSTRLEN];
         if (a->ai_family == AF_INET && !v4[0]) {
@@ -96,21 +86,21 @@ int tn_target_build(const char *const *servers, size_t n, bool tls, const char *
     memset(t, 0, sizeof(*t));
     if (n == 1) {
         if (!(t->uri = strdup(servers[0])))
-            return fail(err, errlen, "out of memory");
+            return tn_errf(err, errlen, -1, "out of memory");
         return 0;
     }
     v4 = calloc(n, sizeof(*v4));
     v6 = calloc(n, sizeof(*v6));
     if (!v4 || !v6) {
-        fail(err, errlen, "out of memory");
+        tn_errf(err, errlen, -1, "out of memory");
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
         if (split_host_port(servers[i], host, sizeof(host), port, sizeof(port)) < 0) {
-            fail(err, errlen,
-                 "--server '%s': with several --server values each must be HOST:PORT or "
-                 "[IPV6]:PORT (a unix:, dns: or other URI target goes alone)",
-                 servers[i]);
+            tn_errf(err, errlen, -1,
+                    "--server '%s': with several --server values each must be HOST:PORT or "
+                    "[IPV6]:PORT (a unix:, dns: or other URI target goes alone)",
+                    servers[i]);
             goto out;
         }
         if (i == 0)
@@ -123,15 +113,15 @@ int tn_target_build(const char *const *servers, size_t n, bool tls, const char *
         all6 = all6 && v6[i][0];
     }
     if (!all4 && !all6) {
-        fail(err, errlen,
-             "--server: some servers have only IPv4 addresses and others only IPv6 ones; one "
-             "balanced channel takes one address family");
+        tn_errf(err, errlen, -1,
+                "--server: some servers have only IPv4 addresses and others only IPv6 ones; one "
+                "balanced channel takes one address family");
         goto out;
     }
     if (tls && !same_host && !tls_server_name) {
-        fail(err, errlen,
-             "--tls with several --server hosts: give --tls-server-name, the name every "
-             "server's certificate carries (one channel verifies them all against one name)");
+        tn_errf(err, errlen, -1,
+                "--tls with several --server hosts: give --tls-server-name, the name every "
+                "server's certificate carries (one channel verifies them all against one name)");
         goto out;
     }
 
@@ -139,7 +129,7 @@ int tn_target_build(const char *const *servers, size_t n, bool tls, const char *
     char(*list)[ADDR_MAX] = all4 ? v4 : v6;
     size_t cap = 8 + n * (ADDR_MAX + 1);
     if (!(t->uri = malloc(cap)) || !(t->authority = strdup(servers[0]))) {
-        fail(err, errlen, "out of memory");
+        tn_errf(err, errlen, -1, "out of memory");
         goto out;
     }
     size_t off = (size_t)snprintf(t->uri, cap, "%s", all4 ? "ipv4:" : "ipv6:");

@@ -1,5 +1,5 @@
 /*
- * The gRPC target for the --server values (tls).
+ * The gRPC target for the --server values.
  *
  * One value is used as given: gRPC resolves it (host:port through DNS, unix:,
  * dns:///host:port, ipv4:/ipv6: lists). Several values must each be HOST:PORT

@@ -4,9 +4,9 @@
 #include "job_opts.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 
+#include "errf.h"
 #include "status.h"
 
 void tn_job_opts_defaults(struct tn_job_opts *o)
@@ -28,17 +28,6 @@ void tn_job_opts_defaults(struct tn_job_opts *o)
     }
 }
 
-__attribute__((format(printf, 3, 4))) static int invalid(char *err, size_t errlen, const char *fmt,
-                                                         ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    if (errlen)
-        vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return TN_INVALID_ARGUMENT;
-}
-
 static const char *fit_name(unsigned fit)
 {
     return fit == TN_FIT_FILL ? "FILL" : "PAD";
@@ -47,69 +36,82 @@ static const char *fit_name(unsigned fit)
 int tn_job_opts_check(const struct tn_job_opts *o, char *err, size_t errlen)
 {
     if (o->format < TN_FORMAT_PNG || o->format > TN_FORMAT_WEBP)
-        return invalid(err, errlen, "format %u is unknown: use PNG, JPEG or WEBP", o->format);
+        return tn_errf(err, errlen, TN_INVALID_ARGUMENT,
+                       "format %u is unknown: use PNG, JPEG or WEBP", o->format);
     if (o->mode < TN_MODE_ACCURATE || o->mode > TN_MODE_SMART)
-        return invalid(err, errlen, "mode %u is unknown: use ACCURATE, KEYFRAME or SMART", o->mode);
+        return tn_errf(err, errlen, TN_INVALID_ARGUMENT,
+                       "mode %u is unknown: use ACCURATE, KEYFRAME or SMART", o->mode);
     if (o->fit > TN_FIT_PAD)
-        return invalid(err, errlen, "fit %u is unknown: use FIT, FILL or PAD", o->fit);
+        return tn_errf(err, errlen, TN_INVALID_ARGUMENT, "fit %u is unknown: use FIT, FILL or PAD",
+                       o->fit);
     if (o->quality > TN_JOB_MAX_QUALITY)
-        return invalid(err, errlen, "quality %u is out of range: use 1..%d (0 = default)",
-                       o->quality, TN_JOB_MAX_QUALITY);
+        return tn_errf(err, errlen, TN_INVALID_ARGUMENT,
+                       "quality %u is out of range: use 1..%d (0 = default)", o->quality,
+                       TN_JOB_MAX_QUALITY);
     if (o->png_level > TN_JOB_MAX_PNG_LEVEL)
-        return invalid(err, errlen, "png_level %u is out of range: use 1..%d (0 = default)",
-                       o->png_level, TN_JOB_MAX_PNG_LEVEL);
+        return tn_errf(err, errlen, TN_INVALID_ARGUMENT,
+                       "png_level %u is out of range: use 1..%d (0 = default)", o->png_level,
+                       TN_JOB_MAX_PNG_LEVEL);
     if (o->pad_color > TN_JOB_MAX_PAD_COLOR)
-        return invalid(err, errlen, "pad_color 0x%x is not an RGB colour 0xRRGGBB", o->pad_color);
+        return tn_errf(err, errlen, TN_INVALID_ARGUMENT,
+                       "pad_color 0x%x is not an RGB colour 0xRRGGBB", o->pad_color);
     if (o->max_width > TN_JOB_MAX_SIDE || o->max_height > TN_JOB_MAX_SIDE)
-        return invalid(err, errlen,
+        return tn_errf(err, errlen, TN_INVALID_ARGUMENT,
                        "max_width x max_height %ux%u is too large: at most %d on each side",
                        o->max_width, o->max_height, TN_JOB_MAX_SIDE);
     if (!o->storyboard && (o->fit == TN_FIT_FILL || o->fit == TN_FIT_PAD) &&
         (!o->max_width || !o->max_height))
-        return invalid(err, errlen, "fit %s needs a box: give both max_width and max_height",
-                       fit_name(o->fit));
+        return tn_errf(err, errlen, TN_INVALID_ARGUMENT,
+                       "fit %s needs a box: give both max_width and max_height", fit_name(o->fit));
     if (o->every != 0 && !(isfinite(o->every) && o->every >= TN_JOB_MIN_EVERY))
-        return invalid(err, errlen, "every %g s: use an interval of at least %g s (0 = not used)",
-                       o->every, TN_JOB_MIN_EVERY);
+        return tn_errf(err, errlen, TN_INVALID_ARGUMENT,
+                       "every %g s: use an interval of at least %g s (0 = not used)", o->every,
+                       TN_JOB_MIN_EVERY);
     if (o->count && o->every > 0)
-        return invalid(err, errlen, "give count or every, not both");
+        return tn_errf(err, errlen, TN_INVALID_ARGUMENT, "give count or every, not both");
     unsigned max_points = o->storyboard ? TN_STORYBOARD_MAX_TILES : TN_JOB_MAX_TIMES;
     if (o->count > max_points)
-        return invalid(err, errlen, "count %u: at most %u %s per call", o->count, max_points,
-                       o->storyboard ? "storyboard tiles" : "thumbnails");
+        return tn_errf(err, errlen, TN_INVALID_ARGUMENT, "count %u: at most %u %s per call",
+                       o->count, max_points, o->storyboard ? "storyboard tiles" : "thumbnails");
     if (o->n_times > TN_JOB_MAX_TIMES)
-        return invalid(err, errlen, "times: %u time points requested; at most %d per call",
-                       o->n_times, TN_JOB_MAX_TIMES);
+        return tn_errf(err, errlen, TN_INVALID_ARGUMENT,
+                       "times: %u time points requested; at most %d per call", o->n_times,
+                       TN_JOB_MAX_TIMES);
     if (o->storyboard) {
         if (o->n_times)
-            return invalid(err, errlen, "times: a storyboard takes count or every, not times");
+            return tn_errf(err, errlen, TN_INVALID_ARGUMENT,
+                           "times: a storyboard takes count or every, not times");
         if (o->tile_width > TN_STORYBOARD_MAX_TILE_WIDTH)
-            return invalid(err, errlen, "tile_width %u: at most %d pixels", o->tile_width,
-                           TN_STORYBOARD_MAX_TILE_WIDTH);
+            return tn_errf(err, errlen, TN_INVALID_ARGUMENT, "tile_width %u: at most %d pixels",
+                           o->tile_width, TN_STORYBOARD_MAX_TILE_WIDTH);
         if (o->columns > TN_STORYBOARD_MAX_COLUMNS)
-            return invalid(err, errlen, "columns %u: at most %d", o->columns,
+            return tn_errf(err, errlen, TN_INVALID_ARGUMENT, "columns %u: at most %d", o->columns,
                            TN_STORYBOARD_MAX_COLUMNS);
         return TN_OK; /* count, every or the default interval: at least one tile */
     }
     if (o->count || o->every > 0) {
         if (o->n_times)
-            return invalid(err, errlen,
+            return tn_errf(err, errlen, TN_INVALID_ARGUMENT,
                            "give times or count/every, not both (%u time points given)",
                            o->n_times);
         return TN_OK;
     }
     if (!o->n_times)
-        return invalid(err, errlen, "times: no time point requested (nor count or every)");
+        return tn_errf(err, errlen, TN_INVALID_ARGUMENT,
+                       "times: no time point requested (nor count or every)");
     for (uint32_t i = 0; i < o->n_times; i++) {
         const struct tn_time_point *t = &o->times[i];
         if (t->kind == TN_TIME_SECONDS) {
             if (!isfinite(t->value) || t->value < 0)
-                return invalid(err, errlen, "times[%u]: %g s is not a time >= 0", i, t->value);
+                return tn_errf(err, errlen, TN_INVALID_ARGUMENT,
+                               "times[%u]: %g s is not a time >= 0", i, t->value);
         } else if (t->kind == TN_TIME_PERCENT || t->kind == TN_TIME_DEFAULT) {
             if (!isfinite(t->value) || t->value < 0 || t->value > 100)
-                return invalid(err, errlen, "times[%u]: %g%% is not within 0..100 %%", i, t->value);
+                return tn_errf(err, errlen, TN_INVALID_ARGUMENT,
+                               "times[%u]: %g%% is not within 0..100 %%", i, t->value);
         } else {
-            return invalid(err, errlen, "times[%u] has neither seconds nor percent", i);
+            return tn_errf(err, errlen, TN_INVALID_ARGUMENT,
+                           "times[%u] has neither seconds nor percent", i);
         }
     }
     return TN_OK;

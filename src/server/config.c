@@ -19,6 +19,9 @@
  * daemon chdir()s to "/" and the log file is reopened on SIGUSR1. The absolute
  * forms live in static storage here, so they stay valid for the process's
  * life; a later tn_config_parse() call reuses that storage.
+ *
+ * The --help text is in config_usage.c, the --config file reader in
+ * config_file.c; config_int.h holds what they share with this file.
  */
 #include "config.h"
 
@@ -26,27 +29,17 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "config_int.h"
+#include "errf.h"
 #include "log.h"
 #include "parse.h"
 #include "tls.h"
-
-#define MAX_WORKERS 256
-#define MAX_DURATION_S 86400.0           /* 24 h: beyond that it is a typo */
-#define MIN_WORKER_MEMORY (256ull << 20) /* an idle worker already maps ~320 MiB */
-#define MIN_CHUNK (1ull << 10)           /* 1 KiB */
-#define MESSAGE_OVERHEAD (1ull << 10)    /* chunk + protobuf framing must fit a message */
-#define MAX_MESSAGE ((uint64_t)INT_MAX)  /* gRPC channel args are ints */
-#define UNIX_PATH_MAX 107                /* sizeof(sun_path) - 1 */
-#define DEFAULT_LISTEN "0.0.0.0:50051"
-#define MIN_FRONT_QUOTA (16ull << 20)  /* below this gRPC starves its own connections */
-#define MIN_FRONT_MEMORY (64ull << 20) /* an idle front is ~20 MB resident */
 
 /* Storage for the absolute forms of relative paths (see the top comment). */
 static char abs_spool[PATH_MAX];
@@ -54,7 +47,7 @@ static char abs_pidfile[PATH_MAX];
 static char abs_log[PATH_MAX];
 static char abs_media_root[PATH_MAX];
 static char abs_listen[TN_MAX_LISTEN][sizeof("unix:") + UNIX_PATH_MAX];
-/* The TLS material and token digests that cfg->tls points at (tls): one per
+/* The TLS material and token digests that cfg->tls points at: one per
  * parse that loaded any, never reused, so that a reload (another parse) can
  * neither change nor clear what the serving generation's cfg->tls holds, even
  * when it fails. Reachable from here until the process exits: a few KB per
@@ -72,54 +65,7 @@ static int saved_argc;
 static char **saved_argv;
 static char base_dir[PATH_MAX];
 
-enum {
-    OPT_LISTEN = 256,
-    OPT_WORKERS,
-    OPT_SPOOL_DIR,
-    OPT_MAX_UPLOAD,
-    OPT_MAX_MESSAGE,
-    OPT_CHUNK,
-    OPT_DAEMON,
-    OPT_PIDFILE,
-    OPT_LOG_FILE,
-    OPT_LOG_LEVEL,
-    OPT_GRACE,
-    OPT_JOB_TIMEOUT,
-    OPT_IDLE_TIMEOUT,
-    OPT_MAX_CALLS,
-    OPT_MAX_QUEUED,
-    OPT_MAX_CALLS_PER_PEER,
-    OPT_MIN_UPLOAD_RATE,
-    OPT_MAX_RESULT_BYTES,
-    OPT_RANGE_TIMEOUT,
-    OPT_MAX_PIXELS,
-    OPT_WORKER_MEMORY,
-    /* reload: lifecycle and recycling */
-    OPT_MAX_JOBS_PER_WORKER,
-    OPT_MEDIA_ROOT, /* pull and local mode */
-    /* metrics and logging */
-    OPT_METRICS_LISTEN,
-    OPT_LOG_FORMAT,
-    /* tls */
-    OPT_TLS_CERT,
-    OPT_TLS_KEY,
-    OPT_TLS_CLIENT_CA,
-    OPT_TLS_UNIX,
-    OPT_AUTH_TOKEN_FILE,
-    /* ops: config file */
-    OPT_CONFIG,
-    /* sandbox */
-    OPT_NO_SANDBOX,
-    /* hostile clients and the front watchdog */
-    OPT_MAX_STREAMS_PER_CONN,
-    OPT_MAX_HEADER_BYTES,
-    OPT_FRONT_MEMORY_QUOTA,
-    OPT_MAX_FRONT_MEMORY,
-    OPT_FRONT_CHECK_INTERVAL,
-    OPT_FRONT_CHECK_FAILURES,
-};
-
-static const struct option long_options[] = {
+const struct option long_options[] = {
     {"listen", required_argument, NULL, OPT_LISTEN},
     {"workers", required_argument, NULL, OPT_WORKERS},
     {"spool-dir", required_argument, NULL, OPT_SPOOL_DIR},
@@ -141,19 +87,19 @@ static const struct option long_options[] = {
     {"range-timeout", required_argument, NULL, OPT_RANGE_TIMEOUT},
     {"max-pixels", required_argument, NULL, OPT_MAX_PIXELS},
     {"worker-memory", required_argument, NULL, OPT_WORKER_MEMORY},
-    /* reload: lifecycle and recycling */
+    /* worker recycling */
     {"max-jobs-per-worker", required_argument, NULL, OPT_MAX_JOBS_PER_WORKER},
     {"media-root", required_argument, NULL, OPT_MEDIA_ROOT},
     /* metrics and logging */
     {"metrics-listen", required_argument, NULL, OPT_METRICS_LISTEN},
     {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
-    /* tls */
+    /* transport security and call authentication */
     {"tls-cert", required_argument, NULL, OPT_TLS_CERT},
     {"tls-key", required_argument, NULL, OPT_TLS_KEY},
     {"tls-client-ca", required_argument, NULL, OPT_TLS_CLIENT_CA},
     {"tls-unix", no_argument, NULL, OPT_TLS_UNIX},
     {"auth-token-file", required_argument, NULL, OPT_AUTH_TOKEN_FILE},
-    /* ops: config file */
+    /* the config file */
     {"config", required_argument, NULL, OPT_CONFIG},
     /* sandbox */
     {"no-sandbox", no_argument, NULL, OPT_NO_SANDBOX},
@@ -168,18 +114,6 @@ static const struct option long_options[] = {
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
 };
-
-static const char *const level_names[] = {"error", "warn", "info", "debug"};
-
-__attribute__((format(printf, 3, 4))) static int fail(char *err, size_t errlen, const char *fmt,
-                                                      ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
 
 static int online_cpus(void)
 {
@@ -196,7 +130,7 @@ static const char *default_spool_dir(void)
 }
 
 /* "16G", "1M", "4160K" or plain bytes: the shortest exact binary form. */
-static const char *fmt_size(uint64_t v, char *buf, size_t len)
+const char *fmt_size(uint64_t v, char *buf, size_t len)
 {
     static const char units[] = "KMGT";
     int u = -1;
@@ -211,152 +145,11 @@ static const char *fmt_size(uint64_t v, char *buf, size_t len)
     return buf;
 }
 
-static void print_help(FILE *f, const struct tn_config *d)
-{
-    char s1[32], s2[32], s3[32], s4[32], s5[32], s6[32], s7[32], s8[32], s9[32];
-    fprintf(f,
-            "Usage: thumbnail_server [OPTION]...\n"
-            "Serve thumbnail.v1.Thumbnailer over gRPC: clients stream a video in, thumbnails\n"
-            "stream back. A master process supervises N decode workers and one gRPC front.\n"
-            "\n"
-            "Network and limits:\n"
-            "  --listen ADDR             address to serve on; repeatable, up to %d: HOST:PORT,\n"
-            "                            [IPV6]:PORT or unix:PATH (default: %s)\n"
-            "  --max-upload-bytes SIZE   largest video accepted (default: %s)\n"
-            "  --max-message-bytes SIZE  largest gRPC message, both directions (default: %s;\n"
-            "                            4M + 64K)\n"
-            "  --chunk-size SIZE         image bytes per response message; at least 1K and less\n"
-            "                            than --max-message-bytes minus 1K (default: %s)\n"
-            "  --max-concurrent-calls N  calls served at once; more get RESOURCE_EXHAUSTED\n"
-            "                            (default: %d)\n"
-            "  --max-queued-jobs N       uploaded jobs waiting for a free worker; more get\n"
-            "                            RESOURCE_EXHAUSTED (default: %d)\n"
-            "  --idle-timeout DURATION   end with DEADLINE_EXCEEDED an upload that sends\n"
-            "                            nothing, or a client that reads none of its results,\n"
-            "                            for this long; 0 = never (default: %gs)\n"
-            "  --max-calls-per-peer N    calls at once from one client address (port ignored;\n"
-            "                            unix: clients are not counted); more get\n"
-            "                            RESOURCE_EXHAUSTED; 0 = no cap (default: half of\n"
-            "                            --max-concurrent-calls; behind a proxy: 0)\n"
-            "  --min-upload-rate SIZE/DURATION  end with DEADLINE_EXCEEDED an upload that sends\n"
-            "                            less than SIZE in any DURATION window; 0 = off\n"
-            "                            (default: %s/%gs)\n"
-            "  --max-result-bytes SIZE   thumbnails held in the front for all clients; while\n"
-            "                            over it, new jobs get RESOURCE_EXHAUSTED; 0 = no cap\n"
-            "                            (default: %s)\n"
-            "  --range-timeout DURATION  pull mode: end a call whose client has not sent a\n"
-            "                            requested range within this long, or --idle-timeout\n"
-            "                            if shorter; 0 = --idle-timeout alone (default: %gs)\n"
-            "  --max-streams-per-connection N\n"
-            "                            HTTP/2 streams (calls) one connection may have open\n"
-            "                            at once, 1..65536 (default: %d)\n"
-            "  --max-header-bytes SIZE   largest metadata (header block) of a call, 1K..1M;\n"
-            "                            larger ones are refused (default: %s)\n"
-            "  --front-memory-quota SIZE memory gRPC may use for the front's connections\n"
-            "                            (resource quota), at least 16M; 0 = unbounded\n"
-            "                            (default: %s)\n"
-            "  --spool-dir DIR           writable directory for uploads in progress (unnamed\n"
-            "                            O_TMPFILE files) (default: $TMPDIR, else /tmp; here %s)\n"
-            "  --media-root DIR          local mode: clients that share DIR may name a file by\n"
-            "                            its path relative to DIR instead of uploading it; paths\n"
-            "                            leading outside DIR are refused (default: off)\n"
-            "\n"
-            "Decode workers:\n"
-            "  --workers N               worker processes, 1..%d (default: $NUM_WORKERS, else\n"
-            "                            the number of online CPUs; here %d)\n"
-            "  --job-timeout DURATION    time allowed for one job, counted from the end of its\n"
-            "                            upload (pull and local mode: from the options); more\n"
-            "                            than 0 (default: %gs)\n"
-            "  --max-pixels N            largest frame a worker will decode, in pixels\n"
-            "                            (default: %" PRIu64 " = 8192*8192)\n"
-            "  --worker-memory SIZE      address-space limit (RLIMIT_AS) per worker; 0 = none,\n"
-            "                            else at least 256M (default: %s)\n"
-            "  --no-sandbox              run workers without their seccomp filter (default:\n"
-            "                            on: a worker that makes a system call outside its\n"
-            "                            allowlist, e.g. open(), is killed and respawned)\n"
-            "\n"
-            "Security:\n"
-            "  --tls-cert PATH           serve TLS with this PEM certificate chain (the\n"
-            "                            server's own certificate first); needs --tls-key.\n"
-            "                            Applies to every HOST:PORT listener\n"
-            "  --tls-key PATH            the certificate's PEM private key (not encrypted)\n"
-            "  --tls-client-ca PATH      mutual TLS: require a client certificate signed by a\n"
-            "                            CA in this PEM file; other clients cannot connect\n"
-            "  --tls-unix                use TLS on unix: listeners too (default: they stay\n"
-            "                            plaintext, protected by the socket's permissions)\n"
-            "  --auth-token-file PATH    require metadata 'authorization: Bearer TOKEN' on\n"
-            "                            every call but health checks, TOKEN being the file's\n"
-            "                            content; others get UNAUTHENTICATED\n"
-            "\n"
-            "Process:\n"
-            "  --config FILE             read settings from FILE first: 'key = value' lines,\n"
-            "                            keys are the long option names without '--'\n"
-            "                            (listen may repeat; daemon = true|false); '#' starts\n"
-            "                            a comment; options on the command line win\n"
-            "  --daemon                  detach from the terminal and run in the background;\n"
-            "                            without --log-file, logs go to syslog (LOG_DAEMON)\n"
-            "  --pidfile PATH            write the master's pid to PATH; refuse to start if it\n"
-            "                            names a running server; removed on exit\n"
-            "  --log-file PATH           append logs to PATH instead of stderr; reopened on\n"
-            "                            SIGUSR1 (for logrotate)\n"
-            "  --log-level LEVEL         error, warn, info or debug (default: %s)\n"
-            "  --log-format FORMAT       text, or json: one JSON object per line (default: text)\n"
-            "  --metrics-listen ADDR     serve Prometheus metrics at http://ADDR/metrics;\n"
-            "                            HOST:PORT, [IPV6]:PORT or :PORT (default: none)\n"
-            "  --grace DURATION          on SIGTERM/SIGQUIT and on reload, how long in-flight\n"
-            "                            calls may finish (default: %gs)\n"
-            "  --max-front-memory SIZE   replace the front (new front and workers, the old\n"
-            "                            ones drain) when its resident memory exceeds SIZE\n"
-            "                            for --front-check-failures checks in a row; 0 = off,\n"
-            "                            else at least 64M (default: %s)\n"
-            "  --front-check-interval DURATION\n"
-            "                            how often the master checks the front: a health call\n"
-            "                            over its own connection (deadline 2s, plaintext\n"
-            "                            listeners only) and its memory; 0 = off (default: %gs)\n"
-            "  --front-check-failures N  failed checks in a row that replace the front, 1..100\n"
-            "                            (default: %d)\n"
-            "  --max-jobs-per-worker N   replace a worker after about N jobs (+-10 %%, so they\n"
-            "                            do not all restart at once); 0 = never (default: %" PRIu64
-            ")\n"
-            "  -h, --help                print this help and exit\n"
-            "  -V, --version             print the version and exit\n"
-            "\n"
-            "SIZE is a number of bytes, optionally with a binary suffix: 64K, 1M, 2G, 1T\n"
-            "(also 1MiB, 1MB; 1K = 1024). DURATION is seconds, optionally with a unit:\n"
-            "500ms, 2.5s, 2m, 1h. Later flags override earlier ones; flags override the\n"
-            "--config file, which overrides the environment, which overrides the defaults.\n"
-            "The TLS and token files are read once, at start-up.\n"
-            "\n"
-            "Environment:\n"
-            "  NUM_WORKERS   default for --workers\n"
-            "  TMPDIR        default for --spool-dir\n"
-            "\n"
-            "Signals to the master (the pid in --pidfile): TERM or QUIT stop gracefully (stop\n"
-            "accepting, in-flight calls get --grace to finish; a second TERM stops now); INT\n"
-            "stops now; HUP reloads (reads the configuration again, starts a new front and\n"
-            "workers, then the old ones drain); USR1 reopens the log file.\n"
-            "\n"
-            "Exit status: 0 after a stop by signal; 1 if the server failed (e.g. the front\n"
-            "could not bind its address); 2 if it could not start (a bad option, a log file\n"
-            "or pidfile that cannot be written, a --metrics-listen address that cannot be\n"
-            "bound, or already running).\n",
-            TN_MAX_LISTEN, DEFAULT_LISTEN, fmt_size(d->max_upload_bytes, s1, sizeof(s1)),
-            fmt_size(d->max_message_bytes, s2, sizeof(s2)), fmt_size(d->chunk_size, s3, sizeof(s3)),
-            d->max_concurrent_calls, d->max_queued_jobs, d->idle_timeout_s,
-            fmt_size(d->min_upload_bytes, s5, sizeof(s5)), d->min_upload_window_s,
-            fmt_size(d->max_result_bytes, s6, sizeof(s6)), d->range_timeout_s,
-            d->max_streams_per_connection, fmt_size(d->max_header_bytes, s7, sizeof(s7)),
-            fmt_size(d->front_memory_quota, s8, sizeof(s8)), d->spool_dir, MAX_WORKERS, d->workers,
-            d->job_timeout_s, d->max_pixels, fmt_size(d->worker_memory, s4, sizeof(s4)),
-            level_names[d->log_level], d->grace_s, fmt_size(d->max_front_memory, s9, sizeof(s9)),
-            d->front_check_interval_s, d->front_check_failures, d->max_jobs_per_worker);
-}
-
 /*
  * Make a relative path absolute against the working directory, into buf.
  * Returns path itself if it already is absolute, NULL if the result does not fit.
  */
-static const char *absolutize(const char *path, char *buf, size_t len)
+const char *absolutize(const char *path, char *buf, size_t len)
 {
     const char *cwd = base_dir; /* the start-up directory, also on reload */
     if (path[0] == '/')
@@ -380,21 +173,21 @@ static int check_listen(const char *addr, size_t slot, const char **out, char *e
         if (strncmp(p, "//", 2) == 0) /* unix:///abs/path (URI form) */
             p += 2;
         if (!*p)
-            return fail(err, errlen, "--listen '%s': empty socket path; %s", addr, form);
+            return tn_errf(err, errlen, -1, "--listen '%s': empty socket path; %s", addr, form);
         if (p[0] == '/') {
             if (strlen(p) > UNIX_PATH_MAX)
-                return fail(err, errlen, "--listen '%s': socket path longer than %d bytes", addr,
-                            UNIX_PATH_MAX);
+                return tn_errf(err, errlen, -1, "--listen '%s': socket path longer than %d bytes",
+                               addr, UNIX_PATH_MAX);
             *out = addr;
             return 0;
         }
         char buf[PATH_MAX];
         const char *abs = absolutize(p, buf, sizeof(buf));
         if (!abs || strlen(abs) > UNIX_PATH_MAX)
-            return fail(err, errlen,
-                        "--listen '%s': socket path longer than %d bytes once made absolute "
-                        "(the server runs in /)",
-                        addr, UNIX_PATH_MAX);
+            return tn_errf(err, errlen, -1,
+                           "--listen '%s': socket path longer than %d bytes once made absolute "
+                           "(the server runs in /)",
+                           addr, UNIX_PATH_MAX);
         snprintf(abs_listen[slot], sizeof(abs_listen[slot]), "unix:%s", abs);
         *out = abs_listen[slot];
         return 0;
@@ -402,10 +195,10 @@ static int check_listen(const char *addr, size_t slot, const char **out, char *e
     const char *colon = strrchr(addr, ':');
     uint64_t port;
     if (!colon || colon == addr || tn_parse_uint(colon + 1, 0, 65535, &port) < 0)
-        return fail(err, errlen, "--listen '%s': %s (port 0..65535)", addr, form);
+        return tn_errf(err, errlen, -1, "--listen '%s': %s (port 0..65535)", addr, form);
     if (addr[0] == '[' && colon[-1] != ']')
-        return fail(err, errlen, "--listen '%s': %s (an IPv6 address goes in brackets)", addr,
-                    form);
+        return tn_errf(err, errlen, -1, "--listen '%s': %s (an IPv6 address goes in brackets)",
+                       addr, form);
     *out = addr;
     return 0;
 }
@@ -416,14 +209,14 @@ static int parse_size_opt(const char *flag, const char *val, uint64_t min, uint6
     uint64_t v;
     char a[32], b[32];
     if (tn_parse_size(val, &v) < 0)
-        return fail(err, errlen, "%s '%s': expected a size such as 1048576, 64K, 1M or 2G", flag,
-                    val);
+        return tn_errf(err, errlen, -1, "%s '%s': expected a size such as 1048576, 64K, 1M or 2G",
+                       flag, val);
     if (v < min && max == UINT64_MAX)
-        return fail(err, errlen, "%s '%s': must be at least %s", flag, val,
-                    fmt_size(min, a, sizeof(a)));
+        return tn_errf(err, errlen, -1, "%s '%s': must be at least %s", flag, val,
+                       fmt_size(min, a, sizeof(a)));
     if (v < min || v > max)
-        return fail(err, errlen, "%s '%s': must be between %s and %s bytes", flag, val,
-                    fmt_size(min, a, sizeof(a)), fmt_size(max, b, sizeof(b)));
+        return tn_errf(err, errlen, -1, "%s '%s': must be between %s and %s bytes", flag, val,
+                       fmt_size(min, a, sizeof(a)), fmt_size(max, b, sizeof(b)));
     *out = v;
     return 0;
 }
@@ -432,8 +225,9 @@ static int parse_int_opt(const char *flag, const char *val, uint64_t min, uint64
                          uint64_t *out, char *err, size_t errlen)
 {
     if (tn_parse_uint(val, min, max, out) < 0)
-        return fail(err, errlen, "%s '%s': expected a whole number from %" PRIu64 " to %" PRIu64,
-                    flag, val, min, max);
+        return tn_errf(err, errlen, -1,
+                       "%s '%s': expected a whole number from %" PRIu64 " to %" PRIu64, flag, val,
+                       min, max);
     return 0;
 }
 
@@ -442,11 +236,11 @@ static int parse_duration_opt(const char *flag, const char *val, bool zero_ok, d
 {
     double v;
     if (tn_parse_duration(val, &v) < 0)
-        return fail(err, errlen, "%s '%s': expected a duration such as 30, 2.5s, 500ms or 2m", flag,
-                    val);
+        return tn_errf(err, errlen, -1,
+                       "%s '%s': expected a duration such as 30, 2.5s, 500ms or 2m", flag, val);
     if ((!zero_ok && v <= 0) || v > MAX_DURATION_S)
-        return fail(err, errlen, "%s '%s': must be %s 0 and at most 24h", flag, val,
-                    zero_ok ? "at least" : "more than");
+        return tn_errf(err, errlen, -1, "%s '%s': must be %s 0 and at most 24h", flag, val,
+                       zero_ok ? "at least" : "more than");
     *out = v;
     return 0;
 }
@@ -464,14 +258,14 @@ static int parse_rate_opt(const char *flag, const char *val, uint64_t *bytes, do
         return 0;
     }
     if (!slash || (size_t)(slash - val) >= sizeof(size))
-        return fail(err, errlen, "%s '%s': expected SIZE/DURATION such as 16K/10s, or 0", flag,
-                    val);
+        return tn_errf(err, errlen, -1, "%s '%s': expected SIZE/DURATION such as 16K/10s, or 0",
+                       flag, val);
     snprintf(size, sizeof(size), "%.*s", (int)(slash - val), val);
     if (tn_parse_size(size, &b) < 0 || tn_parse_duration(slash + 1, &w) < 0)
-        return fail(err, errlen, "%s '%s': expected SIZE/DURATION such as 16K/10s, or 0", flag,
-                    val);
+        return tn_errf(err, errlen, -1, "%s '%s': expected SIZE/DURATION such as 16K/10s, or 0",
+                       flag, val);
     if (b > 0 && (w < 1 || w > MAX_DURATION_S))
-        return fail(err, errlen, "%s '%s': the window must be from 1s to 24h", flag, val);
+        return tn_errf(err, errlen, -1, "%s '%s': the window must be from 1s to 24h", flag, val);
     *bytes = b;
     *window = w;
     return 0;
@@ -482,17 +276,18 @@ static int check_spool_dir(const char *dir, const char *flag, char *err, size_t 
 {
     struct stat st;
     if (stat(dir, &st) < 0)
-        return fail(err, errlen, "%s '%s': %s", flag, dir,
-                    errno == ENOENT ? "no such directory" : strerror(errno));
+        return tn_errf(err, errlen, -1, "%s '%s': %s", flag, dir,
+                       errno == ENOENT ? "no such directory" : strerror(errno));
     if (!S_ISDIR(st.st_mode))
-        return fail(err, errlen, "%s '%s': not a directory", flag, dir);
+        return tn_errf(err, errlen, -1, "%s '%s': not a directory", flag, dir);
     if (access(dir, W_OK | X_OK) < 0)
-        return fail(err, errlen, "%s '%s': directory not writable: %s", flag, dir, strerror(errno));
+        return tn_errf(err, errlen, -1, "%s '%s': directory not writable: %s", flag, dir,
+                       strerror(errno));
     return 0;
 }
 
 /*
- * tls: cross-check the security flags and load their files into a new tls_node.
+ * Cross-check the security flags and load their files into a new tls_node.
  * TLS on a set of listeners that are all plaintext unix: sockets would protect
  * nothing; say so rather than start a server that looks secure.
  */
@@ -504,23 +299,23 @@ static int check_tls(struct tn_config *cfg, char *err, size_t errlen)
     cfg->tls = NULL;
     for (size_t i = 0; i < 4; i++)
         if (paths[i] && !*paths[i])
-            return fail(err, errlen, "%s: expected a file path", flags[i]);
+            return tn_errf(err, errlen, -1, "%s: expected a file path", flags[i]);
     if (cfg->tls_unix && !cfg->tls_cert)
-        return fail(err, errlen, "--tls-unix needs --tls-cert and --tls-key");
+        return tn_errf(err, errlen, -1, "--tls-unix needs --tls-cert and --tls-key");
     if (cfg->tls_cert && !cfg->tls_unix) {
         bool tcp = false;
         for (size_t i = 0; i < cfg->n_listen; i++)
             tcp = tcp || strncmp(cfg->listen[i], "unix:", 5) != 0;
         if (!tcp)
-            return fail(err, errlen,
-                        "--tls-cert: every --listen address is a unix: socket, and those stay "
-                        "plaintext; add --tls-unix, or listen on a HOST:PORT");
+            return tn_errf(err, errlen, -1,
+                           "--tls-cert: every --listen address is a unix: socket, and those stay "
+                           "plaintext; add --tls-unix, or listen on a HOST:PORT");
     }
     if (!cfg->tls_cert && !cfg->tls_key && !cfg->tls_client_ca && !cfg->auth_token_file)
         return 0;
     struct tls_node *n = calloc(1, sizeof(*n));
     if (!n)
-        return fail(err, errlen, "out of memory while loading the TLS files");
+        return tn_errf(err, errlen, -1, "out of memory while loading the TLS files");
     if (tn_tls_load(&n->tls, cfg->tls_cert, cfg->tls_key, cfg->tls_client_ca, cfg->auth_token_file,
                     err, errlen) < 0) {
         tn_tls_clear(&n->tls);
@@ -570,7 +365,7 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
     cfg->max_queued_jobs = 64;
     cfg->max_pixels = 8192ull * 8192ull;
     cfg->worker_memory = 1ull << 30;
-    cfg->max_jobs_per_worker = 1000; /* reload: recycling */
+    cfg->max_jobs_per_worker = 1000; /* worker recycling */
     cfg->metrics_fd = -1;
     cfg->log_format = TN_LOG_TEXT;
     cfg->sandbox = true; /* sandbox */
@@ -593,21 +388,21 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
         switch (c) {
         case 'h': print_help(stdout, cfg); return 1;
         case 'V': printf("thumbnail_server %s\n", TN_VERSION); return 1;
-        case ':': return fail(err, errlen, "option '%s' requires a value", argv[optind - 1]);
+        case ':': return tn_errf(err, errlen, -1, "option '%s' requires a value", argv[optind - 1]);
         case '?':
             /* optopt is a long option's value when it was given one it takes none */
             if (optopt >= OPT_LISTEN)
-                return fail(err, errlen, "option '%s' takes no value", argv[optind - 1]);
+                return tn_errf(err, errlen, -1, "option '%s' takes no value", argv[optind - 1]);
             if (optopt)
-                return fail(err, errlen, "unknown option '-%c'", optopt);
-            return fail(err, errlen, "unknown or ambiguous option '%s'", argv[optind - 1]);
+                return tn_errf(err, errlen, -1, "unknown option '-%c'", optopt);
+            return tn_errf(err, errlen, -1, "unknown or ambiguous option '%s'", argv[optind - 1]);
         case OPT_LISTEN:
             if (*fail_index >= first_cli && !cli_listen) {
                 cfg->n_listen = 0; /* the command line's list replaces the file's */
                 cli_listen = true;
             }
             if (cfg->n_listen == TN_MAX_LISTEN)
-                return fail(err, errlen, "--listen: at most %d addresses", TN_MAX_LISTEN);
+                return tn_errf(err, errlen, -1, "--listen: at most %d addresses", TN_MAX_LISTEN);
             if (check_listen(optarg, cfg->n_listen, &cfg->listen[cfg->n_listen], err, errlen) < 0)
                 return -1;
             cfg->n_listen++;
@@ -640,19 +435,19 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
         case OPT_DAEMON: cfg->daemon = true; break;
         case OPT_PIDFILE:
             if (!*optarg)
-                return fail(err, errlen, "--pidfile: expected a file path");
+                return tn_errf(err, errlen, -1, "--pidfile: expected a file path");
             cfg->pidfile = optarg;
             break;
         case OPT_LOG_FILE:
             if (!*optarg)
-                return fail(err, errlen, "--log-file: expected a file path");
+                return tn_errf(err, errlen, -1, "--log-file: expected a file path");
             cfg->log_file = optarg;
             break;
         case OPT_LOG_LEVEL: {
             int l = tn_log_level_parse(optarg);
             if (l < 0)
-                return fail(err, errlen, "--log-level '%s': expected error, warn, info or debug",
-                            optarg);
+                return tn_errf(err, errlen, -1,
+                               "--log-level '%s': expected error, warn, info or debug", optarg);
             cfg->log_level = l;
             break;
         }
@@ -710,10 +505,10 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
             uint64_t port;
             if (!colon || tn_parse_uint(colon + 1, 1, 65535, &port) < 0 ||
                 (optarg[0] == '[' && (colon == optarg || colon[-1] != ']')))
-                return fail(err, errlen,
-                            "--metrics-listen '%s': expected HOST:PORT, [IPV6]:PORT or :PORT "
-                            "(port 1..65535)",
-                            optarg);
+                return tn_errf(err, errlen, -1,
+                               "--metrics-listen '%s': expected HOST:PORT, [IPV6]:PORT or :PORT "
+                               "(port 1..65535)",
+                               optarg);
             cfg->metrics_listen = optarg;
             break;
         }
@@ -723,19 +518,20 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
             else if (strcmp(optarg, "json") == 0)
                 cfg->log_format = TN_LOG_JSON;
             else
-                return fail(err, errlen, "--log-format '%s': expected text or json", optarg);
+                return tn_errf(err, errlen, -1, "--log-format '%s': expected text or json", optarg);
             break;
         case OPT_WORKER_MEMORY:
             if (parse_size_opt("--worker-memory", optarg, 0, UINT64_MAX, &u, err, errlen) < 0)
                 return -1;
             if (u != 0 && u < MIN_WORKER_MEMORY)
-                return fail(err, errlen,
-                            "--worker-memory '%s': too small to load the decoders (an idle "
-                            "worker already maps ~320 MiB); use at least 256M, or 0 for no limit",
-                            optarg);
+                return tn_errf(
+                    err, errlen, -1,
+                    "--worker-memory '%s': too small to load the decoders (an idle "
+                    "worker already maps ~320 MiB); use at least 256M, or 0 for no limit",
+                    optarg);
             cfg->worker_memory = u;
             break;
-        /* reload: lifecycle and recycling */
+        /* worker recycling */
         case OPT_MAX_JOBS_PER_WORKER:
             if (parse_int_opt("--max-jobs-per-worker", optarg, 0, 100000000, &u, err, errlen) < 0)
                 return -1;
@@ -743,10 +539,10 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
             break;
         case OPT_MEDIA_ROOT:
             if (!*optarg)
-                return fail(err, errlen, "--media-root: expected a directory");
+                return tn_errf(err, errlen, -1, "--media-root: expected a directory");
             cfg->media_root = optarg;
             break;
-        /* tls: paths are checked (and read) below, once every flag is known */
+        /* TLS: paths are checked (and read) below, once every flag is known */
         case OPT_TLS_CERT: cfg->tls_cert = optarg; break;
         case OPT_TLS_KEY: cfg->tls_key = optarg; break;
         case OPT_TLS_CLIENT_CA: cfg->tls_client_ca = optarg; break;
@@ -772,20 +568,21 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
             if (parse_size_opt("--front-memory-quota", optarg, 0, UINT64_MAX, &u, err, errlen) < 0)
                 return -1;
             if (u != 0 && u < MIN_FRONT_QUOTA)
-                return fail(err, errlen,
-                            "--front-memory-quota '%s': too small for gRPC's own buffers; use at "
-                            "least 16M, or 0 for no quota",
-                            optarg);
+                return tn_errf(
+                    err, errlen, -1,
+                    "--front-memory-quota '%s': too small for gRPC's own buffers; use at "
+                    "least 16M, or 0 for no quota",
+                    optarg);
             cfg->front_memory_quota = u;
             break;
         case OPT_MAX_FRONT_MEMORY:
             if (parse_size_opt("--max-front-memory", optarg, 0, UINT64_MAX, &u, err, errlen) < 0)
                 return -1;
             if (u != 0 && u < MIN_FRONT_MEMORY)
-                return fail(err, errlen,
-                            "--max-front-memory '%s': an idle front already uses ~20 MB; use at "
-                            "least 64M, or 0 to turn the memory check off",
-                            optarg);
+                return tn_errf(err, errlen, -1,
+                               "--max-front-memory '%s': an idle front already uses ~20 MB; use at "
+                               "least 64M, or 0 to turn the memory check off",
+                               optarg);
             cfg->max_front_memory = u;
             break;
         case OPT_FRONT_CHECK_INTERVAL:
@@ -799,28 +596,29 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
             cfg->front_check_failures = (int)u;
             break;
         default:
-            return fail(err, errlen, "internal error: unhandled option '%s'", argv[optind - 1]);
+            return tn_errf(err, errlen, -1, "internal error: unhandled option '%s'",
+                           argv[optind - 1]);
         }
     }
     *fail_index = -1;
     if (optind < argc)
-        return fail(err, errlen, "unexpected argument '%s' (this program takes only options)",
-                    argv[optind]);
+        return tn_errf(err, errlen, -1,
+                       "unexpected argument '%s' (this program takes only options)", argv[optind]);
 
     /* Cross-checks and the environment, once every flag is known. */
     if (!workers_flag && env_workers && *env_workers &&
         tn_parse_uint(env_workers, 1, MAX_WORKERS, &u) < 0)
-        return fail(err, errlen,
-                    "environment NUM_WORKERS='%s': expected a whole number from 1 to %d "
-                    "(or use --workers)",
-                    env_workers, MAX_WORKERS);
+        return tn_errf(err, errlen, -1,
+                       "environment NUM_WORKERS='%s': expected a whole number from 1 to %d "
+                       "(or use --workers)",
+                       env_workers, MAX_WORKERS);
     if (cfg->chunk_size + MESSAGE_OVERHEAD >= cfg->max_message_bytes) {
         char a[32], b[32];
-        return fail(err, errlen,
-                    "--chunk-size %s must be less than --max-message-bytes (%s) minus 1K, so a "
-                    "chunk and its framing fit one message",
-                    fmt_size(cfg->chunk_size, a, sizeof(a)),
-                    fmt_size(cfg->max_message_bytes, b, sizeof(b)));
+        return tn_errf(err, errlen, -1,
+                       "--chunk-size %s must be less than --max-message-bytes (%s) minus 1K, so a "
+                       "chunk and its framing fit one message",
+                       fmt_size(cfg->chunk_size, a, sizeof(a)),
+                       fmt_size(cfg->max_message_bytes, b, sizeof(b)));
     }
     if (cfg->max_calls_per_peer < 0)
         cfg->max_calls_per_peer = cfg->max_concurrent_calls > 1 ? cfg->max_concurrent_calls / 2 : 1;
@@ -833,264 +631,35 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
     const char *flag = spool_flag ? "--spool-dir" : "spool directory ($TMPDIR or /tmp)";
     const char *p = absolutize(cfg->spool_dir, abs_spool, sizeof(abs_spool));
     if (!p)
-        return fail(err, errlen, "%s '%s': path too long", flag, cfg->spool_dir);
+        return tn_errf(err, errlen, -1, "%s '%s': path too long", flag, cfg->spool_dir);
     if (check_spool_dir(p, flag, err, errlen) < 0)
         return -1;
     cfg->spool_dir = p;
     if (cfg->pidfile) {
         p = absolutize(cfg->pidfile, abs_pidfile, sizeof(abs_pidfile));
         if (!p)
-            return fail(err, errlen, "--pidfile '%s': path too long", cfg->pidfile);
+            return tn_errf(err, errlen, -1, "--pidfile '%s': path too long", cfg->pidfile);
         cfg->pidfile = p;
     }
     if (cfg->media_root) {
         struct stat st;
         p = absolutize(cfg->media_root, abs_media_root, sizeof(abs_media_root));
         if (!p)
-            return fail(err, errlen, "--media-root '%s': path too long", cfg->media_root);
+            return tn_errf(err, errlen, -1, "--media-root '%s': path too long", cfg->media_root);
         if (stat(p, &st) < 0)
-            return fail(err, errlen, "--media-root '%s': %s", cfg->media_root,
-                        errno == ENOENT ? "no such directory" : strerror(errno));
+            return tn_errf(err, errlen, -1, "--media-root '%s': %s", cfg->media_root,
+                           errno == ENOENT ? "no such directory" : strerror(errno));
         if (!S_ISDIR(st.st_mode))
-            return fail(err, errlen, "--media-root '%s': not a directory", cfg->media_root);
+            return tn_errf(err, errlen, -1, "--media-root '%s': not a directory", cfg->media_root);
         cfg->media_root = p;
     }
     if (cfg->log_file) {
         p = absolutize(cfg->log_file, abs_log, sizeof(abs_log));
         if (!p)
-            return fail(err, errlen, "--log-file '%s': path too long", cfg->log_file);
+            return tn_errf(err, errlen, -1, "--log-file '%s': path too long", cfg->log_file);
         cfg->log_file = p;
     }
     return 0;
-}
-
-/* ---- ops: the --config file ---------------------------------------------- */
-
-#define MAX_CONFIG_BYTES (1 << 20) /* a config file is a few hundred bytes; more is a mistake */
-
-/*
- * What one tn_config_parse() call built from a config file: the file's text,
- * the "--key=value" arguments made from it and the merged argv. The config
- * points into it, so it is never freed; blocks stay on this list (reachable)
- * and a reload costs one more small block.
- */
-struct store {
-    struct store *prev;
-    char path[PATH_MAX]; /* the config file, absolute */
-    char **argv;         /* argv[0], the file's arguments, then the command line's */
-    int *line;           /* line[i]: the file line argv[i] came from, 0 for the command line */
-    char data[];         /* the "--key=value" strings */
-};
-static struct store *stores;
-
-/* Strip leading and trailing blanks in place. */
-static char *trim(char *s)
-{
-    while (*s == ' ' || *s == '\t')
-        s++;
-    size_t n = strlen(s);
-    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r'))
-        s[--n] = 0;
-    return s;
-}
-
-static const struct option *find_key(const char *key)
-{
-    for (const struct option *o = long_options; o->name; o++)
-        if (strcmp(o->name, key) == 0 && o->val != 'h' && o->val != 'V' && o->val != OPT_CONFIG)
-            return o;
-    return NULL;
-}
-
-/*
- * Split one line (NUL-terminated, no newline) into key and value. Returns 1
- * for a setting, 0 for a blank or comment line, -1 with a message in err.
- * A '#' at the start or after a blank starts a comment; a value in double
- * quotes keeps its '#' and its blanks.
- */
-static int split_line(char *s, char **key, char **val, char *err, size_t errlen)
-{
-    s = trim(s);
-    if (!*s || *s == '#')
-        return 0;
-    char *eq = strchr(s, '=');
-    if (!eq)
-        return fail(err, errlen, "expected 'key = value', got '%s'", s);
-    *eq = 0;
-    *key = trim(s);
-    char *v = eq + 1;
-    while (*v == ' ' || *v == '\t')
-        v++;
-    if (*v == '"') {
-        char *close = strchr(v + 1, '"');
-        if (!close)
-            return fail(err, errlen, "%s: unterminated \" in the value", *key);
-        char *rest = trim(close + 1);
-        if (*rest && *rest != '#')
-            return fail(err, errlen, "%s: unexpected text after the quoted value: '%s'", *key,
-                        rest);
-        *close = 0;
-        *val = v + 1;
-    } else {
-        for (char *p = v; *p; p++)
-            if (*p == '#' && (p == v || p[-1] == ' ' || p[-1] == '\t')) {
-                *p = 0;
-                break;
-            }
-        *val = trim(v);
-    }
-    if (!**key)
-        return fail(err, errlen, "missing key before '='");
-    return 1;
-}
-
-static bool parse_bool(const char *v, bool *out)
-{
-    static const char *const yes[] = {"true", "yes", "on", "1"}, *const no[] = {"false", "no",
-                                                                                "off", "0"};
-    for (size_t i = 0; i < 4; i++) {
-        if (strcasecmp(v, yes[i]) == 0)
-            return *out = true, true;
-        if (strcasecmp(v, no[i]) == 0)
-            return *out = false, true;
-    }
-    return false;
-}
-
-/* Read the whole file into a new NUL-terminated buffer (caller frees). */
-static int read_file(const char *path, char **out, size_t *len, char *err, size_t errlen)
-{
-    FILE *f = fopen(path, "re");
-    char *buf = NULL;
-    int rc = -1;
-    if (!f)
-        return fail(err, errlen, "--config '%s': %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fileno(f), &st) < 0 || !S_ISREG(st.st_mode)) {
-        fail(err, errlen, "--config '%s': not a regular file", path);
-        goto out;
-    }
-    if (st.st_size > MAX_CONFIG_BYTES) {
-        fail(err, errlen, "--config '%s': larger than %d bytes; is this the right file?", path,
-             MAX_CONFIG_BYTES);
-        goto out;
-    }
-    buf = malloc((size_t)st.st_size + 1);
-    if (!buf) {
-        fail(err, errlen, "--config '%s': out of memory", path);
-        goto out;
-    }
-    size_t n = fread(buf, 1, (size_t)st.st_size, f);
-    if (ferror(f)) {
-        fail(err, errlen, "--config '%s': read failed: %s", path, strerror(errno));
-        goto out;
-    }
-    buf[n] = 0;
-    if (memchr(buf, 0, n)) {
-        fail(err, errlen, "--config '%s': contains NUL bytes; not a text file", path);
-        goto out;
-    }
-    *out = buf;
-    *len = n;
-    buf = NULL; /* now the caller's */
-    rc = 0;
-out:
-    free(buf);
-    fclose(f);
-    return rc;
-}
-
-/*
- * Build a store from the config file at path and the command line: argv[0],
- * one "--key=value" (or "--flag") per setting, then argv[1..]. Returns NULL
- * with the error in err, prefixed with FILE:LINE where a line is at fault.
- */
-static struct store *load_config(const char *path, int argc, char **argv, char *err, size_t errlen)
-{
-    char *text = NULL, abs[PATH_MAX];
-    size_t len = 0, lines = 1;
-    struct store *st = NULL;
-
-    if (!*path) {
-        fail(err, errlen, "--config: expected a file path");
-        return NULL;
-    }
-    const char *p = absolutize(path, abs, sizeof(abs));
-    if (!p || strlen(p) >= sizeof(st->path)) {
-        fail(err, errlen, "--config '%s': path too long", path);
-        return NULL;
-    }
-    if (read_file(p, &text, &len, err, errlen) < 0)
-        return NULL;
-    for (size_t i = 0; i < len; i++)
-        lines += text[i] == '\n';
-    /* Each setting becomes "--" key "=" value NUL: at most its line plus 4 bytes. */
-    size_t data_len = len + 4 * lines + 1;
-    size_t nargs = lines + (size_t)argc + 1;
-    st = calloc(1, sizeof(*st) + data_len);
-    if (st) {
-        st->argv = calloc(nargs, sizeof(*st->argv));
-        st->line = calloc(nargs, sizeof(*st->line));
-    }
-    if (!st || !st->argv || !st->line) {
-        fail(err, errlen, "--config '%s': out of memory", p);
-        goto err;
-    }
-    strcpy(st->path, p);
-
-    int n = 0;
-    char *w = st->data;
-    st->argv[n++] = argv[0];
-    char *line = text;
-    for (int lineno = 1; line; lineno++) {
-        char *nl = strchr(line, '\n');
-        if (nl)
-            *nl = 0;
-        char *key = NULL, *val = NULL, msg[512];
-        int rc = split_line(line, &key, &val, msg, sizeof(msg));
-        line = nl ? nl + 1 : NULL;
-        if (rc == 0)
-            continue;
-        const struct option *o = rc < 0 ? NULL : find_key(key);
-        if (rc > 0 && !o) {
-            if (strcmp(key, "config") == 0)
-                snprintf(msg, sizeof(msg), "config: a config file cannot include another");
-            else
-                snprintf(msg, sizeof(msg),
-                         "unknown key '%s' (keys are the long option names without '--', "
-                         "e.g. listen, workers; see thumbnail_server --help)",
-                         key);
-            rc = -1;
-        }
-        bool on = true;
-        if (rc > 0 && o->has_arg == no_argument && !parse_bool(val, &on)) {
-            snprintf(msg, sizeof(msg), "%s '%s': expected true or false", key, val);
-            rc = -1;
-        }
-        if (rc < 0) {
-            fail(err, errlen, "%s:%d: %s", p, lineno, msg);
-            goto err;
-        }
-        if (!on)
-            continue; /* "daemon = false": the default; a flag can still turn it on */
-        st->line[n] = lineno;
-        st->argv[n++] = w;
-        w += o->has_arg == no_argument ? sprintf(w, "--%s", key) + 1
-                                       : sprintf(w, "--%s=%s", key, val) + 1;
-    }
-    for (int i = 1; i < argc; i++)
-        st->argv[n++] = argv[i];
-    st->argv[n] = NULL;
-    free(text);
-    return st;
-err:
-    if (st) {
-        free(st->argv);
-        free(st->line);
-    }
-    free(st);
-    free(text);
-    return NULL;
 }
 
 /* The last --config FILE on the command line, NULL if none. */
@@ -1105,6 +674,9 @@ static const char *find_config_flag(int argc, char **argv)
             path = optarg;
     return path;
 }
+
+/* The stores of the config files parsed so far (config_int.h): never freed. */
+static struct store *stores;
 
 static int parse(struct tn_config *cfg, int argc, char **argv, char *err, size_t errlen)
 {
@@ -1150,9 +722,9 @@ int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, siz
 int tn_config_reload(struct tn_config *cfg, char *err, size_t errlen)
 {
     if (!saved_argv)
-        return fail(err, errlen, "internal error: no configuration was parsed before");
+        return tn_errf(err, errlen, -1, "internal error: no configuration was parsed before");
     int rc = parse(cfg, saved_argc, saved_argv, err, errlen);
     if (rc == 1) /* --help/--version: it would not have started */
-        return fail(err, errlen, "internal error: --help or --version on reload");
+        return tn_errf(err, errlen, -1, "internal error: --help or --version on reload");
     return rc;
 }

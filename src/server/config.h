@@ -43,13 +43,13 @@ struct tn_config {
     const char
         *media_root; /* --media-root: local mode's folder (absolute); NULL = local mode off */
 
-    /* metrics and logging (issue 5) */
+    /* metrics and logging */
     const char *metrics_listen; /* --metrics-listen HOST:PORT; NULL = no metrics endpoint */
     int metrics_fd;             /* its listening socket, bound by main.c before daemonizing; -1 */
     int log_format;             /* --log-format: enum tn_log_format; default text */
     bool log_syslog;            /* --daemon without --log-file: log to syslog */
 
-    /* Transport security and call authentication (tls). The files are read and
+    /* Transport security and call authentication. The files are read and
      * checked by tn_config_parse(); tls points at the result. */
     const char *tls_cert;        /* --tls-cert PATH: PEM chain, server's own first; TLS on */
     const char *tls_key;         /* --tls-key PATH: its PEM private key (unencrypted) */
@@ -58,11 +58,11 @@ struct tn_config {
     const char *auth_token_file; /* --auth-token-file PATH: calls need "Bearer <token>" */
     const struct tn_tls *tls;    /* the loaded material; NULL when none of the above is set */
 
-    /* ops: config file */
+    /* the config file */
     const char *config_file; /* --config, made absolute; NULL = none */
-    /* reload: lifecycle and recycling */
+    /* worker recycling */
     uint64_t max_jobs_per_worker; /* --max-jobs-per-worker; default 1000 (+-10 %); 0 = never */
-    /* sandbox: worker seccomp filter */
+    /* the worker's seccomp filter */
     bool sandbox; /* default on; --no-sandbox turns it off */
 
     /* What one client may cost the front before the auth check, and the
@@ -89,7 +89,7 @@ struct tn_config {
 int tn_config_parse(struct tn_config *cfg, int argc, char **argv, char *err, size_t errlen);
 
 /*
- * tls: wipe and free the TLS private key and the token digest loaded by
+ * Wipe and free the TLS private key and the token digest loaded by
  * tn_config_parse() (cfg->tls then points at empty material). For a process
  * that must not hold them: a decode worker, which parses untrusted input.
  */
@@ -101,7 +101,7 @@ void tn_config_drop_secrets(void);
  * directory it ran in), into cfg. Returns 0, or -1 with the reason in err.
  * String fields point into argv or into storage of this module that the next
  * parse or reload overwrites: a caller that keeps a configuration across a
- * reload copies the strings (master.c does).
+ * reload copies the strings (the master does: own_config() in gen.c).
  */
 int tn_config_reload(struct tn_config *cfg, char *err, size_t errlen);
 

@@ -7,7 +7,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,19 +21,11 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
+#include "errf.h"
+
 #define MAX_PEM_BYTES (1u << 20) /* a CA bundle is ~200 KiB; more is not a PEM file */
 #define MAX_TOKEN_FILE (64u << 10)
 #define MAX_TOKEN 4096 /* it travels in an HTTP/2 header */
-
-__attribute__((format(printf, 3, 4))) static int fail(char *err, size_t errlen, const char *fmt,
-                                                      ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
 
 /* The reason of the last libcrypto error, for messages; clears the queue. */
 static const char *ssl_reason(char *buf, size_t len)
@@ -59,24 +50,25 @@ static int read_file(const char *flag, const char *path, size_t max, char **out,
 
     *out = NULL;
     if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY)) < 0) {
-        fail(err, errlen, "%s '%s': cannot open: %s", flag, path, strerror(errno));
+        tn_errf(err, errlen, -1, "%s '%s': cannot open: %s", flag, path, strerror(errno));
         goto out;
     }
     if (fstat(fd, &st) < 0) {
-        fail(err, errlen, "%s '%s': %s", flag, path, strerror(errno));
+        tn_errf(err, errlen, -1, "%s '%s': %s", flag, path, strerror(errno));
         goto out;
     }
     if (!S_ISREG(st.st_mode)) {
-        fail(err, errlen, "%s '%s': not a regular file", flag, path);
+        tn_errf(err, errlen, -1, "%s '%s': not a regular file", flag, path);
         goto out;
     }
     if ((uint64_t)st.st_size > max) {
-        fail(err, errlen, "%s '%s': %lld bytes, larger than any sensible file of this kind (%zu)",
-             flag, path, (long long)st.st_size, max);
+        tn_errf(err, errlen, -1,
+                "%s '%s': %lld bytes, larger than any sensible file of this kind (%zu)", flag, path,
+                (long long)st.st_size, max);
         goto out;
     }
     if (!(buf = malloc(max + 1))) {
-        fail(err, errlen, "%s '%s': out of memory", flag, path);
+        tn_errf(err, errlen, -1, "%s '%s': out of memory", flag, path);
         goto out;
     }
     size_t got = 0;
@@ -85,20 +77,21 @@ static int read_file(const char *flag, const char *path, size_t max, char **out,
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0) {
-            fail(err, errlen, "%s '%s': read failed: %s", flag, path, strerror(errno));
+            tn_errf(err, errlen, -1, "%s '%s': read failed: %s", flag, path, strerror(errno));
             goto out;
         }
         if (n == 0)
             break;
         got += (size_t)n;
         if (got > max) { /* grew since fstat */
-            fail(err, errlen, "%s '%s': larger than %zu bytes", flag, path, max);
+            tn_errf(err, errlen, -1, "%s '%s': larger than %zu bytes", flag, path, max);
             goto out;
         }
     }
     buf[got] = 0;
     if (strlen(buf) != got) {
-        fail(err, errlen, "%s '%s': contains NUL bytes (not a PEM or text file)", flag, path);
+        tn_errf(err, errlen, -1, "%s '%s': contains NUL bytes (not a PEM or text file)", flag,
+                path);
         goto out;
     }
     *out = buf;
@@ -150,37 +143,37 @@ static int check_cert_and_key(struct tn_tls *t, const char *cert, size_t cert_le
     int rc = -1;
 
     if (count_certs(cert, cert_len, &x) == 0) {
-        fail(err, errlen,
-             "--tls-cert '%s': no PEM certificate in it (expected -----BEGIN CERTIFICATE-----)",
-             cert_path);
+        tn_errf(err, errlen, -1,
+                "--tls-cert '%s': no PEM certificate in it (expected -----BEGIN CERTIFICATE-----)",
+                cert_path);
         goto out;
     }
     if (X509_cmp_current_time(X509_get0_notAfter(x)) < 0) {
-        fail(err, errlen, "--tls-cert '%s': the certificate has expired; clients would refuse it",
-             cert_path);
+        tn_errf(err, errlen, -1,
+                "--tls-cert '%s': the certificate has expired; clients would refuse it", cert_path);
         goto out;
     }
     if (!(bio = BIO_new_mem_buf(t->key_pem, (int)key_len)))
         goto oom;
     if (!(k = PEM_read_bio_PrivateKey(bio, NULL, no_passphrase, NULL))) {
-        fail(err, errlen,
-             "--tls-key '%s': no usable PEM private key in it (%s; an encrypted key is not "
-             "supported: decrypt it, e.g. openssl pkey -in KEY -out KEY.plain)",
-             key_path, ssl_reason(why, sizeof(why)));
+        tn_errf(err, errlen, -1,
+                "--tls-key '%s': no usable PEM private key in it (%s; an encrypted key is not "
+                "supported: decrypt it, e.g. openssl pkey -in KEY -out KEY.plain)",
+                key_path, ssl_reason(why, sizeof(why)));
         goto out;
     }
     if (X509_check_private_key(x, k) != 1) {
         ERR_clear_error();
-        fail(err, errlen,
-             "--tls-key '%s' does not match the certificate in --tls-cert '%s' (the first "
-             "certificate of the file must be the server's own)",
-             key_path, cert_path);
+        tn_errf(err, errlen, -1,
+                "--tls-key '%s' does not match the certificate in --tls-cert '%s' (the first "
+                "certificate of the file must be the server's own)",
+                key_path, cert_path);
         goto out;
     }
     rc = 0;
     goto out;
 oom:
-    fail(err, errlen, "out of memory while checking --tls-cert / --tls-key");
+    tn_errf(err, errlen, -1, "out of memory while checking --tls-cert / --tls-key");
 out:
     BIO_free(bio);
     EVP_PKEY_free(k);
@@ -201,24 +194,26 @@ static int load_token(struct tn_tls *t, const char *path, char *err, size_t errl
         end--;
     int rc = -1;
     if (p == end) {
-        fail(err, errlen, "--auth-token-file '%s': the file is empty (expected one token)", path);
+        tn_errf(err, errlen, -1, "--auth-token-file '%s': the file is empty (expected one token)",
+                path);
     } else if ((size_t)(end - p) > MAX_TOKEN) {
-        fail(err, errlen, "--auth-token-file '%s': token longer than %d bytes", path, MAX_TOKEN);
+        tn_errf(err, errlen, -1, "--auth-token-file '%s': token longer than %d bytes", path,
+                MAX_TOKEN);
     } else {
         rc = 0;
         for (const char *q = p; q < end; q++)
             if (*q < 0x21 || *q > 0x7e) {
-                fail(err, errlen,
-                     "--auth-token-file '%s': the token must be one word of visible ASCII "
-                     "characters (it travels as 'authorization: Bearer <token>')",
-                     path);
+                tn_errf(err, errlen, -1,
+                        "--auth-token-file '%s': the token must be one word of visible ASCII "
+                        "characters (it travels as 'authorization: Bearer <token>')",
+                        path);
                 rc = -1;
                 break;
             }
     }
     if (rc == 0 && !EVP_Digest(p, (size_t)(end - p), t->token_digest, NULL, EVP_sha256(), NULL)) {
         ERR_clear_error();
-        rc = fail(err, errlen, "--auth-token-file: SHA-256 unavailable");
+        rc = tn_errf(err, errlen, -1, "--auth-token-file: SHA-256 unavailable");
     }
     if (rc == 0)
         t->have_token = true;
@@ -233,13 +228,13 @@ int tn_tls_load(struct tn_tls *t, const char *cert, const char *key, const char 
     size_t cert_len = 0, key_len = 0, ca_len = 0;
     tn_tls_clear(t);
     if (!cert != !key)
-        return fail(err, errlen, "%s",
-                    cert ? "--tls-cert needs --tls-key (the certificate's private key)"
-                         : "--tls-key needs --tls-cert (the certificate it belongs to)");
+        return tn_errf(err, errlen, -1, "%s",
+                       cert ? "--tls-cert needs --tls-key (the certificate's private key)"
+                            : "--tls-key needs --tls-cert (the certificate it belongs to)");
     if (client_ca && !cert)
-        return fail(err, errlen,
-                    "--tls-client-ca needs --tls-cert and --tls-key: client certificates are "
-                    "checked only on a TLS connection");
+        return tn_errf(err, errlen, -1,
+                       "--tls-client-ca needs --tls-cert and --tls-key: client certificates are "
+                       "checked only on a TLS connection");
     if (cert) {
         if (read_file("--tls-cert", cert, MAX_PEM_BYTES, &t->cert_pem, &cert_len, err, errlen) <
                 0 ||
@@ -252,10 +247,10 @@ int tn_tls_load(struct tn_tls *t, const char *cert, const char *key, const char 
                       errlen) < 0)
             goto fail;
         if (count_certs(t->client_ca_pem, ca_len, NULL) == 0) {
-            fail(err, errlen,
-                 "--tls-client-ca '%s': no PEM certificate in it (expected the CA that signs "
-                 "client certificates)",
-                 client_ca);
+            tn_errf(err, errlen, -1,
+                    "--tls-client-ca '%s': no PEM certificate in it (expected the CA that signs "
+                    "client certificates)",
+                    client_ca);
             goto fail;
         }
     }
