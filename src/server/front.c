@@ -71,7 +71,6 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
-#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -84,12 +83,12 @@
 #include <grpc/support/alloc.h>
 #include <grpc/support/log.h>
 #include <grpc/support/time.h>
-#include <linux/openat2.h>
 
 #include "grpc/health/v1/health.pb-c.h"
 #include "grpc/reflection/v1/reflection.pb-c.h"
 #include "ipc.h"
 #include "log.h"
+#include "media_root.h"
 #include "metrics.h"
 #include "notify.h"
 #include "pbbuf.h"
@@ -820,64 +819,10 @@ static int check_spool_space(struct gen_call *c)
 
 /* ---- local mode ---- */
 
-/* openat2() has no glibc wrapper in Debian 12; -ENOSYS on kernels before 5.6. */
-static int openat2_beneath(int root, const char *path, int flags)
-{
-    struct open_how how = {
-        .flags = (uint64_t)flags,
-        .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS,
-    };
-    long fd;
-    do
-        fd = syscall(SYS_openat2, root, path, &how, sizeof(how));
-    while (fd < 0 && errno == EINTR);
-    return fd >= 0 ? (int)fd : -errno;
-}
-
-/* Without openat2: walk the path one component at a time and follow no
- * symlink at all (stricter than RESOLVE_BENEATH: -ELOOP for any symlink). */
-static int walk_beneath(int root, const char *path, int flags)
-{
-    char buf[PATH_MAX];
-    snprintf(buf, sizeof(buf), "%s", path);
-    size_t plen = strlen(path);
-    if (plen && path[plen - 1] == '/')
-        flags |= O_DIRECTORY; /* "a.mp4/" is ENOTDIR, as openat2() (path resolution) has it */
-    int dir = dup(root);
-    if (dir < 0)
-        return -errno;
-    char *save = NULL;
-    char *comp = strtok_r(buf, "/", &save);
-    while (comp) {
-        char *next = strtok_r(NULL, "/", &save);
-        if (!strcmp(comp, ".")) {
-            comp = next;
-            continue;
-        }
-        int fd = openat(dir, comp,
-                        next ? O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC : flags | O_NOFOLLOW);
-        int e = errno;
-        struct stat st;
-        /* O_DIRECTORY | O_NOFOLLOW on a symlink to a directory is ENOTDIR too */
-        if (fd < 0 && e == ENOTDIR && next && fstatat(dir, comp, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-            S_ISLNK(st.st_mode))
-            e = ELOOP;
-        close(dir);
-        if (fd < 0)
-            return -e;
-        dir = fd;
-        comp = next;
-        if (!comp)
-            return dir;
-    }
-    close(dir);
-    return -EISDIR; /* only "." components: the root itself */
-}
-
 /*
- * Open local_path under --media-root for a local-mode job. Returns the fd and
- * its size, or fails the call (the status says why, in the user's terms) and
- * returns -1.
+ * Open local_path under --media-root for a local-mode job (media_root.h).
+ * Returns the fd and its size, or fails the call (the status says why, in the
+ * user's terms) and returns -1.
  */
 static int open_local(struct gen_call *c, const char *path, uint64_t *size)
 {
@@ -887,91 +832,20 @@ static int open_local(struct gen_call *c, const char *path, uint64_t *size)
                  "local mode is off on this server (no --media-root): upload the file instead");
         return -1;
     }
-    if (path[0] == '/') {
-        gen_fail(c, TN_INVALID_ARGUMENT,
-                 "local_path \"%.200s\" is absolute: give a path relative to the server's "
-                 "--media-root",
-                 path);
-        return -1;
-    }
-    if (strlen(path) >= PATH_MAX) {
-        gen_fail(c, TN_INVALID_ARGUMENT, "local_path is longer than %d bytes", PATH_MAX - 1);
-        return -1;
-    }
-    for (const char *p = path; *p;) {
-        size_t n = strcspn(p, "/");
-        if (n == 2 && p[0] == '.' && p[1] == '.') {
-            gen_fail(c, TN_PERMISSION_DENIED,
-                     "local_path \"%.200s\" contains \"..\": only files under the server's "
-                     "--media-root can be read",
-                     path);
-            return -1;
-        }
-        p += n;
-        p += strspn(p, "/");
-    }
-    int flags = O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK; /* a FIFO must not block us */
     /* CQ thread only. TN_NO_OPENAT2 in the environment forces the fallback, so
      * that the tests cover it on kernels that have openat2. */
-    static int no_openat2 = -1;
-    if (no_openat2 < 0)
-        no_openat2 = getenv("TN_NO_OPENAT2") != NULL;
-    int fd = no_openat2 ? -ENOSYS : openat2_beneath(f->media_root_fd, path, flags);
-    if (fd == -ENOSYS) {
-        no_openat2 = 1;
-        fd = walk_beneath(f->media_root_fd, path, flags);
-    }
+    static int how = -1;
+    if (how < 0)
+        how = getenv("TN_NO_OPENAT2") ? TN_MEDIA_WALK : TN_MEDIA_OPENAT2;
+    enum tn_media_resolve r = (enum tn_media_resolve)how;
+    int code;
+    char msg[STATUS_MAX];
+    int fd = tn_media_root_open(f->media_root_fd, path, &r, size, &code, msg, sizeof(msg));
+    how = (int)r;
     if (fd < 0) {
-        int code;
-        const char *why;
-        switch (-fd) {
-        case ENOENT:
-        case ENOTDIR:
-            code = TN_NOT_FOUND;
-            why = "no such file under the server's --media-root";
-            break;
-        case EXDEV:
-        case ELOOP:
-            code = TN_PERMISSION_DENIED;
-            why = "it leads outside the server's --media-root (a symlink?)";
-            break;
-        case EACCES:
-        case EPERM:
-            code = TN_PERMISSION_DENIED;
-            why = "the server may not read it";
-            break;
-        case EISDIR:
-            code = TN_INVALID_ARGUMENT;
-            why = "a directory, not a video file";
-            break;
-        case ENXIO: /* a socket or a FIFO without a writer: nothing a retry fixes */
-        case ENODEV:
-            code = TN_INVALID_ARGUMENT;
-            why = "not a regular file";
-            break;
-        case ENAMETOOLONG:
-            code = TN_INVALID_ARGUMENT;
-            why = "a path component is too long";
-            break;
-        default: code = TN_UNAVAILABLE; why = strerror(-fd);
-        }
-        gen_fail(c, code, "local_path \"%.200s\": %s", path, why);
+        gen_fail(c, code, "%s", msg);
         return -1;
     }
-    struct stat st;
-    const char *bad = NULL;
-    if (fstat(fd, &st) < 0)
-        bad = strerror(errno);
-    else if (!S_ISREG(st.st_mode))
-        bad = "not a regular file";
-    else if (st.st_size == 0)
-        bad = "the file is empty (0 bytes): not a video";
-    if (bad) {
-        close(fd);
-        gen_fail(c, TN_INVALID_ARGUMENT, "local_path \"%.200s\": %s", path, bad);
-        return -1;
-    }
-    *size = (uint64_t)st.st_size;
     return fd;
 }
 
