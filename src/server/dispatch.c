@@ -52,19 +52,19 @@ static void unref_flush(struct unref_list *l)
 static void job_release_locked(struct front *f, struct gen_call *c, bool acked,
                                struct unref_list *l)
 {
-    if (c->reply_fd >= 0) {
-        epoll_ctl(f->epfd, EPOLL_CTL_DEL, c->reply_fd, NULL);
-        close(c->reply_fd);
-        c->reply_fd = -1;
+    if (c->shared.reply_fd >= 0) {
+        epoll_ctl(f->epfd, EPOLL_CTL_DEL, c->shared.reply_fd, NULL);
+        close(c->shared.reply_fd);
+        c->shared.reply_fd = -1;
     }
     if (!acked)
         f->n_waiting--;
-    if (c->pull_running) {
-        c->pull_running = false;
+    if (c->lists.pull_running) {
+        c->lists.pull_running = false;
         f->n_pull_running--;
     }
     tn_metrics_front_queue_depth(f->n_waiting);
-    dlink_remove(&c->run_link);
+    dlink_remove(&c->lists.run_link);
     unref_later(l, c);
 }
 
@@ -100,12 +100,12 @@ static void dispatch_pending(struct front *f)
     while (*pp && l.n < 60) {
         struct gen_call *c = *pp;
         pthread_mutex_lock(&c->mu);
-        if (c->dead || c->status_set) {
-            *pp = c->pend_next;
+        if (c->shared.dead || c->shared.status_set) {
+            *pp = c->lists.pend_next;
             if (f->pend_tail == c)
                 f->pend_tail = prev;
-            close(c->worker_fd);
-            c->worker_fd = -1;
+            close(c->shared.worker_fd);
+            c->shared.worker_fd = -1;
             job_release_locked(f, c, false, &l);
             pthread_mutex_unlock(&c->mu);
             continue;
@@ -113,10 +113,10 @@ static void dispatch_pending(struct front *f)
         if (c->job.pull && f->n_pull_running >= pull_cap) {
             pthread_mutex_unlock(&c->mu);
             prev = c;
-            pp = &c->pend_next;
+            pp = &c->lists.pend_next;
             continue;
         }
-        int fds[2] = {c->spool_fd, c->worker_fd};
+        int fds[2] = {c->shared.spool_fd, c->shared.worker_fd};
         int rc = tn_ipc_send(f->queue_fd, &c->job, sizeof(c->job), fds, 2, MSG_DONTWAIT);
         if (rc == -EAGAIN) {
             pthread_mutex_unlock(&c->mu);
@@ -124,15 +124,14 @@ static void dispatch_pending(struct front *f)
             blocked = true;
             break;
         }
-        *pp = c->pend_next;
+        *pp = c->lists.pend_next;
         if (f->pend_tail == c)
             f->pend_tail = prev;
         /* The message in flight holds its own references to both fds. */
-        close(c->worker_fd);
-        c->worker_fd = -1;
-        close(c->spool_fd);
-        c->spool_fd = -1;
-        c->dispatched = true;
+        close(c->shared.worker_fd);
+        c->shared.worker_fd = -1;
+        close(c->shared.spool_fd);
+        c->shared.spool_fd = -1;
         if (rc < 0) {
             tn_log_error("sending job %" PRIu64 " to the queue failed: %s", c->job.h.job_id,
                          strerror(-rc));
@@ -143,18 +142,18 @@ static void dispatch_pending(struct front *f)
             continue;
         }
         if (c->job.pull) {
-            c->pull_running = true;
+            c->lists.pull_running = true;
             f->n_pull_running++;
         }
         struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = c};
-        if (epoll_ctl(f->epfd, EPOLL_CTL_ADD, c->reply_fd, &ev) < 0) {
+        if (epoll_ctl(f->epfd, EPOLL_CTL_ADD, c->shared.reply_fd, &ev) < 0) {
             tn_log_error("epoll_ctl(ADD) failed for a reply socket: %s", strerror(errno));
             finish_locked(c, TN_INTERNAL, "the server lost track of the job");
             job_release_locked(f, c, false, &l);
             pthread_mutex_unlock(&c->mu);
             continue;
         }
-        dlink_push(&f->running, &c->run_link);
+        dlink_push(&f->running, &c->lists.run_link);
         tn_log_debug("job %" PRIu64 " queued: \"%s\", %" PRIu64 " bytes", c->job.h.job_id,
                      c->job.file_name, c->job.file_size);
         pthread_mutex_unlock(&c->mu);
@@ -202,21 +201,21 @@ static void handle_reply(struct front *f, struct gen_call *c)
     pthread_mutex_lock(&f->mu);
     pthread_mutex_lock(&c->mu);
     for (;;) {
-        if (c->reply_fd < 0)
+        if (c->shared.reply_fd < 0)
             break;
         union tn_ipc_any m;
         int fds[TN_IPC_MAX_FDS], nfds = 0;
-        int n = tn_ipc_recv(c->reply_fd, &m, sizeof(m), fds, &nfds, MSG_DONTWAIT);
+        int n = tn_ipc_recv(c->shared.reply_fd, &m, sizeof(m), fds, &nfds, MSG_DONTWAIT);
         if (n == -EAGAIN)
             break;
-        bool acked = c->worker_pid > 0;
+        bool acked = c->poll.worker_pid > 0;
         if (n <= 0) {
-            if (c->dead) {
+            if (c->shared.dead) {
                 /* Abandoned by us: nothing to report. */
             } else if (n == 0 && acked) {
                 tn_log_warn("worker pid %d ended without finishing job %" PRIu64 " (\"%s\")",
-                            (int)c->worker_pid, c->job.h.job_id, c->job.file_name);
-                if (c->killed)
+                            (int)c->poll.worker_pid, c->job.h.job_id, c->job.file_name);
+                if (c->poll.killed)
                     finish_locked(c, TN_DEADLINE_EXCEEDED,
                                   "processing the file took longer than its deadline; the "
                                   "decode worker was stopped");
@@ -224,7 +223,7 @@ static void handle_reply(struct front *f, struct gen_call *c)
                     finish_locked(c, TN_UNAVAILABLE,
                                   "the decode worker (pid %d) died while processing this file "
                                   "and has been restarted; retrying is safe",
-                                  (int)c->worker_pid);
+                                  (int)c->poll.worker_pid);
             } else if (n == 0) {
                 finish_locked(c, TN_UNAVAILABLE,
                               "the decode worker died before it could take the job; retrying "
@@ -246,7 +245,7 @@ static void handle_reply(struct front *f, struct gen_call *c)
         switch (m.h.type) {
         case TN_IPC_ACK:
             if (!acked && m.ack.pid > 0) {
-                c->worker_pid = m.ack.pid;
+                c->poll.worker_pid = m.ack.pid;
                 f->n_waiting--;
                 tn_metrics_front_queue_depth(f->n_waiting);
             }
@@ -262,72 +261,74 @@ static void handle_reply(struct front *f, struct gen_call *c)
                 abandon_job_locked(c);
                 break;
             }
-            if (c->dead || c->status_set) {
+            if (c->shared.dead || c->shared.status_set) {
                 free_result(r);
                 break;
             }
-            if (c->next_info.h.type == TN_IPC_RESULT_INFO && c->next_info.index == r->meta.index) {
-                memcpy(r->reason, c->next_info.reason, sizeof(r->reason));
-                r->kind = c->next_info.kind;
+            if (c->poll.next_info.h.type == TN_IPC_RESULT_INFO &&
+                c->poll.next_info.index == r->meta.index) {
+                memcpy(r->reason, c->poll.next_info.reason, sizeof(r->reason));
+                r->kind = c->poll.next_info.kind;
             }
-            c->next_info.h.type = 0;
-            if (c->res_tail)
-                c->res_tail->next = r;
+            c->poll.next_info.h.type = 0;
+            if (c->shared.res_tail)
+                c->shared.res_tail->next = r;
             else
-                c->res_head = r;
-            c->res_tail = r;
+                c->shared.res_head = r;
+            c->shared.res_tail = r;
             kick_send_locked(c);
             break;
         }
         case TN_IPC_RESULT_INFO:
             m.info.reason[sizeof(m.info.reason) - 1] = 0;
-            c->next_info = m.info;
+            c->poll.next_info = m.info;
             break;
         case TN_IPC_READ: {
             const struct tn_config *cfg = f->cfg;
             uint64_t off = m.read.offset, len = m.read.length, size = c->job.file_size;
-            if (!c->job.pull || c->range_out || len == 0 || len > TN_IPC_READ_MAX || off > size ||
-                len > size - off) {
+            if (!c->job.pull || c->shared.range_out || len == 0 || len > TN_IPC_READ_MAX ||
+                off > size || len > size - off) {
                 tn_log_error("job %" PRIu64 ": bad read request %" PRIu64 "+%" PRIu64
                              " (pull %d, size %" PRIu64 ", %s outstanding)",
                              c->job.h.job_id, off, len, c->job.pull, size,
-                             c->range_out ? "one" : "none");
+                             c->shared.range_out ? "one" : "none");
                 finish_locked(c, TN_INTERNAL, "the decode worker sent a malformed read request");
                 abandon_job_locked(c);
-            } else if (c->dead || c->status_set) {
+            } else if (c->shared.dead || c->shared.status_set) {
                 abandon_job_locked(c); /* ending: nobody will answer */
-            } else if (c->recv_closed) {
+            } else if (c->shared.recv_closed) {
                 finish_locked(c, TN_INVALID_ARGUMENT,
                               "the client closed its request stream, but the server needs more "
                               "of the file (%" PRIu64 " bytes at offset %" PRIu64
                               "); pull mode: keep it open until the status",
                               len, off);
                 abandon_job_locked(c);
-            } else if (c->pulled + len > cfg->max_upload_bytes) {
+            } else if (c->poll.pulled + len > cfg->max_upload_bytes) {
                 finish_locked(c, TN_RESOURCE_EXHAUSTED,
                               "pull mode: the file needs more than this server's "
                               "--max-upload-bytes of %" PRIu64 " bytes read",
                               cfg->max_upload_bytes);
                 abandon_job_locked(c);
             } else {
-                c->pulled += len;
-                c->range_out = true;
-                c->range_to_send = true;
-                c->range_off = off;
-                c->range_len = len;
-                c->range_got = 0;
-                c->range_since_ms = tn_mono_ms();
+                c->poll.pulled += len;
+                c->shared.range_out = true;
+                c->shared.range_to_send = true;
+                c->shared.range_off = off;
+                c->shared.range_len = len;
+                c->shared.range_got = 0;
+                c->shared.range_since_ms = tn_mono_ms();
                 kick_send_locked(c);
             }
             break;
         }
         case TN_IPC_DONE:
             m.done.message[sizeof(m.done.message) - 1] = 0;
-            if (m.done.code == TN_DEADLINE_EXCEEDED && c->range_out)
+            if (m.done.code == TN_DEADLINE_EXCEEDED && c->shared.range_out)
                 finish_locked(c, TN_DEADLINE_EXCEEDED,
                               "deadline exceeded while the server waited for the client to send "
                               "%" PRIu64 " bytes at offset %" PRIu64 " (pull mode)",
-                              c->range_len - c->range_got, c->range_off + c->range_got);
+                              c->shared.range_len - c->shared.range_got,
+                              c->shared.range_off + c->shared.range_got);
             else if (m.done.code == TN_OK)
                 finish_locked(c, TN_OK, "OK");
             else
@@ -349,15 +350,16 @@ static void check_deadlines(struct front *f)
     int64_t now = tn_mono_ms();
     pthread_mutex_lock(&f->mu);
     for (struct dlink *l = f->running.next; l != &f->running; l = l->next) {
-        struct gen_call *c = DLINK_ENTRY(l, struct gen_call, run_link);
+        struct gen_call *c = DLINK_ENTRY(l, struct gen_call, lists.run_link);
         pthread_mutex_lock(&c->mu);
-        if (c->job_deadline_ms && now > c->job_deadline_ms + KILL_MARGIN_MS && !c->killed) {
-            c->killed = true;
-            if (c->worker_pid > 0) {
+        if (c->shared.job_deadline_ms && now > c->shared.job_deadline_ms + KILL_MARGIN_MS &&
+            !c->poll.killed) {
+            c->poll.killed = true;
+            if (c->poll.worker_pid > 0) {
                 tn_log_warn("job %" PRIu64 " (\"%s\") overran its deadline: killing worker pid %d",
-                            c->job.h.job_id, c->job.file_name, (int)c->worker_pid);
-                tn_metrics_worker_mark_timeout(c->worker_pid); /* its restart: "timeout" */
-                kill(c->worker_pid, SIGKILL);
+                            c->job.h.job_id, c->job.file_name, (int)c->poll.worker_pid);
+                tn_metrics_worker_mark_timeout(c->poll.worker_pid); /* its restart: "timeout" */
+                kill(c->poll.worker_pid, SIGKILL);
             } else {
                 finish_locked(c, TN_DEADLINE_EXCEEDED,
                               "no decode worker became free before the deadline; all are busy");
@@ -394,15 +396,15 @@ static void read_ctl(struct front *f)
         f->workers_left = msg.value;
         if (lost) {
             f->health_changed = true;
-            for (struct gen_call *c = f->pend_head; c; c = c->pend_next) {
+            for (struct gen_call *c = f->pend_head; c; c = c->lists.pend_next) {
                 pthread_mutex_lock(&c->mu);
                 finish_locked(c, TN_UNAVAILABLE, NO_WORKERS_MSG);
                 pthread_mutex_unlock(&c->mu);
             }
             for (struct dlink *l = f->running.next; l != &f->running; l = l->next) {
-                struct gen_call *c = DLINK_ENTRY(l, struct gen_call, run_link);
+                struct gen_call *c = DLINK_ENTRY(l, struct gen_call, lists.run_link);
                 pthread_mutex_lock(&c->mu);
-                if (c->worker_pid <= 0) {
+                if (c->poll.worker_pid <= 0) {
                     finish_locked(c, TN_UNAVAILABLE, NO_WORKERS_MSG);
                     abandon_job_locked(c);
                 }

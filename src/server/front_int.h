@@ -148,75 +148,94 @@ struct result {
     unsigned char *map;
 };
 
-/* One Generate call. Owner: its references (see DESIGN). */
+/*
+ * One Generate or Probe call. Owner: its references (see DESIGN); the last
+ * gen_unref() destroys it, on either thread, when no one else can touch it.
+ * The sub-structs say which thread may touch a field, and under which lock.
+ */
 struct gen_call {
+    /* Set before the call is accepted (or while only the CQ thread knows it),
+     * read-only after: either thread, no lock. */
     struct front *f;
     struct tag t_new, t_recv, t_send, t_close;
     grpc_call *call;
     gpr_timespec deadline;
     grpc_metadata_array md;
-    grpc_byte_buffer *recv_buf; /* CQ thread only */
-    grpc_byte_buffer *send_buf; /* the message of the outstanding send batch */
-    grpc_slice status_slice;
-    int cancelled; /* written by RECV_CLOSE_ON_SERVER */
-
-    /* Upload: CQ thread only. */
-    int spool_fd; /* owned until dispatched */
-    uint64_t declared, received;
-    bool have_options;
+    bool probe; /* a Probe call: one ProbeResponse from the one result, then status */
+    /* Filled by the CQ thread until upload_complete() puts the call on the
+     * dispatch list (under f->mu); read-only after, by both threads. */
     struct tn_ipc_job job;
-    struct timespec started;
-    char peer[128];
-    int64_t last_msg_ms;     /* when the last message arrived (--idle-timeout) */
-    bool idle_ended;         /* ended by --idle-timeout or --min-upload-rate */
-    int64_t window_start_ms; /* --min-upload-rate: the current window began */
-    uint64_t window_bytes;   /* message bytes received in it */
-    char peer_addr[128];     /* peer without the port (--max-calls-per-peer); "" = unix */
-    bool refused_early;      /* refused at once as over a call limit */
-    struct dlink recv_link;  /* on f->recving while a RECV_MESSAGE is outstanding */
-    /* pull and local mode (CQ thread) */
-    int pull_fd;        /* pull: our own fd of the spool file, written with range data; owned */
-    bool pull;          /* Options.pull: the worker asks for ranges */
-    bool local;         /* Options.local_path: spool_fd is the file under --media-root */
-    uint64_t file_size; /* pull: declared; local: fstat */
 
-    /* Everything below is protected by mu. */
+    /* The CQ thread only: the receive side. */
+    struct {
+        grpc_byte_buffer *recv_buf;
+        int cancelled; /* written by RECV_CLOSE_ON_SERVER, read when it completes */
+        uint64_t declared, received;
+        bool have_options;
+        struct timespec started;
+        char peer[128];
+        int64_t last_msg_ms;     /* when the last message arrived (--idle-timeout) */
+        bool idle_ended;         /* ended by --idle-timeout or --min-upload-rate */
+        int64_t window_start_ms; /* --min-upload-rate: the current window began */
+        uint64_t window_bytes;   /* message bytes received in it */
+        char peer_addr[128];     /* peer without the port (--max-calls-per-peer); "" = unix */
+        bool refused_early;      /* refused at once as over a call limit */
+        struct dlink recv_link;  /* on f->recving while a RECV_MESSAGE is outstanding */
+        /* pull and local mode */
+        int pull_fd;        /* pull: our own fd of the spool file, written with range data; owned */
+        bool pull;          /* Options.pull: the worker asks for ranges */
+        bool local;         /* Options.local_path: spool_fd is the file under --media-root */
+        uint64_t file_size; /* pull: declared; local: fstat */
+    } cq;
+
+    /* The poller thread only (it holds mu too, for the shared fields beside). */
+    struct {
+        pid_t worker_pid;                    /* from the ACK */
+        bool killed;                         /* the deadline kill was sent */
+        struct tn_ipc_result_info next_info; /* applies to the next RESULT of its index */
+        uint64_t pulled;                     /* pull: bytes asked for so far (--max-upload-bytes) */
+    } poll;
+
     pthread_mutex_t mu;
-    int refs;
-    bool dead;        /* cancelled by the client or a send failed: stop everything */
-    bool dispatched;  /* the job left the dispatch list */
-    int reply_fd;     /* front's end of the reply socketpair; owned; poller closes it */
-    int worker_fd;    /* worker's end, until the job is sent */
-    pid_t worker_pid; /* from the ACK */
-    bool killed;
-    int64_t job_deadline_ms;
-    struct result *res_head, *res_tail;
-    struct tn_ipc_result_info next_info; /* applies to the next RESULT of its index */
-    bool probe;         /* a Probe call: one ProbeResponse from the one result, then status */
-    struct result *cur; /* being streamed */
-    bool cur_header_sent;
-    uint64_t cur_off;
-    bool sending;
-    int64_t send_since_ms; /* the outstanding send batch started (--idle-timeout, send side) */
-    bool md_sent;
-    bool status_set, status_sent;
-    int status_code;
-    char status_msg[STATUS_MAX];
-    uint64_t bytes_out;
-    unsigned thumbs_out;
-    /* pull mode, under mu: the one range the worker waits for */
-    uint64_t range_off, range_len, range_got;
-    int64_t range_since_ms; /* when it was asked (--idle-timeout) */
-    uint64_t pulled;        /* bytes asked for so far (--max-upload-bytes) */
-    bool range_out;         /* asked, not all received */
-    bool range_to_send;     /* the RangeRequest message is not sent yet */
-    bool recv_closed;       /* the client half-closed: no more range data can come */
+    /* Under mu, either thread. Exception: the CQ thread uses spool_fd without
+     * the lock while the upload is received, before the job is queued. */
+    struct {
+        int refs;
+        bool dead;     /* cancelled by the client or a send failed: stop everything */
+        int spool_fd;  /* owned until dispatched */
+        int reply_fd;  /* front's end of the reply socketpair; owned; poller closes it */
+        int worker_fd; /* worker's end, until the job is sent */
+        int64_t job_deadline_ms;
+        /* the send side */
+        grpc_byte_buffer *send_buf; /* the message of the outstanding send batch */
+        grpc_slice status_slice;
+        struct result *res_head, *res_tail;
+        struct result *cur; /* being streamed */
+        bool cur_header_sent;
+        uint64_t cur_off;
+        bool sending;
+        int64_t send_since_ms; /* the outstanding send batch started (--idle-timeout, send side) */
+        bool md_sent;
+        bool status_set, status_sent;
+        int status_code;
+        char status_msg[STATUS_MAX];
+        uint64_t bytes_out;
+        unsigned thumbs_out;
+        /* pull mode: the one range the worker waits for */
+        uint64_t range_off, range_len, range_got;
+        int64_t range_since_ms; /* when it was asked (--idle-timeout) */
+        bool range_out;         /* asked, not all received */
+        bool range_to_send;     /* the RangeRequest message is not sent yet */
+        bool recv_closed;       /* the client half-closed: no more range data can come */
+    } shared;
 
-    /* Lists owned by front.mu. */
-    struct dlink all_link;      /* on f->calls from its acceptance to its destruction */
-    bool pull_running;          /* counted in f->n_pull_running */
-    struct gen_call *pend_next; /* dispatch list */
-    struct dlink run_link;      /* on f->running while its reply socket is in epoll */
+    /* Under f->mu: the front's lists. */
+    struct {
+        struct dlink all_link;      /* on f->calls from its acceptance to its destruction */
+        bool pull_running;          /* counted in f->n_pull_running */
+        struct gen_call *pend_next; /* dispatch list */
+        struct dlink run_link;      /* on f->running while its reply socket is in epoll */
+    } lists;
 };
 
 /* A unary Health/Check call or an unknown method: one batch answers it. */

@@ -90,14 +90,14 @@ void free_result(struct result *r)
 
 static void drop_results(struct gen_call *c)
 {
-    free_result(c->cur);
-    c->cur = NULL;
-    while (c->res_head) {
-        struct result *r = c->res_head;
-        c->res_head = r->next;
+    free_result(c->shared.cur);
+    c->shared.cur = NULL;
+    while (c->shared.res_head) {
+        struct result *r = c->shared.res_head;
+        c->shared.res_head = r->next;
         free_result(r);
     }
-    c->res_tail = NULL;
+    c->shared.res_tail = NULL;
 }
 
 static struct gen_call *gen_new(struct front *f)
@@ -108,8 +108,8 @@ static struct gen_call *gen_new(struct front *f)
     c->t_recv = (struct tag){TAG_GEN_RECV, c};
     c->t_send = (struct tag){TAG_GEN_SEND, c};
     c->t_close = (struct tag){TAG_GEN_CLOSE, c};
-    c->spool_fd = c->reply_fd = c->worker_fd = c->pull_fd = -1;
-    c->status_slice = grpc_empty_slice();
+    c->shared.spool_fd = c->shared.reply_fd = c->shared.worker_fd = c->cq.pull_fd = -1;
+    c->shared.status_slice = grpc_empty_slice();
     grpc_metadata_array_init(&c->md);
     pthread_mutex_init(&c->mu, NULL);
     return c;
@@ -121,52 +121,52 @@ static void gen_destroy(struct gen_call *c)
     bool accepted = c->call != NULL;
     if (accepted) {
         /* A call whose status never went out was cancelled (client gone). */
-        int code = c->status_sent ? c->status_code : TN_CANCELLED;
-        double ms = elapsed_ms(&c->started);
+        int code = c->shared.status_sent ? c->shared.status_code : TN_CANCELLED;
+        double ms = elapsed_ms(&c->cq.started);
         /* Reset before it sent anything, or refused as over a limit before it
          * could (a rapid-reset flood is all these): counted in the metrics,
          * summed up in the log (log_quiet_resets()). */
-        bool quiet =
-            (code == TN_CANCELLED || c->refused_early) && !c->have_options && c->received == 0;
+        bool quiet = (code == TN_CANCELLED || c->cq.refused_early) && !c->cq.have_options &&
+                     c->cq.received == 0;
         pthread_mutex_lock(&f->mu);
-        dlink_remove(&c->all_link);
+        dlink_remove(&c->lists.all_link);
         if (quiet)
             f->quiet_resets++;
         pthread_mutex_unlock(&f->mu);
         struct tn_log_access a = {
             .method =
                 c->probe ? "thumbnail.v1.Thumbnailer/Probe" : "thumbnail.v1.Thumbnailer/Generate",
-            .peer = c->peer,
+            .peer = c->cq.peer,
             .file = c->job.file_name,
-            .bytes_in = c->received,
-            .bytes_out = c->bytes_out,
-            .thumbnails = c->thumbs_out,
+            .bytes_in = c->cq.received,
+            .bytes_out = c->shared.bytes_out,
+            .thumbnails = c->shared.thumbs_out,
             .ms = ms,
             .status = tn_code_name(code),
-            .message = c->status_sent ? c->status_msg : "",
-            .mode = c->pull    ? "pull"
-                    : c->local ? "local"
-                               : NULL,
+            .message = c->shared.status_sent ? c->shared.status_msg : "",
+            .mode = c->cq.pull    ? "pull"
+                    : c->cq.local ? "local"
+                                  : NULL,
         };
         tn_log_access(quiet ? TN_LOG_DEBUG : TN_LOG_INFO, &a);
         tn_metrics_call_handled(c->probe ? TN_M_PROBE : TN_M_GENERATE, code, ms / 1000);
-        tn_metrics_front_spool_add(-(int64_t)c->received);
+        tn_metrics_front_spool_add(-(int64_t)c->cq.received);
         grpc_call_unref(c->call);
     }
     grpc_metadata_array_destroy(&c->md);
-    grpc_slice_unref(c->status_slice);
-    if (c->recv_buf)
-        grpc_byte_buffer_destroy(c->recv_buf);
-    if (c->send_buf)
-        grpc_byte_buffer_destroy(c->send_buf);
-    if (c->spool_fd >= 0)
-        close(c->spool_fd);
-    if (c->pull_fd >= 0)
-        close(c->pull_fd);
-    if (c->reply_fd >= 0)
-        close(c->reply_fd);
-    if (c->worker_fd >= 0)
-        close(c->worker_fd);
+    grpc_slice_unref(c->shared.status_slice);
+    if (c->cq.recv_buf)
+        grpc_byte_buffer_destroy(c->cq.recv_buf);
+    if (c->shared.send_buf)
+        grpc_byte_buffer_destroy(c->shared.send_buf);
+    if (c->shared.spool_fd >= 0)
+        close(c->shared.spool_fd);
+    if (c->cq.pull_fd >= 0)
+        close(c->cq.pull_fd);
+    if (c->shared.reply_fd >= 0)
+        close(c->shared.reply_fd);
+    if (c->shared.worker_fd >= 0)
+        close(c->shared.worker_fd);
     drop_results(c);
     pthread_mutex_destroy(&c->mu);
     free(c);
@@ -180,13 +180,13 @@ static void gen_destroy(struct gen_call *c)
 
 void gen_ref_locked(struct gen_call *c)
 {
-    c->refs++;
+    c->shared.refs++;
 }
 
 void gen_unref(struct gen_call *c)
 {
     pthread_mutex_lock(&c->mu);
-    int left = --c->refs;
+    int left = --c->shared.refs;
     pthread_mutex_unlock(&c->mu);
     if (left == 0)
         gen_destroy(c);
@@ -251,81 +251,83 @@ static grpc_byte_buffer *range_message(uint64_t offset, uint64_t length)
  * thumbnails, never inside one), results, then the status. */
 void kick_send_locked(struct gen_call *c)
 {
-    if (c->sending || c->status_sent || !c->call)
+    if (c->shared.sending || c->shared.status_sent || !c->call)
         return;
     grpc_op ops[2];
     size_t n = 0;
     memset(ops, 0, sizeof(ops));
-    if (!c->md_sent) {
+    if (!c->shared.md_sent) {
         ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
         n++;
     }
-    bool range = !c->dead && !c->cur && c->range_to_send && !c->status_set;
+    bool range =
+        !c->shared.dead && !c->shared.cur && c->shared.range_to_send && !c->shared.status_set;
     if (range) {
-        c->range_to_send = false;
-        c->send_buf = range_message(c->range_off, c->range_len);
+        c->shared.range_to_send = false;
+        c->shared.send_buf = range_message(c->shared.range_off, c->shared.range_len);
         ops[n].op = GRPC_OP_SEND_MESSAGE;
-        ops[n].data.send_message.send_message = c->send_buf;
+        ops[n].data.send_message.send_message = c->shared.send_buf;
         n++;
-    } else if (!c->dead && !c->cur && c->res_head) {
-        c->cur = c->res_head;
-        c->res_head = c->cur->next;
-        if (!c->res_head)
-            c->res_tail = NULL;
-        c->cur_header_sent = false;
-        c->cur_off = 0;
+    } else if (!c->shared.dead && !c->shared.cur && c->shared.res_head) {
+        c->shared.cur = c->shared.res_head;
+        c->shared.res_head = c->shared.cur->next;
+        if (!c->shared.res_head)
+            c->shared.res_tail = NULL;
+        c->shared.cur_header_sent = false;
+        c->shared.cur_off = 0;
     }
     if (range) {
         /* the range request is in ops */
-    } else if (!c->dead && c->cur && c->probe) {
+    } else if (!c->shared.dead && c->shared.cur && c->probe) {
         /* ProbeResponse{json}: the whole result in one message, then done */
         Thumbnail__V1__ProbeResponse pr = THUMBNAIL__V1__PROBE_RESPONSE__INIT;
-        char *json = strndup((const char *)c->cur->map, (size_t)c->cur->meta.size);
+        char *json = strndup((const char *)c->shared.cur->map, (size_t)c->shared.cur->meta.size);
         pr.json = json ? json : "";
-        c->send_buf = tn_pb_pack(&pr.base);
+        c->shared.send_buf = tn_pb_pack(&pr.base);
         free(json);
-        size_t len = grpc_byte_buffer_length(c->send_buf);
+        size_t len = grpc_byte_buffer_length(c->shared.send_buf);
         if (len > c->f->cfg->max_message_bytes) {
             /* gRPC would refuse the send and log nothing useful: say it ourselves */
-            grpc_byte_buffer_destroy(c->send_buf);
-            c->send_buf = NULL;
-            free_result(c->cur);
-            c->cur = NULL;
+            grpc_byte_buffer_destroy(c->shared.send_buf);
+            c->shared.send_buf = NULL;
+            free_result(c->shared.cur);
+            c->shared.cur = NULL;
             finish_locked(c, TN_RESOURCE_EXHAUSTED,
                           "the probe result is %zu bytes, over this server's --max-message-bytes "
                           "of %" PRIu64,
                           len, c->f->cfg->max_message_bytes);
             return;
         }
-        c->cur_off = c->cur->meta.size;
+        c->shared.cur_off = c->shared.cur->meta.size;
         ops[n].op = GRPC_OP_SEND_MESSAGE;
-        ops[n].data.send_message.send_message = c->send_buf;
+        ops[n].data.send_message.send_message = c->shared.send_buf;
         n++;
-    } else if (!c->dead && c->cur) {
-        if (!c->cur_header_sent) {
-            c->send_buf = header_message(&c->cur->meta, c->cur->reason, c->cur->kind);
+    } else if (!c->shared.dead && c->shared.cur) {
+        if (!c->shared.cur_header_sent) {
+            c->shared.send_buf =
+                header_message(&c->shared.cur->meta, c->shared.cur->reason, c->shared.cur->kind);
         } else {
-            uint64_t left = c->cur->meta.size - c->cur_off;
+            uint64_t left = c->shared.cur->meta.size - c->shared.cur_off;
             size_t len = (size_t)(left < c->f->cfg->chunk_size ? left : c->f->cfg->chunk_size);
-            c->send_buf = data_message(c->cur->map + c->cur_off, len);
+            c->shared.send_buf = data_message(c->shared.cur->map + c->shared.cur_off, len);
         }
         ops[n].op = GRPC_OP_SEND_MESSAGE;
-        ops[n].data.send_message.send_message = c->send_buf;
+        ops[n].data.send_message.send_message = c->shared.send_buf;
         n++;
-    } else if (c->status_set) {
+    } else if (c->shared.status_set) {
         ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
-        ops[n].data.send_status_from_server.status = (grpc_status_code)c->status_code;
-        c->status_slice = grpc_slice_from_copied_string(c->status_msg);
+        ops[n].data.send_status_from_server.status = (grpc_status_code)c->shared.status_code;
+        c->shared.status_slice = grpc_slice_from_copied_string(c->shared.status_msg);
         ops[n].data.send_status_from_server.status_details =
-            c->status_code != TN_OK ? &c->status_slice : NULL;
+            c->shared.status_code != TN_OK ? &c->shared.status_slice : NULL;
         n++;
-        c->status_sent = true;
+        c->shared.status_sent = true;
     } else {
         return; /* nothing to send yet */
     }
-    c->md_sent = true;
-    c->sending = true;
-    c->send_since_ms = tn_mono_ms();
+    c->shared.md_sent = true;
+    c->shared.sending = true;
+    c->shared.send_since_ms = tn_mono_ms();
     gen_ref_locked(c);
     start_batch(c->call, ops, n, &c->t_send);
 }
@@ -333,13 +335,13 @@ void kick_send_locked(struct gen_call *c)
 /* Set the call's final status (first one wins) and send it when the results are out. */
 void finish_locked(struct gen_call *c, int code, const char *fmt, ...)
 {
-    if (c->status_set)
+    if (c->shared.status_set)
         return;
-    c->status_set = true;
-    c->status_code = code;
+    c->shared.status_set = true;
+    c->shared.status_code = code;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(c->status_msg, sizeof(c->status_msg), fmt, ap);
+    vsnprintf(c->shared.status_msg, sizeof(c->shared.status_msg), fmt, ap);
     va_end(ap);
     if (code != TN_OK)
         drop_results(c); /* an error status ends the stream: nothing more after it */
@@ -350,40 +352,40 @@ void finish_locked(struct gen_call *c, int code, const char *fmt, ...)
  * to abandon the job, and makes the poller see EOF and release it. */
 void abandon_job_locked(struct gen_call *c)
 {
-    if (c->reply_fd >= 0)
-        shutdown(c->reply_fd, SHUT_RDWR);
+    if (c->shared.reply_fd >= 0)
+        shutdown(c->shared.reply_fd, SHUT_RDWR);
 }
 
 void on_send_done(struct gen_call *c, bool ok)
 {
     pthread_mutex_lock(&c->mu);
-    c->sending = false;
-    if (c->send_buf) {
-        grpc_byte_buffer_destroy(c->send_buf);
-        c->send_buf = NULL;
+    c->shared.sending = false;
+    if (c->shared.send_buf) {
+        grpc_byte_buffer_destroy(c->shared.send_buf);
+        c->shared.send_buf = NULL;
     }
     if (!ok) {
-        c->dead = true;
+        c->shared.dead = true;
         drop_results(c);
         abandon_job_locked(c);
-    } else if (c->cur) {
+    } else if (c->shared.cur) {
         tn_metrics_msg_sent(c->probe ? TN_M_PROBE : TN_M_GENERATE);
-        if (!c->cur_header_sent) {
-            c->cur_header_sent = true;
+        if (!c->shared.cur_header_sent) {
+            c->shared.cur_header_sent = true;
         } else {
-            uint64_t left = c->cur->meta.size - c->cur_off;
+            uint64_t left = c->shared.cur->meta.size - c->shared.cur_off;
             uint64_t len = left < c->f->cfg->chunk_size ? left : c->f->cfg->chunk_size;
-            c->cur_off += len;
-            c->bytes_out += len;
+            c->shared.cur_off += len;
+            c->shared.bytes_out += len;
             tn_metrics_bytes_sent(len);
         }
-        if (c->cur_header_sent && c->cur_off >= c->cur->meta.size) {
-            c->thumbs_out++;
-            free_result(c->cur);
-            c->cur = NULL;
+        if (c->shared.cur_header_sent && c->shared.cur_off >= c->shared.cur->meta.size) {
+            c->shared.thumbs_out++;
+            free_result(c->shared.cur);
+            c->shared.cur = NULL;
         }
     }
-    if (!c->dead)
+    if (!c->shared.dead)
         kick_send_locked(c);
     pthread_mutex_unlock(&c->mu);
     gen_unref(c);
@@ -392,8 +394,8 @@ void on_send_done(struct gen_call *c, bool ok)
 void on_close(struct gen_call *c)
 {
     pthread_mutex_lock(&c->mu);
-    if (c->cancelled) {
-        c->dead = true;
+    if (c->cq.cancelled) {
+        c->shared.dead = true;
         drop_results(c);
         abandon_job_locked(c);
     }
@@ -425,24 +427,24 @@ void on_new_generate(struct gen_call *c, bool ok)
         gen_destroy(c); /* never accepted: refs are 0 */
         return;
     }
-    clock_gettime(CLOCK_MONOTONIC, &c->started);
+    clock_gettime(CLOCK_MONOTONIC, &c->cq.started);
     tn_metrics_call_started(c->probe ? TN_M_PROBE : TN_M_GENERATE);
     char *peer = grpc_call_get_peer(c->call);
-    snprintf(c->peer, sizeof(c->peer), "%s", peer ? peer : "?");
+    snprintf(c->cq.peer, sizeof(c->cq.peer), "%s", peer ? peer : "?");
     gpr_free(peer);
-    peer_address(c->peer, c->peer_addr, sizeof(c->peer_addr));
+    peer_address(c->cq.peer, c->cq.peer_addr, sizeof(c->cq.peer_addr));
 
     pthread_mutex_lock(&f->mu);
     f->n_live++;
     f->n_gen_calls++;
     int n = f->n_gen_calls;
     bool no_workers = f->workers_left == 0;
-    dlink_push(&f->calls, &c->all_link);
+    dlink_push(&f->calls, &c->lists.all_link);
     int same_peer = 0;
-    if (c->peer_addr[0] && f->cfg->max_calls_per_peer > 0)
+    if (c->cq.peer_addr[0] && f->cfg->max_calls_per_peer > 0)
         for (struct dlink *l = f->calls.next; l != &f->calls; l = l->next)
-            same_peer +=
-                !strcmp(DLINK_ENTRY(l, struct gen_call, all_link)->peer_addr, c->peer_addr);
+            same_peer += !strcmp(DLINK_ENTRY(l, struct gen_call, lists.all_link)->cq.peer_addr,
+                                 c->cq.peer_addr);
     pthread_mutex_unlock(&f->mu);
     if (c->probe)
         request_probe(f);
@@ -453,12 +455,12 @@ void on_new_generate(struct gen_call *c, bool ok)
     grpc_op op;
     memset(&op, 0, sizeof(op));
     op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-    op.data.recv_close_on_server.cancelled = &c->cancelled;
+    op.data.recv_close_on_server.cancelled = &c->cq.cancelled;
     pthread_mutex_lock(&c->mu);
-    c->refs = 1;
+    c->shared.refs = 1;
     pthread_mutex_unlock(&c->mu);
     start_batch(c->call, &op, 1, &c->t_close);
-    c->last_msg_ms = tn_mono_ms();
+    c->cq.last_msg_ms = tn_mono_ms();
 
     const char *refusal = auth_refusal(f, &c->md);
     if (refusal) {
@@ -473,20 +475,20 @@ void on_new_generate(struct gen_call *c, bool ok)
         return;
     }
     if (n > f->cfg->max_concurrent_calls) {
-        c->refused_early = true;
+        c->cq.refused_early = true;
         gen_fail(c, TN_RESOURCE_EXHAUSTED,
                  "server busy: %d calls in progress (--max-concurrent-calls %d); retry later",
                  n - 1, f->cfg->max_concurrent_calls);
         return;
     }
     if (f->cfg->max_calls_per_peer > 0 && same_peer > f->cfg->max_calls_per_peer) {
-        c->refused_early = true;
+        c->cq.refused_early = true;
         gen_fail(c, TN_RESOURCE_EXHAUSTED,
                  "too many calls from %s: %d in progress (--max-calls-per-peer %d); retry later",
-                 c->peer_addr, same_peer - 1, f->cfg->max_calls_per_peer);
+                 c->cq.peer_addr, same_peer - 1, f->cfg->max_calls_per_peer);
         return;
     }
-    c->window_start_ms = c->last_msg_ms;
+    c->cq.window_start_ms = c->cq.last_msg_ms;
     request_message(c);
 }
 
@@ -522,20 +524,20 @@ void check_send_stall(struct front *f, int64_t now)
     int64_t limit = (int64_t)(t * 1000);
     pthread_mutex_lock(&f->mu);
     for (struct dlink *l = f->calls.next; l != &f->calls; l = l->next) {
-        struct gen_call *c = DLINK_ENTRY(l, struct gen_call, all_link);
+        struct gen_call *c = DLINK_ENTRY(l, struct gen_call, lists.all_link);
         pthread_mutex_lock(&c->mu);
-        if (c->sending && !c->dead && now - c->send_since_ms >= limit) {
-            c->dead = true;
+        if (c->shared.sending && !c->shared.dead && now - c->shared.send_since_ms >= limit) {
+            c->shared.dead = true;
             drop_results(c);
             abandon_job_locked(c);
-            c->status_set = c->status_sent = true; /* the cancel below sends it */
-            c->status_code = TN_DEADLINE_EXCEEDED;
-            snprintf(c->status_msg, sizeof(c->status_msg),
+            c->shared.status_set = c->shared.status_sent = true; /* the cancel below sends it */
+            c->shared.status_code = TN_DEADLINE_EXCEEDED;
+            snprintf(c->shared.status_msg, sizeof(c->shared.status_msg),
                      "the client read no response for %g s; the call was ended (--idle-timeout)",
                      t);
-            tn_log_info("Generate peer=%s: reads nothing for %g s: ending it", c->peer, t);
-            grpc_call_cancel_with_status(c->call, GRPC_STATUS_DEADLINE_EXCEEDED, c->status_msg,
-                                         NULL);
+            tn_log_info("Generate peer=%s: reads nothing for %g s: ending it", c->cq.peer, t);
+            grpc_call_cancel_with_status(c->call, GRPC_STATUS_DEADLINE_EXCEEDED,
+                                         c->shared.status_msg, NULL);
         }
         pthread_mutex_unlock(&c->mu);
     }

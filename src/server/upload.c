@@ -59,9 +59,9 @@ void gen_fail(struct gen_call *c, int code, const char *fmt, ...)
      * (it skips a call whose status is set, and sets spool_fd to -1 once the
      * job has left). */
     pthread_mutex_lock(&c->mu);
-    if (c->spool_fd >= 0) {
-        close(c->spool_fd);
-        c->spool_fd = -1;
+    if (c->shared.spool_fd >= 0) {
+        close(c->shared.spool_fd);
+        c->shared.spool_fd = -1;
     }
     finish_locked(c, code, "%s", msg);
     abandon_job_locked(c); /* pull mode: a job is running already */
@@ -72,11 +72,11 @@ void gen_fail(struct gen_call *c, int code, const char *fmt, ...)
  * CQ thread only; a call on it cannot be destroyed: its RECV holds a reference. */
 void request_message(struct gen_call *c)
 {
-    dlink_push(&c->f->recving, &c->recv_link);
+    dlink_push(&c->f->recving, &c->cq.recv_link);
     grpc_op op;
     memset(&op, 0, sizeof(op));
     op.op = GRPC_OP_RECV_MESSAGE;
-    op.data.recv_message.recv_message = &c->recv_buf;
+    op.data.recv_message.recv_message = &c->cq.recv_buf;
     pthread_mutex_lock(&c->mu);
     gen_ref_locked(c);
     pthread_mutex_unlock(&c->mu);
@@ -120,12 +120,12 @@ static int check_spool_space(struct gen_call *c)
     if (margin < floor_margin)
         margin = floor_margin;
     uint64_t usable = avail > margin ? avail - margin : 0;
-    if (c->declared <= usable)
+    if (c->cq.declared <= usable)
         return 0;
     gen_fail(c, TN_RESOURCE_EXHAUSTED,
              "the server's spool (--spool-dir) has %" PRIu64 " MiB free, the upload needs %" PRIu64
              " MiB; retry later",
-             usable >> 20, (c->declared + (1u << 20) - 1) >> 20);
+             usable >> 20, (c->cq.declared + (1u << 20) - 1) >> 20);
     return -1;
 }
 
@@ -234,20 +234,20 @@ static int take_options(struct gen_call *c, const Thumbnail__V1__Options *o)
     if (take_job_opts(c, o) < 0)
         return -1;
     if (local) {
-        int lfd = open_local(c, o->local_path, &c->file_size);
+        int lfd = open_local(c, o->local_path, &c->cq.file_size);
         if (lfd < 0)
             return -1;
-        c->spool_fd = lfd;
-        c->local = true;
-        c->have_options = true;
+        c->shared.spool_fd = lfd;
+        c->cq.local = true;
+        c->cq.have_options = true;
         return 0;
     }
-    c->pull = o->pull;
-    c->declared = o->size;
-    c->file_size = o->size;
+    c->cq.pull = o->pull;
+    c->cq.declared = o->size;
+    c->cq.file_size = o->size;
     /* Pull mode: the spool file only holds the ranges pulled; ENOSPC while
      * writing them is RESOURCE_EXHAUSTED. */
-    if (c->declared && !c->pull && check_spool_space(c) < 0)
+    if (c->cq.declared && !c->cq.pull && check_spool_space(c) < 0)
         return -1;
     int fd = open_spool(cfg->spool_dir);
     if (fd < 0) {
@@ -256,13 +256,13 @@ static int take_options(struct gen_call *c, const Thumbnail__V1__Options *o)
                  strerror(-fd));
         return -1;
     }
-    c->spool_fd = fd;
-    if (c->pull && (c->pull_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0) {
+    c->shared.spool_fd = fd;
+    if (c->cq.pull && (c->cq.pull_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0) {
         tn_log_error("dup() of a spool file failed: %s", strerror(errno));
         gen_fail(c, TN_UNAVAILABLE, "the server is out of resources (%s)", strerror(errno));
         return -1;
     }
-    c->have_options = true;
+    c->cq.have_options = true;
     return 0;
 }
 
@@ -270,8 +270,9 @@ static int take_options(struct gen_call *c, const Thumbnail__V1__Options *o)
 static int take_range(struct gen_call *c, uint64_t offset, const uint8_t *data, size_t len)
 {
     pthread_mutex_lock(&c->mu);
-    bool out = c->range_out;
-    uint64_t want = c->range_off + c->range_got, left = c->range_len - c->range_got;
+    bool out = c->shared.range_out;
+    uint64_t want = c->shared.range_off + c->shared.range_got,
+             left = c->shared.range_len - c->shared.range_got;
     pthread_mutex_unlock(&c->mu);
     if (!out) {
         gen_fail(c, TN_INVALID_ARGUMENT,
@@ -287,7 +288,7 @@ static int take_range(struct gen_call *c, uint64_t offset, const uint8_t *data, 
         return -1;
     }
     for (size_t done = 0; done < len;) {
-        ssize_t n = pwrite(c->pull_fd, data + done, len - done, (off_t)(offset + done));
+        ssize_t n = pwrite(c->cq.pull_fd, data + done, len - done, (off_t)(offset + done));
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0) {
@@ -299,22 +300,23 @@ static int take_range(struct gen_call *c, uint64_t offset, const uint8_t *data, 
         }
         done += (size_t)n;
     }
-    c->received += len;
+    c->cq.received += len;
     tn_metrics_front_spool_add((int64_t)len); /* released in gen_destroy(), like uploads */
 
     pthread_mutex_lock(&c->mu);
-    c->range_got += len;
-    if (c->range_got == c->range_len) {
-        c->range_out = false;
+    c->shared.range_got += len;
+    if (c->shared.range_got == c->shared.range_len) {
+        c->shared.range_out = false;
         struct tn_ipc_read rd;
         memset(&rd, 0, sizeof(rd));
         tn_ipc_header_init(&rd.h, TN_IPC_READ_REPLY, c->job.h.job_id);
-        rd.offset = c->range_off;
-        rd.length = c->range_len;
+        rd.offset = c->shared.range_off;
+        rd.length = c->shared.range_len;
         /* The worker waits for this: its socket buffer is empty. -EPIPE: the
          * worker is gone, which the poller reports. */
-        int rc =
-            c->reply_fd >= 0 ? tn_ipc_send(c->reply_fd, &rd, sizeof(rd), NULL, 0, MSG_DONTWAIT) : 0;
+        int rc = c->shared.reply_fd >= 0
+                     ? tn_ipc_send(c->shared.reply_fd, &rd, sizeof(rd), NULL, 0, MSG_DONTWAIT)
+                     : 0;
         if (rc < 0 && rc != -EPIPE) {
             tn_log_error("sending READ_REPLY of job %" PRIu64 " failed: %s", c->job.h.job_id,
                          strerror(-rc));
@@ -329,20 +331,20 @@ static int take_range(struct gen_call *c, uint64_t offset, const uint8_t *data, 
 static int spool_write(struct gen_call *c, const unsigned char *p, size_t len)
 {
     const struct tn_config *cfg = c->f->cfg;
-    if (c->received + len > cfg->max_upload_bytes) {
+    if (c->cq.received + len > cfg->max_upload_bytes) {
         gen_fail(c, TN_RESOURCE_EXHAUSTED,
                  "upload exceeds this server's --max-upload-bytes of %" PRIu64 " bytes",
                  cfg->max_upload_bytes);
         return -1;
     }
-    if (c->declared && c->received + len > c->declared) {
+    if (c->cq.declared && c->cq.received + len > c->cq.declared) {
         gen_fail(c, TN_INVALID_ARGUMENT,
                  "upload sent more than the %" PRIu64 " bytes declared in options.size",
-                 c->declared);
+                 c->cq.declared);
         return -1;
     }
     while (len > 0) {
-        ssize_t n = write(c->spool_fd, p, len);
+        ssize_t n = write(c->shared.spool_fd, p, len);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -354,7 +356,7 @@ static int spool_write(struct gen_call *c, const unsigned char *p, size_t len)
         }
         p += n;
         len -= (size_t)n;
-        c->received += (uint64_t)n;
+        c->cq.received += (uint64_t)n;
         tn_metrics_bytes_received((uint64_t)n);
         tn_metrics_front_spool_add(n); /* released in gen_destroy() */
     }
@@ -394,7 +396,7 @@ static size_t data_field_header(const unsigned char *p, size_t avail, uint64_t t
 static int spool_data_slices(struct gen_call *c, grpc_byte_buffer *bb, bool *complete)
 {
     /* pull mode writes ranges at their offsets (take_range), local mode has no upload */
-    if (c->pull || c->local || bb->type != GRPC_BB_RAW ||
+    if (c->cq.pull || c->cq.local || bb->type != GRPC_BB_RAW ||
         bb->data.raw.compression != GRPC_COMPRESS_NONE)
         return 0;
     const grpc_slice_buffer *sb = &bb->data.raw.slice_buffer;
@@ -411,7 +413,8 @@ static int spool_data_slices(struct gen_call *c, grpc_byte_buffer *bb, bool *com
     if (!i)
         return 0;
     const struct tn_config *cfg = c->f->cfg;
-    if (c->received + n > cfg->max_upload_bytes || (c->declared && c->received + n > c->declared))
+    if (c->cq.received + n > cfg->max_upload_bytes ||
+        (c->cq.declared && c->cq.received + n > c->cq.declared))
         return 0; /* spool_write() says why */
 
     struct iovec iov[64];
@@ -431,7 +434,7 @@ static int spool_data_slices(struct gen_call *c, grpc_byte_buffer *bb, bool *com
         }
         struct iovec *v = iov;
         while (niov > 0) {
-            ssize_t w = writev(c->spool_fd, v, niov);
+            ssize_t w = writev(c->shared.spool_fd, v, niov);
             if (w < 0) {
                 if (errno == EINTR)
                     continue;
@@ -441,7 +444,7 @@ static int spool_data_slices(struct gen_call *c, grpc_byte_buffer *bb, bool *com
                          "the server could not store the upload: %s", strerror(e));
                 return -1;
             }
-            c->received += (uint64_t)w;
+            c->cq.received += (uint64_t)w;
             tn_metrics_bytes_received((uint64_t)w);
             tn_metrics_front_spool_add(w); /* released in gen_destroy() */
             while (niov > 0 && (size_t)w >= v->iov_len) {
@@ -455,7 +458,7 @@ static int spool_data_slices(struct gen_call *c, grpc_byte_buffer *bb, bool *com
             }
         }
     }
-    *complete = c->declared && c->received == c->declared;
+    *complete = c->cq.declared && c->cq.received == c->cq.declared;
     return 1;
 }
 
@@ -466,7 +469,7 @@ static void upload_complete(struct gen_call *c)
     const struct tn_config *cfg = f->cfg;
     int sp[2];
 
-    uint64_t size = c->pull || c->local ? c->file_size : c->received;
+    uint64_t size = c->cq.pull || c->cq.local ? c->cq.file_size : c->cq.received;
     if (size == 0) {
         gen_fail(c, TN_INVALID_ARGUMENT, "the file is empty (0 bytes): not a video");
         return;
@@ -521,19 +524,19 @@ static void upload_complete(struct gen_call *c)
     tn_ipc_header_init(&c->job.h, TN_IPC_JOB, id);
     c->job.file_size = size;
     c->job.deadline_ms = dl;
-    c->job.pull = c->pull ? 1 : 0;
+    c->job.pull = c->cq.pull ? 1 : 0;
 
     pthread_mutex_lock(&c->mu);
-    c->reply_fd = sp[0];
-    c->worker_fd = sp[1];
-    c->job_deadline_ms = dl;
+    c->shared.reply_fd = sp[0];
+    c->shared.worker_fd = sp[1];
+    c->shared.job_deadline_ms = dl;
     gen_ref_locked(c); /* held by the dispatch list, then by the poller */
     pthread_mutex_unlock(&c->mu);
 
     pthread_mutex_lock(&f->mu);
-    c->pend_next = NULL;
+    c->lists.pend_next = NULL;
     if (f->pend_tail)
-        f->pend_tail->pend_next = c;
+        f->pend_tail->lists.pend_next = c;
     else
         f->pend_head = c;
     f->pend_tail = c;
@@ -545,25 +548,26 @@ static void upload_complete(struct gen_call *c)
 
 void on_recv(struct gen_call *c, bool ok)
 {
-    grpc_byte_buffer *bb = c->recv_buf;
-    c->recv_buf = NULL;
-    dlink_remove(&c->recv_link); /* request_message() puts it back */
-    c->last_msg_ms = tn_mono_ms();
+    grpc_byte_buffer *bb = c->cq.recv_buf;
+    c->cq.recv_buf = NULL;
+    dlink_remove(&c->cq.recv_link); /* request_message() puts it back */
+    c->cq.last_msg_ms = tn_mono_ms();
     if (bb)
-        c->window_bytes += grpc_byte_buffer_length(bb);
+        c->cq.window_bytes += grpc_byte_buffer_length(bb);
 
     pthread_mutex_lock(&c->mu);
-    bool stop = c->dead || c->status_set;
+    bool stop = c->shared.dead || c->shared.status_set;
     pthread_mutex_unlock(&c->mu);
     if (stop)
         goto out;
 
-    if ((!ok || !bb) && c->pull && c->have_options) {
+    if ((!ok || !bb) && c->cq.pull && c->cq.have_options) {
         /* Pull mode: a half-close is fine unless the worker waits for bytes. */
         pthread_mutex_lock(&c->mu);
-        c->recv_closed = true;
-        bool out = c->range_out;
-        uint64_t off = c->range_off + c->range_got, left = c->range_len - c->range_got;
+        c->shared.recv_closed = true;
+        bool out = c->shared.range_out;
+        uint64_t off = c->shared.range_off + c->shared.range_got,
+                 left = c->shared.range_len - c->shared.range_got;
         pthread_mutex_unlock(&c->mu);
         if (out)
             gen_fail(c, TN_INVALID_ARGUMENT,
@@ -575,23 +579,23 @@ void on_recv(struct gen_call *c, bool ok)
     if (!ok || !bb) {
         /* The stream ended (half-close or cancel: gRPC core reports both alike)
          * before the upload was complete. Never process a truncated upload. */
-        if (!c->have_options && grpc_call_failed_before_recv_message(c->call)) {
+        if (!c->cq.have_options && grpc_call_failed_before_recv_message(c->call)) {
             pthread_mutex_lock(&c->mu); /* a reset, not a request: status CANCELLED */
-            c->dead = true;
+            c->shared.dead = true;
             pthread_mutex_unlock(&c->mu);
-        } else if (!c->have_options)
+        } else if (!c->cq.have_options)
             gen_fail(c, TN_INVALID_ARGUMENT, "the request stream ended before the options");
         else
             gen_fail(c, TN_INVALID_ARGUMENT,
                      "the upload ended after %" PRIu64 " bytes without an end message%s",
-                     c->received, c->declared ? " or the declared size" : "");
+                     c->cq.received, c->cq.declared ? " or the declared size" : "");
         goto out;
     }
 
     tn_metrics_msg_received(c->probe ? TN_M_PROBE : TN_M_GENERATE);
     bool complete = false;
     grpc_slice s = grpc_empty_slice();
-    if (c->have_options) {
+    if (c->cq.have_options) {
         int z = spool_data_slices(c, bb, &complete);
         if (z < 0)
             goto out_slice;
@@ -606,10 +610,10 @@ void on_recv(struct gen_call *c, bool ok)
      * bytes straight from the received slice, without a protobuf-c copy. */
     uint64_t n;
     size_t i;
-    if (c->have_options && !c->pull && (i = data_field_header(p, len, len, &n)) != 0) {
+    if (c->cq.have_options && !c->cq.pull && (i = data_field_header(p, len, len, &n)) != 0) {
         if (spool_write(c, p + i, (size_t)n) < 0)
             goto out_slice;
-        complete = c->declared && c->received == c->declared;
+        complete = c->cq.declared && c->cq.received == c->cq.declared;
         goto handled;
     }
 
@@ -621,16 +625,16 @@ void on_recv(struct gen_call *c, bool ok)
     int rc = 0;
     switch (req->msg_case) {
     case THUMBNAIL__V1__GENERATE_REQUEST__MSG_OPTIONS:
-        if (c->have_options) {
+        if (c->cq.have_options) {
             gen_fail(c, TN_INVALID_ARGUMENT, "options sent twice; send them once, first");
             rc = -1;
         } else {
             rc = take_options(c, req->options);
-            complete = rc == 0 && (c->pull || c->local); /* nothing to upload */
+            complete = rc == 0 && (c->cq.pull || c->cq.local); /* nothing to upload */
         }
         break;
     case THUMBNAIL__V1__GENERATE_REQUEST__MSG_RANGE_DATA:
-        if (!c->pull) {
+        if (!c->cq.pull) {
             gen_fail(c, TN_INVALID_ARGUMENT,
                      "range_data is only for pull mode (options.pull); upload with data");
             rc = -1;
@@ -640,32 +644,32 @@ void on_recv(struct gen_call *c, bool ok)
         }
         break;
     case THUMBNAIL__V1__GENERATE_REQUEST__MSG_DATA:
-        if (!c->have_options) {
+        if (!c->cq.have_options) {
             gen_fail(c, TN_INVALID_ARGUMENT,
                      "data before options; the first message must "
                      "carry the options");
             rc = -1;
-        } else if (c->pull || c->local) {
+        } else if (c->cq.pull || c->cq.local) {
             gen_fail(c, TN_INVALID_ARGUMENT, "data sent in %s mode, where nothing is uploaded",
-                     c->pull ? "pull" : "local");
+                     c->cq.pull ? "pull" : "local");
             rc = -1;
         } else {
             rc = spool_write(c, req->data.data, req->data.len);
-            complete = rc == 0 && c->declared && c->received == c->declared;
+            complete = rc == 0 && c->cq.declared && c->cq.received == c->cq.declared;
         }
         break;
     case THUMBNAIL__V1__GENERATE_REQUEST__MSG_END:
-        if (!c->have_options) {
+        if (!c->cq.have_options) {
             gen_fail(c, TN_INVALID_ARGUMENT, "end before options");
             rc = -1;
-        } else if (c->pull || c->local) {
+        } else if (c->cq.pull || c->cq.local) {
             gen_fail(c, TN_INVALID_ARGUMENT, "end sent in %s mode, where nothing is uploaded",
-                     c->pull ? "pull" : "local");
+                     c->cq.pull ? "pull" : "local");
             rc = -1;
-        } else if (c->declared && c->received != c->declared) {
+        } else if (c->cq.declared && c->cq.received != c->cq.declared) {
             gen_fail(c, TN_INVALID_ARGUMENT,
                      "upload ended at %" PRIu64 " bytes but options.size declared %" PRIu64,
-                     c->received, c->declared);
+                     c->cq.received, c->cq.declared);
             rc = -1;
         } else {
             complete = true;
@@ -680,7 +684,7 @@ void on_recv(struct gen_call *c, bool ok)
 handled:
     if (complete)
         upload_complete(c);
-    if (!complete || c->pull) /* pull mode: range data comes after the job started */
+    if (!complete || c->cq.pull) /* pull mode: range data comes after the job started */
         request_message(c);
 out_slice:
     grpc_slice_unref(s);
@@ -709,23 +713,23 @@ void check_idle(struct front *f, int64_t now)
         range = idle;
     int64_t window = (int64_t)(cfg->min_upload_window_s * 1000);
     for (struct dlink *l = f->recving.next; l != &f->recving; l = l->next) {
-        struct gen_call *c = DLINK_ENTRY(l, struct gen_call, recv_link);
-        if (c->idle_ended)
+        struct gen_call *c = DLINK_ENTRY(l, struct gen_call, cq.recv_link);
+        if (c->cq.idle_ended)
             continue;
-        int64_t since = c->last_msg_ms;
-        if (c->pull && c->have_options) {
+        int64_t since = c->cq.last_msg_ms;
+        if (c->cq.pull && c->cq.have_options) {
             /* Pull mode: silence is normal while the worker decodes; only an
              * unanswered range request counts. */
             pthread_mutex_lock(&c->mu);
-            bool out = c->range_out;
-            if (c->range_since_ms > since)
-                since = c->range_since_ms;
+            bool out = c->shared.range_out;
+            if (c->shared.range_since_ms > since)
+                since = c->shared.range_since_ms;
             pthread_mutex_unlock(&c->mu);
             if (!out || range <= 0 || now - since < range)
                 continue;
-            c->idle_ended = true;
-            tn_log_info("Generate peer=%s: a range request unanswered for %g s: ending it", c->peer,
-                        (double)range / 1000);
+            c->cq.idle_ended = true;
+            tn_log_info("Generate peer=%s: a range request unanswered for %g s: ending it",
+                        c->cq.peer, (double)range / 1000);
             gen_fail(c, TN_DEADLINE_EXCEEDED,
                      "the client did not answer a range request for %g s; the call was ended "
                      "(%s)",
@@ -733,29 +737,29 @@ void check_idle(struct front *f, int64_t now)
             continue;
         }
         if (idle > 0 && now - since >= idle) {
-            c->idle_ended = true;
-            tn_log_info("Generate peer=%s: no upload data for %g s: ending it", c->peer,
+            c->cq.idle_ended = true;
+            tn_log_info("Generate peer=%s: no upload data for %g s: ending it", c->cq.peer,
                         cfg->idle_timeout_s);
             gen_fail(c, TN_DEADLINE_EXCEEDED,
                      "no upload data for %g s; the call was ended (--idle-timeout)",
                      cfg->idle_timeout_s);
             continue;
         }
-        if (!cfg->min_upload_bytes || now - c->window_start_ms < window)
+        if (!cfg->min_upload_bytes || now - c->cq.window_start_ms < window)
             continue;
-        if (c->window_bytes >= cfg->min_upload_bytes) {
-            c->window_start_ms = now;
-            c->window_bytes = 0;
+        if (c->cq.window_bytes >= cfg->min_upload_bytes) {
+            c->cq.window_start_ms = now;
+            c->cq.window_bytes = 0;
             continue;
         }
-        c->idle_ended = true;
+        c->cq.idle_ended = true;
         tn_log_info("Generate peer=%s: %" PRIu64
                     " bytes in %g s, under --min-upload-rate: ending it",
-                    c->peer, c->window_bytes, cfg->min_upload_window_s);
+                    c->cq.peer, c->cq.window_bytes, cfg->min_upload_window_s);
         gen_fail(c, TN_DEADLINE_EXCEEDED,
                  "the upload sent %" PRIu64 " bytes in %g s, less than this server's "
                  "--min-upload-rate of %" PRIu64 " bytes per %g s; the call was ended",
-                 c->window_bytes, cfg->min_upload_window_s, cfg->min_upload_bytes,
+                 c->cq.window_bytes, cfg->min_upload_window_s, cfg->min_upload_bytes,
                  cfg->min_upload_window_s);
     }
 }
