@@ -98,6 +98,16 @@ static int open_spool(const char *dir)
     return fd;
 }
 
+/* A write to the spool file failed with errno e: log it and fail the call.
+ * A full spool (ENOSPC, EDQUOT) is RESOURCE_EXHAUSTED, which a client may
+ * retry later or elsewhere; anything else UNAVAILABLE. */
+static void spool_failed(struct gen_call *c, const char *syscall, const char *what, int e)
+{
+    tn_log_error("%s() to spool file failed: %s", syscall, strerror(e));
+    gen_fail(c, e == ENOSPC || e == EDQUOT ? TN_RESOURCE_EXHAUSTED : TN_UNAVAILABLE,
+             "the server could not store %s: %s", what, strerror(e));
+}
+
 /* Refuse an upload whose declared size does not fit in the spool's free space
  * (minus the margin, see SPOOL_MARGIN) now, rather
  * than with ENOSPC after the client sent most of it. Returns 0 or fails the
@@ -292,10 +302,7 @@ static int take_range(struct gen_call *c, uint64_t offset, const uint8_t *data, 
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0) {
-            int e = errno;
-            tn_log_error("pwrite() to spool file failed: %s", strerror(e));
-            gen_fail(c, e == ENOSPC || e == EDQUOT ? TN_RESOURCE_EXHAUSTED : TN_UNAVAILABLE,
-                     "the server could not store the pulled bytes: %s", strerror(e));
+            spool_failed(c, "pwrite", "the pulled bytes", errno);
             return -1;
         }
         done += (size_t)n;
@@ -348,10 +355,7 @@ static int spool_write(struct gen_call *c, const unsigned char *p, size_t len)
         if (n < 0) {
             if (errno == EINTR)
                 continue;
-            int e = errno;
-            tn_log_error("write() to spool file failed: %s", strerror(e));
-            gen_fail(c, e == ENOSPC || e == EDQUOT ? TN_RESOURCE_EXHAUSTED : TN_UNAVAILABLE,
-                     "the server could not store the upload: %s", strerror(e));
+            spool_failed(c, "write", "the upload", errno);
             return -1;
         }
         p += n;
@@ -438,10 +442,7 @@ static int spool_data_slices(struct gen_call *c, grpc_byte_buffer *bb, bool *com
             if (w < 0) {
                 if (errno == EINTR)
                     continue;
-                int e = errno;
-                tn_log_error("writev() to spool file failed: %s", strerror(e));
-                gen_fail(c, e == ENOSPC || e == EDQUOT ? TN_RESOURCE_EXHAUSTED : TN_UNAVAILABLE,
-                         "the server could not store the upload: %s", strerror(e));
+                spool_failed(c, "writev", "the upload", errno);
                 return -1;
             }
             c->cq.received += (uint64_t)w;
