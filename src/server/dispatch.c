@@ -23,6 +23,9 @@
 
 #define KILL_MARGIN_MS 1000 /* past the job deadline before the worker is killed */
 
+/* ------------------------------------------------------------------------ */
+/* Deferred unrefs                                                          */
+
 /* Unrefs collected under front.mu, released after it is dropped. */
 struct unref_list {
     struct gen_call *v[64];
@@ -46,6 +49,9 @@ static void unref_flush(struct unref_list *l)
         gen_unref(l->v[i]);
     l->n = 0;
 }
+
+/* ------------------------------------------------------------------------ */
+/* The job queue                                                            */
 
 /* The job is over for the poller: stop watching the reply socket. Caller holds
  * f->mu and c->mu; the poller's reference goes to l. */
@@ -169,6 +175,9 @@ static void dispatch_pending(struct front *f)
             tn_log_error("write() to eventfd failed: %s", strerror(errno));
     }
 }
+
+/* ------------------------------------------------------------------------ */
+/* Replies from the workers                                                 */
 
 /* Map a RESULT's memfd for streaming. Takes ownership of fd. */
 static struct result *result_new(const struct tn_ipc_result *m, int fd)
@@ -344,6 +353,9 @@ static void handle_reply(struct front *f, struct gen_call *c)
     pthread_mutex_unlock(&f->mu);
     unref_flush(&l);
 }
+
+/* ------------------------------------------------------------------------ */
+/* Deadlines, the master's word, the poller loop                            */
 
 static void check_deadlines(struct front *f)
 {

@@ -37,6 +37,9 @@ _Static_assert((int)THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_KEYFRAME == (int)TN_MODE
 _Static_assert((int)THUMBNAIL__V1__SEEK_MODE__SEEK_MODE_SMART == (int)TN_MODE_SMART, "mode");
 _Static_assert((int)THUMBNAIL__V1__FIT_MODE__FIT_MODE_PAD == (int)TN_FIT_PAD, "fit");
 
+/* ------------------------------------------------------------------------ */
+/* Helpers for every call kind                                              */
+
 double elapsed_ms(const struct timespec *since)
 {
     struct timespec now;
@@ -71,6 +74,9 @@ void start_batch(grpc_call *call, const grpc_op *ops, size_t n, void *tag)
 {
     must_succeed(grpc_call_start_batch(call, ops, n, tag, NULL), "grpc_call_start_batch");
 }
+
+/* ------------------------------------------------------------------------ */
+/* Lifetime: creation, references, destruction                              */
 
 /* Bytes of results mapped in the front, all calls (--max-result-bytes). */
 uint64_t held_result_bytes;
@@ -191,6 +197,9 @@ void gen_unref(struct gen_call *c)
     if (left == 0)
         gen_destroy(c);
 }
+
+/* ------------------------------------------------------------------------ */
+/* Sending (either thread, c->mu held)                                      */
 
 static void put_varint(unsigned char **p, uint64_t v)
 {
@@ -391,6 +400,9 @@ void on_send_done(struct gen_call *c, bool ok)
     gen_unref(c);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Accepting a call (CQ thread)                                             */
+
 void on_close(struct gen_call *c)
 {
     pthread_mutex_lock(&c->mu);
@@ -510,6 +522,9 @@ void request_probe(struct front *f)
         f->server, f->m_probe, &c->call, &c->deadline, &c->md, NULL, f->cq, f->cq, &c->t_new);
     must_succeed(e, "grpc_server_request_registered_call");
 }
+
+/* ------------------------------------------------------------------------ */
+/* Limits on the send side (CQ thread)                                      */
 
 /* The send side of --idle-timeout: a client that reads none of its responses
  * for that long (one send batch outstanding all the while: HTTP/2 flow

@@ -24,6 +24,9 @@
 #define PREREQUESTED_CALLS 32 /* Generate calls requested ahead (see setup()) */
 #define PREREQUESTED_PROBES 4 /* Probe calls requested ahead (rarer; same reason) */
 
+/* ------------------------------------------------------------------------ */
+/* Credentials                                                              */
+
 /*
  * --auth-token-file: NULL if the call may proceed (no token configured, or its
  * metadata carries "authorization: Bearer <token>"), else why not, as a status
@@ -60,6 +63,9 @@ static grpc_server_credentials *server_tls_credentials(const struct tn_tls *t)
                          : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE,
         NULL);
 }
+
+/* ------------------------------------------------------------------------ */
+/* unix: listeners across reloads                                           */
 
 /*
  * unix:PATH listeners and reload. gRPC unlinks a unix socket's path when its
@@ -126,6 +132,9 @@ void unpublish_unix(struct front *f)
         unlink(priv);
     }
 }
+
+/* ------------------------------------------------------------------------ */
+/* The server: channel args, methods, listeners, requests ahead             */
 
 int setup(struct front *f, const struct tn_config *cfg)
 {

@@ -22,6 +22,9 @@
 #include "reflection.h"
 #include "status.h"
 
+/* ------------------------------------------------------------------------ */
+/* Unary calls: Health/Check and unknown methods                            */
+
 /*
  * The access line of a call other than Generate: an unknown method at INFO;
  * health checks and reflection at DEBUG only, or load-balancer probes would
@@ -220,6 +223,9 @@ void request_generic(struct front *f)
         grpc_server_request_call(f->server, &s->call, &s->details, &s->md, f->cq, f->cq, &s->t_new);
     must_succeed(e, "grpc_server_request_call");
 }
+
+/* ------------------------------------------------------------------------ */
+/* Streams: Health/Watch and server reflection                              */
 
 /*
  * Health/Watch and both ServerReflectionInfo methods. They never involve a

@@ -37,16 +37,9 @@
 #define SPOOL_MARGIN (64ull << 20)
 #define SPOOL_MARGIN_SHARE 8
 
-/* Milliseconds on CLOCK_MONOTONIC at which a gRPC deadline expires; 0 = none. */
-static int64_t deadline_to_mono_ms(gpr_timespec dl)
-{
-    gpr_timespec rt = gpr_convert_clock_type(dl, GPR_CLOCK_REALTIME);
-    if (rt.tv_sec == INT64_MAX)
-        return 0;
-    gpr_timespec now = gpr_now(GPR_CLOCK_REALTIME);
-    int64_t rem = (rt.tv_sec - now.tv_sec) * 1000 + (rt.tv_nsec - now.tv_nsec) / 1000000;
-    return tn_mono_ms() + rem;
-}
+/* ------------------------------------------------------------------------ */
+/* Receiving: failure and the next message                                  */
+
 void gen_fail(struct gen_call *c, int code, const char *fmt, ...)
 {
     char msg[STATUS_MAX];
@@ -82,6 +75,9 @@ void request_message(struct gen_call *c)
     pthread_mutex_unlock(&c->mu);
     start_batch(c->call, &op, 1, &c->t_recv);
 }
+
+/* ------------------------------------------------------------------------ */
+/* The spool                                                                */
 
 static int open_spool(const char *dir)
 {
@@ -139,6 +135,9 @@ static int check_spool_space(struct gen_call *c)
     return -1;
 }
 
+/* ------------------------------------------------------------------------ */
+/* Local mode                                                               */
+
 /*
  * Open local_path under --media-root for a local-mode job (media_root.h).
  * Returns the fd and its size, or fails the call (the status says why, in the
@@ -168,6 +167,9 @@ static int open_local(struct gen_call *c, const char *path, uint64_t *size)
     }
     return fd;
 }
+
+/* ------------------------------------------------------------------------ */
+/* Options                                                                  */
 
 /* The proto's Options into c->job.opts, defaults filled in and checked.
  * Returns 0 or fails the call (INVALID_ARGUMENT) and returns -1. */
@@ -276,6 +278,9 @@ static int take_options(struct gen_call *c, const Thumbnail__V1__Options *o)
     return 0;
 }
 
+/* ------------------------------------------------------------------------ */
+/* Pull mode: range data                                                    */
+
 /* Pull mode: one RangeData message. Returns 0 or fails the call and returns -1. */
 static int take_range(struct gen_call *c, uint64_t offset, const uint8_t *data, size_t len)
 {
@@ -334,6 +339,9 @@ static int take_range(struct gen_call *c, uint64_t offset, const uint8_t *data, 
     pthread_mutex_unlock(&c->mu);
     return 0;
 }
+
+/* ------------------------------------------------------------------------ */
+/* Upload data                                                              */
 
 static int spool_write(struct gen_call *c, const unsigned char *p, size_t len)
 {
@@ -461,6 +469,20 @@ static int spool_data_slices(struct gen_call *c, grpc_byte_buffer *bb, bool *com
     }
     *complete = c->cq.declared && c->cq.received == c->cq.declared;
     return 1;
+}
+
+/* ------------------------------------------------------------------------ */
+/* A complete upload, and the receive loop                                  */
+
+/* Milliseconds on CLOCK_MONOTONIC at which a gRPC deadline expires; 0 = none. */
+static int64_t deadline_to_mono_ms(gpr_timespec dl)
+{
+    gpr_timespec rt = gpr_convert_clock_type(dl, GPR_CLOCK_REALTIME);
+    if (rt.tv_sec == INT64_MAX)
+        return 0;
+    gpr_timespec now = gpr_now(GPR_CLOCK_REALTIME);
+    int64_t rem = (rt.tv_sec - now.tv_sec) * 1000 + (rt.tv_nsec - now.tv_nsec) / 1000000;
+    return tn_mono_ms() + rem;
 }
 
 /* The upload is complete: hand the call to the poller for dispatch. */
@@ -694,6 +716,9 @@ out:
         grpc_byte_buffer_destroy(bb);
     gen_unref(c);
 }
+
+/* ------------------------------------------------------------------------ */
+/* --idle-timeout, --min-upload-rate, --range-timeout                       */
 
 /* End uploads that have waited for a message longer than --idle-timeout, or
  * that sent less than --min-upload-rate's bytes in a window of it (a trickle
