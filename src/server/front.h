@@ -3,7 +3,7 @@
  * thumbnail.v1.Thumbnailer/Generate and /Probe, grpc.health.v1.Health/Check and
  * /Watch, and server reflection (v1, v1alpha); answers other methods
  * UNIMPLEMENTED. Spools uploads to O_TMPFILE files (pull and local mode: see
- * front.c), sends jobs on the queue, streams results back.
+ * front_int.h), sends jobs on the queue, streams results back.
  *
  * Signals (sent by the master): SIGTERM/SIGINT stop now (cancel calls),
  * SIGQUIT stop accepting (the listeners close and clients get GOAWAY, so new
