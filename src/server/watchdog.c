@@ -18,6 +18,7 @@
 #include "log.h"
 #include "master_int.h"
 #include "metrics.h"
+#include "proctitle.h"
 
 /* ---- the front watchdog (struct watchdog) ----------------------------------- */
 
@@ -54,6 +55,7 @@ __attribute__((noreturn)) static void run_checker(const char *listen, pid_t fron
 {
     char why[160];
     tn_log_set_role("watchdog");
+    tn_proctitle_set("tn: check", "thumbnail_server: front check");
     int keep[1] = {tn_log_fd()};
     close_other_fds(keep, 1);
     prctl(PR_SET_PDEATHSIG, SIGKILL);

@@ -428,11 +428,15 @@ def all_pids():
 
 
 def children(pid):
-    """Live (non-zombie) direct children of pid."""
+    """Live (non-zombie) direct children of pid that have a role: not the master's
+    short-lived front checker (comm "tn: check"), nor a child that has not taken
+    its role yet (it still has its parent's comm, for the microseconds after fork)."""
+    parent = proc_stat(pid)
     out = []
     for p in all_pids():
         st = proc_stat(p)
-        if st and st["ppid"] == pid and st["state"] != "Z":
+        if st and st["ppid"] == pid and st["state"] != "Z" and st["comm"] != "tn: check" \
+                and not (parent and st["comm"] == parent["comm"]):
             out.append(p)
     return sorted(out)
 

@@ -165,11 +165,17 @@ class KillOneMidBatch(unittest.TestCase):
             self.assertEqual(proc.returncode, 0, stdout + stderr)
             self.assertIn("%d ok, 0 failed" % n, stdout)
             self.assertEqual(len(h.tree_files(out)), n * N_TIMES)
+            # A writes each call's access line after its status has gone out: wait for
+            # them. B was SIGKILLed mid-batch, so its count may miss the one call whose
+            # status had gone out before its line was written (or count one whose status
+            # never reached the client, which was then retried on A): one call either way.
+            h.wait_for(lambda: served(a) + served(b) >= n - 1, 10, what="A's access lines")
             served_a, served_b = served(a), served(b)
             retried = h.client_retries(stdout)
             h.log("B killed after %.2f s; A served %d calls, B %d before dying; %d files "
                   "retried" % (killed_at, served_a, served_b, retried))
-            self.assertEqual(served_a + served_b, n)
+            self.assertLessEqual(abs(served_a + served_b - n), 1,
+                                 "the servers' access lines and the client's count disagree")
             self.assertGreater(served_a, served_b)
             self.assertGreaterEqual(retried, 1, "B died mid-call: that call is retried on A")
             shutil.rmtree(inp, True)
