@@ -114,6 +114,20 @@ static grpc_call *create_call(struct call *c, grpc_channel *ch, const char *meth
                                     grpc_slice_from_static_string(method), NULL, deadline, NULL);
 }
 
+/* The two receive ops every call starts: the server's initial metadata into
+ * md, and its status (with trailing metadata, details, error string) into st;
+ * all of it lands in c. */
+static void recv_md_and_status(struct call *c, grpc_op *md, grpc_op *st)
+{
+    md->op = GRPC_OP_RECV_INITIAL_METADATA;
+    md->data.recv_initial_metadata.recv_initial_metadata = &c->initial_md;
+    st->op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    st->data.recv_status_on_client.trailing_metadata = &c->trailing_md;
+    st->data.recv_status_on_client.status = &c->status;
+    st->data.recv_status_on_client.status_details = &c->details;
+    st->data.recv_status_on_client.error_string = &c->error_string;
+}
+
 static void start(struct call *c, const grpc_op *ops, size_t n, enum tag t)
 {
     c->pending[t] = true;
@@ -623,13 +637,7 @@ void tn_rpc_generate(grpc_channel *ch, grpc_completion_queue *cq, const struct t
     /* Status first: an early error from the server must end the upload promptly. */
     grpc_op ops[2];
     memset(ops, 0, sizeof(ops));
-    ops[0].op = GRPC_OP_RECV_INITIAL_METADATA;
-    ops[0].data.recv_initial_metadata.recv_initial_metadata = &c.initial_md;
-    ops[1].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-    ops[1].data.recv_status_on_client.trailing_metadata = &c.trailing_md;
-    ops[1].data.recv_status_on_client.status = &c.status;
-    ops[1].data.recv_status_on_client.status_details = &c.details;
-    ops[1].data.recv_status_on_client.error_string = &c.error_string;
+    recv_md_and_status(&c, &ops[0], &ops[1]);
     start(&c, ops, 2, TAG_STATUS);
 
     struct rx rx = {.sink = sink,
@@ -692,15 +700,9 @@ grpc_status_code tn_rpc_health(grpc_channel *ch, const char *service, double tim
     ops[1].op = GRPC_OP_SEND_MESSAGE;
     ops[1].data.send_message.send_message = send;
     ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
-    ops[3].data.recv_initial_metadata.recv_initial_metadata = &c.initial_md;
+    recv_md_and_status(&c, &ops[3], &ops[5]);
     ops[4].op = GRPC_OP_RECV_MESSAGE;
     ops[4].data.recv_message.recv_message = &recv;
-    ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-    ops[5].data.recv_status_on_client.trailing_metadata = &c.trailing_md;
-    ops[5].data.recv_status_on_client.status = &c.status;
-    ops[5].data.recv_status_on_client.status_details = &c.details;
-    ops[5].data.recv_status_on_client.error_string = &c.error_string;
     start(&c, ops, 6, TAG_STATUS);
     wait_for(&c, TAG_STATUS);
     if (c.abandoned) { /* gRPC still owns the batch's buffers: leak them with the queue */
