@@ -29,7 +29,6 @@ size_t tn_ipc_size(unsigned type)
     case TN_IPC_ACK: return sizeof(struct tn_ipc_ack);
     case TN_IPC_RESULT: return sizeof(struct tn_ipc_result);
     case TN_IPC_DONE: return sizeof(struct tn_ipc_done);
-    case TN_IPC_RESULT_INFO: return sizeof(struct tn_ipc_result_info);
     case TN_IPC_READ:
     case TN_IPC_READ_REPLY: return sizeof(struct tn_ipc_read);
     default: return 0;

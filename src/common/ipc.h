@@ -10,8 +10,9 @@
  *    exactly one of them.
  *  - a reply socketpair per job, made by the front: the worker answers on it
  *    with ACK, then one RESULT per thumbnail (fd: a sealed memfd holding the
- *    encoded image), then DONE. EOF before DONE means the worker died. The
- *    front closing its end means "abandon the job" (client gone, deadline).
+ *    encoded image; the message carries the engine's reason for it), then
+ *    DONE. EOF before DONE means the worker died. The front closing its end
+ *    means "abandon the job" (client gone, deadline).
  *
  * File descriptors, never bytes, cross the boundary. Every struct starts with
  * the same header; `version` lets a respawned front and an old worker (reload)
@@ -26,18 +27,18 @@
 #include "job_opts.h"
 
 #define TN_IPC_MAGIC 0x544e4a31u /* "TNJ1" */
-#define TN_IPC_VERSION 2         /* 2: the options are one struct tn_job_opts */
+#define TN_IPC_VERSION 3         /* 3: a RESULT carries its own reason and kind */
 #define TN_IPC_MAX_FDS 2
 #define TN_IPC_NAME_MAX 256
 #define TN_IPC_MESSAGE_MAX 512
+#define TN_IPC_REASON_MAX 200
 
 enum tn_ipc_type {
+    /* every job */
     TN_IPC_JOB = 1,    /* front -> worker, fds [video, reply] */
     TN_IPC_ACK = 2,    /* worker -> front: job taken, by this pid */
     TN_IPC_RESULT = 3, /* worker -> front, fd [memfd with the image] */
     TN_IPC_DONE = 4,   /* worker -> front: last message of a job */
-    /* engine (10..14) */
-    TN_IPC_RESULT_INFO = 10, /* worker -> front: the reason text of the next RESULT */
     /* pull and local mode */
     TN_IPC_READ = 5,       /* worker -> front (pull): fetch bytes into the video fd */
     TN_IPC_READ_REPLY = 6, /* front -> worker (pull): those bytes are in the video fd now */
@@ -93,17 +94,10 @@ struct tn_ipc_result {
     double requested_time; /* seconds, percent resolved */
     double actual_time;    /* pts of the frame used, seconds */
     uint64_t size;         /* bytes of the image in the memfd (from offset 0) */
-};
-
-#define TN_IPC_REASON_MAX 200
-
-/* Sent just before the RESULT of the same index when the engine has
- * something to say about how it got the picture. */
-struct tn_ipc_result_info {
-    struct tn_ipc_header h;
-    uint32_t index;
-    uint32_t kind;                  /* the proto's ThumbnailKind: 0 image, 1 sprite, 2 VTT */
-    char reason[TN_IPC_REASON_MAX]; /* NUL-terminated */
+    uint32_t kind;         /* the proto's ThumbnailKind: 0 image, 1 sprite, 2 VTT */
+    uint32_t pad;
+    char reason[TN_IPC_REASON_MAX]; /* how the engine got the picture ("skipped 1 black
+                                     * frame"); NUL-terminated, "" if nothing to say */
 };
 
 struct tn_ipc_done {
@@ -120,7 +114,6 @@ union tn_ipc_any {
     struct tn_ipc_ack ack;
     struct tn_ipc_result result;
     struct tn_ipc_done done;
-    struct tn_ipc_result_info info;
     struct tn_ipc_read read; /* TN_IPC_READ and TN_IPC_READ_REPLY */
 };
 

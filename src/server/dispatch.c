@@ -188,6 +188,7 @@ static struct result *result_new(const struct tn_ipc_result *m, int fd)
         return NULL;
     }
     r->meta = *m;
+    r->meta.reason[sizeof(r->meta.reason) - 1] = '\0';
     r->fd = fd;
     struct stat st;
     if (fstat(fd, &st) < 0 || (uint64_t)st.st_size < m->size || m->size == 0) {
@@ -274,12 +275,6 @@ static void handle_reply(struct front *f, struct gen_call *c)
                 free_result(r);
                 break;
             }
-            if (c->poll.next_info.h.type == TN_IPC_RESULT_INFO &&
-                c->poll.next_info.index == r->meta.index) {
-                memcpy(r->reason, c->poll.next_info.reason, sizeof(r->reason));
-                r->kind = c->poll.next_info.kind;
-            }
-            c->poll.next_info.h.type = 0;
             if (c->shared.res_tail)
                 c->shared.res_tail->next = r;
             else
@@ -288,10 +283,6 @@ static void handle_reply(struct front *f, struct gen_call *c)
             kick_send_locked(c);
             break;
         }
-        case TN_IPC_RESULT_INFO:
-            m.info.reason[sizeof(m.info.reason) - 1] = 0;
-            c->poll.next_info = m.info;
-            break;
         case TN_IPC_READ: {
             const struct tn_config *cfg = f->cfg;
             uint64_t off = m.read.offset, len = m.read.length, size = c->job.file_size;

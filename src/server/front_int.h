@@ -141,9 +141,7 @@ struct stream_call;
 /* One thumbnail received from a worker, waiting to be streamed. Owns fd and map. */
 struct result {
     struct result *next;
-    struct tn_ipc_result meta;
-    char reason[TN_IPC_REASON_MAX]; /* from the RESULT_INFO before it; "" if none */
-    uint32_t kind;                  /* ditto: ThumbnailKind */
+    struct tn_ipc_result meta; /* reason NUL-terminated by the poller */
     int fd;
     unsigned char *map;
 };
@@ -190,10 +188,9 @@ struct gen_call {
 
     /* The poller thread only (it holds mu too, for the shared fields beside). */
     struct {
-        pid_t worker_pid;                    /* from the ACK */
-        bool killed;                         /* the deadline kill was sent */
-        struct tn_ipc_result_info next_info; /* applies to the next RESULT of its index */
-        uint64_t pulled;                     /* pull: bytes asked for so far (--max-upload-bytes) */
+        pid_t worker_pid; /* from the ACK */
+        bool killed;      /* the deadline kill was sent */
+        uint64_t pulled;  /* pull: bytes asked for so far (--max-upload-bytes) */
     } poll;
 
     pthread_mutex_t mu;
