@@ -14,6 +14,9 @@
  *    DONE. EOF before DONE means the worker died. The front closing its end
  *    means "abandon the job" (client gone, deadline).
  *
+ * The control socket between the master and each front (front.h) uses the
+ * same framing for its two small messages (struct tn_ipc_ctl).
+ *
  * File descriptors, never bytes, cross the boundary. Every struct starts with
  * the same header; `version` lets a respawned front and an old worker (reload)
  * refuse each other cleanly instead of misreading.
@@ -27,7 +30,7 @@
 #include "job_opts.h"
 
 #define TN_IPC_MAGIC 0x544e4a31u /* "TNJ1" */
-#define TN_IPC_VERSION 3         /* 3: a RESULT carries its own reason and kind */
+#define TN_IPC_VERSION 3         /* 3: a RESULT carries its reason; the control socket is framed */
 #define TN_IPC_MAX_FDS 2
 #define TN_IPC_NAME_MAX 256
 #define TN_IPC_MESSAGE_MAX 512
@@ -42,6 +45,9 @@ enum tn_ipc_type {
     /* pull and local mode */
     TN_IPC_READ = 5,       /* worker -> front (pull): fetch bytes into the video fd */
     TN_IPC_READ_REPLY = 6, /* front -> worker (pull): those bytes are in the video fd now */
+    /* the control socket between the master and a front (front.h) */
+    TN_IPC_CTL_READY = 7,   /* front -> master: the gRPC server is started and serving */
+    TN_IPC_CTL_WORKERS = 8, /* master -> front: worker slots left (value) */
 };
 
 struct tn_ipc_header {
@@ -100,6 +106,13 @@ struct tn_ipc_result {
                                      * frame"); NUL-terminated, "" if nothing to say */
 };
 
+/* TN_IPC_CTL_READY (value 0) and TN_IPC_CTL_WORKERS; job_id is 0. */
+struct tn_ipc_ctl {
+    struct tn_ipc_header h;
+    int32_t value;
+    uint32_t pad;
+};
+
 struct tn_ipc_done {
     struct tn_ipc_header h;
     int32_t code; /* enum tn_code */
@@ -115,6 +128,7 @@ union tn_ipc_any {
     struct tn_ipc_result result;
     struct tn_ipc_done done;
     struct tn_ipc_read read; /* TN_IPC_READ and TN_IPC_READ_REPLY */
+    struct tn_ipc_ctl ctl;   /* TN_IPC_CTL_READY and TN_IPC_CTL_WORKERS */
 };
 
 /* Milliseconds on CLOCK_MONOTONIC: the clock of tn_ipc_job.deadline_ms. The

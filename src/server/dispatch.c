@@ -380,20 +380,24 @@ static void check_deadlines(struct front *f)
 static void read_ctl(struct front *f)
 {
     for (;;) {
-        struct tn_front_ctl msg;
-        ssize_t n = recv(f->ctl_fd, &msg, sizeof(msg), MSG_DONTWAIT);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && errno == EAGAIN)
+        union tn_ipc_any m;
+        int fds[TN_IPC_MAX_FDS], nfds = 0;
+        int n = tn_ipc_recv(f->ctl_fd, &m, sizeof(m), fds, &nfds, MSG_DONTWAIT);
+        if (n == -EAGAIN)
             return;
-        if (n <= 0) { /* the master is gone: PDEATHSIG stops us */
+        if (n == 0 || (n < 0 && n != -EPROTO && n != -EMSGSIZE)) {
+            /* the master is gone: PDEATHSIG stops us */
             epoll_ctl(f->epfd, EPOLL_CTL_DEL, f->ctl_fd, NULL);
             return;
         }
-        if (n != (ssize_t)sizeof(msg) || msg.type != TN_FRONT_CTL_WORKERS) {
-            tn_log_warn("unexpected message on the control socket (%zd bytes)", n);
+        for (int i = 0; i < nfds; i++)
+            close(fds[i]);
+        if (n < 0 || m.h.type != TN_IPC_CTL_WORKERS) {
+            tn_log_warn("unexpected message on the control socket (%s, type %u)",
+                        n < 0 ? strerror(-n) : "ok", n < 0 ? 0 : m.h.type);
             continue;
         }
+        const struct tn_ipc_ctl msg = m.ctl;
         pthread_mutex_lock(&f->mu);
         bool lost = msg.value == 0 && f->workers_left != 0;
         f->workers_left = msg.value;

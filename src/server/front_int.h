@@ -280,7 +280,7 @@ struct front {
     int n_live;      /* all call objects with an accepted call, alive */
     int n_waiting;   /* jobs not yet picked up by a worker (pending + unacked) */
     bool draining;
-    int workers_left;            /* the master's last TN_FRONT_CTL_WORKERS; -1 = not told */
+    int workers_left;            /* the master's last TN_IPC_CTL_WORKERS; -1 = not told */
     bool health_changed;         /* workers_left fell to 0: the CQ thread tells watchers */
     bool stopping;               /* server shutdown started: streams are being ended */
     struct stream_call *streams; /* Watch and reflection calls alive (CQ thread) */

@@ -122,6 +122,8 @@ static void test_sizes(void **state)
     assert_int_equal(tn_ipc_size(TN_IPC_DONE), sizeof(struct tn_ipc_done));
     assert_int_equal(tn_ipc_size(TN_IPC_READ), sizeof(struct tn_ipc_read));
     assert_int_equal(tn_ipc_size(TN_IPC_READ_REPLY), sizeof(struct tn_ipc_read));
+    assert_int_equal(tn_ipc_size(TN_IPC_CTL_READY), sizeof(struct tn_ipc_ctl));
+    assert_int_equal(tn_ipc_size(TN_IPC_CTL_WORKERS), sizeof(struct tn_ipc_ctl));
     assert_int_equal(tn_ipc_size(0), 0);
     assert_int_equal(tn_ipc_size(99), 0);
     assert_int_equal(tn_ipc_size(10), 0); /* the old RESULT_INFO: its text is in RESULT now */
