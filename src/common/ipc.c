@@ -29,9 +29,10 @@ size_t tn_ipc_size(unsigned type)
     case TN_IPC_ACK: return sizeof(struct tn_ipc_ack);
     case TN_IPC_RESULT: return sizeof(struct tn_ipc_result);
     case TN_IPC_DONE: return sizeof(struct tn_ipc_done);
-    case TN_IPC_RESULT_INFO: return sizeof(struct tn_ipc_result_info);
     case TN_IPC_READ:
     case TN_IPC_READ_REPLY: return sizeof(struct tn_ipc_read);
+    case TN_IPC_CTL_READY:
+    case TN_IPC_CTL_WORKERS: return sizeof(struct tn_ipc_ctl);
     default: return 0;
     }
 }

@@ -10,8 +10,12 @@
  *    exactly one of them.
  *  - a reply socketpair per job, made by the front: the worker answers on it
  *    with ACK, then one RESULT per thumbnail (fd: a sealed memfd holding the
- *    encoded image), then DONE. EOF before DONE means the worker died. The
- *    front closing its end means "abandon the job" (client gone, deadline).
+ *    encoded image; the message carries the engine's reason for it), then
+ *    DONE. EOF before DONE means the worker died. The front closing its end
+ *    means "abandon the job" (client gone, deadline).
+ *
+ * The control socket between the master and each front (front.h) uses the
+ * same framing for its two small messages (struct tn_ipc_ctl).
  *
  * File descriptors, never bytes, cross the boundary. Every struct starts with
  * the same header; `version` lets a respawned front and an old worker (reload)
@@ -26,21 +30,24 @@
 #include "job_opts.h"
 
 #define TN_IPC_MAGIC 0x544e4a31u /* "TNJ1" */
-#define TN_IPC_VERSION 2         /* 2: the options are one struct tn_job_opts */
+#define TN_IPC_VERSION 3         /* 3: a RESULT carries its reason; the control socket is framed */
 #define TN_IPC_MAX_FDS 2
 #define TN_IPC_NAME_MAX 256
 #define TN_IPC_MESSAGE_MAX 512
+#define TN_IPC_REASON_MAX 200
 
 enum tn_ipc_type {
+    /* every job */
     TN_IPC_JOB = 1,    /* front -> worker, fds [video, reply] */
     TN_IPC_ACK = 2,    /* worker -> front: job taken, by this pid */
     TN_IPC_RESULT = 3, /* worker -> front, fd [memfd with the image] */
     TN_IPC_DONE = 4,   /* worker -> front: last message of a job */
-    /* engine (10..14) */
-    TN_IPC_RESULT_INFO = 10, /* worker -> front: the reason text of the next RESULT */
     /* pull and local mode */
     TN_IPC_READ = 5,       /* worker -> front (pull): fetch bytes into the video fd */
     TN_IPC_READ_REPLY = 6, /* front -> worker (pull): those bytes are in the video fd now */
+    /* the control socket between the master and a front (front.h) */
+    TN_IPC_CTL_READY = 7,   /* front -> master: the gRPC server is started and serving */
+    TN_IPC_CTL_WORKERS = 8, /* master -> front: worker slots left (value) */
 };
 
 struct tn_ipc_header {
@@ -93,17 +100,17 @@ struct tn_ipc_result {
     double requested_time; /* seconds, percent resolved */
     double actual_time;    /* pts of the frame used, seconds */
     uint64_t size;         /* bytes of the image in the memfd (from offset 0) */
+    uint32_t kind;         /* the proto's ThumbnailKind: 0 image, 1 sprite, 2 VTT */
+    uint32_t pad;
+    char reason[TN_IPC_REASON_MAX]; /* how the engine got the picture ("skipped 1 black
+                                     * frame"); NUL-terminated, "" if nothing to say */
 };
 
-#define TN_IPC_REASON_MAX 200
-
-/* Sent just before the RESULT of the same index when the engine has
- * something to say about how it got the picture. */
-struct tn_ipc_result_info {
+/* TN_IPC_CTL_READY (value 0) and TN_IPC_CTL_WORKERS; job_id is 0. */
+struct tn_ipc_ctl {
     struct tn_ipc_header h;
-    uint32_t index;
-    uint32_t kind;                  /* the proto's ThumbnailKind: 0 image, 1 sprite, 2 VTT */
-    char reason[TN_IPC_REASON_MAX]; /* NUL-terminated */
+    int32_t value;
+    uint32_t pad;
 };
 
 struct tn_ipc_done {
@@ -120,8 +127,8 @@ union tn_ipc_any {
     struct tn_ipc_ack ack;
     struct tn_ipc_result result;
     struct tn_ipc_done done;
-    struct tn_ipc_result_info info;
     struct tn_ipc_read read; /* TN_IPC_READ and TN_IPC_READ_REPLY */
+    struct tn_ipc_ctl ctl;   /* TN_IPC_CTL_READY and TN_IPC_CTL_WORKERS */
 };
 
 /* Milliseconds on CLOCK_MONOTONIC: the clock of tn_ipc_job.deadline_ms. The

@@ -188,6 +188,7 @@ static struct result *result_new(const struct tn_ipc_result *m, int fd)
         return NULL;
     }
     r->meta = *m;
+    r->meta.reason[sizeof(r->meta.reason) - 1] = '\0';
     r->fd = fd;
     struct stat st;
     if (fstat(fd, &st) < 0 || (uint64_t)st.st_size < m->size || m->size == 0) {
@@ -274,12 +275,6 @@ static void handle_reply(struct front *f, struct gen_call *c)
                 free_result(r);
                 break;
             }
-            if (c->poll.next_info.h.type == TN_IPC_RESULT_INFO &&
-                c->poll.next_info.index == r->meta.index) {
-                memcpy(r->reason, c->poll.next_info.reason, sizeof(r->reason));
-                r->kind = c->poll.next_info.kind;
-            }
-            c->poll.next_info.h.type = 0;
             if (c->shared.res_tail)
                 c->shared.res_tail->next = r;
             else
@@ -288,10 +283,6 @@ static void handle_reply(struct front *f, struct gen_call *c)
             kick_send_locked(c);
             break;
         }
-        case TN_IPC_RESULT_INFO:
-            m.info.reason[sizeof(m.info.reason) - 1] = 0;
-            c->poll.next_info = m.info;
-            break;
         case TN_IPC_READ: {
             const struct tn_config *cfg = f->cfg;
             uint64_t off = m.read.offset, len = m.read.length, size = c->job.file_size;
@@ -389,20 +380,24 @@ static void check_deadlines(struct front *f)
 static void read_ctl(struct front *f)
 {
     for (;;) {
-        struct tn_front_ctl msg;
-        ssize_t n = recv(f->ctl_fd, &msg, sizeof(msg), MSG_DONTWAIT);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && errno == EAGAIN)
+        union tn_ipc_any m;
+        int fds[TN_IPC_MAX_FDS], nfds = 0;
+        int n = tn_ipc_recv(f->ctl_fd, &m, sizeof(m), fds, &nfds, MSG_DONTWAIT);
+        if (n == -EAGAIN)
             return;
-        if (n <= 0) { /* the master is gone: PDEATHSIG stops us */
+        if (n == 0 || (n < 0 && n != -EPROTO && n != -EMSGSIZE)) {
+            /* the master is gone: PDEATHSIG stops us */
             epoll_ctl(f->epfd, EPOLL_CTL_DEL, f->ctl_fd, NULL);
             return;
         }
-        if (n != (ssize_t)sizeof(msg) || msg.type != TN_FRONT_CTL_WORKERS) {
-            tn_log_warn("unexpected message on the control socket (%zd bytes)", n);
+        for (int i = 0; i < nfds; i++)
+            close(fds[i]);
+        if (n < 0 || m.h.type != TN_IPC_CTL_WORKERS) {
+            tn_log_warn("unexpected message on the control socket (%s, type %u)",
+                        n < 0 ? strerror(-n) : "ok", n < 0 ? 0 : m.h.type);
             continue;
         }
+        const struct tn_ipc_ctl msg = m.ctl;
         pthread_mutex_lock(&f->mu);
         bool lost = msg.value == 0 && f->workers_left != 0;
         f->workers_left = msg.value;

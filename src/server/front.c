@@ -206,10 +206,11 @@ int tn_front_main(const struct tn_config *cfg, int queue_fd, int ctl_fd)
         tn_notify_ready("serving on %s%s", cfg->listen[0], cfg->n_listen > 1 ? " and more" : "");
         status = 0;
         /* The master retires the previous generation (reload) on this word. */
-        struct tn_front_ctl ready = {.type = TN_FRONT_CTL_READY, .value = 0};
-        if (f->ctl_fd >= 0 && send(f->ctl_fd, &ready, sizeof(ready), MSG_NOSIGNAL) < 0)
-            tn_log_error("telling the master that the front is serving failed: %s",
-                         strerror(errno));
+        struct tn_ipc_ctl ready = {.value = 0};
+        tn_ipc_header_init(&ready.h, TN_IPC_CTL_READY, 0);
+        int err = f->ctl_fd >= 0 ? tn_ipc_send(f->ctl_fd, &ready, sizeof(ready), NULL, 0, 0) : 0;
+        if (err < 0)
+            tn_log_error("telling the master that the front is serving failed: %s", strerror(-err));
     }
 
     bool shutting_down = false, shutdown_done = false, cancelled_all = false, ended = false;

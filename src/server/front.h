@@ -19,18 +19,13 @@
 
 /*
  * The control socket between the master and one front (a SOCK_SEQPACKET
- * socketpair the master makes for each front it spawns): fixed-size messages.
- *   front -> master  TN_FRONT_CTL_READY    the gRPC server is started and serving
- *   master -> front  TN_FRONT_CTL_WORKERS  value = worker slots the generation still
- *                                          has; 0 = none will come back: answer
- *                                          NOT_SERVING and fail calls UNAVAILABLE
+ * socketpair the master makes for each front it spawns) carries struct
+ * tn_ipc_ctl messages (ipc.h), sent and received with tn_ipc_send/recv:
+ *   front -> master  TN_IPC_CTL_READY    the gRPC server is started and serving
+ *   master -> front  TN_IPC_CTL_WORKERS  value = worker slots the generation still
+ *                                        has; 0 = none will come back: answer
+ *                                        NOT_SERVING and fail calls UNAVAILABLE
  */
-enum tn_front_ctl_type { TN_FRONT_CTL_READY = 1, TN_FRONT_CTL_WORKERS = 2 };
-
-struct tn_front_ctl {
-    uint32_t type; /* enum tn_front_ctl_type */
-    int32_t value;
-};
 
 /*
  * Run the front until told to stop. queue_fd is the sending end of the job

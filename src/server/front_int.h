@@ -141,9 +141,7 @@ struct stream_call;
 /* One thumbnail received from a worker, waiting to be streamed. Owns fd and map. */
 struct result {
     struct result *next;
-    struct tn_ipc_result meta;
-    char reason[TN_IPC_REASON_MAX]; /* from the RESULT_INFO before it; "" if none */
-    uint32_t kind;                  /* ditto: ThumbnailKind */
+    struct tn_ipc_result meta; /* reason NUL-terminated by the poller */
     int fd;
     unsigned char *map;
 };
@@ -190,10 +188,9 @@ struct gen_call {
 
     /* The poller thread only (it holds mu too, for the shared fields beside). */
     struct {
-        pid_t worker_pid;                    /* from the ACK */
-        bool killed;                         /* the deadline kill was sent */
-        struct tn_ipc_result_info next_info; /* applies to the next RESULT of its index */
-        uint64_t pulled;                     /* pull: bytes asked for so far (--max-upload-bytes) */
+        pid_t worker_pid; /* from the ACK */
+        bool killed;      /* the deadline kill was sent */
+        uint64_t pulled;  /* pull: bytes asked for so far (--max-upload-bytes) */
     } poll;
 
     pthread_mutex_t mu;
@@ -283,7 +280,7 @@ struct front {
     int n_live;      /* all call objects with an accepted call, alive */
     int n_waiting;   /* jobs not yet picked up by a worker (pending + unacked) */
     bool draining;
-    int workers_left;            /* the master's last TN_FRONT_CTL_WORKERS; -1 = not told */
+    int workers_left;            /* the master's last TN_IPC_CTL_WORKERS; -1 = not told */
     bool health_changed;         /* workers_left fell to 0: the CQ thread tells watchers */
     bool stopping;               /* server shutdown started: streams are being ended */
     struct stream_call *streams; /* Watch and reflection calls alive (CQ thread) */

@@ -227,8 +227,7 @@ static grpc_byte_buffer *data_message(const unsigned char *p, size_t len)
     return bb;
 }
 
-static grpc_byte_buffer *header_message(const struct tn_ipc_result *m, const char *reason,
-                                        uint32_t kind)
+static grpc_byte_buffer *header_message(const struct tn_ipc_result *m)
 {
     Thumbnail__V1__Thumbnail th = THUMBNAIL__V1__THUMBNAIL__INIT;
     Thumbnail__V1__GenerateResponse resp = THUMBNAIL__V1__GENERATE_RESPONSE__INIT;
@@ -239,8 +238,8 @@ static grpc_byte_buffer *header_message(const struct tn_ipc_result *m, const cha
     th.height = m->height;
     th.format = (Thumbnail__V1__ImageFormat)m->format;
     th.size = m->size;
-    th.reason = (char *)reason;
-    th.kind = (Thumbnail__V1__ThumbnailKind)kind;
+    th.reason = (char *)m->reason;
+    th.kind = (Thumbnail__V1__ThumbnailKind)m->kind;
     resp.msg_case = THUMBNAIL__V1__GENERATE_RESPONSE__MSG_THUMBNAIL;
     resp.thumbnail = &th;
     return tn_pb_pack(&resp.base);
@@ -311,8 +310,7 @@ void kick_send_locked(struct gen_call *c)
         n++;
     } else if (!c->shared.dead && c->shared.cur) {
         if (!c->shared.cur_header_sent) {
-            c->shared.send_buf =
-                header_message(&c->shared.cur->meta, c->shared.cur->reason, c->shared.cur->kind);
+            c->shared.send_buf = header_message(&c->shared.cur->meta);
         } else {
             uint64_t left = c->shared.cur->meta.size - c->shared.cur_off;
             size_t len = (size_t)(left < c->f->cfg->chunk_size ? left : c->f->cfg->chunk_size);

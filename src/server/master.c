@@ -33,7 +33,7 @@
  * was ready (a crafted video that crashes the decoder, kill -9) is always
  * respawned, with backoff if it keeps dying quickly: giving up on those would
  * let a client take the service down. If every worker slot is given up, the
- * front is told (TN_FRONT_CTL_WORKERS 0): health NOT_SERVING, calls UNAVAILABLE,
+ * front is told (TN_IPC_CTL_WORKERS 0): health NOT_SERVING, calls UNAVAILABLE,
  * until a reload starts new workers; if no worker ever initialized since the
  * start, the server exits 1 instead. A front that exits 2 (cannot bind) stops
  * the server. A worker that exits TN_EXIT_RECYCLED (--max-jobs-per-worker) is
@@ -193,21 +193,22 @@ static void begin_drain(struct master *m)
 static void read_ctl(struct master *m, struct gen *g)
 {
     for (;;) {
-        struct tn_front_ctl msg;
-        ssize_t n = recv(g->ctl, &msg, sizeof(msg), MSG_DONTWAIT);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && errno == EAGAIN)
+        union tn_ipc_any msg;
+        int fds[TN_IPC_MAX_FDS], nfds = 0;
+        int n = tn_ipc_recv(g->ctl, &msg, sizeof(msg), fds, &nfds, MSG_DONTWAIT);
+        if (n == -EAGAIN)
             return;
-        if (n <= 0) {
+        if (n == 0 || (n < 0 && n != -EPROTO && n != -EMSGSIZE)) {
             /* The front is gone (or going): reap() will say how. */
             close(g->ctl);
             g->ctl = -1;
             return;
         }
-        if (n != (ssize_t)sizeof(msg) || msg.type != TN_FRONT_CTL_READY) {
-            tn_log_warn("unexpected message on front %d's control socket (%zd bytes, type %u)",
-                        (int)g->front->pid, n, n >= 4 ? msg.type : 0);
+        for (int i = 0; i < nfds; i++)
+            close(fds[i]);
+        if (n < 0 || msg.h.type != TN_IPC_CTL_READY) {
+            tn_log_warn("unexpected message on front %d's control socket (%s, type %u)",
+                        (int)g->front->pid, n < 0 ? strerror(-n) : "ok", n < 0 ? 0 : msg.h.type);
             continue;
         }
         g->front_ready = true;
@@ -226,16 +227,14 @@ static void report_pools(struct master *m)
         int n = usable_workers(g);
         if (n == g->pool_sent)
             continue;
-        struct tn_front_ctl msg = {.type = TN_FRONT_CTL_WORKERS, .value = n};
-        ssize_t w;
-        while ((w = send(g->ctl, &msg, sizeof(msg), MSG_DONTWAIT | MSG_NOSIGNAL)) < 0 &&
-               errno == EINTR)
-            ;
-        if (w == (ssize_t)sizeof(msg))
+        struct tn_ipc_ctl msg = {.value = n};
+        tn_ipc_header_init(&msg.h, TN_IPC_CTL_WORKERS, 0);
+        int err = tn_ipc_send(g->ctl, &msg, sizeof(msg), NULL, 0, MSG_DONTWAIT);
+        if (err == 0)
             g->pool_sent = n;
-        else if (w < 0 && errno != EAGAIN && errno != EPIPE && errno != ECONNRESET)
+        else if (err != -EAGAIN && err != -EPIPE)
             tn_log_error("send() on front %d's control socket failed: %s", (int)g->front->pid,
-                         strerror(errno));
+                         strerror(-err));
     }
 }
 

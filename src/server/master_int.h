@@ -84,7 +84,7 @@ struct gen {
      * (retire) is what lets the workers see EOF and exit. */
     int q[2];
     int ctl;                  /* master's end of the front's control socket (front.h); -1 */
-    bool front_ready;         /* the current front said TN_FRONT_CTL_READY */
+    bool front_ready;         /* the current front said TN_IPC_CTL_READY */
     int pool_sent;            /* the worker count last reported to the front; -1 = none */
     volatile uint32_t *ready; /* MAP_SHARED, one word per worker: set once it initialized */
     int64_t deadline_ms;      /* STARTING: give up the reload; RETIRING: SIGKILL the front */

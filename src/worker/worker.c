@@ -192,23 +192,6 @@ static int emit_result(void *opaque, const struct tn_engine_result *r)
     struct job_ctx *ctx = opaque;
     struct tn_ipc_result msg;
 
-    if ((r->reason && r->reason[0]) || r->kind) {
-        struct tn_ipc_result_info info;
-        memset(&info, 0, sizeof(info));
-        tn_ipc_header_init(&info.h, TN_IPC_RESULT_INFO, ctx->job->h.job_id);
-        info.index = r->index;
-        info.kind = (uint32_t)r->kind;
-        snprintf(info.reason, sizeof(info.reason), "%s", r->reason ? r->reason : "");
-        int err = tn_ipc_send(ctx->reply, &info, sizeof(info), NULL, 0, 0);
-        if (err < 0) {
-            close(r->fd);
-            if (err == -EPIPE)
-                return reply_gone(ctx);
-            tn_log_error("sendmsg() failed while sending a result of job %" PRIu64 ": %s",
-                         ctx->job->h.job_id, strerror(-err));
-            return TN_INTERNAL;
-        }
-    }
     memset(&msg, 0, sizeof(msg));
     tn_ipc_header_init(&msg.h, TN_IPC_RESULT, ctx->job->h.job_id);
     msg.index = r->index;
@@ -218,6 +201,8 @@ static int emit_result(void *opaque, const struct tn_engine_result *r)
     msg.requested_time = r->requested_time;
     msg.actual_time = r->actual_time;
     msg.size = r->size;
+    msg.kind = (uint32_t)r->kind;
+    snprintf(msg.reason, sizeof(msg.reason), "%s", r->reason ? r->reason : "");
     int err = tn_ipc_send(ctx->reply, &msg, sizeof(msg), &r->fd, 1, 0);
     close(r->fd);
     if (err == -EPIPE)

@@ -122,10 +122,14 @@ static void test_sizes(void **state)
     assert_int_equal(tn_ipc_size(TN_IPC_DONE), sizeof(struct tn_ipc_done));
     assert_int_equal(tn_ipc_size(TN_IPC_READ), sizeof(struct tn_ipc_read));
     assert_int_equal(tn_ipc_size(TN_IPC_READ_REPLY), sizeof(struct tn_ipc_read));
+    assert_int_equal(tn_ipc_size(TN_IPC_CTL_READY), sizeof(struct tn_ipc_ctl));
+    assert_int_equal(tn_ipc_size(TN_IPC_CTL_WORKERS), sizeof(struct tn_ipc_ctl));
     assert_int_equal(tn_ipc_size(0), 0);
     assert_int_equal(tn_ipc_size(99), 0);
+    assert_int_equal(tn_ipc_size(10), 0); /* the old RESULT_INFO: its text is in RESULT now */
     /* Every message fits the receive buffer. */
     assert_true(sizeof(union tn_ipc_any) >= sizeof(struct tn_ipc_job));
+    assert_true(sizeof(union tn_ipc_any) >= sizeof(struct tn_ipc_result));
     assert_true(sizeof(union tn_ipc_any) >= sizeof(struct tn_ipc_done));
 
     struct tn_ipc_header h;
@@ -215,6 +219,8 @@ static void test_result_round_trip(void **state)
     r.requested_time = 1.5;
     r.actual_time = 1.52;
     r.size = 15;
+    r.kind = 1;
+    memset(r.reason, 'r', sizeof(r.reason) - 1); /* longest reason */
     assert_int_equal(tn_ipc_send(p->b, &r, sizeof(r), &mem, 1, 0), 0);
     close(mem); /* the receiver's copy must keep the memfd alive */
 
@@ -224,6 +230,8 @@ static void test_result_round_trip(void **state)
     assert_int_equal(tn_ipc_recv(p->a, &m, sizeof(m), fds, &nfds, 0), sizeof(r));
     assert_int_equal(nfds, 1);
     assert_memory_equal(&m.result, &r, sizeof(r));
+    assert_int_equal(m.result.kind, 1);
+    assert_int_equal(strlen(m.result.reason), TN_IPC_REASON_MAX - 1);
     char buf[32] = {0};
     assert_int_equal(pread(fds[0], buf, sizeof(buf) - 1, 0), 15);
     assert_string_equal(buf, "\x89PNG fake image");
