@@ -1210,11 +1210,16 @@ def provenance(args):
     """Where the figures come from: the commit (and whether the tree had changes), the
     host, the tools' versions."""
     git = ["git", "-C", SOURCE]
-    commit = run(git + ["rev-parse", "--short=12", "HEAD"], capture_output=True,
-                 text=True).stdout.strip() or "unknown (not a git checkout)"
-    dirty = run(git + ["status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                text=True).stdout.strip()
-    subject = run(git + ["log", "-1", "--format=%s"], capture_output=True, text=True).stdout.strip()
+
+    def git_out(*a):
+        try:
+            return run(git + list(a), capture_output=True, text=True).stdout.strip()
+        except OSError:  # no git on this machine (a clean container): say so below
+            return ""
+    commit = (git_out("rev-parse", "--short=12", "HEAD")
+              or "unknown (not a git checkout, or no git installed)")
+    dirty = git_out("status", "--porcelain", "--untracked-files=no")
+    subject = git_out("log", "-1", "--format=%s")
     cpu = "unknown CPU"
     try:
         with open("/proc/cpuinfo") as f:

@@ -180,7 +180,7 @@ class Interrupts(h.ServersTestCase):
         inp = h.make_input_dir([])
         self.addCleanup(shutil.rmtree, inp, True)
         for i in range(12):
-            os.link(h.video("h264_1080p.mp4"), os.path.join(inp, "v%02d.mp4" % i))
+            shutil.copyfile(h.video("h264_1080p.mp4"), os.path.join(inp, "v%02d.mp4" % i))
         rnd = random.Random(12)
         for k in range(16):
             shutil.rmtree(self.root + "-out", True)
