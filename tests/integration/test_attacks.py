@@ -65,6 +65,16 @@ class Attack(unittest.TestCase):
     wrapper = ()
     legit_timeout = 20
 
+    def restart_legit(self, n=5):
+        """Stop the background legitimate calls, make n more under a fresh counter (the
+        calls after a recovery), and return the summary of those made before."""
+        self.legit.stop()
+        during = self.legit.summary()
+        self.legit = a.Legit(self.srv.addr, self.video)
+        for _ in range(n):
+            self.legit.one()
+        return during
+
     def setUp(self):
         self.srv = h.Server(workers=self.workers, metrics=True, extra=list(self.extra),
                             wrapper=list(self.wrapper))
@@ -208,12 +218,7 @@ class HpackStall(Attack):
                 pass
             time.sleep(0.5)
         # legitimate calls after the recovery, with a fresh counter
-        self.legit.stop()
-        during = self.legit.summary()
-        after = a.Legit(self.srv.addr, self.video)
-        for _ in range(5):
-            after.one()
-        self.legit = after
+        during = self.restart_legit()
         res = self.finish("HPACK: 30 MB single value (CPU stall)", 0,
                           replaced_after_s=recovered and round(recovered, 1),
                           during_calls=during["calls"], during_failures=during["failures"],
@@ -253,12 +258,7 @@ class Emfile(Attack):
                 pass
             time.sleep(0.5)
         # the thread's calls during the stall failed by design; count the ones after
-        self.legit.stop()
-        during = self.legit.summary()
-        after = a.Legit(self.srv.addr, self.video)
-        for _ in range(5):
-            after.one()
-        self.legit = after
+        during = self.restart_legit()
         res = self.finish("EMFILE (%d connections, nofile %d)" % (len(socks), self.NOFILE), 0,
                           health_back_after_s=recovered and round(recovered, 1),
                           during_calls=during["calls"], during_failures=during["failures"],
