@@ -9,6 +9,8 @@ WORKDIR /src
 COPY CMakeLists.txt ./
 COPY proto proto
 COPY src src
+COPY deploy deploy
+COPY doc doc
 RUN cmake -S . -B /build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTN_BUILD_TESTS=OFF -DTN_BUILD_BENCH=OFF \
  && cmake --build /build -j"$(nproc)" --target thumbnail_server thumbnail_client \
  && install -m 755 -s /build/src/server/thumbnail_server /build/src/client/thumbnail_client /usr/local/bin/ \
