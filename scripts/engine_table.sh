@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The engine's closing table (issue 3): for each generated clip and mode, the
+# The engine's table: for each generated clip and mode, the
 # thumbnail's size, the time asked for and used, the engine's reason, and the
 # median in-process time. Needs a build (engine_table) and the test clips.
 #

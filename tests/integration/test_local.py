@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Local mode (issue 7): `thumbnail_server --media-root DIR` reads files named by a path
+"""Local mode: `thumbnail_server --media-root DIR` reads files named by a path
 relative to DIR; nothing is uploaded.
 
 * The real client with --local over the same folder gives byte-identical thumbnails to

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Pull mode (issue 7): the server asks for byte ranges instead of receiving an upload.
+"""Pull mode: the server asks for byte ranges instead of receiving an upload.
 
 * Every playable file of the corpus (MP4 with the moov first and last, MKV, WebM,
   AVI) gives byte-identical thumbnails in pull and upload mode, with the real

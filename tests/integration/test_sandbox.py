@@ -176,7 +176,7 @@ class Sandbox(h.ServerTestCase):
         self.assertNotIn("killed by the sandbox", new)
 
     def test_5_limits_around_the_decoder(self):
-        """The other fences (issue 4): RLIMIT_AS per worker, only the job's fd read (no
+        """The other fences: RLIMIT_AS per worker, only the job's fd read (no
         playlist or concat list may name another file), a worker holding no other files."""
         workers = self.assertPoolSandboxed()
         if "--worker-memory" not in h.server_default_args():  # ASan builds turn it off
