@@ -159,13 +159,24 @@ finish() {
             while read -r m; do umount "$m"; done
     fi
     print_times
+    local summary=
+    [[ -f $RUN/logs/test.log ]] && summary=$(test_summary "$RUN/logs/test.log")
     if [[ $rc -eq 0 && ${TN_FRESH_KEEP:-0} != 1 ]] && ! grep -qF " $RUN/" /proc/mounts; then
         rm -rf "$RUN"
     else
         echo "fresh-machine: clones and logs kept in $RUN"
     fi
     [[ $rc -eq 0 ]] && echo "fresh-machine: PASSED (${STAGES[*]})"
+    # Last, so that CI reads it: the ctest totals of the test stage's passes.
+    [[ -n $summary ]] && echo "$summary"
     exit "$rc"
+}
+# test_summary LOG: "tests: N passed, N failed, N skipped", summed over every
+# ctest pass in LOG (plain, ASan, fuzz); nothing if no pass ended.
+test_summary() {
+    awk '/^[0-9]+% tests passed, [0-9]+ tests failed out of [0-9]+$/ { total += $NF; failed += $4; n++ }
+         /^\t *[0-9]+ - .* \(Skipped\)$/ { skipped++ }
+         END { if (n) printf "tests: %d passed, %d failed, %d skipped\n", total - failed - skipped, failed, skipped }' "$1"
 }
 trap finish EXIT
 trap "exit 130" INT
