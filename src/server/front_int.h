@@ -1,7 +1,7 @@
 /*
  * The gRPC front, private: the types its modules share and the functions
  * they call across files. Nothing outside src/server/{front,gen_call,upload,
- * dispatch,services,listen}.c includes this.
+ * dispatch,services,listen,library,batch}.c includes this.
  *
  * DESIGN. Two threads of ours plus gRPC's own:
  *
@@ -48,12 +48,19 @@
  * before its first RECV_MESSAGE: a refused upload is never spooled. Health
  * (Check, Watch) is exempt so that probes need no secret.
  *
+ * Library mode: List is a unary call answered on the CQ thread (library.c).
+ * A Batch call is a gen_call with a struct batch, whose files are child
+ * gen_calls without a grpc_call (c->parent) that take the local-mode job
+ * path unchanged; hooks in kick_send_locked() and the ACK forward a child's
+ * results, status and start to the parent's event stream (batch.c's DESIGN).
+ *
  * Where each concern lives: front.c the main loop, signals and drain;
  * gen_call.c a Generate/Probe call's lifetime and send side; upload.c its
  * receive side (spooling, pull ranges, local mode, idle and rate limits);
  * dispatch.c the poller (job queue, replies, deadlines, the master's word);
  * services.c health, reflection and unknown methods; listen.c listeners,
- * credentials and the server's set-up; media_root.c the jailed open.
+ * credentials and the server's set-up; media_root.c the jailed open;
+ * library.c List and the listing; batch.c Batch.
  *
  * Lock order: front.mu before call.mu. A call is never destroyed while a lock
  * is held (unrefs that may be last are deferred until the lock is dropped).

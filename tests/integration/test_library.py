@@ -6,6 +6,11 @@
   FAILED_PRECONDITION); symlinks out of the root, FIFOs left out of the listing; glob;
   recursive; sorted by path; paging with page tokens (a bad or foreign token
   INVALID_ARGUMENT); a 10 000-file folder answers in < 100 ms.
+* The client, `thumbnail_client --local` over a folder: one Batch call (no Generate
+  call in the server's log), and the same thumbnails, lines, --json objects, records
+  (a re-run skips them all) and exit status as `--per-file` (one Generate per file);
+  ^C cancels the call: exit 130, the summary, the Batch CANCELLED in the server's
+  log and no job left running.
 * Batch: per file QUEUED, STARTED, thumbnails, DONE in that order, a summary last, the
   call OK with a bad file among good ones; thumbnails byte-identical to Generate's and
   each failed file's code and message those Generate gives; dir + glob takes the files
@@ -13,8 +18,12 @@
   leaves no job running (the metrics' busy workers and queue go to 0 long before the
   files left would have taken).
 """
+import json
 import os
+import re
 import shutil
+import signal
+import subprocess
 import tempfile
 import threading
 import time
@@ -360,6 +369,114 @@ class BatchTests(h.ServerTestCase):
         count = sum(float(l.split()[-1]) for l in body.splitlines()
                     if l.startswith("thumbnail_decode_seconds_count"))
         self.assertLess(count, 40, "the jobs left after the cancel still ran")
+
+
+def normalise(text, out):
+    """The client's lines with what differs between two runs taken out: times, the
+    output folder, the order (lines come as files finish)."""
+    text = re.sub(r"\d+(\.\d+)? ms", "N ms", text.replace(out, "OUT"))
+    text = re.sub(r"in [\d.]+ s \(.*$", "", text, flags=re.M)
+    return sorted(text.splitlines())
+
+
+def json_objects(text, out):
+    objs = []
+    for line in text.splitlines():
+        o = json.loads(line)
+        o.pop("ms", None)
+        if "summary" in o:
+            o["summary"].pop("seconds")
+        objs.append(json.loads(json.dumps(o).replace(out, "OUT")))
+    return sorted(objs, key=lambda o: o.get("input", ""))
+
+
+class ClientLocalBatch(h.ServerTestCase):
+    workers = 2
+    metrics = True
+
+    @classmethod
+    def setUpClass(cls):
+        cls.top = tempfile.mkdtemp(prefix="tn-client-batch-")
+        cls.root = make_tree(cls.top)
+        os.unlink(os.path.join(cls.root, "fifo.mp4"))  # the client's walk would wait on it
+        many = os.path.join(cls.root, "many")
+        os.mkdir(many)
+        for i in range(40):
+            shutil.copyfile(h.video("h264_1080p.mp4"), os.path.join(many, "m%02d.mp4" % i))
+        cls.server_extra = ("--media-root", cls.root)
+        super().setUpClass()
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
+        shutil.rmtree(cls.top, ignore_errors=True)
+
+    def calls_in_log(self, method):
+        return len([l for l in self.server.log_text().splitlines()
+                    if " %s peer=" % method in l and " status=" in l])
+
+    def test_same_as_per_file(self):
+        args = ["-s", self.server.addr, "--local", "--exclude", "many/*", "--at", "20%",
+                "--at", "1s"]
+        for extra in ([], ["--json"]):
+            with self.subTest(extra=extra):
+                a, b = self.tmpdir(), self.tmpdir()
+                gen0, batch0 = self.calls_in_log("Generate"), self.calls_in_log("Batch")
+                ra = h.run_client(args + extra + [self.root, a])
+                h.wait_for(lambda: self.calls_in_log("Batch") == batch0 + 1, 10,
+                           what="the Batch access line")
+                self.assertEqual(self.calls_in_log("Generate"), gen0, "Generate calls made")
+                rb = h.run_client(args + extra + ["--per-file", self.root, b])
+                self.assertEqual(ra.returncode, 1, ra)  # random.bin and notes.txt fail
+                self.assertEqual(rb.returncode, ra.returncode, rb)
+                self.assertEqual(h.tree_files(a), h.tree_files(b))
+                self.assertGreater(len(h.tree_files(a)), 4)
+                for f in h.tree_files(a):
+                    self.assertEqual(h.read_bytes(os.path.join(a, f)),
+                                     h.read_bytes(os.path.join(b, f)), f)
+                if extra:
+                    self.assertEqual(json_objects(ra.stdout, a), json_objects(rb.stdout, b))
+                    self.assertEqual(normalise(ra.stderr, a), normalise(rb.stderr, b))
+                else:
+                    self.assertEqual(normalise(ra.stdout, a), normalise(rb.stdout, b))
+                    self.assertRegex(ra.stdout, r"ok   sub/b.mkv -> ")
+                    self.assertRegex(ra.stdout, r"FAIL random.bin: INVALID_ARGUMENT: ")
+                # a re-run: everything up to date, nothing sent
+                rc = h.run_client(args + extra + [self.root, a])
+                self.assertRegex(rc.output, r"0 ok, 2 failed, [1-9]\d* skipped", rc)
+
+    def metric(self, name):
+        _, _, body = self.server.scrape()
+        for line in body.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+        raise AssertionError("no %s in the metrics" % name)
+
+    def test_interrupt_cancels_the_call(self):
+        out = self.tmpdir()
+        batch0 = self.calls_in_log("Batch")
+        p = subprocess.Popen([h.CLIENT_BIN, "-s", self.server.addr, "--local", "--include",
+                              "many/*", "--width", "1920", self.root, out],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        h.wait_for(lambda: self.metric('thumbnail_workers{state="busy"}') >= 1, 20,
+                   what="a busy worker")
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        text = p.communicate(timeout=10)[0]
+        h.log("client: exit %d %.2f s after ^C" % (p.returncode, time.monotonic() - t0))
+        self.assertEqual(p.returncode, 130, text)
+        m = re.search(r"interrupted: (\d+) ok, 0 failed, 0 skipped, (\d+) not started", text)
+        self.assertIsNotNone(m, text)
+        self.assertEqual(int(m.group(1)) + int(m.group(2)), 40, text)
+        self.assertGreater(int(m.group(2)), 0, text)
+        h.wait_for(lambda: self.calls_in_log("Batch") == batch0 + 1, 10,
+                   what="the Batch access line")
+        line = [l for l in self.server.log_text().splitlines() if " Batch peer=" in l][-1]
+        self.assertIn("status=CANCELLED", line)
+        h.wait_for(lambda: self.metric('thumbnail_workers{state="busy"}') == 0 and
+                   self.metric("thumbnail_queue_depth") == 0, 5,
+                   what="no worker busy and no job queued after ^C")
 
 
 if __name__ == "__main__":
