@@ -97,6 +97,12 @@ static const struct tn_rpc_sink *lb_sink(void *ctx, size_t k)
     return tn_job_sink(lb->run->jobs[lb->idx[k]]);
 }
 
+static void lb_queued(void *ctx, size_t k)
+{
+    struct local_batch *lb = ctx;
+    tn_job_started(lb->run->jobs[lb->idx[k]]);
+}
+
 /* A file's DONE: finish it now, unless Generate would retry it (then it is
  * sent again on its own, its first attempt counted). */
 static void lb_done(void *ctx, size_t k, const struct tn_rpc_result *r)
@@ -155,7 +161,8 @@ static bool run_local_batch(struct run *run, size_t threads)
     }
     if (nb && !stop_flag) {
         grpc_completion_queue *cq = grpc_completion_queue_create_for_next(NULL);
-        struct tn_rpc_batch_sink bs = {.ctx = &lb, .sink = lb_sink, .done = lb_done};
+        struct tn_rpc_batch_sink bs = {
+            .ctx = &lb, .sink = lb_sink, .done = lb_done, .queued = lb_queued};
         struct tn_rpc_result res;
         tn_rpc_batch(run->env.channel, cq, req, paths, nb, &bs, &res);
         if (res.code == GRPC_STATUS_UNIMPLEMENTED)

@@ -498,6 +498,11 @@ const struct tn_rpc_sink *tn_job_sink(const struct tn_job *j)
     return &j->sink;
 }
 
+void tn_job_started(struct tn_job *j)
+{
+    j->t0 = (double)tn_mono_ms();
+}
+
 /* After a failed attempt (j->res): discard what it wrote, and say whether to try
  * again (after the backoff, done here). */
 static bool retry_after(struct tn_job *j)

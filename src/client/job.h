@@ -71,6 +71,8 @@ bool tn_job_batchable(const struct tn_job *j);
 bool tn_job_transient(const struct tn_job *j, const struct tn_rpc_result *r);
 const struct tn_rpc_request *tn_job_request(const struct tn_job *j);
 const struct tn_rpc_sink *tn_job_sink(const struct tn_job *j);
+/* The file's call starts now (its time in the result line counts from here). */
+void tn_job_started(struct tn_job *j);
 
 /* The output name of e's first output relative to the output directory (for
  * collision checks): malloc'd, NULL on error. */

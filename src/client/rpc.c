@@ -799,7 +799,11 @@ void tn_rpc_batch(grpc_channel *ch, grpc_completion_queue *cq, const struct tn_r
                 file_result(req, &rx[i], ev->done, &fr[i]);
                 bs->done(bs->ctx, i, &fr[i]);
                 break;
-            default: break; /* queued, started, summary: nothing to do here */
+            case THUMBNAIL__V1__BATCH_EVENT__EVENT_QUEUED:
+                if (bs->queued)
+                    bs->queued(bs->ctx, i);
+                break;
+            default: break; /* started, summary: nothing to do here */
             }
             thumbnail__v1__batch_event__free_unpacked(ev, NULL);
         }

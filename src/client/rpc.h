@@ -169,6 +169,7 @@ struct tn_rpc_batch_sink {
     void *ctx;
     const struct tn_rpc_sink *(*sink)(void *ctx, size_t file);
     void (*done)(void *ctx, size_t file, const struct tn_rpc_result *r);
+    void (*queued)(void *ctx, size_t file); /* the server took the file; may be NULL */
 };
 
 /*
