@@ -10,7 +10,8 @@
   call in the server's log), and the same thumbnails, lines, --json objects, records
   (a re-run skips them all) and exit status as `--per-file` (one Generate per file);
   ^C cancels the call: exit 130, the summary, the Batch CANCELLED in the server's
-  log and no job left running.
+  log and no job left running. A server without Batch (a grpcio server that has
+  only Generate) answers UNIMPLEMENTED, and the client sends one Generate per file.
 * Batch: per file QUEUED, STARTED, thumbnails, DONE in that order, a summary last, the
   call OK with a bad file among good ones; thumbnails byte-identical to Generate's and
   each failed file's code and message those Generate gives; dir + glob takes the files
@@ -27,6 +28,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import unittest
 
 import harness as h
 from harness import pb, pb_grpc
@@ -483,6 +485,64 @@ class ClientLocalBatch(h.ServerTestCase):
         h.wait_for(lambda: self.metric('thumbnail_workers{state="busy"}') == 0 and
                    self.metric("thumbnail_queue_depth") == 0, 5,
                    what="no worker busy and no job queued after ^C")
+
+
+def tiny_png():
+    """A valid 2x1 RGB PNG."""
+    import struct
+    import zlib
+
+    def chunk(t, body):
+        return (struct.pack(">I", len(body)) + t + body +
+                struct.pack(">I", zlib.crc32(t + body) & 0xffffffff))
+    raw = b"\x00" + b"\xff\x00\x00" + b"\x00\xff\x00"
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 1, 8, 2, 0, 0, 0)) +
+            chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+class OldServer(pb_grpc.ThumbnailerServicer):
+    """A server of before Batch: Generate only (grpcio answers UNIMPLEMENTED for the rest),
+    one PNG per local_path, the paths it was asked for kept."""
+
+    def __init__(self):
+        self.paths = []
+        self.batch_calls = 0
+
+    def Generate(self, request_iterator, context):
+        opts = next(request_iterator).options
+        self.paths.append(opts.local_path)
+        data = tiny_png()
+        yield pb.GenerateResponse(thumbnail=pb.Thumbnail(
+            index=0, width=2, height=1, format=pb.IMAGE_FORMAT_PNG, size=len(data)))
+        yield pb.GenerateResponse(data=data)
+
+
+class ClientFallback(unittest.TestCase):
+    def tmpdir(self):
+        d = tempfile.mkdtemp(prefix="tn-test-")
+        self.addCleanup(shutil.rmtree, d, True)
+        return d
+
+    def setUp(self):
+        from concurrent import futures
+        self.old = OldServer()
+        self.grpc_server = h.grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        pb_grpc.add_ThumbnailerServicer_to_server(self.old, self.grpc_server)
+        self.port = self.grpc_server.add_insecure_port("127.0.0.1:0")
+        self.grpc_server.start()
+        self.addCleanup(self.grpc_server.stop, None)
+
+    def test_a_server_without_batch_gets_one_generate_per_file(self):
+        inp, out = self.tmpdir(), self.tmpdir()
+        for n in ("a.mp4", "sub/b.mp4", "sub/c.mp4"):
+            os.makedirs(os.path.dirname(os.path.join(inp, n)), exist_ok=True)
+            shutil.copyfile(h.video("h264.mp4"), os.path.join(inp, n))
+        r = h.run_client(["-s", "127.0.0.1:%d" % self.port, "--local", "-v", inp, out],
+                         check_rc=0)
+        self.assertIn("no Batch method", r.stderr)
+        self.assertEqual(sorted(self.old.paths), ["a.mp4", "sub/b.mp4", "sub/c.mp4"])
+        self.assertEqual(h.tree_files(out), ["a.png", "sub/b.png", "sub/c.png"])
+        self.assertEqual(h.read_bytes(os.path.join(out, "a.png"))[:8], tiny_png()[:8])
 
 
 if __name__ == "__main__":
