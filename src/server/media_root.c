@@ -58,9 +58,10 @@ static int walk_beneath(int root, const char *path, int flags)
                         next ? O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC : flags | O_NOFOLLOW);
         int e = errno;
         struct stat st;
-        /* O_DIRECTORY | O_NOFOLLOW on a symlink to a directory is ENOTDIR too */
-        if (fd < 0 && e == ENOTDIR && next && fstatat(dir, comp, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-            S_ISLNK(st.st_mode))
+        /* O_DIRECTORY | O_NOFOLLOW on a symlink to a directory is ENOTDIR too (a
+         * middle component, or the last one of a folder to list) */
+        if (fd < 0 && e == ENOTDIR && (next || (flags & O_DIRECTORY)) &&
+            fstatat(dir, comp, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode))
             e = ELOOP;
         close(dir);
         if (fd < 0)
