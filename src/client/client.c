@@ -143,7 +143,11 @@ static bool run_local_batch(struct run *run, size_t threads)
         return false;
     }
     size_t nb = 0;
-    const struct tn_rpc_request *req = NULL;
+    /* The call's options: a batchable file's request, copied (a file may be
+     * finished and freed while the call goes on); its file fields unused. */
+    struct tn_rpc_request req;
+    struct tn_time_point times[TN_JOB_MAX_TIMES];
+    memset(&req, 0, sizeof(req));
     for (size_t i = 0; i < n && !stop_flag; i++) {
         struct tn_job_report rep;
         struct tn_job *j = tn_job_prepare(&run->env, &run->files->v[i], &run->plans[i], &rep);
@@ -156,7 +160,7 @@ static bool run_local_batch(struct run *run, size_t threads)
         if (tn_job_batchable(j)) {
             paths[nb] = run->files->v[i].rel;
             lb.idx[nb++] = i;
-            req = tn_job_request(j);
+            req = *tn_job_request(j);
         }
     }
     if (nb && !stop_flag) {
@@ -164,7 +168,11 @@ static bool run_local_batch(struct run *run, size_t threads)
         struct tn_rpc_batch_sink bs = {
             .ctx = &lb, .sink = lb_sink, .done = lb_done, .queued = lb_queued};
         struct tn_rpc_result res;
-        tn_rpc_batch(run->env.channel, cq, req, paths, nb, &bs, &res);
+        memcpy(times, req.times, req.n_times * sizeof(*times));
+        req.times = times;
+        req.fd = -1;
+        req.file_name = req.local_path = NULL;
+        tn_rpc_batch(run->env.channel, cq, &req, paths, nb, &bs, &res);
         if (res.code == GRPC_STATUS_UNIMPLEMENTED)
             tn_log_debug("the server has no Batch method: one Generate call per file");
         else if (res.local || res.code != GRPC_STATUS_OK)
