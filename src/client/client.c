@@ -17,6 +17,14 @@
  * 143). Temporary files that a killed client left behind are removed by the
  * next run.
  *
+ * Local mode over a folder (--local without --per-file) is one Batch call
+ * instead (run_local_batch()): every file is planned as above, those that
+ * need all their outputs go as the call's paths, and each file's events are
+ * written and reported as its own Generate call would have been (the same
+ * lines, --json objects, records and retries: a file the call could not
+ * finish, or that failed in a way Generate would retry, is sent again on its
+ * own). A server without Batch (UNIMPLEMENTED) gets one Generate per file.
+ *
  * Several --server values become one channel with the round_robin policy
  * (target.h): calls go to every server that is up in turn, a server that
  * goes down is skipped, and a call it dropped is retried (UNAVAILABLE) on the
@@ -66,7 +74,159 @@ struct run {
     size_t ok, failed, skipped, interrupted;
     bool unauthenticated; /* a call was refused UNAUTHENTICATED: start no more files */
     uint64_t thumbnails;
+    /* local batch (run_local_batch()): per file, a job still to send on its own
+     * (worker_main() takes them), and the first attempt's result if the Batch
+     * call made one; NULL otherwise */
+    struct tn_job **jobs;
+    struct tn_rpc_result *firsts;
+    bool *has_first;
 };
+
+static void report(struct run *run, struct tn_job_report *rep);
+static void *worker_main(void *arg);
+
+/* The Batch call's view of the run: its k-th path is file idx[k]. */
+struct local_batch {
+    struct run *run;
+    size_t *idx;
+};
+
+static const struct tn_rpc_sink *lb_sink(void *ctx, size_t k)
+{
+    struct local_batch *lb = ctx;
+    return tn_job_sink(lb->run->jobs[lb->idx[k]]);
+}
+
+static void lb_queued(void *ctx, size_t k)
+{
+    struct local_batch *lb = ctx;
+    tn_job_started(lb->run->jobs[lb->idx[k]]);
+}
+
+/* A file's DONE: finish it now, unless Generate would retry it (then it is
+ * sent again on its own, its first attempt counted). */
+static void lb_done(void *ctx, size_t k, const struct tn_rpc_result *r)
+{
+    struct local_batch *lb = ctx;
+    struct run *run = lb->run;
+    size_t i = lb->idx[k];
+    struct tn_job *j = run->jobs[i];
+    if (r->code != GRPC_STATUS_OK && tn_job_transient(j, r)) {
+        run->firsts[i] = *r;
+        run->has_first[i] = true;
+        return;
+    }
+    run->jobs[i] = NULL;
+    struct tn_job_report rep;
+    tn_job_call(j, NULL, r); /* takes r as the result: no call */
+    tn_job_finish(j, &rep);
+    report(run, &rep);
+}
+
+/*
+ * --local over a folder: plan every file, send those that need all their
+ * outputs as one Batch call, then the rest (and what the call left) one by
+ * one on `threads` threads as before. Returns false when out of memory.
+ */
+static bool run_local_batch(struct run *run, size_t threads)
+{
+    size_t n = run->files->n;
+    struct local_batch lb = {.run = run};
+    const char **paths = calloc(n, sizeof(*paths));
+    lb.idx = calloc(n, sizeof(*lb.idx));
+    run->jobs = calloc(n, sizeof(*run->jobs));
+    run->firsts = calloc(n, sizeof(*run->firsts));
+    run->has_first = calloc(n, sizeof(*run->has_first));
+    if (!paths || !lb.idx || !run->jobs || !run->firsts || !run->has_first) {
+        free(paths);
+        free(lb.idx);
+        return false;
+    }
+    size_t nb = 0;
+    /* The call's options: a batchable file's request, copied (a file may be
+     * finished and freed while the call goes on); its file fields unused. */
+    struct tn_rpc_request req;
+    struct tn_time_point times[TN_JOB_MAX_TIMES];
+    memset(&req, 0, sizeof(req));
+    for (size_t i = 0; i < n && !stop_flag; i++) {
+        struct tn_job_report rep;
+        struct tn_job *j = tn_job_prepare(&run->env, &run->files->v[i], &run->plans[i], &rep);
+        run->next = i + 1;
+        if (!j) {
+            report(run, &rep);
+            continue;
+        }
+        run->jobs[i] = j;
+        if (tn_job_batchable(j)) {
+            paths[nb] = run->files->v[i].rel;
+            lb.idx[nb++] = i;
+            req = *tn_job_request(j);
+        }
+    }
+    if (nb && !stop_flag) {
+        grpc_completion_queue *cq = grpc_completion_queue_create_for_next(NULL);
+        struct tn_rpc_batch_sink bs = {
+            .ctx = &lb, .sink = lb_sink, .done = lb_done, .queued = lb_queued};
+        struct tn_rpc_result res;
+        memcpy(times, req.times, req.n_times * sizeof(*times));
+        req.times = times;
+        req.fd = -1;
+        req.file_name = req.local_path = NULL;
+        tn_rpc_batch(run->env.channel, cq, &req, paths, nb, &bs, &res);
+        if (res.code == GRPC_STATUS_UNIMPLEMENTED)
+            tn_log_debug("the server has no Batch method: one Generate call per file");
+        else if (res.local || res.code != GRPC_STATUS_OK)
+            tn_log_debug("the Batch call ended with %s%s%s: the files it left go one by one",
+                         res.local ? "" : tn_code_name((int)res.code), res.local ? "" : ": ",
+                         res.message);
+        if (res.abandoned)
+            cq = NULL; /* gRPC still holds a batch on it: leak it */
+        tn_rpc_cq_destroy(&cq);
+    }
+    free(paths);
+    free(lb.idx);
+    /* What is left goes one by one, as without Batch; after ^C, nothing is started. */
+    run->next = 0;
+    size_t started = 0;
+    pthread_t tids[TN_CLIENT_MAX_JOBS];
+    for (; started < threads; started++)
+        if (pthread_create(&tids[started], NULL, worker_main, run) != 0)
+            break;
+    if (started == 0)
+        worker_main(run);
+    for (size_t t = 0; t < started; t++)
+        pthread_join(tids[t], NULL);
+    size_t left = 0;
+    for (size_t i = 0; i < n; i++)
+        if (run->jobs[i]) {
+            tn_job_drop(run->jobs[i]);
+            run->jobs[i] = NULL;
+            left++;
+        }
+    run->next = n - left; /* the files not started, for the summary */
+    return true;
+}
+
+/* Count a file's outcome and print its line. */
+static void report(struct run *run, struct tn_job_report *rep)
+{
+    pthread_mutex_lock(&run->lock);
+    switch (rep->outcome) {
+    case TN_JOB_OK: run->ok++; break;
+    case TN_JOB_SKIPPED: run->skipped++; break;
+    case TN_JOB_FAILED: run->failed++; break;
+    }
+    run->interrupted += rep->interrupted;
+    run->unauthenticated = run->unauthenticated || rep->unauthenticated;
+    run->thumbnails += rep->thumbnails;
+    pthread_mutex_unlock(&run->lock);
+
+    const char *line = rep->line ? rep->line : "FAIL (out of memory)";
+    bool show = !run->env.opt->quiet || rep->outcome == TN_JOB_FAILED;
+    tn_progress_file_done(show ? line : NULL, rep->json);
+    free(rep->line);
+    free(rep->json);
+}
 
 static void *worker_main(void *arg)
 {
@@ -76,31 +236,29 @@ static void *worker_main(void *arg)
         pthread_mutex_lock(&run->lock);
         size_t i = run->next < run->files->n && !stop_flag && !run->unauthenticated ? run->next++
                                                                                     : SIZE_MAX;
+        struct tn_job *j = NULL;
+        const struct tn_rpc_result *first = NULL;
+        if (i != SIZE_MAX && run->jobs) { /* local batch: the files left to send one by one */
+            j = run->jobs[i];
+            first = run->firsts && run->has_first[i] ? &run->firsts[i] : NULL;
+            run->jobs[i] = NULL;
+        }
         pthread_mutex_unlock(&run->lock);
         if (i == SIZE_MAX)
             break;
 
         struct tn_job_report rep;
-        tn_job_run(&run->env, cq, &run->files->v[i], &run->plans[i], &rep);
+        if (run->jobs) {
+            if (!j)
+                continue;
+            tn_job_call(j, cq, first);
+            tn_job_finish(j, &rep);
+        } else {
+            tn_job_run(&run->env, cq, &run->files->v[i], &run->plans[i], &rep);
+        }
         if (rep.abandoned) /* gRPC still holds a batch on it: leak it, take a new one */
             cq = grpc_completion_queue_create_for_next(NULL);
-
-        pthread_mutex_lock(&run->lock);
-        switch (rep.outcome) {
-        case TN_JOB_OK: run->ok++; break;
-        case TN_JOB_SKIPPED: run->skipped++; break;
-        case TN_JOB_FAILED: run->failed++; break;
-        }
-        run->interrupted += rep.interrupted;
-        run->unauthenticated = run->unauthenticated || rep.unauthenticated;
-        run->thumbnails += rep.thumbnails;
-        pthread_mutex_unlock(&run->lock);
-
-        const char *line = rep.line ? rep.line : "FAIL (out of memory)";
-        bool show = !run->env.opt->quiet || rep.outcome == TN_JOB_FAILED;
-        tn_progress_file_done(show ? line : NULL, rep.json);
-        free(rep.line);
-        free(rep.json);
+        report(run, &rep);
     }
     tn_rpc_cq_destroy(&cq);
     return NULL;
@@ -532,6 +690,9 @@ static int run_batch(const struct tn_client_options *opt)
 {
     struct tn_walk_list files = {0};
     struct tn_job_plan *plans = NULL;
+    struct tn_job **run_jobs = NULL; /* run_local_batch()'s, freed here */
+    struct tn_rpc_result *run_firsts = NULL;
+    bool *run_has_first = NULL;
     grpc_channel *ch = NULL;
     bool grpc_up = false;
     int rc = EXIT_USAGE;
@@ -616,17 +777,28 @@ static int run_batch(const struct tn_client_options *opt)
     size_t started = 0;
     double t0 = ((double)tn_mono_ms() / 1e3);
     tn_progress_init(!opt->quiet && isatty(STDERR_FILENO) && !single, files.n, lines);
-    for (; started < n_threads; started++) {
-        int e = pthread_create(&threads[started], NULL, worker_main, &run);
-        if (e) {
-            tn_log_error("pthread_create() failed: %s", strerror(e));
-            break;
+    if (opt->local && !single && !opt->per_file) {
+        bool ok = run_local_batch(&run, n_threads);
+        run_jobs = run.jobs;
+        run_firsts = run.firsts;
+        run_has_first = run.has_first;
+        if (!ok) {
+            fprintf(stderr, "thumbnail_client: out of memory\n");
+            goto out;
         }
+    } else {
+        for (; started < n_threads; started++) {
+            int e = pthread_create(&threads[started], NULL, worker_main, &run);
+            if (e) {
+                tn_log_error("pthread_create() failed: %s", strerror(e));
+                break;
+            }
+        }
+        if (started == 0)
+            worker_main(&run); /* no threads at all: still do the work, one at a time */
+        for (size_t i = 0; i < started; i++)
+            pthread_join(threads[i], NULL);
     }
-    if (started == 0)
-        worker_main(&run); /* no threads at all: still do the work, one at a time */
-    for (size_t i = 0; i < started; i++)
-        pthread_join(threads[i], NULL);
     double wall = ((double)tn_mono_ms() / 1e3) - t0;
     tn_progress_finish();
     pthread_mutex_destroy(&run.lock);
@@ -646,6 +818,9 @@ out:
         grpc_channel_destroy(ch);
     if (grpc_up && !tn_rpc_wedged())
         grpc_shutdown();
+    free(run_jobs);
+    free(run_firsts);
+    free(run_has_first);
     for (size_t i = 0; plans && i < files.n; i++)
         free((char *)plans[i].skip);
     free(plans);

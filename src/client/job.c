@@ -271,139 +271,176 @@ static char *ok_line(const struct tn_client_options *opt, const char *rel,
     return buf;
 }
 
-void tn_job_run(const struct tn_job_env *env, grpc_completion_queue *cq,
-                const struct tn_walk_entry *e, const struct tn_job_plan *plan,
-                struct tn_job_report *rep)
-{
-    bool keep_ext = plan->keep_ext;
-    const char *collides_with = plan->collides_with;
-    const struct tn_client_options *opt = env->opt;
-    size_t count = tn_options_outputs(opt);
-    bool every = opt->every > 0 && !opt->storyboard; /* the server decides how many: 1..count */
+/* One file between its plan and its report: what tn_job_run() keeps across the call. */
+struct tn_job {
+    const struct tn_job_env *env;
+    const struct tn_walk_entry *e;
+    size_t count;
+    bool every; /* the server decides how many: 1..count */
     struct tn_output_file outs[TN_JOB_MAX_TIMES];
     struct tn_rpc_thumb info[TN_JOB_MAX_TIMES];
     struct tn_time_point times[TN_JOB_MAX_TIMES];
     size_t map[TN_JOB_MAX_TIMES];
     bool fresh[TN_JOB_MAX_TIMES];   /* exists and up to date: not asked for */
     bool replace[TN_JOB_MAX_TIMES]; /* exists, out of date (or --overwrite): replaced */
-    size_t n_send = 0, n_ready = 0;
-    char *in_path = NULL, *stamp = NULL, why[1024];
-    const char *reason = NULL, *code = NULL, *transfer = NULL;
-    int fd = -1, r;
-    double t0 = (double)tn_mono_ms();
+    size_t n_send, n_ready;
+    char *in_path, *stamp, why[1024];
+    const char *reason, *code, *transfer;
+    int fd;
+    double t0;
     struct stat st;
     struct tn_rpc_result res;
-    unsigned attempt = 0;
-    bool json_outs = false, got_info = false;
-    unsigned cues = 0;
+    unsigned attempt;
+    bool json_outs, got_info, to_stdout;
+    unsigned cues;
+    struct tn_rpc_request req;
+    struct sink_ctx sctx;
+    struct tn_rpc_sink sink;
+};
+
+/* The report of j (rep->line set by the caller or here), and j freed. */
+static void job_end(struct tn_job *j, struct tn_job_report *rep)
+{
+    const struct tn_client_options *opt = j->env->opt;
+    if (opt->json)
+        make_json(rep, j->in_path ? j->in_path : j->e->rel,
+                  rep->outcome == TN_JOB_OK ? NULL : j->reason, j->code,
+                  j->json_outs ? j->outs : NULL, j->got_info ? j->info : NULL, j->fresh, j->count,
+                  j->got_info || j->code ? &j->res : NULL, j->fd >= 0 ? (uint64_t)j->st.st_size : 0,
+                  j->transfer, (double)tn_mono_ms() - j->t0, j->attempt);
+    for (size_t i = 0; i < j->n_ready; i++)
+        tn_output_free(&j->outs[i]);
+    if (j->fd >= 0)
+        close(j->fd);
+    free(j->in_path);
+    free(j->stamp);
+    free(j);
+}
+
+struct tn_job *tn_job_prepare(const struct tn_job_env *env, const struct tn_walk_entry *e,
+                              const struct tn_job_plan *plan, struct tn_job_report *rep)
+{
+    bool keep_ext = plan->keep_ext;
+    const char *collides_with = plan->collides_with;
+    const struct tn_client_options *opt = env->opt;
+    int r;
 
     memset(rep, 0, sizeof(*rep));
-    memset(info, 0, sizeof(info));
-    memset(&res, 0, sizeof(res));
-    memset(fresh, 0, sizeof(fresh));
     rep->outcome = TN_JOB_FAILED;
-    in_path = env->single ? strdup(opt->input_file) : tn_output_join(env->input_dir, e->rel, "");
-    if (!in_path) {
+    struct tn_job *j = calloc(1, sizeof(*j));
+    if (!j) {
         rep->line = format_line("FAIL %s: out of memory", e->rel);
-        goto out;
+        return NULL;
+    }
+    j->env = env;
+    j->e = e;
+    j->fd = -1;
+    j->t0 = (double)tn_mono_ms();
+    j->count = tn_options_outputs(opt);
+    j->every = opt->every > 0 && !opt->storyboard;
+    size_t count = j->count;
+    j->in_path = env->single ? strdup(opt->input_file) : tn_output_join(env->input_dir, e->rel, "");
+    if (!j->in_path) {
+        rep->line = format_line("FAIL %s: out of memory", e->rel);
+        goto done;
     }
     if (e->err) {
-        reason = strerror(e->err);
-        rep->line = format_line("FAIL %s: %s", e->rel, reason);
-        goto out;
+        j->reason = strerror(e->err);
+        rep->line = format_line("FAIL %s: %s", e->rel, j->reason);
+        goto done;
     }
-    if ((reason = plan->skip)) {
+    if ((j->reason = plan->skip)) {
         rep->outcome = TN_JOB_SKIPPED;
-        rep->line = format_line("skip %s: %s", e->rel, reason);
-        goto out;
+        rep->line = format_line("skip %s: %s", e->rel, j->reason);
+        goto done;
     }
     /* O_NONBLOCK: if the file was replaced by a FIFO since the walk, don't hang in open(). */
-    fd = open(in_path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-    if (fd < 0 || fstat(fd, &st) < 0) {
-        snprintf(why, sizeof(why), "cannot open: %s", strerror(errno));
-        reason = why;
-        rep->line = format_line("FAIL %s: %s", e->rel, reason);
-        goto out;
+    j->fd = open(j->in_path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (j->fd < 0 || fstat(j->fd, &j->st) < 0) {
+        snprintf(j->why, sizeof(j->why), "cannot open: %s", strerror(errno));
+        j->reason = j->why;
+        rep->line = format_line("FAIL %s: %s", e->rel, j->reason);
+        goto done;
     }
-    if (!S_ISREG(st.st_mode)) {
-        reason = env->single ? "not a regular file" : "no longer a regular file";
-        rep->line = format_line("FAIL %s: %s", e->rel, reason);
-        goto out;
+    if (!S_ISREG(j->st.st_mode)) {
+        j->reason = env->single ? "not a regular file" : "no longer a regular file";
+        rep->line = format_line("FAIL %s: %s", e->rel, j->reason);
+        goto done;
     }
-    if (!(stamp = tn_stamp_make(opt, &st))) {
-        reason = "out of memory";
+    if (!(j->stamp = tn_stamp_make(opt, &j->st))) {
+        j->reason = "out of memory";
         rep->line = format_line("FAIL %s: out of memory", e->rel);
-        goto out;
+        goto done;
     }
-    bool to_stdout = env->single && !strcmp(opt->output_file, "-");
+    j->to_stdout = env->single && !strcmp(opt->output_file, "-");
     for (size_t i = 0; i < count; i++) {
         char *p = output_path(env, e->rel, keep_ext, i, count);
-        r = p ? tn_output_init(&outs[i], p) : -ENOMEM;
+        r = p ? tn_output_init(&j->outs[i], p) : -ENOMEM;
         free(p);
         if (r < 0) {
-            reason = "out of memory";
+            j->reason = "out of memory";
             rep->line = format_line("FAIL %s: out of memory", e->rel);
-            goto out;
+            goto done;
         }
-        n_ready++;
+        j->n_ready++;
         struct stat ost;
-        bool exists = !to_stdout && lstat(outs[i].final, &ost) == 0;
+        bool exists = !j->to_stdout && lstat(j->outs[i].final, &ost) == 0;
         /* A storyboard's WebVTT carries no record: it is as fresh as its sprite sheet. */
         bool vtt = opt->storyboard && i == 1;
-        fresh[i] =
-            exists && !opt->overwrite && (vtt ? fresh[0] : tn_stamp_matches(outs[i].final, stamp));
-        replace[i] = exists && !fresh[i];
-        if (!fresh[i])
-            map[n_send++] = i;
+        j->fresh[i] = exists && !opt->overwrite &&
+                      (vtt ? j->fresh[0] : tn_stamp_matches(j->outs[i].final, j->stamp));
+        j->replace[i] = exists && !j->fresh[i];
+        if (!j->fresh[i])
+            j->map[j->n_send++] = i;
     }
-    json_outs = true;
-    if (opt->count || every || opt->storyboard) {
+    j->json_outs = true;
+    if (opt->count || j->every || opt->storyboard) {
         /* One call makes them all: all up to date (--every: the first) = skip, else all again. */
-        if ((every && fresh[0]) || n_send == 0) {
-            n_send = 0;
-            if (every) /* report the outputs there are, not all the possible ones */
-                for (count = 1; count < n_ready && fresh[count]; count++)
+        if ((j->every && j->fresh[0]) || j->n_send == 0) {
+            j->n_send = 0;
+            if (j->every) /* report the outputs there are, not all the possible ones */
+                for (j->count = 1; j->count < j->n_ready && j->fresh[j->count]; j->count++)
                     ;
         } else {
             for (size_t i = 0; i < count; i++) {
-                map[i] = i;
-                replace[i] = replace[i] || fresh[i];
-                fresh[i] = false;
+                j->map[i] = i;
+                j->replace[i] = j->replace[i] || j->fresh[i];
+                j->fresh[i] = false;
             }
-            n_send = count;
+            j->n_send = count;
         }
     }
     if (collides_with) {
-        snprintf(why, sizeof(why), "output %s would also be the output of %s", outs[0].final,
-                 collides_with);
-        reason = why;
-        rep->line = format_line("FAIL %s: %s", e->rel, reason);
-        goto out;
+        snprintf(j->why, sizeof(j->why), "output %s would also be the output of %s",
+                 j->outs[0].final, collides_with);
+        j->reason = j->why;
+        rep->line = format_line("FAIL %s: %s", e->rel, j->reason);
+        goto done;
     }
-    if (n_send == 0) {
+    if (j->n_send == 0) {
         rep->outcome = TN_JOB_SKIPPED;
-        reason = "up to date";
-        rep->line = format_line("skip %s: up to date (%s)", e->rel, outs[0].final);
-        goto out;
+        j->reason = "up to date";
+        rep->line = format_line("skip %s: up to date (%s)", e->rel, j->outs[0].final);
+        goto done;
     }
     /* Ask only for the missing thumbnails; map[] turns the server's index back into ours. */
-    for (size_t k = 0; k < n_send && opt->n_times; k++)
-        times[k] = opt->times[map[k]];
+    for (size_t k = 0; k < j->n_send && opt->n_times; k++)
+        j->times[k] = opt->times[j->map[k]];
 
-    if (!to_stdout && (r = tn_output_check_parent(outs[0].final)) < 0) {
-        snprintf(why, sizeof(why), "cannot create %s: %s", outs[0].final, strerror(-r));
-        reason = why;
-        rep->line = format_line("FAIL %s: %s", e->rel, reason);
-        goto out;
+    if (!j->to_stdout && (r = tn_output_check_parent(j->outs[0].final)) < 0) {
+        snprintf(j->why, sizeof(j->why), "cannot create %s: %s", j->outs[0].final, strerror(-r));
+        j->reason = j->why;
+        rep->line = format_line("FAIL %s: %s", e->rel, j->reason);
+        goto done;
     }
 
-    const char *slash = strrchr(in_path, '/');
-    struct tn_rpc_request req = {
-        .fd = fd,
-        .size = (uint64_t)st.st_size,
-        .file_name = env->single ? (slash ? slash + 1 : in_path) : e->rel,
-        .times = times,
-        .n_times = opt->n_times ? n_send : 0,
+    const char *slash = strrchr(j->in_path, '/');
+    j->req = (struct tn_rpc_request){
+        .fd = j->fd,
+        .size = (uint64_t)j->st.st_size,
+        .file_name = env->single ? (slash ? slash + 1 : j->in_path) : e->rel,
+        .times = j->times,
+        .n_times = opt->n_times ? j->n_send : 0,
         .max_width = opt->max_width,
         .max_height = opt->max_height,
         .upscale = opt->upscale,
@@ -424,38 +461,106 @@ void tn_job_run(const struct tn_job_env *env, grpc_completion_queue *cq,
         .storyboard = opt->storyboard,
         .tile_width = opt->tile_width,
         .columns = opt->columns,
-        .local_path = env->single ? (slash ? slash + 1 : in_path) : e->rel,
+        .local_path = env->single ? (slash ? slash + 1 : j->in_path) : e->rel,
     };
     /* pull and local mode */
     if (opt->local)
-        req.transfer = TN_RPC_LOCAL;
-    else if (tn_options_pulls(opt, req.size))
-        req.transfer = TN_RPC_PULL;
-    transfer = req.transfer == TN_RPC_PULL    ? "pull"
-               : req.transfer == TN_RPC_LOCAL ? "local"
-                                              : "upload";
-    struct sink_ctx sctx = {.outs = outs, .map = map, .info = info};
-    struct tn_rpc_sink sink = {
-        .ctx = &sctx, .begin = sink_begin, .data = sink_data, .sent = sink_sent};
-    for (;;) {
-        tn_rpc_generate(env->channel, cq, &req, &sink, &res);
-        if (!res.local && res.code == GRPC_STATUS_OK)
-            break;
-        for (size_t i = 0; i < count; i++)
-            tn_output_discard(&outs[i]);
-        /* Retried: UNAVAILABLE, and CANCELLED that we did not ask for (local
-         * is false) before any thumbnail: gRPC core cancels a call that reaches
-         * a server in the moment its shutdown began, before the client got the
-         * GOAWAY (a reload or a graceful stop). Generate has no side effects. */
-        bool transient = res.code == GRPC_STATUS_UNAVAILABLE ||
-                         (res.code == GRPC_STATUS_CANCELLED && res.thumbnails == 0);
-        if (res.local || res.abandoned || !transient || attempt >= opt->retries || *env->stop)
-            break;
-        tn_log_debug("%s: %s: %s (attempt %u of %u)", e->rel, tn_code_name((int)res.code),
-                     res.message, attempt + 1, opt->retries + 1);
-        backoff(attempt++, env->stop);
+        j->req.transfer = TN_RPC_LOCAL;
+    else if (tn_options_pulls(opt, j->req.size))
+        j->req.transfer = TN_RPC_PULL;
+    j->transfer = j->req.transfer == TN_RPC_PULL    ? "pull"
+                  : j->req.transfer == TN_RPC_LOCAL ? "local"
+                                                    : "upload";
+    j->sctx = (struct sink_ctx){.outs = j->outs, .map = j->map, .info = j->info};
+    j->sink = (struct tn_rpc_sink){
+        .ctx = &j->sctx, .begin = sink_begin, .data = sink_data, .sent = sink_sent};
+    return j;
+
+done:
+    job_end(j, rep);
+    return NULL;
+}
+
+bool tn_job_batchable(const struct tn_job *j)
+{
+    /* every output asked for, with the run's options as they are */
+    return !j->env->single && j->req.transfer == TN_RPC_LOCAL &&
+           (!j->env->opt->n_times || j->n_send == j->count);
+}
+
+const struct tn_rpc_request *tn_job_request(const struct tn_job *j)
+{
+    return &j->req;
+}
+
+const struct tn_rpc_sink *tn_job_sink(const struct tn_job *j)
+{
+    return &j->sink;
+}
+
+void tn_job_started(struct tn_job *j)
+{
+    j->t0 = (double)tn_mono_ms();
+}
+
+/* After a failed attempt (j->res): discard what it wrote, and say whether to try
+ * again (after the backoff, done here). */
+static bool retry_after(struct tn_job *j)
+{
+    const struct tn_client_options *opt = j->env->opt;
+    struct tn_rpc_result *res = &j->res;
+    for (size_t i = 0; i < j->count; i++)
+        tn_output_discard(&j->outs[i]);
+    /* Retried: UNAVAILABLE, and CANCELLED that we did not ask for (local
+     * is false) before any thumbnail: gRPC core cancels a call that reaches
+     * a server in the moment its shutdown began, before the client got the
+     * GOAWAY (a reload or a graceful stop). Generate has no side effects. */
+    bool transient = res->code == GRPC_STATUS_UNAVAILABLE ||
+                     (res->code == GRPC_STATUS_CANCELLED && res->thumbnails == 0);
+    if (res->local || res->abandoned || !transient || j->attempt >= opt->retries || *j->env->stop)
+        return false;
+    tn_log_debug("%s: %s: %s (attempt %u of %u)", j->e->rel, tn_code_name((int)res->code),
+                 res->message, j->attempt + 1, opt->retries + 1);
+    backoff(j->attempt++, j->env->stop);
+    return true;
+}
+
+bool tn_job_transient(const struct tn_job *j, const struct tn_rpc_result *r)
+{
+    bool transient = r->code == GRPC_STATUS_UNAVAILABLE ||
+                     (r->code == GRPC_STATUS_CANCELLED && r->thumbnails == 0);
+    return !r->local && !r->abandoned && transient && j->env->opt->retries > 0;
+}
+
+void tn_job_call(struct tn_job *j, grpc_completion_queue *cq, const struct tn_rpc_result *first)
+{
+    if (first) {
+        j->res = *first;
+        if ((j->res.local || j->res.code != GRPC_STATUS_OK) && !retry_after(j))
+            return;
+        if (!j->res.local && j->res.code == GRPC_STATUS_OK)
+            return;
     }
-    rep->interrupted = res.interrupted || *env->stop;
+    for (;;) {
+        tn_rpc_generate(j->env->channel, cq, &j->req, &j->sink, &j->res);
+        if (!j->res.local && j->res.code == GRPC_STATUS_OK)
+            break;
+        if (!retry_after(j))
+            break;
+    }
+}
+
+void tn_job_finish(struct tn_job *j, struct tn_job_report *rep)
+{
+    const struct tn_client_options *opt = j->env->opt;
+    const struct tn_walk_entry *e = j->e;
+    struct tn_rpc_result res = j->res;
+    unsigned attempt = j->attempt;
+    int r;
+
+    memset(rep, 0, sizeof(*rep));
+    rep->outcome = TN_JOB_FAILED;
+    rep->interrupted = res.interrupted || *j->env->stop;
     rep->abandoned = res.abandoned;
 
     if (res.local || res.code != GRPC_STATUS_OK) {
@@ -465,66 +570,77 @@ void tn_job_run(const struct tn_job_env *env, grpc_completion_queue *cq,
             snprintf(after, sizeof(after), " (after %u attempts)", attempt + 1);
         rep->unauthenticated = !res.local && res.code == GRPC_STATUS_UNAUTHENTICATED;
         if (!res.local)
-            code = tn_code_name((int)res.code);
-        snprintf(why, sizeof(why), "%s%s", res.message, after);
-        reason = why;
+            j->code = tn_code_name((int)res.code);
+        snprintf(j->why, sizeof(j->why), "%s%s", res.message, after);
+        j->reason = j->why;
         if (res.local)
             rep->line = format_line("FAIL %s: %s%s", e->rel, res.message, after);
         else
-            rep->line = format_line("FAIL %s: %s%s%s%s", e->rel, code, sep, res.message, after);
+            rep->line = format_line("FAIL %s: %s%s%s%s", e->rel, j->code, sep, res.message, after);
         goto out;
     }
-    if (every) { /* only what arrived: indices 0..thumbnails-1 */
-        n_send = res.thumbnails;
-        count = res.thumbnails;
+    if (j->every) { /* only what arrived: indices 0..thumbnails-1 */
+        j->n_send = res.thumbnails;
+        j->count = res.thumbnails;
     }
-    got_info = true;
-    if (opt->storyboard && outs[1].fd >= 0)
-        cues = count_cues(outs[1].fd);
-    for (size_t k = 0; k < n_send; k++) {
-        size_t i = map[k];
+    j->got_info = true;
+    if (opt->storyboard && j->outs[1].fd >= 0)
+        j->cues = count_cues(j->outs[1].fd);
+    for (size_t k = 0; k < j->n_send; k++) {
+        size_t i = j->map[k];
         /* The record: inside a PNG/JPEG before the rename, else a sidecar after it. */
-        bool inl = !to_stdout && tn_stamp_inline(outs[i].final);
-        bool record = !to_stdout && !(opt->storyboard && i == 1);
-        if (record && inl && (r = tn_stamp_attach(outs[i].final, outs[i].fd, stamp)) < 0)
+        bool inl = !j->to_stdout && tn_stamp_inline(j->outs[i].final);
+        bool record = !j->to_stdout && !(opt->storyboard && i == 1);
+        if (record && inl && (r = tn_stamp_attach(j->outs[i].final, j->outs[i].fd, j->stamp)) < 0)
             tn_log_warn("%s: no record of how it was made (%s): a re-run will make it again",
-                        outs[i].final, strerror(-r));
-        if ((r = tn_output_commit(&outs[i], opt->overwrite || replace[i])) < 0) {
-            snprintf(why, sizeof(why), "cannot write %s: %s", outs[i].final,
+                        j->outs[i].final, strerror(-r));
+        if ((r = tn_output_commit(&j->outs[i], opt->overwrite || j->replace[i])) < 0) {
+            snprintf(j->why, sizeof(j->why), "cannot write %s: %s", j->outs[i].final,
                      r == -EEXIST ? "appeared meanwhile, not replaced" : strerror(-r));
-            reason = why;
-            rep->line = format_line("FAIL %s: %s", e->rel, reason);
+            j->reason = j->why;
+            rep->line = format_line("FAIL %s: %s", e->rel, j->reason);
             goto out; /* the outputs already renamed stay: each one is complete */
         }
-        if (record && !inl && (r = tn_stamp_attach(outs[i].final, -1, stamp)) < 0)
+        if (record && !inl && (r = tn_stamp_attach(j->outs[i].final, -1, j->stamp)) < 0)
             tn_log_warn("%s: cannot write its record (%s): a re-run will make it again",
-                        outs[i].final, strerror(-r));
+                        j->outs[i].final, strerror(-r));
         rep->thumbnails++;
     }
     char sent[32], total[32], how[96] = "";
     tn_progress_fmt_bytes(sent, sizeof(sent), (double)res.bytes_sent);
-    tn_progress_fmt_bytes(total, sizeof(total), (double)req.size);
-    tn_progress_add_video(req.size);
-    if (req.transfer == TN_RPC_PULL)
+    tn_progress_fmt_bytes(total, sizeof(total), (double)j->req.size);
+    tn_progress_add_video(j->req.size);
+    if (j->req.transfer == TN_RPC_PULL)
         snprintf(how, sizeof(how), "pull: sent %s of %s in %u ranges", sent, total, res.ranges);
-    else if (req.transfer == TN_RPC_LOCAL)
+    else if (j->req.transfer == TN_RPC_LOCAL)
         snprintf(how, sizeof(how), "local: sent 0 B of %s", total);
     tn_log_debug("%s: sent %llu of %llu bytes (%s)", e->rel, (unsigned long long)res.bytes_sent,
-                 (unsigned long long)req.size, transfer);
+                 (unsigned long long)j->req.size, j->transfer);
     rep->outcome = TN_JOB_OK;
-    rep->line = ok_line(opt, e->rel, outs, info, fresh, count, cues, (double)tn_mono_ms() - t0,
-                        attempt, how[0] ? how : NULL);
+    rep->line = ok_line(opt, e->rel, j->outs, j->info, j->fresh, j->count, j->cues,
+                        (double)tn_mono_ms() - j->t0, attempt, how[0] ? how : NULL);
 
 out:
-    if (opt->json)
-        make_json(rep, in_path ? in_path : e->rel, rep->outcome == TN_JOB_OK ? NULL : reason, code,
-                  json_outs ? outs : NULL, got_info ? info : NULL, fresh, count,
-                  got_info || code ? &res : NULL, fd >= 0 ? (uint64_t)st.st_size : 0, transfer,
-                  (double)tn_mono_ms() - t0, attempt);
-    for (size_t i = 0; i < n_ready; i++)
-        tn_output_free(&outs[i]);
-    if (fd >= 0)
-        close(fd);
-    free(in_path);
-    free(stamp);
+    job_end(j, rep);
+}
+
+void tn_job_drop(struct tn_job *j)
+{
+    for (size_t i = 0; i < j->count; i++)
+        tn_output_discard(&j->outs[i]);
+    struct tn_job_report rep;
+    memset(&rep, 0, sizeof(rep));
+    job_end(j, &rep);
+    free(rep.json);
+}
+
+void tn_job_run(const struct tn_job_env *env, grpc_completion_queue *cq,
+                const struct tn_walk_entry *e, const struct tn_job_plan *plan,
+                struct tn_job_report *rep)
+{
+    struct tn_job *j = tn_job_prepare(env, e, plan, rep);
+    if (!j)
+        return;
+    tn_job_call(j, cq, NULL);
+    tn_job_finish(j, rep);
 }

@@ -9,6 +9,7 @@
 
 #include <grpc/grpc.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "options.h"
@@ -47,6 +48,31 @@ struct tn_job_plan {
 void tn_job_run(const struct tn_job_env *env, grpc_completion_queue *cq,
                 const struct tn_walk_entry *e, const struct tn_job_plan *plan,
                 struct tn_job_report *rep);
+
+/*
+ * tn_job_run() in steps, for a caller that makes the call itself (a Batch
+ * call over many files). tn_job_prepare() returns the file ready for its
+ * call, or NULL when it needs none (skipped, failed: rep is complete).
+ * tn_job_call() makes the call, retrying as tn_job_run() does; with `first`,
+ * that is the result of a first attempt made elsewhere. tn_job_finish()
+ * writes the outputs, fills rep and frees the job.
+ */
+struct tn_job;
+struct tn_rpc_result;
+struct tn_job *tn_job_prepare(const struct tn_job_env *env, const struct tn_walk_entry *e,
+                              const struct tn_job_plan *plan, struct tn_job_report *rep);
+void tn_job_call(struct tn_job *j, grpc_completion_queue *cq, const struct tn_rpc_result *first);
+void tn_job_finish(struct tn_job *j, struct tn_job_report *rep);
+/* Free a prepared job never sent (not started: no report). */
+void tn_job_drop(struct tn_job *j);
+/* Can j be one of a Batch call's files: local mode, every output asked for? */
+bool tn_job_batchable(const struct tn_job *j);
+/* Would tn_job_call() retry after r? (then the caller lets it) */
+bool tn_job_transient(const struct tn_job *j, const struct tn_rpc_result *r);
+const struct tn_rpc_request *tn_job_request(const struct tn_job *j);
+const struct tn_rpc_sink *tn_job_sink(const struct tn_job *j);
+/* The file's call starts now (its time in the result line counts from here). */
+void tn_job_started(struct tn_job *j);
 
 /* The output name of e's first output relative to the output directory (for
  * collision checks): malloc'd, NULL on error. */

@@ -45,6 +45,7 @@ enum {
     OPT_NO_PULL,
     OPT_PULL_THRESHOLD,
     OPT_LOCAL,
+    OPT_PER_FILE,
     /* tls */
     OPT_TLS,
     OPT_CA,
@@ -92,6 +93,7 @@ static const struct option long_options[] = {
     {"no-pull", no_argument, NULL, OPT_NO_PULL},
     {"pull-threshold", required_argument, NULL, OPT_PULL_THRESHOLD},
     {"local", no_argument, NULL, OPT_LOCAL},
+    {"per-file", no_argument, NULL, OPT_PER_FILE},
     /* tls */
     {"tls", no_argument, NULL, OPT_TLS},
     {"ca", required_argument, NULL, OPT_CA},
@@ -483,6 +485,7 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
             o->pull_threshold = v;
             break;
         case OPT_LOCAL: o->local = true; break;
+        case OPT_PER_FILE: o->per_file = true; break;
         case OPT_RETRIES:
             if (tn_parse_uint(optarg, 0, 20, &v) < 0)
                 return bad("--retries", optarg, "expected an integer 0..20");

@@ -85,6 +85,7 @@ struct tn_client_options {
     int pull;                /* 1 = --pull, 0 = --no-pull, -1 = by --pull-threshold */
     uint64_t pull_threshold; /* files of at least this many bytes are pulled, not uploaded */
     bool local;              /* --local: send paths relative to INPUT_DIR (server's --media-root) */
+    bool per_file;           /* --per-file: local mode without Batch, one Generate per file */
 
     /* Transport security and auth. The files are read by tn_options_parse(),
      * their contents malloc'd for the process's life. */

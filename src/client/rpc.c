@@ -21,6 +21,7 @@
 
 #define METHOD_GENERATE "/thumbnail.v1.Thumbnailer/Generate"
 #define METHOD_PROBE "/thumbnail.v1.Thumbnailer/Probe"
+#define METHOD_BATCH "/thumbnail.v1.Thumbnailer/Batch"
 #define METHOD_HEALTH_CHECK "/grpc.health.v1.Health/Check"
 #define POLL_MS 200
 /* After a cancel gRPC completes the pending batches at once; past this, give up on them. */
@@ -680,6 +681,156 @@ void tn_rpc_generate(grpc_channel *ch, grpc_completion_queue *cq, const struct t
         fail(res, "server sent %u of %u thumbnails", rx.complete, rx.expected);
     }
     call_destroy(&c);
+}
+
+/* The thumbnails one file of a Generate-like request should bring. */
+static uint32_t expected_thumbs(const struct tn_rpc_request *req)
+{
+    if (req->probe)
+        return 1;
+    if (req->storyboard)
+        return 2;
+    return req->count       ? req->count
+           : req->every > 0 ? TN_JOB_MAX_TIMES
+           : req->n_times   ? (uint32_t)req->n_times
+                            : 1;
+}
+
+/* A file's result once its DONE arrived: as tn_rpc_generate() ends a call. */
+static void file_result(const struct tn_rpc_request *req, const struct rx *rx,
+                        const Thumbnail__V1__BatchFileDone *d, struct tn_rpc_result *r)
+{
+    r->thumbnails = rx->complete;
+    if (r->local)
+        return; /* message already set */
+    r->code = (grpc_status_code)d->code;
+    if (d->code != GRPC_STATUS_OK)
+        snprintf(r->message, sizeof(r->message), "%s", d->message ? d->message : "");
+    else if (rx->in_thumb)
+        fail(r, "protocol error: stream ended with %llu bytes of thumbnail %u missing",
+             (unsigned long long)rx->remaining, rx->index);
+    else if (req->every > 0 ? rx->complete < 1 : rx->complete < rx->expected)
+        fail(r, "server sent %u of %u thumbnails", rx->complete, rx->expected);
+}
+
+void tn_rpc_batch(grpc_channel *ch, grpc_completion_queue *cq, const struct tn_rpc_request *req,
+                  const char *const *paths, size_t n, const struct tn_rpc_batch_sink *bs,
+                  struct tn_rpc_result *res)
+{
+    memset(res, 0, sizeof(*res));
+    struct rx *rx = calloc(n ? n : 1, sizeof(*rx));
+    struct tn_rpc_result *fr = calloc(n ? n : 1, sizeof(*fr));
+    bool *done = calloc(n ? n : 1, sizeof(*done));
+    if (!rx || !fr || !done) {
+        fail(res, "out of memory");
+        goto out_free;
+    }
+    for (size_t i = 0; i < n; i++)
+        rx[i] = (struct rx){.sink = bs->sink(bs->ctx, i),
+                            .expected = expected_thumbs(req),
+                            .format = req->format ? req->format : TN_FORMAT_PNG};
+
+    struct call c;
+    call_init(&c, cq, req->stop);
+    c.call = create_call(&c, ch, METHOD_BATCH, req->timeout * (double)(n ? n : 1));
+    grpc_op ops[2];
+    memset(ops, 0, sizeof(ops));
+    recv_md_and_status(&c, &ops[0], &ops[1]);
+    start(&c, ops, 2, TAG_STATUS);
+
+    Thumbnail__V1__TimePoint tp[TN_JOB_MAX_TIMES];
+    Thumbnail__V1__TimePoint *tpp[TN_JOB_MAX_TIMES];
+    Thumbnail__V1__Options opt;
+    build_options(req, &opt, tp, tpp);
+    opt.file_name = NULL;
+    opt.local_path = NULL;
+    opt.pull = false;
+    opt.size = 0;
+    Thumbnail__V1__BatchRequest br = THUMBNAIL__V1__BATCH_REQUEST__INIT;
+    br.n_paths = n;
+    br.paths = (char **)paths;
+    br.options = &opt;
+    bool events = false;
+    if (send_message(&c, tn_pb_pack(&br.base), true, true, req->authorization)) {
+        while (!c.cancelled) {
+            grpc_byte_buffer *bb = NULL;
+            grpc_op op;
+            memset(&op, 0, sizeof(op));
+            op.op = GRPC_OP_RECV_MESSAGE;
+            op.data.recv_message.recv_message = &bb;
+            start(&c, &op, 1, TAG_RECV);
+            if (!wait_for(&c, TAG_RECV) || !bb) {
+                if (bb)
+                    grpc_byte_buffer_destroy(bb);
+                break; /* end of stream, or the call failed: the status says which */
+            }
+            grpc_slice s = tn_pb_flatten(bb);
+            grpc_byte_buffer_destroy(bb);
+            Thumbnail__V1__BatchEvent *ev = thumbnail__v1__batch_event__unpack(
+                NULL, GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
+            grpc_slice_unref(s);
+            if (!ev || (ev->event_case != THUMBNAIL__V1__BATCH_EVENT__EVENT_SUMMARY &&
+                        (ev->file >= n || done[ev->file]))) {
+                fail(res, "protocol error: %s",
+                     ev ? "an event of a file not in the batch" : "undecodable BatchEvent");
+                if (ev)
+                    thumbnail__v1__batch_event__free_unpacked(ev, NULL);
+                cancel(&c);
+                break;
+            }
+            events = true;
+            size_t i = ev->file;
+            Thumbnail__V1__GenerateResponse m = THUMBNAIL__V1__GENERATE_RESPONSE__INIT;
+            switch (ev->event_case) {
+            case THUMBNAIL__V1__BATCH_EVENT__EVENT_THUMBNAIL:
+                m.msg_case = THUMBNAIL__V1__GENERATE_RESPONSE__MSG_THUMBNAIL;
+                m.thumbnail = ev->thumbnail;
+                if (!fr[i].local)
+                    on_response(&rx[i], &m, &fr[i]); /* a failure marks the file only */
+                break;
+            case THUMBNAIL__V1__BATCH_EVENT__EVENT_DATA:
+                m.msg_case = THUMBNAIL__V1__GENERATE_RESPONSE__MSG_DATA;
+                m.data = ev->data;
+                if (!fr[i].local)
+                    on_response(&rx[i], &m, &fr[i]);
+                break;
+            case THUMBNAIL__V1__BATCH_EVENT__EVENT_DONE:
+                done[i] = true;
+                file_result(req, &rx[i], ev->done, &fr[i]);
+                bs->done(bs->ctx, i, &fr[i]);
+                break;
+            case THUMBNAIL__V1__BATCH_EVENT__EVENT_QUEUED:
+                if (bs->queued)
+                    bs->queued(bs->ctx, i);
+                break;
+            default: break; /* started, summary: nothing to do here */
+            }
+            thumbnail__v1__batch_event__free_unpacked(ev, NULL);
+        }
+    }
+    wait_for(&c, TAG_STATUS);
+    res->code = c.status;
+    res->interrupted = c.interrupted;
+    res->abandoned = c.abandoned;
+    if (c.interrupted) {
+        res->local = true;
+        snprintf(res->message, sizeof(res->message), "interrupted");
+    } else if (c.abandoned || c.timed_out) {
+        res->local = true;
+        res->code = GRPC_STATUS_DEADLINE_EXCEEDED;
+        snprintf(res->message, sizeof(res->message), "no answer in time (deadline exceeded)");
+    } else if (res->local) {
+        /* message already set */
+    } else if (c.status != GRPC_STATUS_OK) {
+        copy_status_message(&c, res->message, sizeof(res->message));
+    }
+    if (res->code == GRPC_STATUS_UNIMPLEMENTED && events)
+        res->code = GRPC_STATUS_UNKNOWN; /* not the missing method: events came */
+    call_destroy(&c);
+out_free:
+    free(rx);
+    free(fr);
+    free(done);
 }
 
 grpc_status_code tn_rpc_health(grpc_channel *ch, const char *service, double timeout, int *serving,

@@ -158,6 +158,31 @@ struct tn_rpc_result {
 void tn_rpc_generate(grpc_channel *ch, grpc_completion_queue *cq, const struct tn_rpc_request *req,
                      const struct tn_rpc_sink *sink, struct tn_rpc_result *res);
 
+/*
+ * Where the events of a Batch call go: file i's thumbnails to sink(ctx, i)
+ * (validated as Generate's are), then done(ctx, i, r) with the file's result
+ * as tn_rpc_generate() would have reported it (code and message from the
+ * server's DONE; a protocol error or a sink failure of that file: local).
+ * A file whose DONE never came gets no done() call: the call's own result says why.
+ */
+struct tn_rpc_batch_sink {
+    void *ctx;
+    const struct tn_rpc_sink *(*sink)(void *ctx, size_t file);
+    void (*done)(void *ctx, size_t file, const struct tn_rpc_result *r);
+    void (*queued)(void *ctx, size_t file); /* the server took the file; may be NULL */
+};
+
+/*
+ * One Batch call over n local paths (relative to the server's --media-root)
+ * with req's options (its file-specific fields unused; req->timeout bounds
+ * each file: the call's deadline is n times it). res is the call's result;
+ * UNIMPLEMENTED with no event: the server has no Batch (fall back to
+ * Generate). cq as for tn_rpc_generate().
+ */
+void tn_rpc_batch(grpc_channel *ch, grpc_completion_queue *cq, const struct tn_rpc_request *req,
+                  const char *const *paths, size_t n, const struct tn_rpc_batch_sink *bs,
+                  struct tn_rpc_result *res);
+
 /* Was any call abandoned? Then neither destroy the channel nor call
  * grpc_shutdown(): both would wait for it; leave the rest to exit(). */
 bool tn_rpc_wedged(void);

@@ -50,6 +50,8 @@ static const struct {
     [TN_M_REFLECTION_ALPHA] = {"grpc.reflection.v1alpha.ServerReflection", "ServerReflectionInfo",
                                "bidi_stream"},
     [TN_M_PROBE] = {"thumbnail.v1.Thumbnailer", "Probe", "client_stream"},
+    [TN_M_LIST] = {"thumbnail.v1.Thumbnailer", "List", "unary"},
+    [TN_M_BATCH] = {"thumbnail.v1.Thumbnailer", "Batch", "server_stream"},
 };
 
 /* go-grpc-prometheus spells codes as Go's codes.Code.String() does. */

@@ -32,6 +32,8 @@ enum tn_metrics_method {
     TN_M_REFLECTION,       /* grpc.reflection.v1.ServerReflection/..., bidi_stream */
     TN_M_REFLECTION_ALPHA, /* the same in v1alpha */
     TN_M_PROBE,            /* thumbnail.v1.Thumbnailer/Probe, client_stream */
+    TN_M_LIST,             /* thumbnail.v1.Thumbnailer/List, unary */
+    TN_M_BATCH,            /* thumbnail.v1.Thumbnailer/Batch, server_stream */
     TN_M_N_METHODS,
 };
 

@@ -258,6 +258,8 @@ static void handle_reply(struct front *f, struct gen_call *c)
                 c->poll.worker_pid = m.ack.pid;
                 f->n_waiting--;
                 tn_metrics_front_queue_depth(f->n_waiting);
+                if (c->parent)
+                    batch_child_started_locked(c);
             }
             break;
         case TN_IPC_RESULT: {

@@ -17,6 +17,7 @@
 #include <grpc/support/log.h>
 #include <grpc/support/time.h>
 
+#include "library.h"
 #include "log.h"
 #include "metrics.h"
 #include "notify.h"
@@ -119,6 +120,8 @@ static void handle_event(struct front *f, grpc_event ev, bool *shutdown_done)
     case TAG_STREAM_RECV: on_stream_recv(t->owner, ok); break;
     case TAG_STREAM_SEND: on_stream_send(t->owner, ok); break;
     case TAG_STREAM_CLOSE: on_stream_close(t->owner); break;
+    case TAG_NEW_LIST: on_new_list(t->owner, ok); break;
+    case TAG_LIST_DONE: on_list_done(t->owner); break;
     case TAG_SHUTDOWN: *shutdown_done = true; break;
     }
 }
@@ -269,6 +272,7 @@ int tn_front_main(const struct tn_config *cfg, int queue_fd, int ctl_fd)
             last_idle_check = t_now;
             check_idle(f, t_now);
             check_send_stall(f, t_now);
+            batch_tick(f);
             log_quiet_resets(f, t_now);
         }
         trim_heap(t_now);

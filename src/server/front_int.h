@@ -1,7 +1,7 @@
 /*
  * The gRPC front, private: the types its modules share and the functions
  * they call across files. Nothing outside src/server/{front,gen_call,upload,
- * dispatch,services,listen}.c includes this.
+ * dispatch,services,listen,library,batch}.c includes this.
  *
  * DESIGN. Two threads of ours plus gRPC's own:
  *
@@ -48,12 +48,19 @@
  * before its first RECV_MESSAGE: a refused upload is never spooled. Health
  * (Check, Watch) is exempt so that probes need no secret.
  *
+ * Library mode: List is a unary call answered on the CQ thread (library.c).
+ * A Batch call is a gen_call with a struct batch, whose files are child
+ * gen_calls without a grpc_call (c->parent) that take the local-mode job
+ * path unchanged; hooks in kick_send_locked() and the ACK forward a child's
+ * results, status and start to the parent's event stream (batch.c's DESIGN).
+ *
  * Where each concern lives: front.c the main loop, signals and drain;
  * gen_call.c a Generate/Probe call's lifetime and send side; upload.c its
  * receive side (spooling, pull ranges, local mode, idle and rate limits);
  * dispatch.c the poller (job queue, replies, deadlines, the master's word);
  * services.c health, reflection and unknown methods; listen.c listeners,
- * credentials and the server's set-up; media_root.c the jailed open.
+ * credentials and the server's set-up; media_root.c the jailed open;
+ * library.c List and the listing; batch.c Batch.
  *
  * Lock order: front.mu before call.mu. A call is never destroyed while a lock
  * is held (unrefs that may be last are deferred until the lock is dropped).
@@ -73,6 +80,7 @@
 
 #include "front.h"
 #include "ipc.h"
+#include "thumbnail.pb-c.h"
 
 #define POLL_TICK_MS 100
 #define STATUS_MAX 600
@@ -94,6 +102,8 @@ enum tag_kind {
     TAG_STREAM_RECV,
     TAG_STREAM_SEND,
     TAG_STREAM_CLOSE,
+    TAG_NEW_LIST, /* thumbnail.v1.Thumbnailer/List (library.c) */
+    TAG_LIST_DONE,
     TAG_SHUTDOWN,
 };
 
@@ -137,6 +147,7 @@ static inline void dlink_remove(struct dlink *n)
 
 struct front;
 struct stream_call;
+struct batch;
 
 /* One thumbnail received from a worker, waiting to be streamed. Owns fd and map. */
 struct result {
@@ -160,6 +171,13 @@ struct gen_call {
     gpr_timespec deadline;
     grpc_metadata_array md;
     bool probe; /* a Probe call: one ProbeResponse from the one result, then status */
+    /* A Batch call: its files and events (batch.c); owned. NULL otherwise. */
+    struct batch *batch;
+    /* A Batch call's job for one file (no grpc_call of its own): the call its
+     * results and status go to, and the file's index there. It holds a
+     * reference on the parent until it is destroyed. NULL otherwise. */
+    struct gen_call *parent;
+    uint32_t batch_file;
     /* Filled by the CQ thread until upload_complete() puts the call on the
      * dispatch list (under f->mu); read-only after, by both threads. */
     struct tn_ipc_job job;
@@ -258,6 +276,7 @@ struct front {
     grpc_completion_queue *cq;
     void *m_generate, *m_health, *m_watch, *m_refl, *m_refl_alpha;
     void *m_probe;              /* Thumbnailer/Probe, served by the Generate code */
+    void *m_list, *m_batch;     /* Thumbnailer/List (library.c), Batch (batch.c) */
     struct tn_reflection *refl; /* owned; read-only once serving */
     int queue_fd;               /* owned */
     int ctl_fd;                 /* owned: control socket to the master (front.h); -1 none */
@@ -316,6 +335,7 @@ void on_close(struct gen_call *c);
 void on_new_generate(struct gen_call *c, bool ok);
 void request_generate(struct front *f);
 void request_probe(struct front *f);
+struct gen_call *gen_call_new(struct front *f);
 void check_send_stall(struct front *f, int64_t now);
 void log_quiet_resets(struct front *f, int64_t now);
 
@@ -325,6 +345,20 @@ void gen_fail(struct gen_call *c, int code, const char *fmt, ...)
 void request_message(struct gen_call *c);
 void on_recv(struct gen_call *c, bool ok);
 void check_idle(struct front *f, int64_t now);
+int take_job_opts(struct gen_call *c, const Thumbnail__V1__Options *o);
+int open_local(struct gen_call *c, const char *path, uint64_t *size);
+void upload_complete(struct gen_call *c);
+
+/* batch.c: Batch calls (parents) and their per-file jobs (children) */
+void request_batch(struct front *f);
+void batch_start(struct gen_call *c);
+void batch_free(struct batch *b);
+void batch_kick_send_locked(struct gen_call *c);
+void batch_on_send_done(struct gen_call *c, bool ok);
+void batch_child_kick_locked(struct gen_call *k);
+void batch_child_started_locked(struct gen_call *k);
+void batch_pump(struct gen_call *c);
+void batch_tick(struct front *f);
 
 /* dispatch.c: the poller thread */
 void *poller_main(void *arg);

@@ -95,6 +95,12 @@ void free_result(struct result *r)
     free(r);
 }
 
+/* The method a call is counted under in the metrics. */
+static enum tn_metrics_method method_of(const struct gen_call *c)
+{
+    return c->batch ? TN_M_BATCH : c->probe ? TN_M_PROBE : TN_M_GENERATE;
+}
+
 static void drop_results(struct gen_call *c)
 {
     free_result(c->shared.cur);
@@ -107,7 +113,7 @@ static void drop_results(struct gen_call *c)
     c->shared.res_tail = NULL;
 }
 
-static struct gen_call *gen_new(struct front *f)
+struct gen_call *gen_call_new(struct front *f)
 {
     struct gen_call *c = call_alloc(sizeof(*c));
     c->f = f;
@@ -141,8 +147,9 @@ static void gen_destroy(struct gen_call *c)
             f->quiet_resets++;
         pthread_mutex_unlock(&f->mu);
         struct tn_log_access a = {
-            .method =
-                c->probe ? "thumbnail.v1.Thumbnailer/Probe" : "thumbnail.v1.Thumbnailer/Generate",
+            .method = c->batch   ? "thumbnail.v1.Thumbnailer/Batch"
+                      : c->probe ? "thumbnail.v1.Thumbnailer/Probe"
+                                 : "thumbnail.v1.Thumbnailer/Generate",
             .peer = c->cq.peer,
             .file = c->job.file_name,
             .bytes_in = c->cq.received,
@@ -151,12 +158,12 @@ static void gen_destroy(struct gen_call *c)
             .ms = ms,
             .status = tn_code_name(code),
             .message = c->shared.status_sent ? c->shared.status_msg : "",
-            .mode = c->cq.pull    ? "pull"
-                    : c->cq.local ? "local"
-                                  : NULL,
+            .mode = c->cq.pull                ? "pull"
+                    : c->cq.local || c->batch ? "local"
+                                              : NULL,
         };
         tn_log_access(quiet ? TN_LOG_DEBUG : TN_LOG_INFO, &a);
-        tn_metrics_call_handled(c->probe ? TN_M_PROBE : TN_M_GENERATE, code, ms / 1000);
+        tn_metrics_call_handled(method_of(c), code, ms / 1000);
         tn_metrics_front_spool_add(-(int64_t)c->cq.received);
         grpc_call_unref(c->call);
     }
@@ -175,8 +182,12 @@ static void gen_destroy(struct gen_call *c)
     if (c->shared.worker_fd >= 0)
         close(c->shared.worker_fd);
     drop_results(c);
+    batch_free(c->batch);
+    struct gen_call *parent = c->parent;
     pthread_mutex_destroy(&c->mu);
     free(c);
+    if (parent)
+        gen_unref(parent); /* a Batch's file job: its reference on the call */
     if (accepted) {
         pthread_mutex_lock(&f->mu);
         f->n_gen_calls--;
@@ -260,6 +271,14 @@ static grpc_byte_buffer *range_message(uint64_t offset, uint64_t length)
  * thumbnails, never inside one), results, then the status. */
 void kick_send_locked(struct gen_call *c)
 {
+    if (c->parent) { /* a Batch's file job: its results go to the Batch call */
+        batch_child_kick_locked(c);
+        return;
+    }
+    if (c->batch) {
+        batch_kick_send_locked(c);
+        return;
+    }
     if (c->shared.sending || c->shared.status_sent || !c->call)
         return;
     grpc_op ops[2];
@@ -363,6 +382,10 @@ void abandon_job_locked(struct gen_call *c)
 
 void on_send_done(struct gen_call *c, bool ok)
 {
+    if (c->batch) {
+        batch_on_send_done(c, ok);
+        return;
+    }
     pthread_mutex_lock(&c->mu);
     c->shared.sending = false;
     if (c->shared.send_buf) {
@@ -374,7 +397,7 @@ void on_send_done(struct gen_call *c, bool ok)
         drop_results(c);
         abandon_job_locked(c);
     } else if (c->shared.cur) {
-        tn_metrics_msg_sent(c->probe ? TN_M_PROBE : TN_M_GENERATE);
+        tn_metrics_msg_sent(method_of(c));
         if (!c->shared.cur_header_sent) {
             c->shared.cur_header_sent = true;
         } else {
@@ -408,6 +431,8 @@ void on_close(struct gen_call *c)
         abandon_job_locked(c);
     }
     pthread_mutex_unlock(&c->mu);
+    if (c->batch)
+        batch_pump(c); /* the call is over: its file jobs left are abandoned */
     gen_unref(c);
 }
 
@@ -436,7 +461,7 @@ void on_new_generate(struct gen_call *c, bool ok)
         return;
     }
     clock_gettime(CLOCK_MONOTONIC, &c->cq.started);
-    tn_metrics_call_started(c->probe ? TN_M_PROBE : TN_M_GENERATE);
+    tn_metrics_call_started(method_of(c));
     char *peer = grpc_call_get_peer(c->call);
     snprintf(c->cq.peer, sizeof(c->cq.peer), "%s", peer ? peer : "?");
     gpr_free(peer);
@@ -454,7 +479,9 @@ void on_new_generate(struct gen_call *c, bool ok)
             same_peer += !strcmp(DLINK_ENTRY(l, struct gen_call, lists.all_link)->cq.peer_addr,
                                  c->cq.peer_addr);
     pthread_mutex_unlock(&f->mu);
-    if (c->probe)
+    if (c->batch)
+        request_batch(f);
+    else if (c->probe)
         request_probe(f);
     else
         request_generate(f);
@@ -497,12 +524,15 @@ void on_new_generate(struct gen_call *c, bool ok)
         return;
     }
     c->cq.window_start_ms = c->cq.last_msg_ms;
-    request_message(c);
+    if (c->batch)
+        batch_start(c); /* its one request came with the call */
+    else
+        request_message(c);
 }
 
 void request_generate(struct front *f)
 {
-    struct gen_call *c = gen_new(f);
+    struct gen_call *c = gen_call_new(f);
     grpc_call_error e = grpc_server_request_registered_call(
         f->server, f->m_generate, &c->call, &c->deadline, &c->md, NULL, f->cq, f->cq, &c->t_new);
     must_succeed(e, "grpc_server_request_registered_call");
@@ -512,7 +542,7 @@ void request_generate(struct front *f)
  * same job path; the worker answers with JSON, sent as one ProbeResponse). */
 void request_probe(struct front *f)
 {
-    struct gen_call *c = gen_new(f);
+    struct gen_call *c = gen_call_new(f);
     c->probe = true;
     grpc_call_error e = grpc_server_request_registered_call(
         f->server, f->m_probe, &c->call, &c->deadline, &c->md, NULL, f->cq, f->cq, &c->t_new);

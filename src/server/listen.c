@@ -4,6 +4,7 @@
  * per-call token check, and the calls requested ahead.
  */
 #include "front_int.h"
+#include "library.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -221,6 +222,10 @@ int setup(struct front *f, const struct tn_config *cfg)
                                                 NULL, GRPC_SRM_PAYLOAD_NONE, 0);
     f->m_probe = grpc_server_register_method(f->server, "/thumbnail.v1.Thumbnailer/Probe", NULL,
                                              GRPC_SRM_PAYLOAD_NONE, 0);
+    f->m_list = grpc_server_register_method(f->server, "/thumbnail.v1.Thumbnailer/List", NULL,
+                                            GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+    f->m_batch = grpc_server_register_method(f->server, "/thumbnail.v1.Thumbnailer/Batch", NULL,
+                                             GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
     f->m_health = grpc_server_register_method(f->server, "/grpc.health.v1.Health/Check", NULL,
                                               GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
     f->m_watch = grpc_server_register_method(f->server, "/grpc.health.v1.Health/Watch", NULL,
@@ -269,6 +274,9 @@ int setup(struct front *f, const struct tn_config *cfg)
         request_generate(f);
     for (int i = 0; i < PREREQUESTED_PROBES; i++)
         request_probe(f);
+    request_list(f);
+    for (int i = 0; i < PREREQUESTED_PROBES; i++)
+        request_batch(f);
     request_health(f);
     request_generic(f);
     request_stream(f, TAG_NEW_WATCH);

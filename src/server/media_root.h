@@ -13,6 +13,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/stat.h>
 
 enum tn_media_resolve {
     TN_MEDIA_OPENAT2, /* openat2(); becomes TN_MEDIA_WALK on a kernel without it */
@@ -30,5 +31,22 @@ enum tn_media_resolve {
  */
 int tn_media_root_open(int root_fd, const char *path, enum tn_media_resolve *how, uint64_t *size,
                        int *code, char *msg, size_t len);
+
+/*
+ * The folder `path` under root_fd, as tn_media_root_open() resolves a file,
+ * opened O_RDONLY | O_DIRECTORY | O_CLOEXEC; "" (or ".") is the root itself.
+ * `field` names the request field in the message ("dir"). Returns the fd, or
+ * -1 with *code and msg set (NOT_FOUND, INVALID_ARGUMENT for a file,
+ * PERMISSION_DENIED for ".." or a way out).
+ */
+int tn_media_root_open_dir(int root_fd, const char *field, const char *path,
+                           enum tn_media_resolve *how, int *code, char *msg, size_t len);
+
+/*
+ * stat() of what the symlink `path` (relative to root_fd) leads to, only if
+ * it stays under the root (openat2 RESOLVE_BENEATH); with TN_MEDIA_WALK,
+ * which follows no symlink, always -ELOOP. Returns 0 or -errno.
+ */
+int tn_media_root_stat(int root_fd, const char *path, enum tn_media_resolve how, struct stat *st);
 
 #endif

@@ -144,7 +144,7 @@ static int check_spool_space(struct gen_call *c)
  * Returns the fd and its size, or fails the call (the status says why, in the
  * user's terms) and returns -1.
  */
-static int open_local(struct gen_call *c, const char *path, uint64_t *size)
+int open_local(struct gen_call *c, const char *path, uint64_t *size)
 {
     struct front *f = c->f;
     if (f->media_root_fd < 0) {
@@ -174,7 +174,7 @@ static int open_local(struct gen_call *c, const char *path, uint64_t *size)
 
 /* The proto's Options into c->job.opts, defaults filled in and checked.
  * Returns 0 or fails the call (INVALID_ARGUMENT) and returns -1. */
-static int take_job_opts(struct gen_call *c, const Thumbnail__V1__Options *o)
+int take_job_opts(struct gen_call *c, const Thumbnail__V1__Options *o)
 {
     struct tn_job_opts *j = &c->job.opts;
     char err[TN_IPC_MESSAGE_MAX];
@@ -465,7 +465,7 @@ static int64_t deadline_to_mono_ms(gpr_timespec dl)
 }
 
 /* The upload is complete: hand the call to the poller for dispatch. */
-static void upload_complete(struct gen_call *c)
+void upload_complete(struct gen_call *c)
 {
     struct front *f = c->f;
     const struct tn_config *cfg = f->cfg;

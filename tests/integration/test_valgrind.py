@@ -6,8 +6,9 @@ follows fork, runs all of them: the whole server starts under memcheck with one
 log per process (--log-file=vg.%p.log). The test drives the front through what
 it does for a living -- uploads in PNG, JPEG and WebP, a file that is no video,
 an upload over --max-upload-bytes, a client that cancels mid-upload, a client
-that never half-closes and goes away, health checks, the real
-thumbnail_client -- then stops the server gracefully (SIGQUIT: the front
+that never half-closes and goes away, health checks, List, a Batch run to its end
+and one cancelled mid-way, the real thumbnail_client (uploads, and --local's
+Batch) -- then stops the server gracefully (SIGQUIT: the front
 drains and exits through its normal shutdown) and reads the front's and the
 master's summaries: "ERROR SUMMARY: 0 errors", where definite and indirect
 leaks count as errors. The worker's summary is logged, not required: memcheck
@@ -58,13 +59,19 @@ class Valgrind(h.ServerTestCase):
                                  "tn-valgrind-%d" % os.getpid())
         shutil.rmtree(cls.vgdir, ignore_errors=True)
         os.makedirs(cls.vgdir)
+        cls.media = os.path.join(cls.vgdir, "media")
+        os.makedirs(os.path.join(cls.media, "sub"))
+        for i in range(6):
+            shutil.copyfile(h.video("h264.mp4"), os.path.join(cls.media, "sub", "m%d.mp4" % i))
+        shutil.copyfile(h.video("random.bin"), os.path.join(cls.media, "random.bin"))
         wrapper = ["valgrind", "--tool=memcheck", "--log-file=%s/vg.%%p.log" % cls.vgdir,
                    "--leak-check=full", "--errors-for-leak-kinds=definite,indirect",
                    "--track-fds=no", "--num-callers=30"]
         cls.server = h.Server(workers=cls.workers, start=False, wrapper=wrapper,
                               env={"LD_PRELOAD": SHIM},
                               extra=["--no-sandbox", "--max-upload-bytes", "2M",
-                                     "--idle-timeout", "3s", "--grace", "20s"])
+                                     "--idle-timeout", "3s", "--grace", "20s",
+                                     "--media-root", cls.media])
         t0 = time.monotonic()
         cls.server.start(timeout=120)
         h.log("server healthy under valgrind after %.1f s" % (time.monotonic() - t0))
@@ -133,6 +140,23 @@ class Valgrind(h.ServerTestCase):
         r = h.run_client(["--server", srv.addr, "--timeout", "120", inp, out], timeout=300)
         self.assertEqual(r.returncode, 0, r)
         self.assertEqual(h.tree_files(out), ["h264.png", "mpeg4.png"])
+        # Library mode: List, a Batch to its end, a Batch cancelled after its first file.
+        with h.channel(srv.addr) as ch:
+            stub = h.pb_grpc.ThumbnailerStub(ch)
+            r = stub.List(h.pb.ListRequest(recursive=True), timeout=120)
+            self.assertEqual([e.path for e in r.entries],
+                             ["random.bin", "sub"] + ["sub/m%d.mp4" % i for i in range(6)])
+            events = list(stub.Batch(h.pb.BatchRequest(dir="", recursive=True), timeout=120))
+            self.assertEqual(events[-1].summary.files, 7)
+            self.assertEqual(events[-1].summary.failed, 1)
+            call = stub.Batch(h.pb.BatchRequest(dir="sub"), timeout=120)
+            for ev in call:
+                if ev.WhichOneof("event") == "done":
+                    call.cancel()
+                    break
+        r = h.run_client(["--server", srv.addr, "--timeout", "120", "--local",
+                          "--exclude", "random.bin", self.media, out], timeout=300)
+        self.assertEqual(r.returncode, 0, r)
         h.log("calls under valgrind took %.1f s" % (time.monotonic() - t0))
 
         # Graceful stop: the front drains and exits normally, then the master.

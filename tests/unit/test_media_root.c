@@ -239,6 +239,67 @@ static void test_too_long(void **state)
     free(path);
 }
 
+/* Folders to list: opened as a folder under the root, or refused as files are. */
+static void dir_opens(void **state, const char *path, const char *child)
+{
+    enum tn_media_resolve how = resolution(state);
+    int code = -1;
+    char msg[600] = "";
+    int fd = tn_media_root_open_dir(root_fd, "dir", path, &how, &code, msg, sizeof(msg));
+    if (fd < 0)
+        fail_msg("dir \"%s\": expected to open, got %d \"%s\"", path, code, msg);
+    struct stat st;
+    assert_int_equal(fstatat(fd, child, &st, AT_SYMLINK_NOFOLLOW), 0);
+    assert_true(fcntl(fd, F_GETFD) & FD_CLOEXEC);
+    close(fd);
+}
+
+static void dir_refused(void **state, const char *path, int want_code, const char *want_text)
+{
+    enum tn_media_resolve how = resolution(state);
+    int code = -1;
+    char msg[600] = "";
+    int fd = tn_media_root_open_dir(root_fd, "dir", path, &how, &code, msg, sizeof(msg));
+    if (fd >= 0) {
+        close(fd);
+        fail_msg("dir \"%s\": expected a refusal, it opened", path);
+    }
+    if (code != want_code || !strstr(msg, want_text) || strncmp(msg, "dir \"", 5) != 0)
+        fail_msg("dir \"%s\": expected %d \"...%s...\", got %d \"%s\"", path, want_code, want_text,
+                 code, msg);
+}
+
+static void test_dirs(void **state)
+{
+    dir_opens(state, "", "a.mp4"); /* the root itself */
+    dir_opens(state, ".", "a.mp4");
+    dir_opens(state, "./", "sub");
+    dir_opens(state, "sub", "b.mp4");
+    dir_opens(state, "./sub//", "b.mp4");
+    dir_refused(state, "/etc", TN_INVALID_ARGUMENT, "absolute");
+    dir_refused(state, "..", TN_PERMISSION_DENIED, "\"..\"");
+    dir_refused(state, "sub/../..", TN_PERMISSION_DENIED, "\"..\"");
+    dir_refused(state, "outdir", TN_PERMISSION_DENIED, "outside");
+    dir_refused(state, "missing", TN_NOT_FOUND, "no such folder");
+    dir_refused(state, "a.mp4", TN_INVALID_ARGUMENT, "not a folder");
+}
+
+/* What a listing shows of a symlink: where it leads, only if under the root. */
+static void test_stat_symlinks(void **state)
+{
+    enum tn_media_resolve how = resolution(state);
+    struct stat st;
+    if (how == TN_MEDIA_WALK) {
+        assert_int_equal(tn_media_root_stat(root_fd, "inner.mp4", how, &st), -ELOOP);
+        return;
+    }
+    assert_int_equal(tn_media_root_stat(root_fd, "inner.mp4", how, &st), 0);
+    assert_int_equal(st.st_size, 10);
+    assert_true(tn_media_root_stat(root_fd, "up.mp4", how, &st) < 0);
+    assert_true(tn_media_root_stat(root_fd, "abs.mp4", how, &st) < 0);
+    assert_true(tn_media_root_stat(root_fd, "outdir", how, &st) < 0);
+}
+
 static enum tn_media_resolve use_openat2 = TN_MEDIA_OPENAT2, use_walk = TN_MEDIA_WALK;
 
 #define BOTH(fn)                                                                                   \
@@ -253,7 +314,7 @@ int main(void)
         BOTH(test_regular_files),     BOTH(test_absolute),      BOTH(test_dotdot),
         BOTH(test_escaping_symlinks), BOTH(test_inner_symlink), BOTH(test_missing),
         BOTH(test_not_regular),       BOTH(test_root_itself),   BOTH(test_trailing_slash),
-        BOTH(test_too_long),
+        BOTH(test_too_long),          BOTH(test_dirs),          BOTH(test_stat_symlinks),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
