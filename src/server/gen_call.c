@@ -157,6 +157,7 @@ static void gen_destroy(struct gen_call *c)
             .mode = c->cq.pull    ? "pull"
                     : c->cq.local ? "local"
                                   : NULL,
+            .cache_hit = c->shared.cache_hit,
         };
         tn_log_access(quiet ? TN_LOG_DEBUG : TN_LOG_INFO, &a);
         tn_metrics_call_handled(c->probe ? TN_M_PROBE : TN_M_GENERATE, code, ms / 1000);

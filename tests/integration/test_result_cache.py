@@ -296,9 +296,10 @@ class CacheTest(h.ServersTestCase):
         m, k = statistics.median(miss), statistics.median(hit)
         # the front's own time per call (access log, from accepting the call to its
         # end), in call order: the warm-up, then miss, hit, miss, hit...
-        front = [float(x) for x in re.findall(r'file="hd.mp4" .* ms=([0-9.]+) status=OK',
-                                              srv.log_text())]
-        self.assertEqual(len(front), 1 + 2 * n)
+        lines = re.findall(r'file="hd.mp4" mode=local( cache=hit)? .* ms=([0-9.]+) status=OK',
+                           srv.log_text())
+        self.assertEqual([bool(hit) for hit, _ in lines], [False] + [False, True] * n)
+        front = [float(ms) for _, ms in lines]
         fm, fk = statistics.median(front[1::2]), statistics.median(front[2::2])
         h.log("1080p local, 320-wide PNG, median of %d: grpcio client: miss %.1f ms, hit %.1f ms"
               " (%.0fx); front: miss %.1f ms, hit %.2f ms" % (n, m * 1e3, k * 1e3, m / k, fm, fk))
