@@ -100,6 +100,7 @@ void tn_cache_key(const struct tn_job_opts *o, const char *file_name,
 {
     struct kbuf k = {.n = 0};
     put(&k, TN_CACHE_KEY_TAG, sizeof(TN_CACHE_KEY_TAG));
+    put(&k, TN_VERSION, sizeof(TN_VERSION)); /* another engine may draw other pictures */
     put_u64(&k, TN_IPC_VERSION);
     put_u64(&k, o->probe);
     if (!o->probe) {

@@ -5,8 +5,9 @@
  *
  * DESIGN.
  *
- * Key. SHA-256 (libcrypto EVP) over a version tag (TN_CACHE_KEY_TAG, which
- * also names TN_IPC_VERSION: a new engine output format gets new keys), the
+ * Key. SHA-256 (libcrypto EVP) over a version tag (TN_CACHE_KEY_TAG, the
+ * server's TN_VERSION and TN_IPC_VERSION: an upgraded engine, which may draw
+ * other pictures, gets new keys and the old entries age out), the
  * job's NORMALISED options and the file's identity (struct tn_cache_ident).
  * Normalised = after tn_job_opts_defaults(), serialised field by field (never
  * the raw struct: padding and the unused tail of times[] are not part of it),
