@@ -7,8 +7,10 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -206,6 +208,9 @@ struct tn_cache {
     struct ent *newest, *oldest;
     struct tn_cache_stats st;
     uint64_t tmp_seq;
+    bool warned;             /* store_warn(): a line was written ... */
+    int64_t warned_s;        /* ... at this CLOCK_MONOTONIC second */
+    uint64_t warns_withheld; /* failures since that line */
 };
 
 static size_t bucket_of(const struct tn_cache *c, const struct tn_cache_key *k)
@@ -687,6 +692,37 @@ out:
 
 /* ---- store ------------------------------------------------------------------ */
 
+/* A store that fails (a full disk) would fail for every job: one line a minute,
+ * with the count of the ones withheld. */
+__attribute__((format(printf, 2, 3))) static void store_warn(struct tn_cache *c, const char *fmt,
+                                                             ...)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    pthread_mutex_lock(&c->mu);
+    bool say = !c->warned || now.tv_sec - c->warned_s >= 60;
+    uint64_t withheld = c->warns_withheld;
+    if (say) {
+        c->warned = true;
+        c->warned_s = now.tv_sec;
+        c->warns_withheld = 0;
+    } else {
+        c->warns_withheld++;
+    }
+    pthread_mutex_unlock(&c->mu);
+    if (!say)
+        return;
+    char msg[768];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (withheld)
+        tn_log_warn("%s (and %" PRIu64 " more failed stores in the last minute)", msg, withheld);
+    else
+        tn_log_warn("%s", msg);
+}
+
 struct tn_cache_store {
     struct tn_cache *c;
     struct tn_cache_key key;
@@ -728,7 +764,7 @@ struct tn_cache_store *tn_cache_store_begin(struct tn_cache *c, const struct tn_
     tn_cache_key_hex(key, hex);
     char sub[3] = {hex[0], hex[1], '\0'};
     if (mkdirat(c->dirfd, sub, 0700) < 0 && errno != EEXIST) {
-        tn_log_warn("cache: cannot create %s/%s: %s", c->dir, sub, strerror(errno));
+        store_warn(c, "cache: cannot create %s/%s: %s", c->dir, sub, strerror(errno));
         goto fail;
     }
     pthread_mutex_lock(&c->mu);
@@ -738,7 +774,7 @@ struct tn_cache_store *tn_cache_store_begin(struct tn_cache *c, const struct tn_
              (unsigned long long)seq);
     s->fd = openat(c->dirfd, s->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (s->fd < 0) {
-        tn_log_warn("cache: cannot create %s/%s: %s", c->dir, s->tmp, strerror(errno));
+        store_warn(c, "cache: cannot create %s/%s: %s", c->dir, s->tmp, strerror(errno));
         goto fail;
     }
     if (!(s->md = EVP_MD_CTX_new()) || !EVP_DigestInit_ex(s->md, EVP_sha256(), NULL))
@@ -760,8 +796,8 @@ static void store_write(struct tn_cache_store *s, const void *data, size_t len)
         if (w < 0 && errno == EINTR)
             continue;
         if (w <= 0) {
-            tn_log_warn("cache: cannot write %s/%s: %s; the result is not cached", s->c->dir,
-                        s->tmp, w < 0 ? strerror(errno) : "no progress");
+            store_warn(s->c, "cache: cannot write %s/%s: %s; the result is not cached", s->c->dir,
+                       s->tmp, w < 0 ? strerror(errno) : "no progress");
             s->failed = true;
             return;
         }
@@ -830,8 +866,8 @@ int tn_cache_store_commit(struct tn_cache_store **sp)
             continue;
         if (w <= 0) {
             rc = w < 0 ? -errno : -EIO;
-            tn_log_warn("cache: cannot write %s/%s: %s; the result is not cached", c->dir, s->tmp,
-                        strerror(-rc));
+            store_warn(c, "cache: cannot write %s/%s: %s; the result is not cached", c->dir, s->tmp,
+                       strerror(-rc));
             goto out;
         }
         done += (size_t)w;
@@ -840,7 +876,7 @@ int tn_cache_store_commit(struct tn_cache_store **sp)
     rel_path(&s->key, rel);
     if (renameat(c->dirfd, s->tmp, c->dirfd, rel) < 0) {
         rc = -errno;
-        tn_log_warn("cache: cannot rename %s/%s into place: %s", c->dir, s->tmp, strerror(errno));
+        store_warn(c, "cache: cannot rename %s/%s into place: %s", c->dir, s->tmp, strerror(errno));
         goto out;
     }
     close(s->fd);

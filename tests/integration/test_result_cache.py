@@ -7,7 +7,7 @@
 * Changed options, a touched file and a replaced file are misses; an upload of the
   same bytes under another name hits, other bytes miss; a storyboard's VTT names
   its sprite after the file, so another name misses there.
-* A Probe is cached like a Generate.
+* A Probe is cached like a Generate; a failed job is not stored.
 * A corrupted or truncated entry on disk is a miss that still answers the right
   picture, and is replaced.
 * --cache-size: entries are evicted least recently used first, the directory
@@ -156,6 +156,17 @@ class CacheTest(h.ServersTestCase):
         self.expect(srv, c5, hit=0, miss=1, stores=1, decodes=1)
         self.assertNotEqual(bytes(replaced[0].data), bytes(first[0].data))
         self.assertEqual(len(entries(self.cache)), 4)
+
+    def test_failed_jobs_are_not_stored(self):
+        shutil.copyfile(h.video("random.bin"), os.path.join(self.root, "random.mp4"))
+        srv = self.start()
+        c0 = self.counts(srv)
+        for _ in range(2):
+            with self.assertRaises(h.grpc.RpcError) as cm:
+                local_generate(srv.addr, "random.mp4")
+            self.assertEqual(cm.exception.code(), h.grpc.StatusCode.INVALID_ARGUMENT)
+        self.expect(srv, c0, hit=0, miss=2, stores=0, decodes=2)
+        self.assertEqual(entries(self.cache), [])
 
     def test_probe_is_cached(self):
         srv = self.start()

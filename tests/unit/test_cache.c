@@ -4,7 +4,8 @@
  * the checked copy and through fd + offset), damage (a truncated or flipped
  * entry is a miss and is deleted by the writer only), the size cap and LRU
  * order, including uses seen only on disk (another process's hits), and a
- * reopen that finds what an earlier process stored.
+ * reopen that finds what an earlier process stored; a store that cannot be
+ * written (a full disk) leaves nothing behind and says so once.
  */
 #include <setjmp.h> /* cmocka needs these four first */
 #include <stdarg.h>
@@ -14,9 +15,11 @@
 #include <cmocka.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -505,6 +508,59 @@ static void test_reopen(void **state)
     tn_cache_close(&c);
 }
 
+static void test_store_failure(void **state)
+{
+    (void)state;
+    /* a file size limit stands in for a full disk: writes fail with EFBIG */
+    struct tn_cache *c = open_cache(0, TN_CACHE_WRITER);
+    struct rlimit old, lim;
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+    signal(SIGXFSZ, SIG_IGN);
+    lim = old;
+    lim.rlim_cur = 64 << 10;
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    struct tn_cache_key k = nth_key(1);
+    char logp[128];
+    snprintf(logp, sizeof(logp), "%s.log", dir);
+    int saved = dup(2), lf = open(logp, O_CREAT | O_TRUNC | O_WRONLY, 0600);
+    assert_true(saved >= 0 && lf >= 0 && dup2(lf, 2) == 2); /* the log goes to stderr */
+    for (int i = 0; i < 3; i++) {
+        struct tn_cache_store *s = tn_cache_store_begin(c, &k);
+        assert_non_null(s);
+        unsigned char *buf = calloc(1, 200 << 10);
+        struct tn_ipc_result m = {.size = 200 << 10};
+        tn_cache_store_add(s, &m, buf, 200 << 10);
+        free(buf);
+        assert_true(tn_cache_store_commit(&s) < 0);
+    }
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+    dup2(saved, 2);
+    close(saved);
+    close(lf);
+    /* three failures, one line (a full disk would otherwise log every job) */
+    char text[4096] = "";
+    FILE *f = fopen(logp, "r");
+    size_t got = fread(text, 1, sizeof(text) - 1, f);
+    text[got] = '\0';
+    fclose(f);
+    unlink(logp);
+    const char *first = strstr(text, "cannot write");
+    assert_non_null(first);
+    assert_null(strstr(first + 1, "cannot write"));
+    miss(c, k);
+    char cmd[256];
+    snprintf(cmd, sizeof(cmd), "test -z \"$(find '%s' -type f)\"", dir);
+    assert_int_equal(system(cmd), 0); /* no entry, no temp file */
+    struct tn_cache_stats st;
+    tn_cache_stats(c, &st);
+    assert_int_equal(st.stores, 0);
+    assert_int_equal(st.entries, 0);
+    /* and once there is room again, it stores */
+    store(c, k, 100, 1);
+    check_hit(c, k, 100, 1);
+    tn_cache_close(&c);
+}
+
 static void test_open_errors(void **state)
 {
     (void)state;
@@ -535,6 +591,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_wrong_name, setup, teardown),
         cmocka_unit_test_setup_teardown(test_eviction, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reopen, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_store_failure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
