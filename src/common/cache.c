@@ -732,7 +732,7 @@ struct tn_cache_store {
     uint64_t off;           /* bytes written */
     struct tn_cache_record *recs;
     uint32_t n;
-    bool failed; /* a write failed: commit drops it */
+    int err; /* -errno once anything failed: commit drops the entry and returns it */
 };
 
 void tn_cache_store_abort(struct tn_cache_store **sp)
@@ -789,37 +789,37 @@ static void store_write(struct tn_cache_store *s, const void *data, size_t len)
 {
     const unsigned char *p = data;
     size_t done = 0;
-    if (s->failed)
+    if (s->err)
         return;
     while (done < len) {
         ssize_t w = write(s->fd, p + done, len - done);
         if (w < 0 && errno == EINTR)
             continue;
         if (w <= 0) {
+            s->err = w < 0 ? -errno : -EIO;
             store_warn(s->c, "cache: cannot write %s/%s: %s; the result is not cached", s->c->dir,
-                       s->tmp, w < 0 ? strerror(errno) : "no progress");
-            s->failed = true;
+                       s->tmp, strerror(-s->err));
             return;
         }
         done += (size_t)w;
     }
     if (!EVP_DigestUpdate(s->md, data, len))
-        s->failed = true;
+        s->err = -ENOMEM;
     s->off += len;
 }
 
 void tn_cache_store_add(struct tn_cache_store *s, const struct tn_ipc_result *meta,
                         const void *data, uint64_t length)
 {
-    if (!s || s->failed)
+    if (!s || s->err)
         return;
     if (s->n == TN_CACHE_MAX_RESULTS || length > s->c->max_bytes) {
-        s->failed = true;
+        s->err = -EINVAL;
         return;
     }
     struct tn_cache_record *r = realloc(s->recs, (s->n + 1) * sizeof(*r));
     if (!r) {
-        s->failed = true;
+        s->err = -ENOMEM;
         return;
     }
     s->recs = r;
@@ -849,11 +849,17 @@ int tn_cache_store_commit(struct tn_cache_store **sp)
     t.records_off = s->off;
     t.file_len = s->off + (uint64_t)s->n * sizeof(struct tn_cache_record) + sizeof(t);
     memcpy(t.key, s->key.b, TN_CACHE_KEY_LEN);
+    if (s->err) {
+        rc = s->err;
+        goto out;
+    }
     if (s->n == 0 || t.file_len > c->max_bytes / 2)
         goto out; /* nothing to keep, or it would push out half the cache */
     store_write(s, s->recs, (size_t)s->n * sizeof(struct tn_cache_record));
-    if (s->failed)
+    if (s->err) {
+        rc = s->err;
         goto out;
+    }
     unsigned slen = 0;
     if (!EVP_DigestUpdate(s->md, &t, sizeof(t) - sizeof(t.sum)) ||
         !EVP_DigestFinal_ex(s->md, t.sum, &slen) || slen != 32)

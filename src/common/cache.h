@@ -181,7 +181,8 @@ struct tn_cache_entry {
 };
 
 /*
- * Look key up. Returns 0 and *out on a hit (the file's mtime is touched);
+ * Look key up. Returns 0 and *out on a hit (the file's mtime is touched, if
+ * this process may: the owner of the files, or one that may write them);
  * -ENOENT on a miss, which includes an entry that fails any check (a writer
  * deletes it then and logs why); another -errno on an I/O error (also a miss
  * to the caller). Counts a hit or a miss in the stats.
@@ -192,12 +193,13 @@ void tn_cache_entry_free(struct tn_cache_entry **e);
 
 /*
  * Storing, the writer only: begin when the job starts, add each result as it
- * arrives (its bytes are written to an unnamed temp file at once, so nothing
+ * arrives (its bytes are written to the entry's temp file at once, so nothing
  * is held in memory), then commit when the job is DONE with OK, or abort
  * (failed, cancelled, partial). Commit makes the entry visible atomically,
- * replacing one with the same key, then evicts down to the cap. A store that
- * fails (disk full, ...) is logged and dropped: the cache is best effort and
- * never fails the job. Every function is NULL-safe on the store, and
+ * replacing one with the same key, then evicts down to the cap. An entry
+ * larger than half the cap is not stored. A store that fails (disk full, ...)
+ * is dropped and logged, one line a minute at most: the cache is best effort
+ * and never fails the job. Every function is NULL-safe on the store, and
  * tn_cache_store_begin() returns NULL on failure, so a caller needs no checks.
  * A store belongs to one thread at a time.
  */
@@ -205,7 +207,8 @@ struct tn_cache_store;
 struct tn_cache_store *tn_cache_store_begin(struct tn_cache *c, const struct tn_cache_key *key);
 void tn_cache_store_add(struct tn_cache_store *s, const struct tn_ipc_result *meta,
                         const void *data, uint64_t length);
-/* Returns 0 when the entry is in place, else -errno (already logged). Frees s. */
+/* Returns 0 when the entry is in place, else -EINVAL (no result, or over half
+ * the cap) or the -errno of the failed write or rename. Frees s. */
 int tn_cache_store_commit(struct tn_cache_store **s);
 /* NULL-safe; frees s. */
 void tn_cache_store_abort(struct tn_cache_store **s);

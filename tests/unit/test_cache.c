@@ -460,7 +460,7 @@ static void test_eviction(void **state)
     struct tn_ipc_result m = {.size = 2 * one};
     tn_cache_store_add(s, &m, buf, 2 * one);
     free(buf);
-    assert_true(tn_cache_store_commit(&s) < 0);
+    assert_int_equal(tn_cache_store_commit(&s), -EINVAL);
     assert_false(present(6));
     assert_true(present(3) && present(4) && present(5));
     tn_cache_close(&c);
@@ -531,7 +531,7 @@ static void test_store_failure(void **state)
         struct tn_ipc_result m = {.size = 200 << 10};
         tn_cache_store_add(s, &m, buf, 200 << 10);
         free(buf);
-        assert_true(tn_cache_store_commit(&s) < 0);
+        assert_int_equal(tn_cache_store_commit(&s), -EFBIG);
     }
     assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
     dup2(saved, 2);
