@@ -677,6 +677,19 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
             return tn_errf(err, errlen, -1, "--cache-dir '%s': path too long", cfg->cache_dir);
         if (stat(p, &st) == 0 && !S_ISDIR(st.st_mode))
             return tn_errf(err, errlen, -1, "--cache-dir '%s': not a directory", cfg->cache_dir);
+        if (stat(p, &st) < 0) {
+            /* the front makes the last component: said here, not by a front that
+             * fails to start over and over */
+            char parent[PATH_MAX];
+            snprintf(parent, sizeof(parent), "%s", p);
+            char *slash = strrchr(parent, '/');
+            if (slash)
+                *(slash == parent ? slash + 1 : slash) = '\0';
+            if (errno != ENOENT || stat(parent, &st) < 0 || !S_ISDIR(st.st_mode))
+                return tn_errf(err, errlen, -1,
+                               "--cache-dir '%s': cannot be created: %s is not a directory",
+                               cfg->cache_dir, parent);
+        }
         cfg->cache_dir = p;
     }
     if (cfg->log_file) {
