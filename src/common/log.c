@@ -273,6 +273,7 @@ static int fill_access(json_t *o, size_t limit, const void *opaque)
            tn_json_set(o, "peer", tn_json_str(a->peer ? a->peer : "", limit)) |
            tn_json_set(o, "file", tn_json_str(a->file ? a->file : "", limit)) |
            tn_json_set(o, "mode", tn_json_str(a->mode ? a->mode : "upload", limit)) |
+           tn_json_set(o, "cache_hit", json_boolean(a->cache_hit)) |
            tn_json_set(o, "message", tn_json_str(x->message, limit));
 }
 
@@ -297,11 +298,11 @@ void tn_log_access(int level, const struct tn_log_access *a)
     } else {
         put_prefix(&l, level);
         put(&l,
-            "%s peer=%s file=\"%s\"%s%s in=%" PRIu64 " out=%" PRIu64 " thumbnails=%u ms=%.1f "
+            "%s peer=%s file=\"%s\"%s%s%s in=%" PRIu64 " out=%" PRIu64 " thumbnails=%u ms=%.1f "
             "status=%s%s%s",
             name, a->peer ? a->peer : "-", a->file ? a->file : "", a->mode ? " mode=" : "",
-            a->mode ? a->mode : "", a->bytes_in, a->bytes_out, a->thumbnails, a->ms, status,
-            failed ? " message=" : "", failed ? a->message : "");
+            a->mode ? a->mode : "", a->cache_hit ? " cache=hit" : "", a->bytes_in, a->bytes_out,
+            a->thumbnails, a->ms, status, failed ? " message=" : "", failed ? a->message : "");
     }
     write_line(level, &l);
     errno = saved;

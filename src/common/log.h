@@ -14,6 +14,7 @@
 #define TN_LOG_H
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 enum tn_log_level { TN_LOG_ERROR = 0, TN_LOG_WARN, TN_LOG_INFO, TN_LOG_DEBUG };
@@ -54,6 +55,7 @@ struct tn_log_access {
     const char *status;  /* "OK", "INVALID_ARGUMENT", ... */
     const char *message; /* the status message of a failed call */
     const char *mode;    /* how the video came: "pull", "local"; NULL = uploaded */
+    bool cache_hit;      /* answered from the result cache, without a worker */
 };
 void tn_log_access(int level, const struct tn_log_access *a);
 

@@ -401,6 +401,7 @@ static bool start_file(struct gen_call *c, size_t i)
         return true;
     k->shared.spool_fd = fd;
     k->cq.local = true;
+    cache_key_local(k, fd);
     k->cq.have_options = true;
     upload_complete(k);
     return true;

@@ -86,7 +86,10 @@ void free_result(struct result *r)
 {
     if (!r)
         return;
-    if (r->map && r->map != MAP_FAILED && r->meta.size) {
+    if (r->heap) {
+        free(r->heap);
+        __atomic_sub_fetch(&held_result_bytes, r->meta.size, __ATOMIC_RELAXED);
+    } else if (r->map && r->map != MAP_FAILED && r->meta.size) {
         munmap(r->map, r->meta.size);
         __atomic_sub_fetch(&held_result_bytes, r->meta.size, __ATOMIC_RELAXED);
     }
@@ -161,6 +164,7 @@ static void gen_destroy(struct gen_call *c)
             .mode = c->cq.pull                ? "pull"
                     : c->cq.local || c->batch ? "local"
                                               : NULL,
+            .cache_hit = c->shared.cache_hit,
         };
         tn_log_access(quiet ? TN_LOG_DEBUG : TN_LOG_INFO, &a);
         tn_metrics_call_handled(method_of(c), code, ms / 1000);
@@ -184,6 +188,8 @@ static void gen_destroy(struct gen_call *c)
     drop_results(c);
     batch_free(c->batch);
     struct gen_call *parent = c->parent;
+    cache_hash_free(c);
+    tn_cache_store_abort(&c->poll.store);
     pthread_mutex_destroy(&c->mu);
     free(c);
     if (parent)

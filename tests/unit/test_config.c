@@ -322,6 +322,25 @@ static void test_sandbox_flag(void **state)
     assert_string_equal(err, "option '--no-sandbox=yes' takes no value");
 }
 
+static void test_cache_flags(void **state)
+{
+    (void)state;
+    assert_int_equal(parse(NULL), 0);
+    assert_null(cfg.cache_dir); /* off by default */
+    assert_int_equal(cfg.cache_size, 1ull << 30);
+    /* a missing last component is made by the front; a relative path made absolute */
+    assert_int_equal(parse("--cache-dir", "tn-cache-not-yet", "--cache-size", "64M", NULL), 0);
+    assert_int_equal(cfg.cache_dir[0], '/');
+    assert_non_null(strstr(cfg.cache_dir, "/tn-cache-not-yet"));
+    assert_int_equal(cfg.cache_size, 64ull << 20);
+    bad("--cache-dir '/nonexistent-tn-dir/cache': cannot be created", "--cache-dir",
+        "/nonexistent-tn-dir/cache", NULL);
+    bad("--cache-dir '/dev/null': not a directory", "--cache-dir", "/dev/null", NULL);
+    bad("--cache-dir: expected a directory", "--cache-dir", "", NULL);
+    bad("--cache-size", "--cache-size", "1K", NULL); /* under 1M */
+    bad("--cache-size", "--cache-size", "lots", NULL);
+}
+
 static void test_help_and_version(void **state)
 {
     /* Both print to stdout and return 1; keep the test output clean. */
@@ -578,6 +597,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_config_errors, setup, teardown_conf),
         cmocka_unit_test_setup_teardown(test_config_relative_path, setup, teardown_conf),
         cmocka_unit_test_setup(test_sandbox_flag, setup),
+        cmocka_unit_test_setup(test_cache_flags, setup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
