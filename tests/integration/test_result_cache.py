@@ -157,6 +157,29 @@ class CacheTest(h.ServersTestCase):
         self.assertNotEqual(bytes(replaced[0].data), bytes(first[0].data))
         self.assertEqual(len(entries(self.cache)), 4)
 
+    def test_batch_shares_the_cache(self):
+        """A Batch's files are keyed as local-mode Generates: a second Batch is all
+        hits (STARTED still precedes each file's thumbnails), and a Generate of one
+        of its files hits what the Batch stored."""
+        from test_library import run_batch
+        shutil.copyfile(h.video("vp9.webm"), os.path.join(self.root, "b.webm"))
+        srv = self.start()
+        opts = pb.Options(max_width=160)
+        c0 = self.counts(srv)
+        files1, sum1 = run_batch(srv.addr, dir="", options=opts)
+        self.assertEqual((sum1.files, sum1.ok), (2, 2))
+        c1 = self.expect(srv, c0, hit=0, miss=2, stores=2, decodes=2)
+        files2, sum2 = run_batch(srv.addr, dir="", options=opts)
+        self.assertEqual((sum2.files, sum2.ok), (2, 2))
+        c2 = self.expect(srv, c1, hit=2, miss=0, stores=0, decodes=0)
+        for i in files1:
+            self.assertEqual(files2[i].kinds, ["queued", "started", "thumbnail", "done"])
+            self.assertEqual(summary(files2[i].thumbs), summary(files1[i].thumbs))
+        one = local_generate(srv.addr, "b.webm", max_width=160)
+        self.expect(srv, c2, hit=1, miss=0, decodes=0)
+        b = [i for i in files1 if files1[i].path == "b.webm"][0]
+        self.assertEqual(summary(one), summary(files1[b].thumbs))
+
     def test_failed_jobs_are_not_stored(self):
         shutil.copyfile(h.video("random.bin"), os.path.join(self.root, "random.mp4"))
         srv = self.start()
