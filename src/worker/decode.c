@@ -276,6 +276,24 @@ static int can_continue(struct engine *e, int64_t target)
     return e->last_pkt_ts != AV_NOPTS_VALUE && kf <= e->last_pkt_ts;
 }
 
+/* The frame after the current one, for a caller that only decodes forward
+ * from where serve_accurate() left the decoder (the animation): 0 with it in
+ * e->frame, AVERROR_EOF at the end of the stream (or when the decoder is not
+ * positioned), or the AVERROR that stopped decoding. */
+int decode_forward(struct engine *e)
+{
+    if (!e->positioned)
+        return AVERROR_EOF;
+    int ret = next_frame(e);
+    if (ret == RETREAT || ret == BAD_KEY) /* only after a seek, which this never does */
+        ret = AVERROR_INVALIDDATA;
+    if (ret < 0)
+        e->positioned = 0;
+    if (ret == 0 && io_check(&e->io, 0))
+        ret = AVERROR_EXIT;
+    return ret;
+}
+
 /* ---- the strategies ------------------------------------------------------ */
 
 static void keep_as_cur(struct engine *e, AVFrame *f, int exact, int clamped)
