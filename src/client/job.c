@@ -424,6 +424,10 @@ void tn_job_run(const struct tn_job_env *env, grpc_completion_queue *cq,
         .storyboard = opt->storyboard,
         .tile_width = opt->tile_width,
         .columns = opt->columns,
+        .animated = opt->animated,
+        .anim_start = opt->anim_start,
+        .anim_end = opt->anim_end,
+        .fps = opt->fps,
         .local_path = env->single ? (slash ? slash + 1 : in_path) : e->rel,
     };
     /* pull and local mode */

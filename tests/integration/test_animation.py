@@ -300,12 +300,27 @@ class Animation(h.ServerTestCase):
         h.run_client(["--server", self.server.addr, "--animated", "2", "-i", self.clip, "-o",
                       one], check_rc=0)
         self.assertEqual(len(riff_frames(h.read_bytes(one))[3]), 30)
-        # usage errors before any call
-        for bad in (["--animated", "3-2"], ["--animated", "1", "--count", "3"],
-                    ["--animated", "1", "--format", "png"], ["--fps", "5"],
-                    ["--animated", "1", "--fps", "40"]):
+        # the record of how it was made: the same span is up to date, another is remade
+        r = h.run_client(["--server", self.server.addr, "--animated", "1-3", "--fps", "5", inp,
+                          out], check_rc=0)
+        self.assertIn("up to date", r.output)
+        r = h.run_client(["--server", self.server.addr, "--animated", "1-2", "--fps", "5", inp,
+                          out], check_rc=0)
+        self.assertNotIn("up to date", r.output)
+        self.assertEqual(len(riff_frames(h.read_bytes(path))[3]), 5)
+        # usage errors before any call, saying what is wrong
+        for bad, why in ((["--animated", "3-2"], "end 2 s is not after start 3 s"),
+                         (["--animated", "0-12"], "at most 10 s"),
+                         (["--animated", "1", "--count", "3"], "not with --at, --count"),
+                         (["--animated", "1", "--format", "png"], "--format webp"),
+                         (["--animated", "1", "--mode", "keyframe"], "no --mode keyframe"),
+                         (["--fps", "5"], "--fps needs --animated"),
+                         (["--animated", "1", "--fps", "40"], "0.1..30"),
+                         (["--animated", "x-y"], "expected START or START-END")):
             r = h.run_client(["--server", self.server.addr] + bad + [inp, out + "2"])
             self.assertEqual(r.returncode, 2, (bad, r))
+            self.assertIn(why, r.stderr, bad)
+        self.assertFalse(os.path.exists(out + "2"))
 
 
 if __name__ == "__main__":
