@@ -321,6 +321,9 @@ class Animation(h.ServerTestCase):
             self.assertEqual(r.returncode, 2, (bad, r))
             self.assertIn(why, r.stderr, bad)
         self.assertFalse(os.path.exists(out + "2"))
+        r = h.run_client(["--help"], check_rc=0)
+        for flag in ("--animated START[-END]", "--fps N"):
+            self.assertIn(flag, r.stdout)
 
 
 if __name__ == "__main__":
