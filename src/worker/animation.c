@@ -10,7 +10,8 @@
  * at 10 fps drops frames and a 5 fps one repeats them, as a player would show
  * it. A frame is rendered and handed to the encoder as soon as its tick is
  * known: at most two decoded frames are held (the current one and the one
- * after it), whatever the span. Past the end of the video the preview stops
+ * after it), whatever the span; non-reference frames that no tick shows are
+ * not decoded at all. Past the end of the video the preview stops
  * at its last frame, with fewer frames, and the reason says so. (A preview of
  * one frame comes out as a still WebP: libwebp assembles it so.)
  */
@@ -193,6 +194,13 @@ int run_animation(struct engine *e, tn_engine_emit_fn emit, void *opaque)
     }
     av_frame_unref(e->prev); /* from here on: the frame after e->cur */
     e->have_prev = 0;
+    /* Frames between ticks are not shown: those no other frame refers to
+     * need not be decoded (where pts is the packet's own and skipping is
+     * safe, as for ACCURATE's frames before the target). */
+    if (e->can_skip_nonref && e->nonref_margin == 0) {
+        e->tick0 = t0;
+        e->tick_step = av_q2d(av_inv_q(tb)) / o->fps;
+    }
     int have_next = 0, fresh = 1;
     for (unsigned i = 0; i < n; i++) {
         int64_t tick = t0 + av_rescale_q(llrint(i / o->fps * AV_TIME_BASE), AV_TIME_BASE_Q, tb);

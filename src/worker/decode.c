@@ -133,6 +133,19 @@ static int read_key_packet(struct engine *e)
     return 0;
 }
 
+/* The animation: whether the frame at pts may be the one a tick shows (the
+ * latest at or before it), i.e. a tick lies in [pts, next frame). The next
+ * frame is taken 1.5 frames on, so that a frame rate a little off its
+ * estimate still decodes every frame that may be shown; a wrong answer only
+ * shows the frame before. */
+static int shown_at_tick(const struct engine *e, int64_t pts)
+{
+    if (!(e->tick_step > 0) || pts < e->tick0)
+        return 1;
+    double k = ceil((double)(pts - e->tick0) / e->tick_step - 1e-9);
+    return (double)e->tick0 + k * e->tick_step < (double)pts + 1.5 * (double)e->frame_dur;
+}
+
 /* The next decoded frame into e->frame: 0, AVERROR_EOF once the decoder is
  * drained, RETREAT, or a fatal AVERROR. */
 static int next_frame(struct engine *e)
@@ -179,7 +192,8 @@ static int next_frame(struct engine *e)
         }
         if (ret != 0)
             return ret;
-        e->dec->skip_frame = e->pkt->pts != AV_NOPTS_VALUE && e->pkt->pts < e->skip_until
+        e->dec->skip_frame = e->pkt->pts != AV_NOPTS_VALUE &&
+                                     (e->pkt->pts < e->skip_until || !shown_at_tick(e, e->pkt->pts))
                                  ? AVDISCARD_NONREF
                                  : AVDISCARD_DEFAULT;
         ret = avcodec_send_packet(e->dec, e->pkt);

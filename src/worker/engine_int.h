@@ -102,10 +102,15 @@ struct engine {
     int64_t last_pkt_ts;
     int64_t last_out_pts;
     int64_t skip_until; /* non-reference frames with pkt pts below are not decoded */
-    int64_t key_ts;     /* KEYFRAME: the packet's time, for a frame that has none */
-    int64_t cur_key;    /* KEYFRAME: the packet time of e->cur */
-    int64_t target;     /* of the point being served */
-    int need_key;       /* after a seek: drop packets up to a keyframe */
+    /* The animation's ticks (tick0 + i * tick_step, stream time base; step 0 =
+     * none): from tick0 on, non-reference frames that no tick shows are not
+     * decoded either (see shown_at_tick()). */
+    int64_t tick0;
+    double tick_step;
+    int64_t key_ts;  /* KEYFRAME: the packet's time, for a frame that has none */
+    int64_t cur_key; /* KEYFRAME: the packet time of e->cur */
+    int64_t target;  /* of the point being served */
+    int need_key;    /* after a seek: drop packets up to a keyframe */
     int have_prev, have_cur, cur_exact, cur_clamped;
     int64_t cur_pts;
     /* Fallbacks, for the reason: the demuxer could not seek (from then on
