@@ -102,15 +102,10 @@ struct engine {
     int64_t last_pkt_ts;
     int64_t last_out_pts;
     int64_t skip_until; /* non-reference frames with pkt pts below are not decoded */
-    /* The animation's ticks (tick0 + i * tick_step, stream time base; step 0 =
-     * none): from tick0 on, non-reference frames that no tick shows are not
-     * decoded either (see shown_at_tick()). */
-    int64_t tick0;
-    double tick_step;
-    int64_t key_ts;  /* KEYFRAME: the packet's time, for a frame that has none */
-    int64_t cur_key; /* KEYFRAME: the packet time of e->cur */
-    int64_t target;  /* of the point being served */
-    int need_key;    /* after a seek: drop packets up to a keyframe */
+    int64_t key_ts;     /* KEYFRAME: the packet's time, for a frame that has none */
+    int64_t cur_key;    /* KEYFRAME: the packet time of e->cur */
+    int64_t target;     /* of the point being served */
+    int need_key;       /* after a seek: drop packets up to a keyframe */
     int have_prev, have_cur, cur_exact, cur_clamped;
     int64_t cur_pts;
     /* Fallbacks, for the reason: the demuxer could not seek (from then on
@@ -139,6 +134,12 @@ struct engine {
     struct tn_colour *analyse; /* SMART's small renderings, made on first use */
     size_t n_points;
     tjhandle tj; /* JPEG compressor, made on first use */
+
+    /* The animation's ticks (tick0 + i * tick_step, stream time base; step 0 =
+     * none): from tick0 on, non-reference frames that no tick shows are not
+     * decoded either (decode.c's shown_at_tick()). */
+    int64_t tick0;
+    double tick_step;
 };
 
 /* How e->cur was found when the target had no frame of its own. */
