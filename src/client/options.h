@@ -78,17 +78,18 @@ struct tn_client_options {
     bool mode_set;       /* --mode given (a storyboard defaults to keyframe) */
     uint32_t tile_width; /* 0 = the server's default */
     uint32_t columns;    /* 0 = the server's default */
-    /* --animated START[-END]: one animated WebP <name>.webp; kind 0 = not given */
-    bool animated;
-    struct tn_time_point anim_start, anim_end;
-    double fps;         /* --fps; 0 = the server's default */
-    bool probe;         /* --probe FILE...: print each file's JSON */
-    char **probe_files; /* the FILE arguments (argv) */
+    bool probe;          /* --probe FILE...: print each file's JSON */
+    char **probe_files;  /* the FILE arguments (argv) */
     size_t n_probe_files;
     /* pull and local mode */
     int pull;                /* 1 = --pull, 0 = --no-pull, -1 = by --pull-threshold */
     uint64_t pull_threshold; /* files of at least this many bytes are pulled, not uploaded */
     bool local;              /* --local: send paths relative to INPUT_DIR (server's --media-root) */
+
+    /* --animated START[-END]: one animated WebP <name>.webp; kind 0 = not given */
+    bool animated;
+    struct tn_time_point anim_start, anim_end;
+    double fps; /* --fps; 0 = the server's default */
 
     /* Transport security and auth. The files are read by tn_options_parse(),
      * their contents malloc'd for the process's life. */

@@ -128,12 +128,13 @@ struct tn_rpc_request {
     bool storyboard; /* expect the sprite (index 0) and the WebVTT (index 1) */
     uint32_t tile_width;
     uint32_t columns;
+    int transfer;           /* enum tn_rpc_transfer */
+    const char *local_path; /* TN_RPC_LOCAL: relative to the server's --media-root */
+
     /* Options.animation: expect one animated WebP (index 0) */
     bool animated;
     struct tn_time_point anim_start, anim_end; /* kind 0 = not sent */
     double fps;                                /* 0 = the server's default */
-    int transfer;                              /* enum tn_rpc_transfer */
-    const char *local_path; /* TN_RPC_LOCAL: relative to the server's --media-root */
 };
 
 struct tn_rpc_result {
