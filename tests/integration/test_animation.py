@@ -204,6 +204,25 @@ class Animation(h.ServerTestCase):
         self.assertLess(d3, 6.0)
         self.assertLess(d3, h.mean_abs_diff(pics[10][::13], ref3b[::13]))
 
+    def test_first_frame_is_the_still_thumbnail(self):
+        """Geometry as thumbnails have it: a display matrix that turns the video a
+        quarter (rotate90.mp4) and an anamorphic SAR give the still's size and
+        picture."""
+        for name in ("rotate90.mp4", "anamorphic.mp4"):
+            path = h.video(name)
+            still = h.generate(self.server.addr, path=path, times=[1], max_width=320,
+                               max_height=320, mode=1)[0]
+            anim = self.anim(path=path, start=1, end=2, fps=5, max_width=320, max_height=320)[0]
+            self.assertEqual((anim.header.width, anim.header.height),
+                             (still.header.width, still.header.height), name)
+            self.assertAlmostEqual(anim.header.actual_time, still.header.actual_time, places=3)
+            png = h.png_decode(bytes(still.data))
+            _, pics = pil_frames(bytes(anim.data))
+            d = h.mean_abs_diff(pics[0][::5], png.rgb_bytes()[::5])
+            h.log("%s: %dx%d, first frame vs the still PNG: %.2f"
+                  % (name, anim.header.width, anim.header.height, d))
+            self.assertLess(d, 6.0, name)
+
     def test_defaults_fps_and_span(self):
         th = self.anim(start=1)[0]  # no end: 3 s; no fps: 10
         _, _, _, frames = riff_frames(bytes(th.data))
@@ -220,6 +239,16 @@ class Animation(h.ServerTestCase):
         self.assertLess(len(small.data), len(big.data), "quality is applied")
         for f in frames:
             self.assertEqual(f[4], 200)
+        # lossless: VP8L frames, and the first is ffmpeg's picture at 25 % (2 s)
+        # within scaling differences only
+        ll = self.anim(start="25%", end="50%", fps=5, max_width=160, lossless=True)[0]
+        data = bytes(ll.data)
+        self.assertIn(b"VP8L", data)
+        self.assertNotIn(b"VP8 ", data)
+        self.assertEqual(len(riff_frames(data)[3]), 10)
+        _, pics = pil_frames(data)
+        ref = h.ffmpeg_reference_rgb(self.clip, 2.0, 160, 90)
+        self.assertLess(h.mean_abs_diff(pics[0], ref), 3.0)
 
     def test_past_the_end_stops_at_the_last_frame(self):
         th = self.anim(start=7, end=10, fps=10)[0]  # the clip is 8 s
