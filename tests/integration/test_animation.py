@@ -322,6 +322,29 @@ class Animation(h.ServerTestCase):
         # the server is fine afterwards
         self.assertEqual(len(self.anim(start=0, end=1)), 1)
 
+    # the claim is a worker's RSS under RLIMIT_AS: the plain pass holds it
+    @unittest.skipIf(h.sanitized(), "ASan build: its shadow memory and quarantine make a "
+                     "worker's RSS meaningless, and its workers run without RLIMIT_AS")
+    def test_memory_is_bounded_by_frames_held_not_span(self):
+        """The longest preview of a 1080p clip (10 s at 30 fps, 250 source frames of
+        3 MB decoded): a worker that held the decoded frames would need ~750 MB;
+        one that encodes them as they come stays near an idle worker's size."""
+        srv = h.Server(workers=1, extra=["--worker-memory", "768M"])
+        try:
+            pid = srv.worker_pids()[0]
+            base = h.vm_status(pid, "VmRSS")
+            th = generate_animation(srv.addr, anim_opts(0, 10, 30), path=h.video("h264_1080p.mp4"),
+                                    max_width=160, timeout=120)[0]
+            peak = h.vm_status(pid, "VmHWM")
+            h.log("worker RSS %.0f MB idle, %.0f MB peak over the preview (%s)"
+                  % (base / 2**20, peak / 2**20, th.header.reason))
+            self.assertIn("300 frames at 30 fps", th.header.reason)
+            self.assertEqual(srv.worker_pids(), [pid], "the worker was replaced")
+            self.assertLess(peak - base, 200 * 2**20)
+        finally:
+            srv.stop()
+            srv.cleanup()
+
     def test_client_animated(self):
         inp = h.make_input_dir([], parent=self.dir)
         shutil.copyfile(self.clip, os.path.join(inp, "moving.mp4"))
