@@ -159,7 +159,7 @@ int run_animation(struct engine *e, tn_engine_emit_fn emit, void *opaque)
     unsigned n = 0, out = 0;
     struct anim a = {0};
     WebPData data;
-    char reason[REASON_MAX], colour[128], tail[REASON_MAX] = "";
+    char reason[512], colour[128], tail[128] = ""; /* the worker cuts it to TN_IPC_REASON_MAX */
     int code, fd = -1, at_end = 0, fb_end = FB_NONE;
 
     WebPDataInit(&data);
@@ -269,8 +269,9 @@ int run_animation(struct engine *e, tn_engine_emit_fn emit, void *opaque)
                  fb_end == FB_DAMAGED ? "is damaged after its frame" : "ends with its frame",
                  (e->cur_pts - e->start_pts) * av_q2d(tb));
     tn_colour_describe(e->colour_did, colour, sizeof(colour));
-    snprintf(reason, sizeof(reason), "%u frame%s at %g fps%s%s%s", out, out == 1 ? "" : "s", o->fps,
-             tail, colour[0] ? "; " : "", colour);
+    snprintf(reason, sizeof(reason), "%u frame%s at %g fps%s%s%s%s", out, out == 1 ? "" : "s",
+             o->fps, tail, e->seek_broken ? "; the file cannot seek: decoded from the start" : "",
+             colour[0] ? "; " : "", colour);
     struct tn_engine_result r = {.index = 0,
                                  .requested_time = start,
                                  .actual_time = first,
