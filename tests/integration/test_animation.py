@@ -250,6 +250,37 @@ class Animation(h.ServerTestCase):
         ref = h.ffmpeg_reference_rgb(self.clip, 2.0, 160, 90)
         self.assertLess(h.mean_abs_diff(pics[0], ref), 3.0)
 
+    def test_slow_source_repeats_frames(self):
+        """A 5 fps video at 10 fps: every picture is shown for two ticks, which
+        libwebp merges into one frame of twice the duration."""
+        clip = os.path.join(self.dir, "slow.mp4")
+        make_clip(clip, seconds=6, size="320x180", rate=5)
+        th = self.anim(path=clip, start=1, end=3, fps=10)[0]
+        self.assertIn("20 frames at 10 fps", th.header.reason)
+        _, _, _, frames = riff_frames(bytes(th.data))
+        self.assertEqual([f[4] for f in frames], [200] * 10)
+        _, pics = pil_frames(bytes(th.data))
+        for i, pic in enumerate(pics):
+            ref = h.ffmpeg_reference_rgb(clip, 1 + 0.2 * i, 320, 180)
+            self.assertLess(h.mean_abs_diff(pic[::7], ref[::7]), 8.0, i)
+
+    def test_file_that_cannot_seek(self):
+        """An AVI written to a pipe has no index: decoded forward from the start,
+        and the reason says so."""
+        avi = os.path.join(self.dir, "noindex.avi")
+        with open(avi, "wb") as f:
+            subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-i",
+                            self.clip, "-c:v", "mpeg4", "-q:v", "3", "-f", "avi", "-"],
+                           check=True, stdout=f)
+        th = self.anim(path=avi, start=3, end=4, fps=10)[0]
+        self.assertIn("10 frames at 10 fps", th.header.reason)
+        self.assertIn("cannot seek", th.header.reason)
+        self.assertAlmostEqual(th.header.actual_time, 3.0, places=2)
+        _, pics = pil_frames(bytes(th.data))
+        self.assertEqual(len(pics), 10)
+        ref = h.ffmpeg_reference_rgb(self.clip, 3.0, 320, 180)  # the same pictures, from the MP4
+        self.assertLess(h.mean_abs_diff(pics[0][::7], ref[::7]), 8.0)
+
     def test_past_the_end_stops_at_the_last_frame(self):
         th = self.anim(start=7, end=10, fps=10)[0]  # the clip is 8 s
         _, _, _, frames = riff_frames(bytes(th.data))
