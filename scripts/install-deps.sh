@@ -31,6 +31,7 @@ TESTS=(
     "${SAMPLES[@]}"
     # unit (cmocka), integration (Python grpcio + stubs), the server under valgrind
     libcmocka-dev python3-grpcio python3-protobuf python3-pil protobuf-compiler-grpc valgrind
+    webp # webpmux -info: an independent reader of the animated previews (test_animation)
     python3-prometheus-client # test_metrics' independent parser
     openssl                   # test_tls makes its CA and certificates at test time
     python3-h2 nghttp2-client # hostile HTTP/2 clients (h2 frames by hand, h2load)

@@ -461,6 +461,10 @@ struct tn_job *tn_job_prepare(const struct tn_job_env *env, const struct tn_walk
         .storyboard = opt->storyboard,
         .tile_width = opt->tile_width,
         .columns = opt->columns,
+        .animated = opt->animated,
+        .anim_start = opt->anim_start,
+        .anim_end = opt->anim_end,
+        .fps = opt->fps,
         .local_path = env->single ? (slash ? slash + 1 : j->in_path) : e->rel,
     };
     /* pull and local mode */

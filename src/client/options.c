@@ -15,6 +15,7 @@
 
 #include "output.h" /* tn_output_name */
 #include "parse.h"
+#include "status.h"
 
 enum {
     OPT_AT = 256,
@@ -41,6 +42,8 @@ enum {
     OPT_STORYBOARD,
     OPT_TILE_WIDTH,
     OPT_COLUMNS,
+    OPT_ANIMATED,
+    OPT_FPS,
     OPT_PULL, /* pull and local mode */
     OPT_NO_PULL,
     OPT_PULL_THRESHOLD,
@@ -89,6 +92,8 @@ static const struct option long_options[] = {
     {"storyboard", no_argument, NULL, OPT_STORYBOARD},
     {"tile-width", required_argument, NULL, OPT_TILE_WIDTH},
     {"columns", required_argument, NULL, OPT_COLUMNS},
+    {"animated", required_argument, NULL, OPT_ANIMATED},
+    {"fps", required_argument, NULL, OPT_FPS},
     {"pull", no_argument, NULL, OPT_PULL},
     {"no-pull", no_argument, NULL, OPT_NO_PULL},
     {"pull-threshold", required_argument, NULL, OPT_PULL_THRESHOLD},
@@ -244,6 +249,63 @@ static int parse_times(struct tn_client_options *o, const char *s)
     if (n == 0)
         return bad("--at", s, "expected a time point");
     return 0;
+}
+
+/* One time point as --at takes it. */
+static int parse_point(const char *s, struct tn_time_point *out)
+{
+    return tn_parse_time_point(s, out) < 0 && parse_at_duration(s, out) < 0 ? -1 : 0;
+}
+
+/* --animated START[-END] into o->anim_start and o->anim_end (kind 0: not given). */
+static int parse_span(struct tn_client_options *o, const char *s)
+{
+    char buf[128];
+    if (strlen(s) >= sizeof(buf))
+        return bad("--animated", s, "too long");
+    snprintf(buf, sizeof(buf), "%s", s);
+    char *dash = strchr(buf, '-');
+    if (dash)
+        *dash = '\0';
+    memset(&o->anim_end, 0, sizeof(o->anim_end));
+    if (parse_point(buf, &o->anim_start) < 0 || (dash && parse_point(dash + 1, &o->anim_end) < 0))
+        return bad("--animated", s,
+                   "expected START or START-END, each in seconds (12.5, 5s, 1m30s), percent "
+                   "(10%%) or [h:]m:s (1:30), e.g. 1:30-1:33");
+    o->animated = true;
+    return 0;
+}
+
+/* --animated's rules beyond its syntax; the server checks the same (job_opts.h). */
+static const char *animated_problem(struct tn_client_options *o, bool format_set, char *buf,
+                                    size_t len)
+{
+    if (!o->animated)
+        return o->fps > 0 ? "--fps needs --animated" : NULL;
+    if (o->n_times || o->count || o->every > 0 || o->storyboard || o->cover_art)
+        return "--animated makes one preview of its span: not with --at, --count, --every, "
+               "--storyboard or --cover-art";
+    if (format_set && o->format != TN_FORMAT_WEBP)
+        return "--animated writes an animated WebP: --format webp or a .webp output only";
+    if (o->mode_set && o->mode != TN_MODE_ACCURATE)
+        return "--animated decodes every frame of its span: no --mode keyframe or smart";
+    o->format = TN_FORMAT_WEBP;
+    const struct tn_time_point *a = &o->anim_start, *b = &o->anim_end;
+    double fps = o->fps > 0 ? o->fps : TN_ANIM_DEFAULT_FPS;
+    if (b->kind == TN_TIME_PERCENT && a->kind == TN_TIME_PERCENT && !(b->value > a->value)) {
+        snprintf(buf, len, "--animated: the end %g%% is not after the start %g%%", b->value,
+                 a->value);
+        return buf;
+    }
+    if (a->kind == TN_TIME_SECONDS && b->kind != TN_TIME_PERCENT) {
+        char err[256];
+        double end = b->kind ? b->value : a->value + TN_ANIM_DEFAULT_SPAN;
+        if (tn_job_opts_anim_frames(a->value, end, fps, NULL, err, sizeof(err)) != TN_OK) {
+            snprintf(buf, len, "--animated: %s", err + strlen("animation: "));
+            return buf;
+        }
+    }
+    return NULL;
 }
 
 #define MAX_PEM_BYTES (1u << 20)
@@ -550,6 +612,19 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
                            TN_STORYBOARD_MAX_COLUMNS);
             o->columns = (uint32_t)v;
             break;
+        case OPT_ANIMATED:
+            if (parse_span(o, optarg) < 0)
+                return TN_OPTIONS_USAGE;
+            break;
+        case OPT_FPS: {
+            char *end;
+            double fps = strtod(optarg, &end);
+            if (!*optarg || *end || !(fps >= TN_ANIM_MIN_FPS && fps <= TN_ANIM_MAX_FPS))
+                return bad("--fps", optarg, "expected frames a second %g..%g", TN_ANIM_MIN_FPS,
+                           TN_ANIM_MAX_FPS);
+            o->fps = fps;
+            break;
+        }
         case 'i':
         case 'o':
             if (!*optarg)
@@ -677,8 +752,16 @@ int tn_options_parse(struct tn_client_options *o, int argc, char **argv)
                     o->output_file, tn_options_extension(o->format));
             return TN_OPTIONS_USAGE;
         }
-        if (f)
+        if (f) {
             o->format = f;
+            format_set = true;
+        }
+    }
+    char why_anim[320];
+    const char *anim = animated_problem(o, format_set, why_anim, sizeof(why_anim));
+    if (anim) {
+        fprintf(stderr, "thumbnail_client: %s\nTry 'thumbnail_client --help'.\n", anim);
+        return TN_OPTIONS_USAGE;
     }
     if (o->name_template && strstr(o->name_template, "{time}") && (o->count || o->storyboard)) {
         fprintf(stderr, "thumbnail_client: --name {time} needs --at or --every (the times of "

@@ -87,6 +87,11 @@ struct tn_client_options {
     bool local;              /* --local: send paths relative to INPUT_DIR (server's --media-root) */
     bool per_file;           /* --per-file: local mode without Batch, one Generate per file */
 
+    /* --animated START[-END]: one animated WebP <name>.webp; kind 0 = not given */
+    bool animated;
+    struct tn_time_point anim_start, anim_end;
+    double fps; /* --fps; 0 = the server's default */
+
     /* Transport security and auth. The files are read by tn_options_parse(),
      * their contents malloc'd for the process's life. */
     bool tls;                    /* --tls, or implied by --ca / --cert */

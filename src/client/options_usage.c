@@ -129,10 +129,18 @@ void tn_options_usage(FILE *f)
             "                          --count points, default every duration/100, at\n"
             "                          least 1 s; keyframes unless --mode is given)\n"
             "      --tile-width W      storyboard tile width, 1..%d (default %d)\n"
-            "      --columns N         storyboard columns, 1..%d (default %d)\n",
+            "      --columns N         storyboard columns, 1..%d (default %d)\n"
+            "      --animated START[-END]\n"
+            "                          an animated WebP preview <name>.webp of the video\n"
+            "                          from START to END (times as --at; e.g. 1:30-1:33,\n"
+            "                          10%%-12%%; no END: %g s), at most %g s and %d frames,\n"
+            "                          fitted into the box like a thumbnail; --quality and\n"
+            "                          --lossless apply (instead of --at, --count, --every)\n"
+            "      --fps N             the preview's frames a second, %g..%g (default %g)\n",
             TN_JOB_MAX_TIMES, TN_JOB_MAX_TIMES, TN_STORYBOARD_MAX_TILE_WIDTH,
             TN_STORYBOARD_DEFAULT_TILE_WIDTH, TN_STORYBOARD_MAX_COLUMNS,
-            TN_STORYBOARD_DEFAULT_COLUMNS);
+            TN_STORYBOARD_DEFAULT_COLUMNS, TN_ANIM_DEFAULT_SPAN, TN_ANIM_MAX_SPAN,
+            TN_ANIM_MAX_FRAMES, TN_ANIM_MIN_FPS, TN_ANIM_MAX_FPS, TN_ANIM_DEFAULT_FPS);
     fprintf(f, "\n"
                "Security:\n"
                "      --tls               connect with TLS, verifying the server against the\n"
@@ -157,6 +165,7 @@ void tn_options_usage(FILE *f)
                "  thumbnail_client --exclude 'samples/*' --name '{stem}-{index}' --count 4 in out\n"
                "  thumbnail_client --json in out | jq -r 'select(.status==\"failed\") | .input'\n"
                "  thumbnail_client --probe ~/Videos/clip.mp4 ~/Videos/holiday/\n"
+               "  thumbnail_client -i clip.mp4 -o preview.webp --animated 1:00-1:03 --fps 12\n"
                "\n"
                "Exit status:\n"
                "  0    every file done, up to date or skipped\n"

@@ -410,18 +410,30 @@ static int on_response(struct rx *rx, const Thumbnail__V1__GenerateResponse *m,
     }
 }
 
+/* Options.animation's storage, on the caller's stack like the time points. */
+struct anim_pb {
+    Thumbnail__V1__Animation a;
+    Thumbnail__V1__TimePoint start, end;
+};
+
+static void time_point_pb(const struct tn_time_point *t, Thumbnail__V1__TimePoint *tp)
+{
+    thumbnail__v1__time_point__init(tp);
+    if (t->kind == TN_TIME_PERCENT) {
+        tp->point_case = THUMBNAIL__V1__TIME_POINT__POINT_PERCENT;
+        tp->percent = t->value;
+    } else {
+        tp->point_case = THUMBNAIL__V1__TIME_POINT__POINT_SECONDS;
+        tp->seconds = t->value;
+    }
+}
+
 static void build_options(const struct tn_rpc_request *req, Thumbnail__V1__Options *opt,
-                          Thumbnail__V1__TimePoint *tp, Thumbnail__V1__TimePoint **tpp)
+                          Thumbnail__V1__TimePoint *tp, Thumbnail__V1__TimePoint **tpp,
+                          struct anim_pb *anim)
 {
     for (size_t i = 0; i < req->n_times; i++) {
-        thumbnail__v1__time_point__init(&tp[i]);
-        if (req->times[i].kind == TN_TIME_PERCENT) {
-            tp[i].point_case = THUMBNAIL__V1__TIME_POINT__POINT_PERCENT;
-            tp[i].percent = req->times[i].value;
-        } else {
-            tp[i].point_case = THUMBNAIL__V1__TIME_POINT__POINT_SECONDS;
-            tp[i].seconds = req->times[i].value;
-        }
+        time_point_pb(&req->times[i], &tp[i]);
         tpp[i] = &tp[i];
     }
     thumbnail__v1__options__init(opt);
@@ -451,6 +463,19 @@ static void build_options(const struct tn_rpc_request *req, Thumbnail__V1__Optio
     opt->storyboard = req->storyboard;
     opt->tile_width = req->tile_width;
     opt->columns = req->columns;
+    if (req->animated) {
+        thumbnail__v1__animation__init(&anim->a);
+        if (req->anim_start.kind) {
+            time_point_pb(&req->anim_start, &anim->start);
+            anim->a.start = &anim->start;
+        }
+        if (req->anim_end.kind) {
+            time_point_pb(&req->anim_end, &anim->end);
+            anim->a.end = &anim->end;
+        }
+        anim->a.fps = req->fps;
+        opt->animation = &anim->a;
+    }
     opt->pull = req->transfer == TN_RPC_PULL;
     if (req->transfer == TN_RPC_LOCAL) {
         opt->local_path = (char *)req->local_path;
@@ -504,7 +529,8 @@ static void upload(struct call *c, const struct tn_rpc_request *req, const struc
     Thumbnail__V1__TimePoint tp[TN_JOB_MAX_TIMES];
     Thumbnail__V1__TimePoint *tpp[TN_JOB_MAX_TIMES];
     Thumbnail__V1__Options opt;
-    build_options(req, &opt, tp, tpp);
+    struct anim_pb anim;
+    build_options(req, &opt, tp, tpp, &anim);
     Thumbnail__V1__GenerateRequest m = THUMBNAIL__V1__GENERATE_REQUEST__INIT;
     m.msg_case = THUMBNAIL__V1__GENERATE_REQUEST__MSG_OPTIONS;
     m.options = &opt;
@@ -741,7 +767,8 @@ void tn_rpc_batch(grpc_channel *ch, grpc_completion_queue *cq, const struct tn_r
     Thumbnail__V1__TimePoint tp[TN_JOB_MAX_TIMES];
     Thumbnail__V1__TimePoint *tpp[TN_JOB_MAX_TIMES];
     Thumbnail__V1__Options opt;
-    build_options(req, &opt, tp, tpp);
+    struct anim_pb anim;
+    build_options(req, &opt, tp, tpp, &anim);
     opt.file_name = NULL;
     opt.local_path = NULL;
     opt.pull = false;

@@ -130,6 +130,11 @@ struct tn_rpc_request {
     uint32_t columns;
     int transfer;           /* enum tn_rpc_transfer */
     const char *local_path; /* TN_RPC_LOCAL: relative to the server's --media-root */
+
+    /* Options.animation: expect one animated WebP (index 0) */
+    bool animated;
+    struct tn_time_point anim_start, anim_end; /* kind 0 = not sent */
+    double fps;                                /* 0 = the server's default */
 };
 
 struct tn_rpc_result {

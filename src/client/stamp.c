@@ -33,6 +33,13 @@ char *tn_stamp_make(const struct tn_client_options *o, const struct stat *src)
             o->max_width, o->max_height, o->upscale, o->storyboard && !o->mode_set ? 2 : o->mode,
             o->format, o->quality, o->lossless, o->png_level, o->fit, o->pad_color, o->count,
             o->every, o->cover_art, o->storyboard, o->tile_width, o->columns);
+    if (o->animated) /* only then: the records of other outputs stay as they were */
+        fprintf(f, " anim=%.17g%s-%.17g%s fps=%.17g", o->anim_start.value,
+                o->anim_start.kind == TN_TIME_PERCENT ? "%" : "s", o->anim_end.value,
+                o->anim_end.kind == TN_TIME_PERCENT ? "%"
+                : o->anim_end.kind                  ? "s"
+                                                    : "",
+                o->fps);
     if (fclose(f) != 0) {
         free(buf);
         return NULL;

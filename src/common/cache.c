@@ -131,6 +131,14 @@ void tn_cache_key(const struct tn_job_opts *o, const char *file_name,
             put_u64(&k, o->columns ? o->columns : TN_STORYBOARD_DEFAULT_COLUMNS);
             put_stem(&k, file_name);
         }
+        put_u64(&k, o->animation);
+        if (o->animation) {
+            put_u64(&k, o->anim_start.kind);
+            put_f64(&k, o->anim_start.value);
+            put_u64(&k, o->anim_end.kind);
+            put_f64(&k, o->anim_end.value);
+            put_f64(&k, o->fps);
+        }
     }
     put_u64(&k, id->kind);
     put_u64(&k, id->size);

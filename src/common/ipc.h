@@ -30,7 +30,7 @@
 #include "job_opts.h"
 
 #define TN_IPC_MAGIC 0x544e4a31u /* "TNJ1" */
-#define TN_IPC_VERSION 3         /* 3: a RESULT carries its reason; the control socket is framed */
+#define TN_IPC_VERSION 4         /* 4: the job's options carry an animation */
 #define TN_IPC_MAX_FDS 2
 #define TN_IPC_NAME_MAX 256
 #define TN_IPC_MESSAGE_MAX 512
@@ -100,7 +100,7 @@ struct tn_ipc_result {
     double requested_time; /* seconds, percent resolved */
     double actual_time;    /* pts of the frame used, seconds */
     uint64_t size;         /* bytes of the image in the memfd (from offset 0) */
-    uint32_t kind;         /* the proto's ThumbnailKind: 0 image, 1 sprite, 2 VTT */
+    uint32_t kind;         /* the proto's ThumbnailKind: 0 image, 1 sprite, 2 VTT, 3 animation */
     uint32_t pad;
     char reason[TN_IPC_REASON_MAX]; /* how the engine got the picture ("skipped 1 black
                                      * frame"); NUL-terminated, "" if nothing to say */

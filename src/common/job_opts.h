@@ -28,12 +28,20 @@
 #define TN_STORYBOARD_MAX_TILES 1000
 #define TN_STORYBOARD_MAX_TILE_WIDTH 1024
 #define TN_STORYBOARD_MAX_COLUMNS 100
+/* Animated preview: fps x span bounds the frames decoded, rendered and encoded,
+ * so a request's cost stays near that of a few dozen thumbnails. */
+#define TN_ANIM_MAX_FPS 30.0
+#define TN_ANIM_MIN_FPS 0.1
+#define TN_ANIM_MAX_SPAN 10.0 /* seconds from start to end */
+#define TN_ANIM_MAX_FRAMES 300
 
 /* Defaults for what the client leaves 0. */
 #define TN_JOB_DEFAULT_MAX_WIDTH 320
 #define TN_JOB_DEFAULT_PERCENT 10.0 /* the one time point when none is given */
 #define TN_STORYBOARD_DEFAULT_TILE_WIDTH 160
 #define TN_STORYBOARD_DEFAULT_COLUMNS 10
+#define TN_ANIM_DEFAULT_FPS 10.0
+#define TN_ANIM_DEFAULT_SPAN 3.0 /* seconds, when no end is given */
 
 enum tn_format { TN_FORMAT_PNG = 1, TN_FORMAT_JPEG = 2, TN_FORMAT_WEBP = 3 };
 enum tn_mode { TN_MODE_ACCURATE = 1, TN_MODE_KEYFRAME = 2, TN_MODE_SMART = 3 };
@@ -69,13 +77,20 @@ struct tn_job_opts {
     uint8_t cover_art;   /* 0/1: index 0 is the attached picture when there is one */
     uint8_t storyboard;  /* 0/1: a sprite and a WebVTT instead of thumbnails */
     uint8_t probe;       /* 0/1: a Probe call; the other options are not used */
-    uint32_t pad;
+    uint8_t animation;   /* 0/1: one animated WebP of anim_start..anim_end at fps */
+    uint8_t pad[3];
     double every; /* > 0: a point every this many seconds instead of times */
+    /* Animated preview: kind 0 = not given (start: 0 s; end: start +
+     * TN_ANIM_DEFAULT_SPAN); fps 0 = TN_ANIM_DEFAULT_FPS until defaults(). */
+    struct tn_time_point anim_start, anim_end;
+    double fps;
     struct tn_time_point times[TN_JOB_MAX_TIMES];
 };
 
 /*
- * Replace the "unspecified" zeros by the defaults: format PNG; mode ACCURATE
+ * Replace the "unspecified" zeros by the defaults: format PNG (WEBP for an
+ * animation, whose box is TN_JOB_DEFAULT_MAX_WIDTH on the longer side, and
+ * whose fps is TN_ANIM_DEFAULT_FPS); mode ACCURATE
  * (KEYFRAME for a storyboard: one cheap pass); fit FIT; a box of
  * TN_JOB_DEFAULT_MAX_WIDTH wide when neither side is given (not for a
  * storyboard, which has its own tile width); one point at
@@ -91,5 +106,15 @@ void tn_job_opts_defaults(struct tn_job_opts *o);
  * (every against its duration: the engine checks that one).
  */
 int tn_job_opts_check(const struct tn_job_opts *o, char *err, size_t errlen);
+
+/*
+ * An animation's span start..end (seconds) at fps: TN_OK and the number of
+ * frames (ticks start + i / fps before end) in *frames (may be NULL), or
+ * TN_INVALID_ARGUMENT when end is not after start, the span is over
+ * TN_ANIM_MAX_SPAN or the frames over TN_ANIM_MAX_FRAMES. The check calls
+ * it for spans in seconds; the engine for spans that needed the duration.
+ */
+int tn_job_opts_anim_frames(double start, double end, double fps, unsigned *frames, char *err,
+                            size_t errlen);
 
 #endif

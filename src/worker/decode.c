@@ -133,6 +133,19 @@ static int read_key_packet(struct engine *e)
     return 0;
 }
 
+/* The animation: whether the frame at pts may be the one a tick shows (the
+ * latest at or before it), i.e. a tick lies in [pts, next frame). The next
+ * frame is taken 1.5 frames on, so that a frame rate a little off its
+ * estimate still decodes every frame that may be shown; a wrong answer only
+ * shows the frame before. */
+static int shown_at_tick(const struct engine *e, int64_t pts)
+{
+    if (!(e->tick_step > 0) || pts < e->tick0)
+        return 1;
+    double k = ceil((double)(pts - e->tick0) / e->tick_step - 1e-9);
+    return (double)e->tick0 + k * e->tick_step < (double)pts + 1.5 * (double)e->frame_dur;
+}
+
 /* The next decoded frame into e->frame: 0, AVERROR_EOF once the decoder is
  * drained, RETREAT, or a fatal AVERROR. */
 static int next_frame(struct engine *e)
@@ -179,7 +192,8 @@ static int next_frame(struct engine *e)
         }
         if (ret != 0)
             return ret;
-        e->dec->skip_frame = e->pkt->pts != AV_NOPTS_VALUE && e->pkt->pts < e->skip_until
+        e->dec->skip_frame = e->pkt->pts != AV_NOPTS_VALUE &&
+                                     (e->pkt->pts < e->skip_until || !shown_at_tick(e, e->pkt->pts))
                                  ? AVDISCARD_NONREF
                                  : AVDISCARD_DEFAULT;
         ret = avcodec_send_packet(e->dec, e->pkt);
@@ -274,6 +288,24 @@ static int can_continue(struct engine *e, int64_t target)
     if (e->fresh) /* at the start: fine if that keyframe is the first one */
         return av_index_search_timestamp(e->st, kf - 1, AVSEEK_FLAG_BACKWARD) < 0;
     return e->last_pkt_ts != AV_NOPTS_VALUE && kf <= e->last_pkt_ts;
+}
+
+/* The frame after the current one, for a caller that only decodes forward
+ * from where serve_accurate() left the decoder (the animation): 0 with it in
+ * e->frame, AVERROR_EOF at the end of the stream (or when the decoder is not
+ * positioned), or the AVERROR that stopped decoding. */
+int decode_forward(struct engine *e)
+{
+    if (!e->positioned)
+        return AVERROR_EOF;
+    int ret = next_frame(e);
+    if (ret == RETREAT || ret == BAD_KEY) /* only after a seek, which this never does */
+        ret = AVERROR_INVALIDDATA;
+    if (ret < 0)
+        e->positioned = 0;
+    if (ret == 0 && io_check(&e->io, 0))
+        ret = AVERROR_EXIT;
+    return ret;
 }
 
 /* ---- the strategies ------------------------------------------------------ */

@@ -13,7 +13,8 @@
  * The work is split the way FFmpeg splits its command-line tool (demux, decode,
  * encode); engine_int.h holds the state of one request that the files share:
  * input.c opens the file, decode.c finds each frame, render.c makes the
- * picture, encode.c the image, storyboard.c the sprite sheet. This file runs
+ * picture, encode.c the image, storyboard.c the sprite sheet, animation.c the
+ * animated preview. This file runs
  * one request through them, in the order tn_engine_run() shows, and holds what
  * they all use: the error text and libav's log.
  */
@@ -125,9 +126,9 @@ int fail_av(struct engine *e, int code, int averr, const char *what)
         code = e->io.stop;
     if (code == TN_DEADLINE_EXCEEDED)
         return fail(e, code,
-                    "deadline exceeded after decoding %" PRId64
-                    " frames (%zu of %zu thumbnails done)",
-                    e->frames, e->done, e->n_points);
+                    "deadline exceeded after decoding %" PRId64 " frames (%zu of %zu %s done)",
+                    e->frames, e->done, e->n_points,
+                    e->req->opts.animation ? "preview frames" : "thumbnails");
     if (code == TN_CANCELLED)
         return fail(e, code, "job cancelled (the client went away or the server gave up on it)");
     /* Under RLIMIT_AS, ENOMEM is the file's doing (e.g. an MP4 sample table that
@@ -337,6 +338,10 @@ int tn_engine_run(const struct tn_engine_request *req, tn_engine_emit_fn emit, v
     if (e.duration < 0 && e.end_pts == AV_NOPTS_VALUE && needs_duration(req) &&
         (code = scan_duration(&e)) != TN_OK)
         goto out;
+    if (req->opts.animation) {
+        code = run_animation(&e, emit, opaque);
+        goto out;
+    }
     if ((code = resolve_times(&e, points)) != TN_OK)
         goto out;
     if (e.n_points == 0) { /* the storyboard's grid divides by it; a call must yield something */

@@ -17,7 +17,12 @@
 #include "ipc.h"
 
 /* What a result holds (the proto's ThumbnailKind). */
-enum tn_result_kind { TN_KIND_IMAGE = 0, TN_KIND_SPRITE = 1, TN_KIND_VTT = 2 };
+enum tn_result_kind {
+    TN_KIND_IMAGE = 0,
+    TN_KIND_SPRITE = 1,
+    TN_KIND_VTT = 2,
+    TN_KIND_ANIMATION = 3
+};
 
 struct tn_engine_limits {
     uint64_t max_pixels; /* decoder and find_stream_info; 0 = libav default */
@@ -44,7 +49,10 @@ struct tn_engine_request {
      * max(1 s, duration / 100)), tile_width wide, in a grid of `columns`, into
      * one sprite (index 0, the requested format) and a WebVTT file (index 1,
      * format 0) whose cues point into it with #xywh= fragments; max_width,
-     * max_height, fit and times are ignored. count / every replace times. */
+     * max_height, fit and times are ignored. count / every replace times.
+     * Animation: one animated WebP (index 0, kind ANIMATION) of the frames
+     * shown at anim_start + i / fps up to anim_end, fitted into the box;
+     * actual_time is its first frame's. */
     struct tn_job_opts opts;
     int64_t deadline_ms; /* CLOCK_MONOTONIC ms; 0 = none. Checked in reads and between frames */
     int cancel_fd;       /* POLLHUP/POLLERR/readable EOF on it = abandon; -1 = none */

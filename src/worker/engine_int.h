@@ -13,6 +13,7 @@
  *   render.c      geometry, orientation, fit, scale, rotation, padding
  *   encode.c      PNG / JPEG / WebP into a sealed memfd
  *   storyboard.c  the sprite sheet and its WebVTT
+ *   animation.c   the animated WebP preview
  *
  * The functions keep their short names, and are hidden: a program that links
  * the engine does not export them, so a shared library with a function of
@@ -133,6 +134,12 @@ struct engine {
     struct tn_colour *analyse; /* SMART's small renderings, made on first use */
     size_t n_points;
     tjhandle tj; /* JPEG compressor, made on first use */
+
+    /* The animation's ticks (tick0 + i * tick_step, stream time base; step 0 =
+     * none): from tick0 on, non-reference frames that no tick shows are not
+     * decoded either (decode.c's shown_at_tick()). */
+    int64_t tick0;
+    double tick_step;
 };
 
 /* How e->cur was found when the target had no frame of its own. */
@@ -169,6 +176,7 @@ int64_t packet_ts(const AVPacket *pkt);
 int read_video_packet(struct engine *e);
 int seek_to(struct engine *e, int64_t ts);
 int serve_accurate(struct engine *e, int64_t target);
+int decode_forward(struct engine *e);
 int serve_keyframe(struct engine *e, int64_t target);
 int serve_smart(struct engine *e, int64_t target);
 int serve_default(struct engine *e, const struct point *p);
@@ -186,6 +194,9 @@ int encode(struct engine *e, const uint8_t *img, int w, int h, size_t stride, ui
 /* storyboard.c */
 int run_storyboard(struct engine *e, const struct point *points, tn_engine_emit_fn emit,
                    void *opaque);
+
+/* animation.c */
+int run_animation(struct engine *e, tn_engine_emit_fn emit, void *opaque);
 
 #pragma GCC visibility pop
 

@@ -526,6 +526,9 @@ int find_start(struct engine *e)
 /* Whether resolving the request needs the video's duration. */
 int needs_duration(const struct tn_engine_request *req)
 {
+    if (req->opts.animation)
+        return req->opts.anim_start.kind == TN_TIME_PERCENT ||
+               req->opts.anim_end.kind == TN_TIME_PERCENT;
     if (req->opts.count || req->opts.every > 0 || req->opts.storyboard)
         return 1;
     for (size_t i = 0; i < req->opts.n_times; i++)

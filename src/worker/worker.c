@@ -222,6 +222,15 @@ static void format_times(const struct tn_job_opts *o, char *buf, size_t len)
     size_t off = 0;
 
     buf[0] = '\0';
+    if (o->animation) {
+        snprintf(buf, len, "animation %g%s..%g%s at %g fps", o->anim_start.value,
+                 o->anim_start.kind == TN_TIME_PERCENT ? "%" : "s", o->anim_end.value,
+                 o->anim_end.kind == TN_TIME_PERCENT ? "%"
+                 : o->anim_end.kind                  ? "s"
+                                                     : "+3s",
+                 o->fps);
+        return;
+    }
     if (o->count || o->every > 0) {
         if (o->count)
             snprintf(buf, len, "count %u", o->count);

@@ -7,7 +7,8 @@
  * worker reads a spooled upload (pread on an fd). The last byte of the input
  * also picks the request: bits 0-1 the seek mode (accurate, keyframe, smart)
  * or, for 3, a Probe instead (whose JSON must parse, as valid UTF-8, whatever
- * the file's tags hold), bits 2-3 the output format, bits 4-5 the fit (fit,
+ * the file's tags hold), bits 2-3 the output format (PNG, JPEG, WebP, or for
+ * 3 an animated WebP preview instead of thumbnails), bits 4-5 the fit (fit,
  * fill, pad), bit 6 evenly spaced points (count) instead of times, bit 7 a
  * storyboard, so every seek path, encoder, engine option and the probe are
  * fuzzed without a header that would stop seeds from being real files.
@@ -126,6 +127,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         .cancel_fd = -1,
         .limits = &limits,
     };
+    if (((last >> 2) & 3) == 3 && !req.opts.probe) { /* the animation takes no points */
+        req.opts.animation = 1;
+        req.opts.format = TN_FORMAT_WEBP;
+        req.opts.mode = TN_MODE_ACCURATE;
+        req.opts.n_times = req.opts.count = req.opts.storyboard = 0;
+        req.opts.anim_start = times[1];
+        req.opts.anim_end = (struct tn_time_point){.kind = TN_TIME_SECONDS, .value = 1.5};
+        req.opts.fps = 10;
+    }
     int code = tn_engine_run(&req, req.opts.probe ? check_json : discard, NULL, err, sizeof(err));
     /* INTERNAL means a broken invariant in our code, whatever the input. */
     if (code == TN_INTERNAL && strstr(err, "encoding failed") == NULL)

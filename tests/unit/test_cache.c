@@ -95,7 +95,7 @@ static void test_key_equivalent(void **state)
     b.times[5].value = 99;  /* beyond n_times: not part of the request */
     b.quality = 70;         /* PNG ignores it */
     b.pad_color = 0xff0000; /* FIT ignores it */
-    b.pad = 7;
+    b.pad[0] = 7;
     assert_true(same(key_of(&a, "a.mp4", &id), key_of(&b, "a.mp4", &id)));
     /* the name is not part of a thumbnail's key */
     assert_true(same(key_of(&a, "a.mp4", &id), key_of(&a, "other.mkv", &id)));
@@ -130,6 +130,21 @@ static void test_key_different(void **state)
 
     b = a, b.max_width = 321;
     assert_false(same(k, key_of(&b, "a.mp4", &id)));
+    /* animated previews: each of span and rate is part of the key */
+    struct tn_job_opts an = a;
+    an.animation = 1, an.format = TN_FORMAT_WEBP, an.n_times = 0;
+    an.anim_start = (struct tn_time_point){.kind = TN_TIME_SECONDS, .value = 1};
+    an.anim_end = (struct tn_time_point){.kind = TN_TIME_SECONDS, .value = 4};
+    an.fps = 10;
+    struct tn_cache_key ka = key_of(&an, "a.mp4", &id);
+    b = an, b.anim_start.value = 2;
+    assert_false(same(ka, key_of(&b, "a.mp4", &id)));
+    b = an, b.anim_end.value = 5;
+    assert_false(same(ka, key_of(&b, "a.mp4", &id)));
+    b = an, b.anim_end.kind = TN_TIME_PERCENT;
+    assert_false(same(ka, key_of(&b, "a.mp4", &id)));
+    b = an, b.fps = 12;
+    assert_false(same(ka, key_of(&b, "a.mp4", &id)));
     b = a, b.format = TN_FORMAT_JPEG;
     assert_false(same(k, key_of(&b, "a.mp4", &id)));
     b = a, b.times[0].value = 11;

@@ -222,12 +222,98 @@ static void test_storyboard(void **state)
     accepted(&s);
 }
 
+static struct tn_job_opts animation(double start, double end, double fps)
+{
+    struct tn_job_opts o;
+    memset(&o, 0, sizeof(o));
+    o.animation = 1;
+    o.anim_start = (struct tn_time_point){.kind = TN_TIME_SECONDS, .value = start};
+    if (end >= 0)
+        o.anim_end = (struct tn_time_point){.kind = TN_TIME_SECONDS, .value = end};
+    o.fps = fps;
+    tn_job_opts_defaults(&o);
+    return o;
+}
+
+static void test_animation(void **state)
+{
+    (void)state;
+    unsigned n = 0;
+    char err[512];
+    struct tn_job_opts o = animation(0, -1, 0);
+    assert_int_equal(o.format, TN_FORMAT_WEBP);
+    assert_int_equal(o.mode, TN_MODE_ACCURATE);
+    assert_int_equal(o.n_times, 0); /* no default time point: it would conflict */
+    assert_int_equal(o.max_width, TN_JOB_DEFAULT_MAX_WIDTH);
+    assert_int_equal(o.max_height, TN_JOB_DEFAULT_MAX_WIDTH);
+    assert_true(o.fps == TN_ANIM_DEFAULT_FPS);
+    accepted(&o);
+
+    /* frames: ticks start + i / fps before end */
+    assert_int_equal(tn_job_opts_anim_frames(2, 5, 10, &n, err, sizeof(err)), TN_OK);
+    assert_int_equal(n, 30);
+    assert_int_equal(tn_job_opts_anim_frames(0, 10, 30, &n, err, sizeof(err)), TN_OK);
+    assert_int_equal(n, TN_ANIM_MAX_FRAMES);
+    assert_int_equal(tn_job_opts_anim_frames(0, 0.01, 10, &n, err, sizeof(err)), TN_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(tn_job_opts_anim_frames(0, 0.25, 10, &n, err, sizeof(err)), TN_OK);
+    assert_int_equal(n, 3);
+
+    o = animation(0, TN_ANIM_MAX_SPAN, TN_ANIM_MAX_FPS);
+    accepted(&o);
+    o = animation(1, 1 + TN_ANIM_MAX_SPAN + 0.01, 1);
+    refused(&o, "too long");
+    o = animation(3, 2, 0);
+    refused(&o, "end 2 s is not after start 3 s");
+    o = animation(3, 3, 0);
+    refused(&o, "not after");
+    o = animation(0, 1, TN_ANIM_MAX_FPS + 0.5);
+    refused(&o, "animation.fps");
+    o = animation(0, 1, TN_ANIM_MIN_FPS / 2);
+    refused(&o, "animation.fps");
+    o = animation(0, 1, NAN);
+    refused(&o, "animation.fps");
+    o = animation(-1, -1, 0);
+    refused(&o, "animation.start");
+    o = animation(0, -1, 0);
+    o.anim_end = (struct tn_time_point){.kind = TN_TIME_PERCENT, .value = 101};
+    refused(&o, "animation.end");
+    o.anim_end.value = 50; /* seconds then percent: the engine checks, with the duration */
+    accepted(&o);
+    o.anim_start = (struct tn_time_point){.kind = TN_TIME_PERCENT, .value = 60};
+    refused(&o, "end 50% is not after start 60%");
+
+    /* not with the other ways of asking for pictures, nor another format or mode */
+    o = animation(0, 1, 0);
+    o.count = 3;
+    refused(&o, "not with times, count, every or storyboard");
+    o = animation(0, 1, 0);
+    o.n_times = 1;
+    o.times[0] = (struct tn_time_point){.kind = TN_TIME_SECONDS, .value = 1};
+    refused(&o, "not with times");
+    o = animation(0, 1, 0);
+    o.storyboard = 1;
+    refused(&o, "storyboard");
+    o = animation(0, 1, 0);
+    o.format = TN_FORMAT_PNG;
+    refused(&o, "format");
+    o = animation(0, 1, 0);
+    o.mode = TN_MODE_KEYFRAME;
+    refused(&o, "mode");
+    o = animation(0, 1, 0);
+    o.cover_art = 1;
+    refused(&o, "cover_art");
+    o = animation(0, 1, 0); /* the box is checked as for a thumbnail */
+    o.max_width = TN_JOB_MAX_SIDE + 1;
+    refused(&o, "max_width");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),   cmocka_unit_test(test_enums_and_encoders),
         cmocka_unit_test(test_box),        cmocka_unit_test(test_points),
-        cmocka_unit_test(test_storyboard),
+        cmocka_unit_test(test_storyboard), cmocka_unit_test(test_animation),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
