@@ -178,6 +178,7 @@ struct gen_call {
         uint64_t window_bytes;   /* message bytes received in it */
         char peer_addr[128];     /* peer without the port (--max-calls-per-peer); "" = unix */
         bool refused_early;      /* refused at once as over a call limit */
+        bool http;               /* from the HTTP gateway (gateway_peer()) */
         struct dlink recv_link;  /* on f->recving while a RECV_MESSAGE is outstanding */
         /* pull and local mode */
         int pull_fd;        /* pull: our own fd of the spool file, written with range data; owned */
@@ -294,7 +295,7 @@ struct front {
         char pub[PATH_MAX];
         dev_t dev;
         ino_t ino;
-    } unix_links[TN_MAX_LISTEN];
+    } unix_links[TN_MAX_LISTEN + 1]; /* + the HTTP gateway's socket */
     size_t n_unix;
 };
 
