@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <grpc/byte_buffer.h>
 #include <grpc/grpc.h>
@@ -69,11 +70,13 @@ static bool wait_tag(grpc_completion_queue *cq, void *tag)
 /*
  * One call of method with one request message; each response message goes
  * to on_msg (a nonzero return cancels the call with that status and the
- * message the callback put in st). The call's status lands in st.
+ * message the callback put in st). The call's status lands in st, the
+ * number of messages received in *n_msgs.
  */
-static void call(const struct tn_upstream_ctx *ctx, const char *method, const ProtobufCMessage *req,
-                 int (*on_msg)(void *arg, grpc_slice msg, struct tn_upstream_status *st), void *arg,
-                 struct tn_upstream_status *st)
+static void call_once(const struct tn_upstream_ctx *ctx, const char *method,
+                      const ProtobufCMessage *req,
+                      int (*on_msg)(void *arg, grpc_slice msg, struct tn_upstream_status *st),
+                      void *arg, struct tn_upstream_status *st, int *n_msgs)
 {
     grpc_completion_queue *cq = grpc_completion_queue_create_for_pluck(NULL);
     gpr_timespec deadline =
@@ -132,6 +135,7 @@ static void call(const struct tn_upstream_ctx *ctx, const char *method, const Pr
             break;
         grpc_slice s = tn_pb_flatten(bb);
         grpc_byte_buffer_destroy(bb);
+        (*n_msgs)++;
         if (!cb && on_msg)
             cb = on_msg(arg, s, st);
         grpc_slice_unref(s);
@@ -159,6 +163,28 @@ static void call(const struct tn_upstream_ctx *ctx, const char *method, const Pr
            GRPC_QUEUE_SHUTDOWN)
         ;
     grpc_completion_queue_destroy(cq);
+}
+
+/*
+ * call_once, retried while the front is UNAVAILABLE and said nothing: after a
+ * reload the old front's GOAWAY fails the calls that were about to use its
+ * connection, and the channel needs a moment to reach the new front behind
+ * the same path. A front that is really down is still a quick UNAVAILABLE
+ * (about 0.4 s), not a wait until the deadline.
+ */
+static void call(const struct tn_upstream_ctx *ctx, const char *method, const ProtobufCMessage *req,
+                 int (*on_msg)(void *arg, grpc_slice msg, struct tn_upstream_status *st), void *arg,
+                 struct tn_upstream_status *st)
+{
+    static const int delay_ms[] = {20, 100, 250};
+    for (size_t i = 0;; i++) {
+        int n = 0;
+        call_once(ctx, method, req, on_msg, arg, st, &n);
+        if (st->code != TN_UNAVAILABLE || n > 0 || i == sizeof(delay_ms) / sizeof(delay_ms[0]))
+            return;
+        struct timespec ts = {0, delay_ms[i] * 1000000L};
+        nanosleep(&ts, NULL);
+    }
 }
 
 /* ---- Generate ------------------------------------------------------------- */

@@ -263,7 +263,7 @@ int setup(struct front *f, const struct tn_config *cfg)
             rc = -2;
         } else {
             snprintf(gw_name, sizeof(gw_name), "%s", bn + 5);
-            tn_log_debug("listening on %s for the HTTP gateway", cfg->gateway_socket);
+            tn_log_info("listening on %s for the HTTP gateway", cfg->gateway_socket);
         }
     }
     grpc_server_credentials_release(plain);

@@ -68,6 +68,7 @@
  */
 #include "master.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <netdb.h>
@@ -498,14 +499,20 @@ static int make_gateway_dir(struct master *m, struct tn_config *cfg)
     return 0;
 }
 
-/* Remove the runtime dir (the fronts removed their sockets when they ended). */
+/* Remove the runtime dir and what is left in it: a front that was killed
+ * leaves its private socket name behind (listen.c). */
 static void remove_gateway_dir(struct master *m)
 {
     if (!m->gw_dir[0])
         return;
-    char path[sizeof(m->gw_dir) + 16];
-    snprintf(path, sizeof(path), "%s/front.sock", m->gw_dir);
-    unlink(path);
+    DIR *d = opendir(m->gw_dir);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d)))
+            if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
+                unlinkat(dirfd(d), e->d_name, 0);
+        closedir(d);
+    }
     if (rmdir(m->gw_dir) < 0)
         tn_log_warn("cannot remove %s: %s", m->gw_dir, strerror(errno));
     m->gw_dir[0] = 0;

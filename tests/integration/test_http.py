@@ -359,6 +359,36 @@ class HttpRoutes(h.ServerTestCase):
         h.wait_for(lambda: self.get("/healthz")[0] == 200, 15, what="HTTP back")
         self.assertEqual(self.get("/v1/thumbnail/a.mp4.png?width=40")[0], 200)
 
+    def test_reload_keeps_http_serving(self):
+        # SIGHUP: a new front publishes the private socket; the gateway's calls move
+        # to it without a failed request (the old front's GOAWAY is retried).
+        n = len(re.findall(r" front \d+: serving", self.server.log_text()))
+        results = []
+        stop = threading.Event()
+
+        def load():
+            while not stop.is_set():
+                results.append(self.get("/v1/thumbnail/a.mp4.png?width=%d" %
+                                         (40 + len(results) % 50))[0])
+        t = threading.Thread(target=load)
+        t.start()
+        try:
+            time.sleep(0.3)
+            os.kill(self.server.pid, signal.SIGHUP)
+            h.wait_for(lambda: "reload: generation" in self.server.log_text() and
+                       len(re.findall(r" front \d+: serving", self.server.log_text())) > n,
+                       30, what="the new front")
+            time.sleep(1.0)
+        finally:
+            stop.set()
+            t.join()
+        self.assertGreater(len(results), 5)
+        self.assertEqual(set(results), {200}, results)
+        # the socket dir stays private
+        sock = re.findall(r"listening on (\S+) for the HTTP gateway", self.server.log_text())[-1]
+        self.assertEqual(os.stat(os.path.dirname(sock)).st_mode & 0o777, 0o700)
+        self.assertEqual(os.stat(sock).st_mode & 0o777, 0o600)
+
 
 def grpc_generate_md(addr, md):
     def reqs():
