@@ -77,6 +77,7 @@ struct front_rec {
     int32_t pid; /* 0 = free */
     int32_t queued;
     int64_t spool_bytes;
+    int64_t cache_entries, cache_bytes;
 };
 
 struct worker_rec {
@@ -99,6 +100,8 @@ struct region {
     uint64_t restarts[TN_RESTART_N_CAUSES];
     uint64_t front_replaced[TN_FRONT_N_CAUSES];
     struct hist_decode decode[N_CODECS][N_MODES];
+    uint64_t cache_hits, cache_misses, cache_damaged, cache_stores, cache_evictions,
+        cache_evicted_bytes;
     struct front_rec fronts[MAX_FRONTS];
     struct worker_rec workers[MAX_WORKERS];
 };
@@ -217,6 +220,8 @@ void tn_metrics_front_attach(void)
                                         __ATOMIC_RELAXED)) {
             __atomic_store_n(&r->queued, 0, __ATOMIC_RELAXED);
             __atomic_store_n(&r->spool_bytes, 0, __ATOMIC_RELAXED);
+            __atomic_store_n(&r->cache_entries, 0, __ATOMIC_RELAXED);
+            __atomic_store_n(&r->cache_bytes, 0, __ATOMIC_RELAXED);
             my_front = r;
             return;
         }
@@ -234,6 +239,27 @@ void tn_metrics_front_spool_add(int64_t n)
 {
     if (my_front)
         __atomic_fetch_add(&my_front->spool_bytes, n, __ATOMIC_RELAXED);
+}
+
+void tn_metrics_cache_add(uint64_t hits, uint64_t misses, uint64_t damaged, uint64_t stores,
+                          uint64_t evictions, uint64_t evicted_bytes)
+{
+    if (!R)
+        return;
+    add(&R->cache_hits, hits);
+    add(&R->cache_misses, misses);
+    add(&R->cache_damaged, damaged);
+    add(&R->cache_stores, stores);
+    add(&R->cache_evictions, evictions);
+    add(&R->cache_evicted_bytes, evicted_bytes);
+}
+
+void tn_metrics_front_cache_size(uint64_t entries, uint64_t bytes)
+{
+    if (!my_front)
+        return;
+    __atomic_store_n(&my_front->cache_entries, (int64_t)entries, __ATOMIC_RELAXED);
+    __atomic_store_n(&my_front->cache_bytes, (int64_t)bytes, __ATOMIC_RELAXED);
 }
 
 void tn_metrics_worker_mark_timeout(pid_t pid)
@@ -304,6 +330,8 @@ int tn_metrics_reaped(pid_t pid)
         if (__atomic_load_n(&r->pid, __ATOMIC_ACQUIRE) == (int32_t)pid) {
             __atomic_store_n(&r->queued, 0, __ATOMIC_RELAXED);
             __atomic_store_n(&r->spool_bytes, 0, __ATOMIC_RELAXED);
+            __atomic_store_n(&r->cache_entries, 0, __ATOMIC_RELAXED);
+            __atomic_store_n(&r->cache_bytes, 0, __ATOMIC_RELAXED);
             __atomic_store_n(&r->pid, 0, __ATOMIC_RELEASE);
         }
     }
@@ -494,12 +522,17 @@ char *tn_metrics_render(size_t *len)
            "Calls to methods this server does not serve (answered Unimplemented).");
     emit(&o, "thumbnail_unknown_method_calls_total %" PRIu64 "\n", get(&R->unknown_method));
 
-    int64_t queued = 0, spool = 0;
+    int64_t queued = 0, spool = 0, cache_entries = 0, cache_bytes = 0;
     for (int i = 0; i < MAX_FRONTS; i++) {
         if (__atomic_load_n(&R->fronts[i].pid, __ATOMIC_ACQUIRE) == 0)
             continue;
         queued += __atomic_load_n(&R->fronts[i].queued, __ATOMIC_RELAXED);
         spool += __atomic_load_n(&R->fronts[i].spool_bytes, __ATOMIC_RELAXED);
+        /* fronts across a reload share one directory: the largest view, not the sum */
+        int64_t e = __atomic_load_n(&R->fronts[i].cache_entries, __ATOMIC_RELAXED);
+        int64_t b = __atomic_load_n(&R->fronts[i].cache_bytes, __ATOMIC_RELAXED);
+        cache_entries = e > cache_entries ? e : cache_entries;
+        cache_bytes = b > cache_bytes ? b : cache_bytes;
     }
     int busy = 0, idle = 0;
     for (int i = 0; i < MAX_WORKERS; i++) {
@@ -533,6 +566,27 @@ char *tn_metrics_render(size_t *len)
     family(&o, "thumbnail_spool_bytes", "gauge",
            "Bytes in spool files held by calls in progress (--spool-dir).");
     emit(&o, "thumbnail_spool_bytes %" PRId64 "\n", spool < 0 ? 0 : spool);
+
+    family(&o, "thumbnail_cache_lookups_total", "counter",
+           "Result cache (--cache-dir) lookups, by result; a damaged entry is a miss.");
+    emit(&o, "thumbnail_cache_lookups_total{result=\"hit\"} %" PRIu64 "\n", get(&R->cache_hits));
+    emit(&o, "thumbnail_cache_lookups_total{result=\"miss\"} %" PRIu64 "\n", get(&R->cache_misses));
+    family(&o, "thumbnail_cache_damaged_total", "counter",
+           "Cache entries that failed their checks (truncated, bit-flipped) and were deleted.");
+    emit(&o, "thumbnail_cache_damaged_total %" PRIu64 "\n", get(&R->cache_damaged));
+    family(&o, "thumbnail_cache_stores_total", "counter",
+           "Finished jobs whose results were written to the cache.");
+    emit(&o, "thumbnail_cache_stores_total %" PRIu64 "\n", get(&R->cache_stores));
+    family(&o, "thumbnail_cache_evictions_total", "counter",
+           "Cache entries removed to stay under --cache-size (least recently used first).");
+    emit(&o, "thumbnail_cache_evictions_total %" PRIu64 "\n", get(&R->cache_evictions));
+    family(&o, "thumbnail_cache_evicted_bytes_total", "counter", "Bytes of the evicted entries.");
+    emit(&o, "thumbnail_cache_evicted_bytes_total %" PRIu64 "\n", get(&R->cache_evicted_bytes));
+    family(&o, "thumbnail_cache_entries", "gauge", "Entries in the result cache.");
+    emit(&o, "thumbnail_cache_entries %" PRId64 "\n", cache_entries);
+    family(&o, "thumbnail_cache_bytes", "gauge",
+           "Bytes in the result cache's entries (bounded by --cache-size).");
+    emit(&o, "thumbnail_cache_bytes %" PRId64 "\n", cache_bytes);
 
     family(&o, "thumbnail_decode_seconds", "histogram",
            "Time a decode worker spent on one job, by video codec and seek mode (codec "

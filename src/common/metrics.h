@@ -86,6 +86,11 @@ void tn_metrics_front_attach(void);
 void tn_metrics_front_queue_depth(int n);
 /* Bytes in spool files held by this front's calls: +n when written, -n when released. */
 void tn_metrics_front_spool_add(int64_t n);
+/* The result cache (cache.h): events since the last call, added to the totals. */
+void tn_metrics_cache_add(uint64_t hits, uint64_t misses, uint64_t damaged, uint64_t stores,
+                          uint64_t evictions, uint64_t evicted_bytes);
+/* This front's view of its cache: entries and bytes (set, not added). */
+void tn_metrics_front_cache_size(uint64_t entries, uint64_t bytes);
 /* The front is about to SIGKILL worker pid for an overrun job: its death is a timeout. */
 void tn_metrics_worker_mark_timeout(pid_t pid);
 

@@ -47,6 +47,7 @@ static char abs_pidfile[PATH_MAX];
 static char abs_log[PATH_MAX];
 static char abs_media_root[PATH_MAX];
 static char abs_signing_key[PATH_MAX];
+static char abs_cache_dir[PATH_MAX];
 static char abs_listen[TN_MAX_LISTEN][sizeof("unix:") + UNIX_PATH_MAX];
 /* The TLS material and token digests that cfg->tls points at: one per
  * parse that loaded any, never reused, so that a reload (another parse) can
@@ -114,6 +115,9 @@ const struct option long_options[] = {
     {"max-front-memory", required_argument, NULL, OPT_MAX_FRONT_MEMORY},
     {"front-check-interval", required_argument, NULL, OPT_FRONT_CHECK_INTERVAL},
     {"front-check-failures", required_argument, NULL, OPT_FRONT_CHECK_FAILURES},
+    /* the result cache */
+    {"cache-dir", required_argument, NULL, OPT_CACHE_DIR},
+    {"cache-size", required_argument, NULL, OPT_CACHE_SIZE},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -380,6 +384,7 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
     cfg->max_front_memory = 512ull << 20;
     cfg->front_check_interval_s = 5;
     cfg->front_check_failures = 3;
+    cfg->cache_size = 1ull << 30;
     if (env_workers && *env_workers && tn_parse_uint(env_workers, 1, MAX_WORKERS, &u) == 0)
         cfg->workers = (int)u; /* a bad value is reported below, unless --workers overrides it */
 
@@ -613,6 +618,17 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
                 return -1;
             cfg->front_check_failures = (int)u;
             break;
+        /* the result cache */
+        case OPT_CACHE_DIR:
+            if (!*optarg)
+                return tn_errf(err, errlen, -1, "--cache-dir: expected a directory");
+            cfg->cache_dir = optarg;
+            break;
+        case OPT_CACHE_SIZE:
+            if (parse_size_opt("--cache-size", optarg, 1ull << 20, UINT64_MAX, &cfg->cache_size,
+                               err, errlen) < 0)
+                return -1;
+            break;
         default:
             return tn_errf(err, errlen, -1, "internal error: unhandled option '%s'",
                            argv[optind - 1]);
@@ -690,6 +706,16 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
             return tn_errf(err, errlen, -1, "--url-signing-key '%s': %s", cfg->url_signing_key,
                            strerror(errno));
         cfg->url_signing_key = p;
+    }
+    if (cfg->cache_dir) {
+        /* made by the front if missing; its parent must exist */
+        struct stat st;
+        p = absolutize(cfg->cache_dir, abs_cache_dir, sizeof(abs_cache_dir));
+        if (!p)
+            return tn_errf(err, errlen, -1, "--cache-dir '%s': path too long", cfg->cache_dir);
+        if (stat(p, &st) == 0 && !S_ISDIR(st.st_mode))
+            return tn_errf(err, errlen, -1, "--cache-dir '%s': not a directory", cfg->cache_dir);
+        cfg->cache_dir = p;
     }
     if (cfg->log_file) {
         p = absolutize(cfg->log_file, abs_log, sizeof(abs_log));

@@ -84,6 +84,10 @@ struct tn_config {
     uint64_t max_front_memory;      /* --max-front-memory; front RSS to replace it at; 0 = off */
     double front_check_interval_s;  /* --front-check-interval; watchdog period; 0 = off */
     int front_check_failures;       /* --front-check-failures; consecutive, to replace; 3 */
+
+    /* the result cache (cache.h) */
+    const char *cache_dir; /* --cache-dir: absolute; NULL = no cache */
+    uint64_t cache_size;   /* --cache-size; default 1G */
 };
 
 /*

@@ -79,6 +79,9 @@ enum {
     OPT_MAX_FRONT_MEMORY,
     OPT_FRONT_CHECK_INTERVAL,
     OPT_FRONT_CHECK_FAILURES,
+    /* the result cache */
+    OPT_CACHE_DIR,
+    OPT_CACHE_SIZE,
 };
 
 #pragma GCC visibility push(hidden)

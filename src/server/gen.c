@@ -306,7 +306,8 @@ static int own_config(struct gen *g, const struct tn_config *cfg)
         return -ENOMEM;
     const char **more[] = {&g->cfg.media_root,  &g->cfg.metrics_listen, &g->cfg.tls_cert,
                            &g->cfg.tls_key,     &g->cfg.tls_client_ca,  &g->cfg.auth_token_file,
-                           &g->cfg.config_file, &g->cfg.http_listen,    &g->cfg.url_signing_key};
+                           &g->cfg.config_file, &g->cfg.http_listen,    &g->cfg.url_signing_key,
+                           &g->cfg.cache_dir};
     for (size_t i = 0; i < sizeof(more) / sizeof(more[0]); i++)
         if (*more[i] && !(*more[i] = own_string(g, &n, *more[i])))
             return -ENOMEM;

@@ -88,7 +88,10 @@ void free_result(struct result *r)
 {
     if (!r)
         return;
-    if (r->map && r->map != MAP_FAILED && r->meta.size) {
+    if (r->heap) {
+        free(r->heap);
+        __atomic_sub_fetch(&held_result_bytes, r->meta.size, __ATOMIC_RELAXED);
+    } else if (r->map && r->map != MAP_FAILED && r->meta.size) {
         munmap(r->map, r->meta.size);
         __atomic_sub_fetch(&held_result_bytes, r->meta.size, __ATOMIC_RELAXED);
     }
@@ -178,6 +181,8 @@ static void gen_destroy(struct gen_call *c)
     if (c->shared.worker_fd >= 0)
         close(c->shared.worker_fd);
     drop_results(c);
+    cache_hash_free(c);
+    tn_cache_store_abort(&c->poll.store);
     pthread_mutex_destroy(&c->mu);
     free(c);
     if (accepted) {

@@ -196,6 +196,8 @@ int setup(struct front *f, const struct tn_config *cfg)
         }
         tn_log_info("local mode: paths are read under %s", cfg->media_root);
     }
+    if (cache_open(f) < 0)
+        return -1;
     /* gRPC charges its connections' buffers to this quota and, near it,
      * shrinks them: a 12 MB HPACK block of small headers peaked the front at
      * 159 MB without (or with 64M), 50 MB with 32M, 33 MB with 16M, while six

@@ -76,7 +76,7 @@ struct gen {
     enum gen_state state;
     unsigned id;          /* 1, 2, ... in the master's log lines */
     struct tn_config cfg; /* owned copy: the strings are ours (own_config), freed with the gen */
-    char *strings[TN_MAX_LISTEN + 12];
+    char *strings[TN_MAX_LISTEN + 16];
     /* The job queue. The master keeps BOTH ends open while the generation
      * serves: it hands q[0] to a respawned worker and q[1] to a respawned
      * front, and holding q[1] means workers never see EOF on the queue while
