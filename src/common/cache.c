@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,10 @@
 #include "log.h"
 
 #define HEX_LEN (2 * TN_CACHE_KEY_LEN)
+
+/* The checksum covers every byte before it: it must end the trailer, unpadded. */
+_Static_assert(offsetof(struct tn_cache_trailer, sum) + 32 == sizeof(struct tn_cache_trailer),
+               "the checksum ends the trailer");
 #define TMP_STALE_S 600 /* a temp file this old belongs to a writer that died */
 
 /* ---- keys ------------------------------------------------------------------ */
@@ -396,7 +401,8 @@ static int scan(struct tn_cache *c, char *err, size_t errlen)
         }
         closedir(d);
     }
-    qsort(v, n, sizeof(*v), by_mtime);
+    if (n)
+        qsort(v, n, sizeof(*v), by_mtime); /* v is NULL for an empty cache */
     for (size_t i = 0; i < n; i++) {
         if (!index_put(c, &v[i].key, v[i].size, v[i].mtime)) {
             rc = -ENOMEM;

@@ -342,10 +342,11 @@ static void handle_reply(struct front *f, struct gen_call *c)
                               "%" PRIu64 " bytes at offset %" PRIu64 " (pull mode)",
                               c->shared.range_len - c->shared.range_got,
                               c->shared.range_off + c->shared.range_got);
-            else if (m.done.code == TN_OK && !commit)
-                finish_locked(c, TN_OK, "OK"); /* else once the entry is in place, below */
-            else
+            else if (m.done.code != TN_OK)
                 finish_locked(c, m.done.code, "%s", m.done.message);
+            else if (!commit)
+                finish_locked(c, TN_OK, "OK");
+            /* else OK once the entry is in place, below */
             job_release_locked(f, c, acked, &l);
             break;
         default: break;

@@ -41,6 +41,12 @@
  * RangeData against it, pwrite()s it into the spool file and, once the range
  * is complete, answers TN_IPC_READ_REPLY. Local mode: the file opened under
  * --media-root takes the place of the spool file and the job leaves at once.
+ * Result cache (--cache-dir, result_cache.c): the CQ thread keys the job
+ * (local: the file's fstat identity; upload: a SHA-256 taken while spooling)
+ * and, in upload_complete(), answers a hit itself by putting copies of the
+ * entry's results on the call's list: no job, no worker. On a miss the poller
+ * writes each RESULT to the call's store as it arrives and commits it on DONE
+ * OK, outside the locks, before it sends the status.
  * Transport security: every HOST:PORT listener gets the TLS server
  * credentials when --tls-cert is set (unix: ones too with --tls-unix), built
  * from PEM text the master already read and checked. --auth-token-file is
