@@ -43,8 +43,12 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
+#include "cache.h"
+#include "ipc.h"
+#include "job_opts.h"
 #include "log.h"
 #include "media_root.h"
+#include "metrics.h"
 #include "route.h"
 #include "status.h"
 #include "tls.h"
@@ -77,7 +81,8 @@ static struct {
     enum tn_media_resolve how;
     unsigned char key[MAX_SIGNING_KEY]; /* --url-signing-key; key_len 0 = unsigned URLs */
     size_t key_len;
-    double timeout_s; /* of a call to the front */
+    double timeout_s;       /* of a call to the front */
+    struct tn_cache *cache; /* --cache-dir, read-only here; NULL = none */
 } gw;
 
 /* ---- responses -------------------------------------------------------------- */
@@ -342,9 +347,143 @@ static char *rewrite_vtt(const struct tn_route *r, const unsigned char *vtt, siz
     return out;
 }
 
+/* ---- cache hits ------------------------------------------------------------------------ */
+
+/*
+ * The front's job options for these Options, as take_job_opts() in upload.c
+ * makes them: the cache key is computed from them. Returns false when the
+ * front would refuse them (then it is the front's to say why).
+ */
+static bool job_opts_of(const Thumbnail__V1__Options *o, struct tn_job_opts *j)
+{
+    char err[256];
+    memset(j, 0, sizeof(*j));
+    j->format = (uint8_t)o->format;
+    j->mode = (uint8_t)o->mode;
+    j->fit = (uint8_t)o->fit;
+    j->n_times = (uint32_t)o->n_times;
+    for (size_t i = 0; i < o->n_times && i < TN_JOB_MAX_TIMES; i++) {
+        const Thumbnail__V1__TimePoint *t = o->times[i];
+        j->times[i].kind = t->point_case == THUMBNAIL__V1__TIME_POINT__POINT_PERCENT
+                               ? TN_TIME_PERCENT
+                               : TN_TIME_SECONDS;
+        j->times[i].value =
+            t->point_case == THUMBNAIL__V1__TIME_POINT__POINT_PERCENT ? t->percent : t->seconds;
+    }
+    j->max_width = o->max_width;
+    j->max_height = o->max_height;
+    j->upscale = o->upscale ? 1 : 0;
+    j->quality = o->quality;
+    j->lossless = o->lossless ? 1 : 0;
+    j->png_level = o->png_level;
+    j->pad_color = o->pad_color;
+    j->cover_art = o->cover_art ? 1 : 0;
+    j->count = o->count;
+    j->every = o->every;
+    j->storyboard = o->storyboard ? 1 : 0;
+    j->tile_width = o->tile_width;
+    j->columns = o->columns;
+    tn_job_opts_defaults(j);
+    return tn_job_opts_check(j, err, sizeof(err)) == TN_OK;
+}
+
+/* The cache, opened on first use: the front creates its directory, maybe
+ * after this process started. At most one attempt a second. */
+static struct tn_cache *cache(void)
+{
+    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    static int64_t last_try_ms;
+    struct tn_cache *c = __atomic_load_n(&gw.cache, __ATOMIC_ACQUIRE);
+    if (c || !gw.cfg->cache_dir)
+        return c;
+    pthread_mutex_lock(&mu);
+    int64_t now = tn_mono_ms();
+    if (!gw.cache && now - last_try_ms >= 1000) {
+        char err[512];
+        last_try_ms = now;
+        if (tn_cache_open(&c, gw.cfg->cache_dir, 0, TN_CACHE_READER, err, sizeof(err)) == 0)
+            __atomic_store_n(&gw.cache, c, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&mu);
+    return __atomic_load_n(&gw.cache, __ATOMIC_ACQUIRE);
+}
+
+/*
+ * Serve the request from the result cache when the front stored its answer:
+ * the image straight from the entry's file (fd + offset, sent by
+ * libmicrohttpd), no gRPC call, no worker. Returns MHD_YES/MHD_NO when it
+ * answered, or -1 on a miss (then the front is asked, and stores it).
+ * Animated previews are not looked up: the key would not cover the animation.
+ */
+static int serve_hit(struct MHD_Connection *conn, const struct tn_route *r, const struct req *q)
+{
+    struct tn_job_opts j;
+    struct timespec t0, t1;
+    if (!cache() || !q->have_file ||
+        (r->kind != ROUTE_THUMBNAIL && r->kind != ROUTE_STORYBOARD_VTT &&
+         r->kind != ROUTE_STORYBOARD_IMAGE) ||
+        !job_opts_of(&r->opts, &j))
+        return -1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    char name[sizeof(r->file_name)];
+    snprintf(name, sizeof(name), "%s", r->file_name);
+    for (char *p = name; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == '"')
+            *p = '?'; /* as the front names the job (upload.c) */
+    struct tn_cache_ident id;
+    struct tn_cache_key key;
+    struct tn_cache_entry *e = NULL;
+    tn_cache_ident_file(&id, &q->st);
+    tn_cache_key(&j, name, &id, &key);
+    if (tn_cache_lookup(gw.cache, &key, &e) < 0)
+        return -1;
+    uint32_t want = r->kind == ROUTE_STORYBOARD_VTT     ? 2u
+                    : r->kind == ROUTE_STORYBOARD_IMAGE ? 1u
+                                                        : 0u;
+    const struct tn_cache_item *it = NULL;
+    for (uint32_t i = 0; i < e->n && !it; i++)
+        if (e->items[i].meta.kind == want)
+            it = &e->items[i];
+    struct MHD_Response *resp = NULL;
+    if (it && r->kind == ROUTE_STORYBOARD_VTT) {
+        size_t n = 0;
+        char *vtt = rewrite_vtt(r, e->data + it->offset, (size_t)it->length, &n);
+        if (vtt && !(resp = MHD_create_response_from_buffer(n, vtt, MHD_RESPMEM_MUST_FREE)))
+            free(vtt);
+    } else if (it) {
+        /* the entry's file is never changed in place (cache.h): these bytes
+         * are the ones the lookup checked */
+        int fd = fcntl(e->fd, F_DUPFD_CLOEXEC, 0);
+        if (fd >= 0 &&
+            !(resp = MHD_create_response_from_fd_at_offset64(it->length, fd, it->offset)))
+            close(fd);
+    }
+    char t[64];
+    if (it)
+        snprintf(t, sizeof(t), "%.3f", it->meta.actual_time);
+    tn_cache_entry_free(&e);
+    if (!resp)
+        return -1;
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, r->mime);
+    add_cache_headers(resp, q);
+    if (r->kind == ROUTE_THUMBNAIL)
+        MHD_add_response_header(resp, "X-Thumbnail-Time", t);
+    MHD_add_response_header(resp, "X-Cache", "HIT");
+    enum MHD_Result ret = queue(conn, MHD_HTTP_OK, resp);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    tn_metrics_call_started_p(TN_M_GENERATE, TN_P_HTTP);
+    tn_metrics_call_handled_p(TN_M_GENERATE, TN_P_HTTP, TN_OK,
+                              (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9);
+    tn_metrics_cache_add(1, 0, 0, 0, 0, 0);
+    return ret;
+}
+
 static enum MHD_Result serve_generate(struct MHD_Connection *conn, const struct tn_route *r,
                                       const struct req *q)
 {
+    int hit = serve_hit(conn, r, q);
+    if (hit >= 0)
+        return (enum MHD_Result)hit;
     struct tn_upstream_ctx ctx = {
         .peer = q->peer, .authorization = q->authorization, .timeout_s = gw.timeout_s};
     struct tn_upstream_results res;

@@ -463,6 +463,78 @@ class HttpLimits(h.ServerTestCase):
                    30, what="HTTP back with the new front")
 
 
+class HttpCache(h.ServerTestCase):
+    """With --cache-dir the gateway serves the front's stored results itself: the same
+    bytes, no call to the front, no decode; a changed file or a damaged entry is not
+    served from the cache."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.top = tempfile.mkdtemp(prefix="tn-http-")
+        cls.root = make_media(cls.top)
+        cls.cache = os.path.join(cls.top, "cache")
+        cls.server = HttpServer(cls.root, metrics=True, extra=["--cache-dir", cls.cache])
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
+        shutil.rmtree(cls.top, True)
+
+    def front_calls(self):
+        return len(re.findall(r"Generate peer=http:", self.server.log_text()))
+
+    def test_hits_are_served_by_the_gateway(self):
+        path = "/v1/thumbnail/a.mp4.jpg?time=2&width=144"
+        st, hd, first = curl(self.server.url(path))
+        self.assertEqual(st, 200)
+        self.assertNotIn("x-cache", hd)
+        h.wait_for(lambda: self.front_calls() >= 1, 10, what="the front's access line")
+        calls = self.front_calls()
+        for _ in range(3):
+            st, hd2, again = curl(self.server.url(path))
+            self.assertEqual((st, hd2.get("x-cache"), again), (200, "HIT", first))
+            self.assertEqual(hd2["etag"], hd["etag"])
+            self.assertEqual(hd2["content-type"], "image/jpeg")
+        time.sleep(0.3)
+        self.assertEqual(self.front_calls(), calls, "a hit reached the front")
+        text = self.server.scrape()[2]
+        self.assertRegex(text, r'thumbnail_cache_lookups_total\{result="hit"\} [3-9]')
+        # storyboards: the VTT from the cache is rewritten as the front's was
+        st, _, vtt = curl(self.server.url("/v1/storyboard/a.mp4.vtt?count=3"))
+        st2, hd3, vtt2 = curl(self.server.url("/v1/storyboard/a.mp4.vtt?count=3"))
+        self.assertEqual((st, st2, hd3.get("x-cache"), vtt2), (200, 200, "HIT", vtt))
+        self.assertIn(b"/v1/storyboard/a.mp4.jpg?count=3#xywh=", vtt)
+
+    def test_changed_file_and_damaged_entry_are_not_served(self):
+        src = os.path.join(self.root, "b.mp4")
+        shutil.copyfile(h.video("h264.mp4"), src)
+        path = "/v1/thumbnail/b.mp4.png?time=1&width=100"
+        st, _, first = curl(self.server.url(path))
+        self.assertEqual(curl(self.server.url(path))[1].get("x-cache"), "HIT")
+        # another video under the same name: a new identity, a new picture
+        shutil.copyfile(h.video("vp9.webm"), src)
+        st, hd, other = curl(self.server.url(path))
+        self.assertEqual(st, 200)
+        self.assertNotIn("x-cache", hd)
+        self.assertNotEqual(other, first)
+        # flip a byte in every entry: never served, the front answers (and rewrites it)
+        for p in [p for p in glob_entries(self.cache)]:
+            with open(p, "r+b") as f:
+                f.seek(10)
+                b = f.read(1)
+                f.seek(10)
+                f.write(bytes([b[0] ^ 0xFF]))
+        st, hd, again = curl(self.server.url(path))
+        self.assertEqual((st, again), (200, other))
+        self.assertNotIn("x-cache", hd)
+
+
+def glob_entries(cache_dir):
+    import glob
+    return [p for p in glob.glob(os.path.join(cache_dir, "??", "*"))
+            if not os.path.basename(p).startswith(".")]
+
+
 KEY = "0123456789abcdef-test-signing-key"
 TOKEN = "http-test-token-42"
 
