@@ -409,22 +409,51 @@ static struct tn_cache *cache(void)
 }
 
 /*
- * Serve the request from the result cache when the front stored its answer:
- * the image straight from the entry's file (fd + offset, sent by
- * libmicrohttpd), no gRPC call, no worker. Returns MHD_YES/MHD_NO when it
- * answered, or -1 on a miss (then the front is asked, and stores it).
- * Animated previews are not looked up: the key would not cover the animation.
+ * Hot hits. A verified hit's response (its headers and the entry's fd at the
+ * result's offset) is kept for MEMO_TTL_MS under the request's ETag, which
+ * covers the file's identity, the route and the canonical query (and the
+ * signed flag, for Cache-Control): the next request with that ETag queues
+ * the same libmicrohttpd response (they are reference-counted and reusable)
+ * without opening, reading and checking the entry again. The entry's file is
+ * never changed in place (cache.h), so the bytes behind the fd stay the ones
+ * checked; after the TTL the entry is looked up again, which checks it again
+ * and touches it for the front's LRU. Direct-mapped: a collision replaces.
  */
-static int serve_hit(struct MHD_Connection *conn, const struct tn_route *r, const struct req *q)
+#define MEMO_SLOTS 1024
+#define MEMO_TTL_MS 10000
+
+static struct memo {
+    char etag[40];
+    bool signed_url;
+    int64_t until_ms;
+    struct MHD_Response *resp; /* one reference is the memo's */
+} memo[MEMO_SLOTS];
+static pthread_mutex_t memo_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static struct memo *memo_slot(const struct req *q)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (const char *p = q->etag; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    return &memo[(h ^ q->signed_url) % MEMO_SLOTS];
+}
+
+static void count_hit(const struct timespec *t0)
+{
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    tn_metrics_call_started_p(TN_M_GENERATE, TN_P_HTTP);
+    tn_metrics_call_handled_p(TN_M_GENERATE, TN_P_HTTP, TN_OK,
+                              (double)(t1.tv_sec - t0->tv_sec) + (t1.tv_nsec - t0->tv_nsec) / 1e9);
+    tn_metrics_cache_add(1, 0, 0, 0, 0, 0);
+}
+
+/* A response for the cached answer to r, or NULL on a miss. */
+static struct MHD_Response *hit_response(const struct tn_route *r, const struct req *q)
 {
     struct tn_job_opts j;
-    struct timespec t0, t1;
-    if (!cache() || !q->have_file ||
-        (r->kind != ROUTE_THUMBNAIL && r->kind != ROUTE_STORYBOARD_VTT &&
-         r->kind != ROUTE_STORYBOARD_IMAGE) ||
-        !job_opts_of(&r->opts, &j))
-        return -1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    if (!job_opts_of(&r->opts, &j))
+        return NULL;
     char name[sizeof(r->file_name)];
     snprintf(name, sizeof(name), "%s", r->file_name);
     for (char *p = name; *p; p++)
@@ -436,7 +465,7 @@ static int serve_hit(struct MHD_Connection *conn, const struct tn_route *r, cons
     tn_cache_ident_file(&id, &q->st);
     tn_cache_key(&j, name, &id, &key);
     if (tn_cache_lookup(gw.cache, &key, &e) < 0)
-        return -1;
+        return NULL;
     uint32_t want = r->kind == ROUTE_STORYBOARD_VTT     ? 2u
                     : r->kind == ROUTE_STORYBOARD_IMAGE ? 1u
                                                         : 0u;
@@ -451,9 +480,7 @@ static int serve_hit(struct MHD_Connection *conn, const struct tn_route *r, cons
         if (vtt && !(resp = MHD_create_response_from_buffer(n, vtt, MHD_RESPMEM_MUST_FREE)))
             free(vtt);
     } else if (it) {
-        /* the entry's file is never changed in place (cache.h): these bytes
-         * are the ones the lookup checked */
-        int fd = fcntl(e->fd, F_DUPFD_CLOEXEC, 0);
+        int fd = fcntl(e->fd, F_DUPFD_CLOEXEC, 0); /* the response owns it */
         if (fd >= 0 &&
             !(resp = MHD_create_response_from_fd_at_offset64(it->length, fd, it->offset)))
             close(fd);
@@ -463,18 +490,57 @@ static int serve_hit(struct MHD_Connection *conn, const struct tn_route *r, cons
         snprintf(t, sizeof(t), "%.3f", it->meta.actual_time);
     tn_cache_entry_free(&e);
     if (!resp)
-        return -1;
+        return NULL;
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, r->mime);
     add_cache_headers(resp, q);
     if (r->kind == ROUTE_THUMBNAIL)
         MHD_add_response_header(resp, "X-Thumbnail-Time", t);
     MHD_add_response_header(resp, "X-Cache", "HIT");
-    enum MHD_Result ret = queue(conn, MHD_HTTP_OK, resp);
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    tn_metrics_call_started_p(TN_M_GENERATE, TN_P_HTTP);
-    tn_metrics_call_handled_p(TN_M_GENERATE, TN_P_HTTP, TN_OK,
-                              (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9);
-    tn_metrics_cache_add(1, 0, 0, 0, 0, 0);
+    return resp;
+}
+
+/*
+ * Serve the request from the result cache when the front stored its answer:
+ * the image straight from the entry's file (fd + offset, sent by
+ * libmicrohttpd), no gRPC call, no worker. Returns MHD_YES/MHD_NO when it
+ * answered, or -1 on a miss (then the front is asked, and stores it).
+ * Animated previews are not looked up: the key would not cover the animation.
+ */
+static int serve_hit(struct MHD_Connection *conn, const struct tn_route *r, const struct req *q)
+{
+    struct timespec t0;
+    if (!cache() || !q->have_file ||
+        (r->kind != ROUTE_THUMBNAIL && r->kind != ROUTE_STORYBOARD_VTT &&
+         r->kind != ROUTE_STORYBOARD_IMAGE))
+        return -1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int64_t now = tn_mono_ms();
+    struct memo *m = memo_slot(q);
+    pthread_mutex_lock(&memo_mu);
+    if (m->resp && now < m->until_ms && m->signed_url == q->signed_url &&
+        strcmp(m->etag, q->etag) == 0) {
+        /* queued under the lock: a replacement cannot free it meanwhile */
+        enum MHD_Result ret = MHD_queue_response(conn, MHD_HTTP_OK, m->resp);
+        pthread_mutex_unlock(&memo_mu);
+        count_hit(&t0);
+        return ret;
+    }
+    pthread_mutex_unlock(&memo_mu);
+
+    struct MHD_Response *resp = hit_response(r, q);
+    if (!resp)
+        return -1;
+    pthread_mutex_lock(&memo_mu);
+    struct MHD_Response *old = m->resp;
+    snprintf(m->etag, sizeof(m->etag), "%s", q->etag);
+    m->signed_url = q->signed_url;
+    m->until_ms = now + MEMO_TTL_MS;
+    m->resp = resp;
+    enum MHD_Result ret = MHD_queue_response(conn, MHD_HTTP_OK, resp);
+    pthread_mutex_unlock(&memo_mu);
+    if (old)
+        MHD_destroy_response(old); /* in-flight uses hold their own references */
+    count_hit(&t0);
     return ret;
 }
 
