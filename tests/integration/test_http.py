@@ -535,6 +535,93 @@ def glob_entries(cache_dir):
             if not os.path.basename(p).startswith(".")]
 
 
+class HttpBehindNginx(h.ServerTestCase):
+    """The shipped deploy/nginx/http-gateway.conf (ports and cache path rewritten):
+    a repeated request is a nginx cache HIT that never reaches the gateway, and an
+    expired entry is revalidated with If-None-Match (a 304 from the gateway)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.top = tempfile.mkdtemp(prefix="tn-http-")
+        cls.root = make_media(cls.top)
+        cls.server = HttpServer(cls.root)
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
+        shutil.rmtree(cls.top, True)
+
+    def setUp(self):
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        if not os.access(nginx, os.X_OK):
+            self.skipTest("nginx is not installed")
+        t = self.tmp = tempfile.mkdtemp(prefix="tn-nginx-")
+        os.chmod(t, 0o755)
+        self.addCleanup(shutil.rmtree, t, True)
+        self.port = h.free_port()
+        with open(os.path.join(h.SOURCE_DIR, "deploy", "nginx", "http-gateway.conf")) as f:
+            site = f.read()
+        for old, new in (("/var/cache/nginx/thumbnail", t + "/cache"),
+                         ("server 127.0.0.1:8080;", "server 127.0.0.1:%d;" % self.server.http_port),
+                         ("listen 8081;", "listen 127.0.0.1:%d;" % self.port)):
+            self.assertEqual(site.count(old), 1, old)
+            site = site.replace(old, new)
+        # a short max-age so that the revalidation can be seen
+        site = site.replace("proxy_cache_revalidate on;",
+                            "proxy_cache_revalidate on;\n        proxy_cache_valid 200 1s;\n"
+                            "        proxy_ignore_headers Cache-Control;")
+        with open(os.path.join(t, "site.conf"), "w") as f:
+            f.write(site)
+        conf = os.path.join(t, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write("""daemon off; worker_processes 1; pid {t}/nginx.pid;
+error_log {t}/error.log info; events {{ worker_connections 64; }}
+http {{ access_log off; client_body_temp_path {t}/cb; proxy_temp_path {t}/px;
+fastcgi_temp_path {t}/fc; uwsgi_temp_path {t}/uw; scgi_temp_path {t}/sc;
+include {t}/site.conf; }}
+""".format(t=t))
+        p = subprocess.Popen([nginx, "-p", t, "-c", conf], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+        h._LIVE_GROUPS.add(p.pid)
+
+        def stop():
+            os.kill(p.pid, signal.SIGQUIT)
+            p.wait(10)
+            h._LIVE_GROUPS.discard(p.pid)
+        self.addCleanup(stop)
+
+        def up():
+            try:
+                return self.get("/healthz")[0] == 200
+            except subprocess.CalledProcessError:  # not listening yet
+                return False
+        h.wait_for(up, 15, what="nginx up")
+
+    def get(self, path, *args):
+        return curl("http://127.0.0.1:%d%s" % (self.port, path), *args)
+
+    def gateway_calls(self):
+        return len(re.findall(r"Generate peer=http:", self.server.log_text()))
+
+    def test_proxy_cache_hits_and_revalidates(self):
+        path = "/v1/thumbnail/a.mp4.png?time=2&width=88"
+        st, hd, body = self.get(path)
+        self.assertEqual((st, hd["x-cache-status"]), (200, "MISS"))
+        h.wait_for(lambda: self.gateway_calls() == 1, 10, what="one call")
+        st, hd, again = self.get(path)
+        self.assertEqual((st, hd["x-cache-status"], again), (200, "HIT", body))
+        time.sleep(2.5)  # past proxy_cache_valid (1 s, whole seconds): If-None-Match
+        st, hd, again = self.get(path)
+        # proxy_cache_background_update: the stale copy now, revalidated behind it
+        self.assertIn(hd["x-cache-status"], ("STALE", "UPDATING", "REVALIDATED"))
+        self.assertEqual((st, again), (200, body))
+        h.wait_for(lambda: self.get(path)[1]["x-cache-status"] == "HIT", 10,
+                   what="the revalidated copy")
+        time.sleep(0.3)
+        self.assertEqual(self.gateway_calls(), 1, "the revalidation decoded again")
+
+
 KEY = "0123456789abcdef-test-signing-key"
 TOKEN = "http-test-token-42"
 
