@@ -431,8 +431,8 @@ class HttpLimits(h.ServerTestCase):
         t = threading.Thread(target=hold)
         t.start()
         try:
-            h.wait_for(lambda: "1 calls in progress" in
-                       curl(self.server.url("/v1/thumbnail/a.mp4.png"))[2].decode(), 10,
+            h.wait_for(lambda: b"1 calls in progress" in
+                       curl(self.server.url("/v1/thumbnail/a.mp4.png?width=30"))[2], 10,
                        what="a busy front")
             st, hd, body = curl(self.server.url("/v1/thumbnail/a.mp4.png"))
             self.assertEqual(st, 429, body)
