@@ -350,6 +350,32 @@ class HttpRoutes(h.ServerTestCase):
         self.assertEqual(http_ok(), before + 1)
         self.assertNotIn("6.6.6.6", self.server.log_text())
 
+    def test_hostile_client_limits(self):
+        # request line and headers are capped (libmicrohttpd answers, nothing reaches
+        # the front); connections per client address are capped at 64
+        big = "a" * 40000
+        self.assertEqual(self.get("/v1/probe/a.mp4", "-H", "X-Big: " + big)[0], 431)
+        self.assertEqual(self.get("/v1/probe/a.mp4?x=" + big)[0], 414)
+        import socket
+        socks = [socket.create_connection(("127.0.0.1", self.server.http_port))
+                 for _ in range(70)]
+        try:
+            time.sleep(0.3)
+            for s in socks:
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            answered = 0
+            for s in socks:
+                s.settimeout(5)
+                try:
+                    answered += s.recv(64).startswith(b"HTTP/1.1 200")
+                except OSError:
+                    pass
+            self.assertEqual(answered, 64)
+        finally:
+            for s in socks:
+                s.close()
+        self.assertEqual(self.get("/healthz")[0], 200)
+
     def test_gateway_crash_is_respawned_grpc_unaffected(self):
         pid = self.server.http_pid()
         os.kill(pid, signal.SIGKILL)
