@@ -88,6 +88,7 @@ static struct {
     double timeout_s;       /* of a call to the front */
     struct tn_cache *cache; /* --cache-dir, read-only here; NULL = none */
     int inflight;           /* requests on a helper thread (atomic) */
+    uint64_t held_bytes;    /* answers not yet freed by libmicrohttpd (atomic; held_response()) */
 } gw;
 
 /* ---- responses -------------------------------------------------------------- */
@@ -596,6 +597,48 @@ static int serve_hit(struct exch *x, const struct tn_route *r, const struct req 
     return ret;
 }
 
+/*
+ * Answers from the front wait in memory until their client has read them: a
+ * client that reads slowly, or many at once, must not grow the gateway
+ * without bound. --max-result-bytes (the front's cap on the results it holds)
+ * caps their sum here too, as in the front: while the gateway holds that
+ * much, a new answer is refused with 429. The bytes count until libmicrohttpd
+ * frees the response.
+ */
+struct held {
+    void *buf;
+    size_t len;
+};
+
+static void free_held(void *cls)
+{
+    struct held *h = cls;
+    __atomic_sub_fetch(&gw.held_bytes, h->len, __ATOMIC_RELAXED);
+    free(h->buf);
+    free(h);
+}
+
+/* A response that owns body (freed in any case); NULL if the gateway already
+ * held the cap or is out of memory. */
+static struct MHD_Response *held_response(void *body, size_t len)
+{
+    uint64_t cap = gw.cfg->max_result_bytes;
+    struct held *h = malloc(sizeof(*h));
+    uint64_t now = __atomic_add_fetch(&gw.held_bytes, len, __ATOMIC_RELAXED);
+    if (!h || (cap && now - len >= cap)) {
+        __atomic_sub_fetch(&gw.held_bytes, len, __ATOMIC_RELAXED);
+        free(h);
+        free(body);
+        return NULL;
+    }
+    *h = (struct held){.buf = body, .len = len};
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer_with_free_callback_cls(len, body, free_held, h);
+    if (!r)
+        free_held(h);
+    return r;
+}
+
 static enum MHD_Result serve_generate(struct exch *x, const struct tn_route *r, const struct req *q)
 {
     struct tn_upstream_ctx ctx = {
@@ -643,11 +686,11 @@ static enum MHD_Result serve_generate(struct exch *x, const struct tn_route *r, 
     char reason[256];
     snprintf(reason, sizeof(reason), "%s", it->hdr->reason ? it->hdr->reason : "");
     tn_upstream_results_free(&res);
-    struct MHD_Response *resp = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
-    if (!resp) {
-        free(body);
-        return MHD_NO;
-    }
+    struct MHD_Response *resp = held_response(body, len);
+    if (!resp)
+        return send_text(x, MHD_HTTP_TOO_MANY_REQUESTS,
+                         "the HTTP gateway holds too many answers that their clients have not "
+                         "read yet (--max-result-bytes); retry later");
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, r->mime);
     add_cache_headers(resp, q);
     if (r->kind == ROUTE_THUMBNAIL)
