@@ -493,6 +493,43 @@ class HttpLimits(h.ServerTestCase):
                    30, what="HTTP back with the new front")
 
 
+class HttpHeldAnswers(h.ServerTestCase):
+    """Answers that slow clients have not read count against --max-result-bytes in the
+    gateway: while one 5 MB sprite waits for a client that does not read, a new answer
+    gets 429; once that client is gone, answers flow again."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.top = tempfile.mkdtemp(prefix="tn-http-")
+        cls.root = make_media(cls.top)
+        cls.server = HttpServer(cls.root, extra=["--max-result-bytes", "1",
+                                                 "--max-pixels", "100000000"])
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
+        shutil.rmtree(cls.top, True)
+
+    def test_slow_reader_holds_the_cap(self):
+        import socket
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", self.server.http_port))
+        try:
+            s.sendall(b"GET /v1/storyboard/a.mp4.jpg?count=400&width=640&columns=20 HTTP/1.1\r\n"
+                      b"Host: x\r\n\r\n")
+            s.settimeout(60)
+            head = s.recv(200)  # the headers, and a little of the 5 MB body
+            self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+            st, _, body = curl(self.server.url("/v1/thumbnail/a.mp4.png?width=50"))
+            self.assertEqual(st, 429, body)
+            self.assertIn(b"--max-result-bytes", body)
+        finally:
+            s.close()
+        h.wait_for(lambda: curl(self.server.url("/v1/thumbnail/a.mp4.png?width=51"))[0] == 200,
+                   15, what="answers after the slow client left")
+
+
 class HttpCache(h.ServerTestCase):
     """With --cache-dir the gateway serves the front's stored results itself: the same
     bytes, no call to the front, no decode; a changed file or a damaged entry is not
