@@ -12,7 +12,13 @@ http.client:
 * the front labels the gateway's calls protocol="http" (metrics, access log), and a
   gRPC client that forges the gateway's header is not labelled;
 * isolation: a killed gateway is respawned, gRPC serves meanwhile; a front that is
-  down is a 503 that the gateway survives;
+  down is a 503 that the gateway survives; a reload (SIGHUP) fails no request and
+  replaces the gateway (a rotated token is refused over HTTP afterwards);
+* hostile clients: header and URI caps (431, 414), 64 connections per address, answers
+  held for slow readers capped by --max-result-bytes (429);
+* --cache-dir: hits served by the gateway itself (the front's bytes, no call), a
+  replaced file or a damaged entry never served;
+* deploy/nginx/http-gateway.conf: proxy_cache hits and revalidation without a decode;
 * signed URLs (good, missing, bad, tampered; the README's openssl one-liner), the
   token (401 without it, /healthz exempt) and TLS.
 """
