@@ -289,6 +289,8 @@ int tn_route_parse(struct tn_route *r, const char *url, const struct tn_route_pa
 {
     const struct route_def *d = NULL;
     memset(r, 0, sizeof(*r));
+    if (strcmp(url, "/v1/list") == 0)
+        url = "/v1/list/"; /* the root */
     for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]) && !d; i++)
         if (!strncmp(url, routes[i].prefix, strlen(routes[i].prefix)))
             d = &routes[i];

@@ -136,6 +136,8 @@ static void storyboard_animated_list(void **state)
     assert_int_equal(r.list.page_size, 10);
     assert_int_equal(parse(&r, "/v1/list/", NULL, 0, err), 0);
     assert_string_equal(r.list.dir, "");
+    assert_int_equal(parse(&r, "/v1/list", NULL, 0, err), 0);
+    assert_string_equal(r.list.dir, "");
 }
 
 int main(void)
