@@ -379,6 +379,15 @@ void request_stream(struct front *f, enum tag_kind kind);
 
 /* listen.c: listeners, credentials, set-up */
 const char *auth_refusal(const struct front *f, const grpc_metadata_array *md);
+/*
+ * gen_call.c: does the call carry the per-run gateway secret ("tn-gateway"
+ * metadata, see config.h)? Then it came from the HTTP gateway: peer (len
+ * bytes) becomes "http:" and the HTTP client's address the gateway sent in
+ * "tn-gateway-peer". Compared in constant time; a wrong secret is an
+ * ordinary gRPC call. Any method's call may use it to label its metrics
+ * (TN_P_HTTP) and its access line.
+ */
+bool gateway_peer(const struct front *f, const grpc_metadata_array *md, char *peer, size_t len);
 void unpublish_unix(struct front *f);
 int setup(struct front *f, const struct tn_config *cfg);
 

@@ -447,14 +447,8 @@ static const char *md_value(const grpc_metadata_array *md, const char *key, size
     return NULL;
 }
 
-/*
- * Does the call carry the per-run gateway secret ("tn-gateway" metadata, see
- * config.h)? Then it came from the HTTP gateway: peer becomes "http:" and the
- * HTTP client's address the gateway sent in "tn-gateway-peer". Compared in
- * constant time; a wrong secret is an ordinary gRPC call.
- */
-static bool gateway_peer(const struct front *f, const grpc_metadata_array *md, char *peer,
-                         size_t len)
+/* See front_int.h. */
+bool gateway_peer(const struct front *f, const grpc_metadata_array *md, char *peer, size_t len)
 {
     size_t n = 0, want = strlen(f->cfg->gateway_secret);
     const char *v = md_value(md, "tn-gateway", &n);
