@@ -446,34 +446,41 @@ static struct tn_cache *cache(void)
  * the same libmicrohttpd response (they are reference-counted and reusable)
  * without opening, reading and checking the entry again; after the TTL the
  * entry is looked up again, which checks it again and touches it for the
- * front's LRU. Direct-mapped: a collision replaces.
+ * front's LRU. Direct-mapped: a collision replaces. One table per
+ * libmicrohttpd thread (a connection's requests always run on the same one):
+ * a hit takes no lock another thread holds, and a response is referenced by
+ * one thread only. Shared, they cost a contended mutex per hit, which under
+ * a full CPU put a futex sleep into the p99.
  *
  * A result of up to MEMO_ITEM_MAX bytes is answered from a copy in memory
  * (the lookup has just read and checked it): libmicrohttpd then sends the
  * headers and the body in one write, where a file costs a send() and a
  * sendfile(), two segments and two wake-ups of the client (bench/http_cache.sh,
- * 7 KB JPEG, wrk -c16: from 48 % to 65 % of nginx's rate on the same file). Copies are held up to
- * MEMO_BYTES_MAX in all; past that, and for bigger results, the answer is
- * sent from the entry's fd at the result's offset (the entry's file is never
- * changed in place, cache.h, so the bytes behind the fd are the ones checked).
+ * 7 KB JPEG, wrk -c16: from 48 % to 65 % of nginx's rate on the same file).
+ * Copies are held up to MEMO_BYTES_MAX in all (every thread's); past that, and for bigger results,
+ * the answer is sent from the entry's fd at the result's offset (the entry's file is never changed
+ * in place, cache.h, so the bytes behind the fd are the ones checked).
  */
 #define MEMO_SLOTS 1024
 #define MEMO_TTL_MS 10000
 #define MEMO_ITEM_MAX (256u << 10)
 #define MEMO_BYTES_MAX (32u << 20)
 
-static struct memo {
+struct memo {
     char etag[40];
     bool signed_url;
     int64_t until_ms;
     struct MHD_Response *resp; /* one reference is the memo's */
     size_t bytes;              /* of resp's body held in memory (memo_bytes) */
-} memo[MEMO_SLOTS];
-static pthread_mutex_t memo_mu = PTHREAD_MUTEX_INITIALIZER;
-static size_t memo_bytes; /* under memo_mu */
+};
+static __thread struct memo *memo; /* this thread's MEMO_SLOTS; kept for the thread's life */
+static size_t memo_bytes;          /* every thread's copies (atomic) */
 
+/* This thread's slot for q, or NULL (out of memory: no memo). */
 static struct memo *memo_slot(const struct req *q)
 {
+    if (!memo && !(memo = calloc(MEMO_SLOTS, sizeof(*memo))))
+        return NULL;
     uint32_t h = 2166136261u; /* FNV-1a */
     for (const char *p = q->etag; *p; p++)
         h = (h ^ (unsigned char)*p) * 16777619u;
@@ -566,33 +573,30 @@ static int serve_hit(struct exch *x, const struct tn_route *r, const struct req 
     clock_gettime(CLOCK_MONOTONIC, &t0);
     int64_t now = tn_mono_ms();
     struct memo *m = memo_slot(q);
-    pthread_mutex_lock(&memo_mu);
-    if (m->resp && now < m->until_ms && m->signed_url == q->signed_url &&
+    if (m && m->resp && now < m->until_ms && m->signed_url == q->signed_url &&
         strcmp(m->etag, q->etag) == 0) {
-        /* queued under the lock: a replacement cannot free it meanwhile */
         enum MHD_Result ret = MHD_queue_response(x->conn, MHD_HTTP_OK, m->resp);
-        pthread_mutex_unlock(&memo_mu);
         count_hit(&t0);
         return ret;
     }
-    pthread_mutex_unlock(&memo_mu);
 
     size_t bytes = 0;
     struct MHD_Response *resp = hit_response(r, q, &bytes);
     if (!resp)
         return -1;
-    pthread_mutex_lock(&memo_mu);
-    struct MHD_Response *old = m->resp;
-    memo_bytes += bytes - m->bytes;
-    m->bytes = bytes;
-    snprintf(m->etag, sizeof(m->etag), "%s", q->etag);
-    m->signed_url = q->signed_url;
-    m->until_ms = now + MEMO_TTL_MS;
-    m->resp = resp;
     enum MHD_Result ret = MHD_queue_response(x->conn, MHD_HTTP_OK, resp);
-    pthread_mutex_unlock(&memo_mu);
-    if (old)
-        MHD_destroy_response(old); /* in-flight uses hold their own references */
+    if (m) {
+        if (m->resp) /* connections still sending it hold their own references */
+            MHD_destroy_response(m->resp);
+        __atomic_add_fetch(&memo_bytes, bytes - m->bytes, __ATOMIC_RELAXED);
+        *m = (struct memo){.signed_url = q->signed_url,
+                           .until_ms = now + MEMO_TTL_MS,
+                           .resp = resp,
+                           .bytes = bytes};
+        snprintf(m->etag, sizeof(m->etag), "%s", q->etag);
+    } else {
+        MHD_destroy_response(resp);
+    }
     count_hit(&t0);
     return ret;
 }
