@@ -22,7 +22,7 @@ BUILD=(
     libavformat-dev libavcodec-dev libswscale-dev libavutil-dev libpng-dev
     libturbojpeg0-dev libwebp-dev
     libssl-dev         # libcrypto: the server checks its TLS files and the auth token
-    libmicrohttpd-dev  # the metrics endpoint
+    libmicrohttpd-dev  # the metrics endpoint and the HTTP gateway
     libseccomp-dev     # the workers' sandbox (src/worker/sandbox.c)
     libjansson-dev     # JSON parsing
 )
@@ -46,6 +46,7 @@ TESTS=(
     python3-jsonschema yamllint nodejs
     gnuplot-nox ffmpegthumbnailer socat # bench_quick: bench/run.sh --quick
     lintian # test_deb: the package has no lintian errors or warnings
+    curl wrk # test_http (curl as the HTTP client), bench/http_cache.sh (wrk)
 )
 
 PACKAGES=("${BUILD[@]}")

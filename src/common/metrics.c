@@ -91,11 +91,12 @@ struct worker_rec {
 
 struct region {
     uint64_t start_time_us; /* Unix time of tn_metrics_create() */
-    uint64_t started[TN_M_N_METHODS];
-    uint64_t handled[TN_M_N_METHODS][N_CODES];
+    /* [protocol]: direct gRPC calls, or the HTTP gateway's (TN_P_HTTP) */
+    uint64_t started[TN_P_N][TN_M_N_METHODS];
+    uint64_t handled[TN_P_N][TN_M_N_METHODS][N_CODES];
     uint64_t msg_received[TN_M_N_METHODS];
     uint64_t msg_sent[TN_M_N_METHODS];
-    struct hist_handling handling[TN_M_N_METHODS];
+    struct hist_handling handling[TN_P_N][TN_M_N_METHODS];
     uint64_t unknown_method;
     uint64_t bytes_received, bytes_sent;
     uint64_t restarts[TN_RESTART_N_CAUSES];
@@ -150,22 +151,33 @@ static bool method_ok(enum tn_metrics_method m)
 
 void tn_metrics_call_started(enum tn_metrics_method m)
 {
-    if (method_ok(m))
-        add(&R->started[m], 1);
+    tn_metrics_call_started_p(m, TN_P_GRPC);
 }
 
 void tn_metrics_call_handled(enum tn_metrics_method m, int code, double seconds)
 {
-    if (!method_ok(m))
+    tn_metrics_call_handled_p(m, TN_P_GRPC, code, seconds);
+}
+
+void tn_metrics_call_started_p(enum tn_metrics_method m, enum tn_metrics_protocol p)
+{
+    if (method_ok(m) && (unsigned)p < TN_P_N)
+        add(&R->started[p][m], 1);
+}
+
+void tn_metrics_call_handled_p(enum tn_metrics_method m, enum tn_metrics_protocol p, int code,
+                               double seconds)
+{
+    if (!method_ok(m) || (unsigned)p >= TN_P_N)
         return;
     if (code < 0 || code >= N_CODES)
         code = 2; /* Unknown */
     size_t b = 0;
     while (b < N_HANDLING && seconds > handling_bounds[b])
         b++;
-    add(&R->handling[m].bucket[b], 1);
-    add(&R->handling[m].sum_us, to_us(seconds));
-    add(&R->handled[m][code], 1);
+    add(&R->handling[p][m].bucket[b], 1);
+    add(&R->handling[p][m].sum_us, to_us(seconds));
+    add(&R->handled[p][m][code], 1);
 }
 
 void tn_metrics_msg_received(enum tn_metrics_method m)
@@ -434,10 +446,20 @@ static void histogram(struct out *o, const char *name, const char *labels, const
     }
 }
 
+/* A direct gRPC call's series have no protocol label (as before the HTTP
+ * gateway existed, so dashboards keep working); the gateway's carry
+ * protocol="http". */
 static void method_labels(char *buf, size_t len, int m)
 {
     snprintf(buf, len, "grpc_type=\"%s\",grpc_service=\"%s\",grpc_method=\"%s\"", methods[m].type,
              methods[m].service, methods[m].method);
+}
+
+static void proto_labels(char *buf, size_t len, int m, int p)
+{
+    method_labels(buf, len, m);
+    if (p == TN_P_HTTP)
+        snprintf(buf + strlen(buf), len - strlen(buf), ",protocol=\"http\"");
 }
 
 char *tn_metrics_render(size_t *len)
@@ -453,26 +475,29 @@ char *tn_metrics_render(size_t *len)
 
     family(&o, "grpc_server_started_total", "counter",
            "Total number of RPCs started on the server.");
-    for (int m = 0; m < TN_M_N_METHODS; m++) {
-        method_labels(labels, sizeof(labels), m);
-        emit(&o, "grpc_server_started_total{%s} %" PRIu64 "\n", labels, get(&R->started[m]));
-    }
+    for (int p = 0; p < TN_P_N; p++)
+        for (int m = 0; m < TN_M_N_METHODS; m++) {
+            proto_labels(labels, sizeof(labels), m, p);
+            emit(&o, "grpc_server_started_total{%s} %" PRIu64 "\n", labels, get(&R->started[p][m]));
+        }
     family(&o, "grpc_server_handled_total", "counter",
            "Total number of RPCs completed on the server, regardless of success or failure.");
-    for (int m = 0; m < TN_M_N_METHODS; m++) {
-        method_labels(labels, sizeof(labels), m);
-        for (int c = 0; c < N_CODES; c++)
-            emit(&o, "grpc_server_handled_total{%s,grpc_code=\"%s\"} %" PRIu64 "\n", labels,
-                 code_names[c], get(&R->handled[m][c]));
-    }
+    for (int p = 0; p < TN_P_N; p++)
+        for (int m = 0; m < TN_M_N_METHODS; m++) {
+            proto_labels(labels, sizeof(labels), m, p);
+            for (int c = 0; c < N_CODES; c++)
+                emit(&o, "grpc_server_handled_total{%s,grpc_code=\"%s\"} %" PRIu64 "\n", labels,
+                     code_names[c], get(&R->handled[p][m][c]));
+        }
     family(&o, "grpc_server_handling_seconds", "histogram",
            "Histogram of response latency (seconds) of gRPC that had been application-level "
            "handled by the server.");
-    for (int m = 0; m < TN_M_N_METHODS; m++) {
-        method_labels(labels, sizeof(labels), m);
-        histogram(&o, "grpc_server_handling_seconds", labels, handling_bounds, N_HANDLING,
-                  R->handling[m].bucket, R->handling[m].sum_us);
-    }
+    for (int p = 0; p < TN_P_N; p++)
+        for (int m = 0; m < TN_M_N_METHODS; m++) {
+            proto_labels(labels, sizeof(labels), m, p);
+            histogram(&o, "grpc_server_handling_seconds", labels, handling_bounds, N_HANDLING,
+                      R->handling[p][m].bucket, R->handling[p][m].sum_us);
+        }
     family(&o, "grpc_server_msg_received_total", "counter",
            "Total number of RPC stream messages received on the server.");
     for (int m = 0; m < TN_M_N_METHODS; m++) {

@@ -37,6 +37,14 @@ enum tn_metrics_method {
     TN_M_N_METHODS,
 };
 
+/* How a call reached the front: directly, or through the HTTP gateway (which
+ * proves it with the per-run secret, see src/http/gateway.h). */
+enum tn_metrics_protocol {
+    TN_P_GRPC = 0,
+    TN_P_HTTP,
+    TN_P_N,
+};
+
 /* Why a worker was replaced. */
 enum tn_restart_cause {
     TN_RESTART_CRASH = 0, /* any other signal or exit status */
@@ -62,6 +70,10 @@ int tn_metrics_create(void);
 void tn_metrics_call_started(enum tn_metrics_method m);
 /* It ended with gRPC status code (0..16) after seconds. */
 void tn_metrics_call_handled(enum tn_metrics_method m, int code, double seconds);
+/* The same, for a call of protocol p (the two above are TN_P_GRPC). */
+void tn_metrics_call_started_p(enum tn_metrics_method m, enum tn_metrics_protocol p);
+void tn_metrics_call_handled_p(enum tn_metrics_method m, enum tn_metrics_protocol p, int code,
+                               double seconds);
 void tn_metrics_msg_received(enum tn_metrics_method m);
 void tn_metrics_msg_sent(enum tn_metrics_method m);
 /* A call to a method this server does not serve (answered UNIMPLEMENTED). */

@@ -46,6 +46,7 @@ static char abs_spool[PATH_MAX];
 static char abs_pidfile[PATH_MAX];
 static char abs_log[PATH_MAX];
 static char abs_media_root[PATH_MAX];
+static char abs_signing_key[PATH_MAX];
 static char abs_cache_dir[PATH_MAX];
 static char abs_listen[TN_MAX_LISTEN][sizeof("unix:") + UNIX_PATH_MAX];
 /* The TLS material and token digests that cfg->tls points at: one per
@@ -94,6 +95,9 @@ const struct option long_options[] = {
     /* metrics and logging */
     {"metrics-listen", required_argument, NULL, OPT_METRICS_LISTEN},
     {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
+    /* the HTTP gateway */
+    {"http-listen", required_argument, NULL, OPT_HTTP_LISTEN},
+    {"url-signing-key", required_argument, NULL, OPT_URL_SIGNING_KEY},
     /* transport security and call authentication */
     {"tls-cert", required_argument, NULL, OPT_TLS_CERT},
     {"tls-key", required_argument, NULL, OPT_TLS_KEY},
@@ -371,6 +375,7 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
     cfg->worker_memory = 1ull << 30;
     cfg->max_jobs_per_worker = 1000; /* worker recycling */
     cfg->metrics_fd = -1;
+    cfg->http_fd = -1;
     cfg->log_format = TN_LOG_TEXT;
     cfg->sandbox = true; /* sandbox */
     cfg->max_streams_per_connection = 100;
@@ -517,6 +522,19 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
             cfg->metrics_listen = optarg;
             break;
         }
+        case OPT_HTTP_LISTEN: {
+            const char *colon = strrchr(optarg, ':');
+            uint64_t port;
+            if (!colon || tn_parse_uint(colon + 1, 1, 65535, &port) < 0 ||
+                (optarg[0] == '[' && (colon == optarg || colon[-1] != ']')))
+                return tn_errf(err, errlen, -1,
+                               "--http-listen '%s': expected HOST:PORT, [IPV6]:PORT or :PORT "
+                               "(port 1..65535)",
+                               optarg);
+            cfg->http_listen = optarg;
+            break;
+        }
+        case OPT_URL_SIGNING_KEY: cfg->url_signing_key = optarg; break;
         case OPT_LOG_FORMAT:
             if (strcmp(optarg, "text") == 0)
                 cfg->log_format = TN_LOG_TEXT;
@@ -668,6 +686,26 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
         if (!S_ISDIR(st.st_mode))
             return tn_errf(err, errlen, -1, "--media-root '%s': not a directory", cfg->media_root);
         cfg->media_root = p;
+    }
+    if (cfg->http_listen && !cfg->media_root)
+        return tn_errf(err, errlen, -1,
+                       "--http-listen serves the files under --media-root: set --media-root too");
+    if (cfg->http_listen && cfg->tls_client_ca)
+        return tn_errf(err, errlen, -1,
+                       "--tls-client-ca: the HTTP gateway (--http-listen) does not ask for client "
+                       "certificates; use --auth-token-file for HTTP, or no --http-listen");
+    if (cfg->url_signing_key && !cfg->http_listen)
+        return tn_errf(err, errlen, -1,
+                       "--url-signing-key signs HTTP URLs: it needs --http-listen");
+    if (cfg->url_signing_key) {
+        p = absolutize(cfg->url_signing_key, abs_signing_key, sizeof(abs_signing_key));
+        if (!p)
+            return tn_errf(err, errlen, -1, "--url-signing-key '%s': path too long",
+                           cfg->url_signing_key);
+        if (access(p, R_OK) < 0)
+            return tn_errf(err, errlen, -1, "--url-signing-key '%s': %s", cfg->url_signing_key,
+                           strerror(errno));
+        cfg->url_signing_key = p;
     }
     if (cfg->cache_dir) {
         /* made by the front if missing; its parent must exist */

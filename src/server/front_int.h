@@ -210,6 +210,7 @@ struct gen_call {
         uint64_t window_bytes;   /* message bytes received in it */
         char peer_addr[128];     /* peer without the port (--max-calls-per-peer); "" = unix */
         bool refused_early;      /* refused at once as over a call limit */
+        bool http;               /* from the HTTP gateway (gateway_peer()) */
         struct dlink recv_link;  /* on f->recving while a RECV_MESSAGE is outstanding */
         /* pull and local mode */
         int pull_fd;        /* pull: our own fd of the spool file, written with range data; owned */
@@ -334,7 +335,7 @@ struct front {
         char pub[PATH_MAX];
         dev_t dev;
         ino_t ino;
-    } unix_links[TN_MAX_LISTEN];
+    } unix_links[TN_MAX_LISTEN + 1]; /* + the HTTP gateway's socket */
     size_t n_unix;
 };
 
@@ -411,6 +412,15 @@ void request_stream(struct front *f, enum tag_kind kind);
 
 /* listen.c: listeners, credentials, set-up */
 const char *auth_refusal(const struct front *f, const grpc_metadata_array *md);
+/*
+ * gen_call.c: does the call carry the per-run gateway secret ("tn-gateway"
+ * metadata, see config.h)? Then it came from the HTTP gateway: peer (len
+ * bytes) becomes "http:" and the HTTP client's address the gateway sent in
+ * "tn-gateway-peer". Compared in constant time; a wrong secret is an
+ * ordinary gRPC call. Any method's call may use it to label its metrics
+ * (TN_P_HTTP) and its access line.
+ */
+bool gateway_peer(const struct front *f, const grpc_metadata_array *md, char *peer, size_t len);
 void unpublish_unix(struct front *f);
 int setup(struct front *f, const struct tn_config *cfg);
 

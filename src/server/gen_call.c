@@ -16,6 +16,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+
 #include <grpc/byte_buffer.h>
 #include <grpc/slice.h>
 #include <grpc/support/alloc.h>
@@ -167,7 +169,8 @@ static void gen_destroy(struct gen_call *c)
             .cache_hit = c->shared.cache_hit,
         };
         tn_log_access(quiet ? TN_LOG_DEBUG : TN_LOG_INFO, &a);
-        tn_metrics_call_handled(method_of(c), code, ms / 1000);
+        tn_metrics_call_handled_p(method_of(c), c->cq.http ? TN_P_HTTP : TN_P_GRPC, code,
+                                  ms / 1000);
         tn_metrics_front_spool_add(-(int64_t)c->cq.received);
         grpc_call_unref(c->call);
     }
@@ -459,6 +462,36 @@ static void peer_address(const char *peer, char *out, size_t len)
     snprintf(out, len, "%.*s", (int)(end - peer), peer);
 }
 
+/* A metadata value by key, or NULL (its length in *n). */
+static const char *md_value(const grpc_metadata_array *md, const char *key, size_t *n)
+{
+    for (size_t i = 0; i < md->count; i++)
+        if (grpc_slice_str_cmp(md->metadata[i].key, key) == 0) {
+            *n = GRPC_SLICE_LENGTH(md->metadata[i].value);
+            return (const char *)GRPC_SLICE_START_PTR(md->metadata[i].value);
+        }
+    return NULL;
+}
+
+/* See front_int.h. */
+bool gateway_peer(const struct front *f, const grpc_metadata_array *md, char *peer, size_t len)
+{
+    size_t n = 0, want = strlen(f->cfg->gateway_secret);
+    const char *v = md_value(md, "tn-gateway", &n);
+    if (!v || want == 0 || n != want || CRYPTO_memcmp(v, f->cfg->gateway_secret, n) != 0)
+        return false;
+    const char *p = md_value(md, "tn-gateway-peer", &n);
+    if (!p)
+        p = "?", n = 1;
+    if (n > len - 6)
+        n = len - 6;
+    snprintf(peer, len, "http:%.*s", (int)n, p);
+    for (char *q = peer; *q; q++)
+        if ((unsigned char)*q < 0x20 || *q == '"' || *q == ' ')
+            *q = '?'; /* one log line, one field */
+    return true;
+}
+
 void on_new_generate(struct gen_call *c, bool ok)
 {
     struct front *f = c->f;
@@ -467,10 +500,13 @@ void on_new_generate(struct gen_call *c, bool ok)
         return;
     }
     clock_gettime(CLOCK_MONOTONIC, &c->cq.started);
-    tn_metrics_call_started(method_of(c));
     char *peer = grpc_call_get_peer(c->call);
     snprintf(c->cq.peer, sizeof(c->cq.peer), "%s", peer ? peer : "?");
     gpr_free(peer);
+    /* A call of the HTTP gateway: labelled, and its peer is the HTTP client's,
+     * so that --max-calls-per-peer counts that client, not the gateway. */
+    c->cq.http = gateway_peer(f, &c->md, c->cq.peer, sizeof(c->cq.peer));
+    tn_metrics_call_started_p(method_of(c), c->cq.http ? TN_P_HTTP : TN_P_GRPC);
     peer_address(c->cq.peer, c->cq.peer_addr, sizeof(c->cq.peer_addr));
 
     pthread_mutex_lock(&f->mu);

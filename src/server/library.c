@@ -352,6 +352,8 @@ struct list_call {
     char msg[STATUS_MAX];
     char dir[200]; /* for the access line */
     size_t n_entries;
+    bool http;      /* from the HTTP gateway (gateway_peer()) */
+    char peer[128]; /* the HTTP client's address when http */
 };
 
 static void list_free(struct list_call *l)
@@ -361,11 +363,11 @@ static void list_free(struct list_call *l)
     if (accepted) {
         int code = l->cancelled ? TN_CANCELLED : l->code;
         double ms = elapsed_ms(&l->started);
-        tn_metrics_call_handled(TN_M_LIST, code, ms / 1000);
+        tn_metrics_call_handled_p(TN_M_LIST, l->http ? TN_P_HTTP : TN_P_GRPC, code, ms / 1000);
         char *peer = grpc_call_get_peer(l->call);
         struct tn_log_access a = {
             .method = "thumbnail.v1.Thumbnailer/List",
-            .peer = peer,
+            .peer = l->http ? l->peer : peer,
             .file = l->dir,
             .ms = ms,
             .status = tn_code_name(code),
@@ -446,7 +448,8 @@ void on_new_list(void *owner, bool ok)
     pthread_mutex_unlock(&f->mu);
     request_list(f);
     clock_gettime(CLOCK_MONOTONIC, &l->started);
-    tn_metrics_call_started(TN_M_LIST);
+    l->http = gateway_peer(f, &l->md, l->peer, sizeof(l->peer));
+    tn_metrics_call_started_p(TN_M_LIST, l->http ? TN_P_HTTP : TN_P_GRPC);
     const char *refusal = auth_refusal(f, &l->md);
     if (refusal) {
         list_fail(l, TN_UNAUTHENTICATED, refusal);
