@@ -1,0 +1,194 @@
+#!/usr/bin/env python3
+"""Cold gallery: how long until every thumbnail of a 100-video folder is on screen,
+against the time the workers need to make the same thumbnails.
+
+  bench/gallery.py [--files 100] [--workers 2] [--rounds 3] [--size 1280x720]
+                   [--seconds 10] [--build DIR] [--keep-screenshot PATH]
+
+Corpus: --files clips made with the ffmpeg CLI (a few distinct test patterns,
+copied, so each file is its own inode and nothing is shared between them).
+Per round, interleaved, each on a fresh server (no --cache-dir: nothing warm but
+the OS page cache, the same for both):
+
+  gallery    headless Chromium opens GET / with a viewport tall enough for every
+             tile; the time is the last thumbnail's responseEnd (Resource Timing),
+             from the navigation's start, so it includes the page itself.
+  workers    the same thumbnails (JPEG at 10 %, a 320x180 box) as gRPC Generate
+             calls in local mode, 2x--workers in flight so that no worker waits:
+             the wall time the workers need to make them.
+
+Prints both, their ratio (the target is <= 1.2), and the HTTP access lines' sum
+of per-request milliseconds / workers when the gateway logs them. Needs a build
+with --http-listen, chromium and python3-websocket (scripts/install-deps.sh --tests).
+"""
+
+import argparse
+import concurrent.futures
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+
+TILE = (320, 180)  # the box gallery.c asks for
+
+
+def make_corpus(d, files, size, seconds):
+    """files clips in d: 4 distinct encodes, copied."""
+    patterns = ["testsrc2", "smptehdbars", "mandelbrot", "rgbtestsrc"]
+    srcs = []
+    for i, p in enumerate(patterns[:min(4, files)]):
+        out = os.path.join(d, ".src%d.mp4" % i)
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
+                        "%s=size=%s:rate=25:duration=%d" % (p, size, seconds),
+                        "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
+                        "-g", "50", out], check=True, stdin=subprocess.DEVNULL)
+        srcs.append(out)
+    media = os.path.join(d, "media")
+    os.mkdir(media)
+    names = []
+    for i in range(files):
+        n = "clip %03d.mp4" % i
+        shutil.copyfile(srcs[i % len(srcs)], os.path.join(media, n))
+        names.append(n)
+    return media, names
+
+
+def start(h, media, workers):
+    port = h.free_port()
+    srv = h.Server(workers=workers, extra=["--media-root", media,
+                                           "--http-listen", "127.0.0.1:%d" % port])
+    base = "http://127.0.0.1:%d" % port
+    h.wait_for(lambda: urllib.request.urlopen(base + "/", timeout=5).status == 200, 30,
+               what="the HTTP gateway")
+    return srv, base
+
+
+def stop(srv):
+    try:
+        srv.stop()
+    finally:
+        srv.cleanup()
+
+
+def gallery_round(cdp, chromium, base, files, screenshot=None):
+    # 8 columns at 1920 px; the height leaves room for every row
+    rows = (files + 7) // 8
+    b = cdp.Browser(chromium, width=1920, height=200 + rows * 230)
+    try:
+        b.navigate(base + "/", timeout=300)
+        r = b.js(r"""(async () => {
+          const imgs = [...document.images];
+          const onScreen = (i) => { const r = i.getBoundingClientRect();
+            return r.bottom > 0 && r.top < innerHeight; };
+          while (!imgs.every((i) => i.complete))
+            await new Promise((r) => setTimeout(r, 20));
+          const res = performance.getEntriesByType('resource')
+            .filter((e) => e.name.includes('/v1/thumbnail/'));
+          return {imgs: imgs.length, shown: imgs.filter(onScreen).length,
+                  decoded: imgs.filter((i) => i.naturalWidth > 0).length,
+                  fetched: res.length,
+                  last: Math.max(...res.map((e) => e.responseEnd)),
+                  first: Math.min(...res.map((e) => e.startTime))};
+        })()""", timeout=600)
+        if screenshot:
+            b.screenshot(screenshot)
+        return r
+    finally:
+        b.close()
+
+
+def workers_round(h, srv, names, workers):
+    def one(n):
+        # as gallery.c's tiles: JPEG at 10 %, in a 320x180 box
+        opts = h.pb.Options(local_path=n, times=[h.time_point("10%")], max_width=TILE[0],
+                            max_height=TILE[1], format=h.pb.JPEG)
+        with h.channel(srv.addr) as ch:
+            stub = h.pb_grpc.ThumbnailerStub(ch)
+            thumbs = h.collect(stub.Generate(iter([h.pb.GenerateRequest(options=opts)]),
+                                             timeout=300))
+        assert thumbs and thumbs[0].data[:3] == b"\xff\xd8\xff", n
+
+    t0 = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(2 * workers) as ex:
+        list(ex.map(one, names))
+    return time.monotonic() - t0
+
+
+def http_access_ms(srv):
+    """Sum of ms= of the access lines of the thumbnail GETs, if the gateway writes them."""
+    total, n = 0.0, 0
+    for line in srv.log_text().splitlines():
+        if "/v1/thumbnail/" in line:
+            m = re.search(r"\bms=([0-9.]+)", line)
+            if m:
+                total += float(m.group(1))
+                n += 1
+    return total, n
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--files", type=int, default=100)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--size", default="1280x720")
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--build", default=os.path.join(ROOT, "build"))
+    ap.add_argument("--keep-screenshot", help="save the last round's page as this PNG")
+    a = ap.parse_args()
+    os.environ["TN_BUILD_DIR"] = os.path.abspath(a.build)
+    os.environ.setdefault("TN_SOURCE_DIR", ROOT)
+    import harness as h
+    import browser as cdp
+
+    chromium = cdp.find_chromium()
+    if not chromium:
+        sys.exit("bench/gallery.py: chromium is not installed (Debian: apt-get install chromium)")
+    work = tempfile.mkdtemp(prefix="tn-bench-gallery-")
+    try:
+        print("corpus: %d x %s, %d s, H.264 ..." % (a.files, a.size, a.seconds), flush=True)
+        media, names = make_corpus(work, a.files, a.size, a.seconds)
+        print("load average before: %s" % " ".join(open("/proc/loadavg").read().split()[:3]))
+        rows = []
+        for r in range(a.rounds):
+            srv, base = start(h, media, a.workers)
+            try:
+                g = gallery_round(cdp, chromium, base, a.files,
+                                  a.keep_screenshot if r == a.rounds - 1 else None)
+                ms, n = http_access_ms(srv)
+            finally:
+                stop(srv)
+            if g["decoded"] != a.files or g["shown"] != a.files:
+                sys.exit("round %d: %d of %d thumbnails decoded, %d on screen"
+                         % (r, g["decoded"], a.files, g["shown"]))
+            srv, _ = start(h, media, a.workers)
+            try:
+                w = workers_round(h, srv, names, a.workers)
+            finally:
+                stop(srv)
+            gs = g["last"] / 1000.0
+            rows.append((gs, w))
+            print("round %d: gallery %.3f s (first thumbnail request at %.0f ms), workers "
+                  "%.3f s, ratio %.2f%s" % (r, gs, g["first"], w, gs / w,
+                                           ", HTTP access sum/workers %.3f s over %d lines"
+                                           % (ms / 1000.0 / a.workers, n) if n else ""),
+                  flush=True)
+        ratios = [g / w for g, w in rows]
+        print("median: gallery %.3f s, workers %.3f s, ratio %.2f (target <= 1.20)"
+              % (statistics.median(g for g, _ in rows), statistics.median(w for _, w in rows),
+                 statistics.median(ratios)))
+        return 0 if statistics.median(ratios) <= 1.2 else 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
