@@ -109,7 +109,7 @@ def workers_round(h, srv, names, workers):
     def one(n):
         # as gallery.c's tiles: JPEG at 10 %, in a 320x180 box
         opts = h.pb.Options(local_path=n, times=[h.time_point("10%")], max_width=TILE[0],
-                            max_height=TILE[1], format=h.pb.JPEG)
+                            max_height=TILE[1], format=h.pb.IMAGE_FORMAT_JPEG)
         with h.channel(srv.addr) as ch:
             stub = h.pb_grpc.ThumbnailerStub(ch)
             thumbs = h.collect(stub.Generate(iter([h.pb.GenerateRequest(options=opts)]),
