@@ -26,7 +26,7 @@ COPY --from=build /usr/local/share/thumbnail-runtime-packages /usr/local/share/
 RUN apt-get update \
  && xargs apt-get install -y --no-install-recommends </usr/local/share/thumbnail-runtime-packages \
  && rm -rf /var/lib/apt/lists/* \
- && mkdir -p /input /output /var/spool/thumbnail \
+ && mkdir -p /input /output /var/spool/thumbnail /var/cache/thumbnail \
  && chmod 1777 /var/spool/thumbnail
 COPY --from=build /usr/local/bin/thumbnail_server /usr/local/bin/thumbnail_client /usr/local/bin/
 ENV TMPDIR=/var/spool/thumbnail

@@ -77,6 +77,7 @@ struct front_rec {
     int32_t pid; /* 0 = free */
     int32_t queued;
     int64_t spool_bytes;
+    int64_t cache_entries, cache_bytes;
 };
 
 struct worker_rec {
@@ -88,16 +89,19 @@ struct worker_rec {
 
 struct region {
     uint64_t start_time_us; /* Unix time of tn_metrics_create() */
-    uint64_t started[TN_M_N_METHODS];
-    uint64_t handled[TN_M_N_METHODS][N_CODES];
+    /* [protocol]: direct gRPC calls, or the HTTP gateway's (TN_P_HTTP) */
+    uint64_t started[TN_P_N][TN_M_N_METHODS];
+    uint64_t handled[TN_P_N][TN_M_N_METHODS][N_CODES];
     uint64_t msg_received[TN_M_N_METHODS];
     uint64_t msg_sent[TN_M_N_METHODS];
-    struct hist_handling handling[TN_M_N_METHODS];
+    struct hist_handling handling[TN_P_N][TN_M_N_METHODS];
     uint64_t unknown_method;
     uint64_t bytes_received, bytes_sent;
     uint64_t restarts[TN_RESTART_N_CAUSES];
     uint64_t front_replaced[TN_FRONT_N_CAUSES];
     struct hist_decode decode[N_CODECS][N_MODES];
+    uint64_t cache_hits, cache_misses, cache_damaged, cache_stores, cache_evictions,
+        cache_evicted_bytes;
     struct front_rec fronts[MAX_FRONTS];
     struct worker_rec workers[MAX_WORKERS];
 };
@@ -145,22 +149,33 @@ static bool method_ok(enum tn_metrics_method m)
 
 void tn_metrics_call_started(enum tn_metrics_method m)
 {
-    if (method_ok(m))
-        add(&R->started[m], 1);
+    tn_metrics_call_started_p(m, TN_P_GRPC);
 }
 
 void tn_metrics_call_handled(enum tn_metrics_method m, int code, double seconds)
 {
-    if (!method_ok(m))
+    tn_metrics_call_handled_p(m, TN_P_GRPC, code, seconds);
+}
+
+void tn_metrics_call_started_p(enum tn_metrics_method m, enum tn_metrics_protocol p)
+{
+    if (method_ok(m) && (unsigned)p < TN_P_N)
+        add(&R->started[p][m], 1);
+}
+
+void tn_metrics_call_handled_p(enum tn_metrics_method m, enum tn_metrics_protocol p, int code,
+                               double seconds)
+{
+    if (!method_ok(m) || (unsigned)p >= TN_P_N)
         return;
     if (code < 0 || code >= N_CODES)
         code = 2; /* Unknown */
     size_t b = 0;
     while (b < N_HANDLING && seconds > handling_bounds[b])
         b++;
-    add(&R->handling[m].bucket[b], 1);
-    add(&R->handling[m].sum_us, to_us(seconds));
-    add(&R->handled[m][code], 1);
+    add(&R->handling[p][m].bucket[b], 1);
+    add(&R->handling[p][m].sum_us, to_us(seconds));
+    add(&R->handled[p][m][code], 1);
 }
 
 void tn_metrics_msg_received(enum tn_metrics_method m)
@@ -205,6 +220,8 @@ void tn_metrics_front_attach(void)
                                         __ATOMIC_RELAXED)) {
             __atomic_store_n(&r->queued, 0, __ATOMIC_RELAXED);
             __atomic_store_n(&r->spool_bytes, 0, __ATOMIC_RELAXED);
+            __atomic_store_n(&r->cache_entries, 0, __ATOMIC_RELAXED);
+            __atomic_store_n(&r->cache_bytes, 0, __ATOMIC_RELAXED);
             my_front = r;
             return;
         }
@@ -222,6 +239,27 @@ void tn_metrics_front_spool_add(int64_t n)
 {
     if (my_front)
         __atomic_fetch_add(&my_front->spool_bytes, n, __ATOMIC_RELAXED);
+}
+
+void tn_metrics_cache_add(uint64_t hits, uint64_t misses, uint64_t damaged, uint64_t stores,
+                          uint64_t evictions, uint64_t evicted_bytes)
+{
+    if (!R)
+        return;
+    add(&R->cache_hits, hits);
+    add(&R->cache_misses, misses);
+    add(&R->cache_damaged, damaged);
+    add(&R->cache_stores, stores);
+    add(&R->cache_evictions, evictions);
+    add(&R->cache_evicted_bytes, evicted_bytes);
+}
+
+void tn_metrics_front_cache_size(uint64_t entries, uint64_t bytes)
+{
+    if (!my_front)
+        return;
+    __atomic_store_n(&my_front->cache_entries, (int64_t)entries, __ATOMIC_RELAXED);
+    __atomic_store_n(&my_front->cache_bytes, (int64_t)bytes, __ATOMIC_RELAXED);
 }
 
 void tn_metrics_worker_mark_timeout(pid_t pid)
@@ -292,6 +330,8 @@ int tn_metrics_reaped(pid_t pid)
         if (__atomic_load_n(&r->pid, __ATOMIC_ACQUIRE) == (int32_t)pid) {
             __atomic_store_n(&r->queued, 0, __ATOMIC_RELAXED);
             __atomic_store_n(&r->spool_bytes, 0, __ATOMIC_RELAXED);
+            __atomic_store_n(&r->cache_entries, 0, __ATOMIC_RELAXED);
+            __atomic_store_n(&r->cache_bytes, 0, __ATOMIC_RELAXED);
             __atomic_store_n(&r->pid, 0, __ATOMIC_RELEASE);
         }
     }
@@ -404,10 +444,20 @@ static void histogram(struct out *o, const char *name, const char *labels, const
     }
 }
 
+/* A direct gRPC call's series have no protocol label (as before the HTTP
+ * gateway existed, so dashboards keep working); the gateway's carry
+ * protocol="http". */
 static void method_labels(char *buf, size_t len, int m)
 {
     snprintf(buf, len, "grpc_type=\"%s\",grpc_service=\"%s\",grpc_method=\"%s\"", methods[m].type,
              methods[m].service, methods[m].method);
+}
+
+static void proto_labels(char *buf, size_t len, int m, int p)
+{
+    method_labels(buf, len, m);
+    if (p == TN_P_HTTP)
+        snprintf(buf + strlen(buf), len - strlen(buf), ",protocol=\"http\"");
 }
 
 char *tn_metrics_render(size_t *len)
@@ -423,26 +473,29 @@ char *tn_metrics_render(size_t *len)
 
     family(&o, "grpc_server_started_total", "counter",
            "Total number of RPCs started on the server.");
-    for (int m = 0; m < TN_M_N_METHODS; m++) {
-        method_labels(labels, sizeof(labels), m);
-        emit(&o, "grpc_server_started_total{%s} %" PRIu64 "\n", labels, get(&R->started[m]));
-    }
+    for (int p = 0; p < TN_P_N; p++)
+        for (int m = 0; m < TN_M_N_METHODS; m++) {
+            proto_labels(labels, sizeof(labels), m, p);
+            emit(&o, "grpc_server_started_total{%s} %" PRIu64 "\n", labels, get(&R->started[p][m]));
+        }
     family(&o, "grpc_server_handled_total", "counter",
            "Total number of RPCs completed on the server, regardless of success or failure.");
-    for (int m = 0; m < TN_M_N_METHODS; m++) {
-        method_labels(labels, sizeof(labels), m);
-        for (int c = 0; c < N_CODES; c++)
-            emit(&o, "grpc_server_handled_total{%s,grpc_code=\"%s\"} %" PRIu64 "\n", labels,
-                 code_names[c], get(&R->handled[m][c]));
-    }
+    for (int p = 0; p < TN_P_N; p++)
+        for (int m = 0; m < TN_M_N_METHODS; m++) {
+            proto_labels(labels, sizeof(labels), m, p);
+            for (int c = 0; c < N_CODES; c++)
+                emit(&o, "grpc_server_handled_total{%s,grpc_code=\"%s\"} %" PRIu64 "\n", labels,
+                     code_names[c], get(&R->handled[p][m][c]));
+        }
     family(&o, "grpc_server_handling_seconds", "histogram",
            "Histogram of response latency (seconds) of gRPC that had been application-level "
            "handled by the server.");
-    for (int m = 0; m < TN_M_N_METHODS; m++) {
-        method_labels(labels, sizeof(labels), m);
-        histogram(&o, "grpc_server_handling_seconds", labels, handling_bounds, N_HANDLING,
-                  R->handling[m].bucket, R->handling[m].sum_us);
-    }
+    for (int p = 0; p < TN_P_N; p++)
+        for (int m = 0; m < TN_M_N_METHODS; m++) {
+            proto_labels(labels, sizeof(labels), m, p);
+            histogram(&o, "grpc_server_handling_seconds", labels, handling_bounds, N_HANDLING,
+                      R->handling[p][m].bucket, R->handling[p][m].sum_us);
+        }
     family(&o, "grpc_server_msg_received_total", "counter",
            "Total number of RPC stream messages received on the server.");
     for (int m = 0; m < TN_M_N_METHODS; m++) {
@@ -469,12 +522,17 @@ char *tn_metrics_render(size_t *len)
            "Calls to methods this server does not serve (answered Unimplemented).");
     emit(&o, "thumbnail_unknown_method_calls_total %" PRIu64 "\n", get(&R->unknown_method));
 
-    int64_t queued = 0, spool = 0;
+    int64_t queued = 0, spool = 0, cache_entries = 0, cache_bytes = 0;
     for (int i = 0; i < MAX_FRONTS; i++) {
         if (__atomic_load_n(&R->fronts[i].pid, __ATOMIC_ACQUIRE) == 0)
             continue;
         queued += __atomic_load_n(&R->fronts[i].queued, __ATOMIC_RELAXED);
         spool += __atomic_load_n(&R->fronts[i].spool_bytes, __ATOMIC_RELAXED);
+        /* fronts across a reload share one directory: the largest view, not the sum */
+        int64_t e = __atomic_load_n(&R->fronts[i].cache_entries, __ATOMIC_RELAXED);
+        int64_t b = __atomic_load_n(&R->fronts[i].cache_bytes, __ATOMIC_RELAXED);
+        cache_entries = e > cache_entries ? e : cache_entries;
+        cache_bytes = b > cache_bytes ? b : cache_bytes;
     }
     int busy = 0, idle = 0;
     for (int i = 0; i < MAX_WORKERS; i++) {
@@ -508,6 +566,27 @@ char *tn_metrics_render(size_t *len)
     family(&o, "thumbnail_spool_bytes", "gauge",
            "Bytes in spool files held by calls in progress (--spool-dir).");
     emit(&o, "thumbnail_spool_bytes %" PRId64 "\n", spool < 0 ? 0 : spool);
+
+    family(&o, "thumbnail_cache_lookups_total", "counter",
+           "Result cache (--cache-dir) lookups, by result; a damaged entry is a miss.");
+    emit(&o, "thumbnail_cache_lookups_total{result=\"hit\"} %" PRIu64 "\n", get(&R->cache_hits));
+    emit(&o, "thumbnail_cache_lookups_total{result=\"miss\"} %" PRIu64 "\n", get(&R->cache_misses));
+    family(&o, "thumbnail_cache_damaged_total", "counter",
+           "Cache entries that failed their checks (truncated, bit-flipped) and were deleted.");
+    emit(&o, "thumbnail_cache_damaged_total %" PRIu64 "\n", get(&R->cache_damaged));
+    family(&o, "thumbnail_cache_stores_total", "counter",
+           "Finished jobs whose results were written to the cache.");
+    emit(&o, "thumbnail_cache_stores_total %" PRIu64 "\n", get(&R->cache_stores));
+    family(&o, "thumbnail_cache_evictions_total", "counter",
+           "Cache entries removed to stay under --cache-size (least recently used first).");
+    emit(&o, "thumbnail_cache_evictions_total %" PRIu64 "\n", get(&R->cache_evictions));
+    family(&o, "thumbnail_cache_evicted_bytes_total", "counter", "Bytes of the evicted entries.");
+    emit(&o, "thumbnail_cache_evicted_bytes_total %" PRIu64 "\n", get(&R->cache_evicted_bytes));
+    family(&o, "thumbnail_cache_entries", "gauge", "Entries in the result cache.");
+    emit(&o, "thumbnail_cache_entries %" PRId64 "\n", cache_entries);
+    family(&o, "thumbnail_cache_bytes", "gauge",
+           "Bytes in the result cache's entries (bounded by --cache-size).");
+    emit(&o, "thumbnail_cache_bytes %" PRId64 "\n", cache_bytes);
 
     family(&o, "thumbnail_decode_seconds", "histogram",
            "Time a decode worker spent on one job, by video codec and seek mode (codec "

@@ -35,6 +35,14 @@ enum tn_metrics_method {
     TN_M_N_METHODS,
 };
 
+/* How a call reached the front: directly, or through the HTTP gateway (which
+ * proves it with the per-run secret, see src/http/gateway.h). */
+enum tn_metrics_protocol {
+    TN_P_GRPC = 0,
+    TN_P_HTTP,
+    TN_P_N,
+};
+
 /* Why a worker was replaced. */
 enum tn_restart_cause {
     TN_RESTART_CRASH = 0, /* any other signal or exit status */
@@ -60,6 +68,10 @@ int tn_metrics_create(void);
 void tn_metrics_call_started(enum tn_metrics_method m);
 /* It ended with gRPC status code (0..16) after seconds. */
 void tn_metrics_call_handled(enum tn_metrics_method m, int code, double seconds);
+/* The same, for a call of protocol p (the two above are TN_P_GRPC). */
+void tn_metrics_call_started_p(enum tn_metrics_method m, enum tn_metrics_protocol p);
+void tn_metrics_call_handled_p(enum tn_metrics_method m, enum tn_metrics_protocol p, int code,
+                               double seconds);
 void tn_metrics_msg_received(enum tn_metrics_method m);
 void tn_metrics_msg_sent(enum tn_metrics_method m);
 /* A call to a method this server does not serve (answered UNIMPLEMENTED). */
@@ -74,6 +86,11 @@ void tn_metrics_front_attach(void);
 void tn_metrics_front_queue_depth(int n);
 /* Bytes in spool files held by this front's calls: +n when written, -n when released. */
 void tn_metrics_front_spool_add(int64_t n);
+/* The result cache (cache.h): events since the last call, added to the totals. */
+void tn_metrics_cache_add(uint64_t hits, uint64_t misses, uint64_t damaged, uint64_t stores,
+                          uint64_t evictions, uint64_t evicted_bytes);
+/* This front's view of its cache: entries and bytes (set, not added). */
+void tn_metrics_front_cache_size(uint64_t entries, uint64_t bytes);
 /* The front is about to SIGKILL worker pid for an overrun job: its death is a timeout. */
 void tn_metrics_worker_mark_timeout(pid_t pid);
 

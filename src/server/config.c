@@ -46,6 +46,8 @@ static char abs_spool[PATH_MAX];
 static char abs_pidfile[PATH_MAX];
 static char abs_log[PATH_MAX];
 static char abs_media_root[PATH_MAX];
+static char abs_signing_key[PATH_MAX];
+static char abs_cache_dir[PATH_MAX];
 static char abs_listen[TN_MAX_LISTEN][sizeof("unix:") + UNIX_PATH_MAX];
 /* The TLS material and token digests that cfg->tls points at: one per
  * parse that loaded any, never reused, so that a reload (another parse) can
@@ -93,6 +95,9 @@ const struct option long_options[] = {
     /* metrics and logging */
     {"metrics-listen", required_argument, NULL, OPT_METRICS_LISTEN},
     {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
+    /* the HTTP gateway */
+    {"http-listen", required_argument, NULL, OPT_HTTP_LISTEN},
+    {"url-signing-key", required_argument, NULL, OPT_URL_SIGNING_KEY},
     /* transport security and call authentication */
     {"tls-cert", required_argument, NULL, OPT_TLS_CERT},
     {"tls-key", required_argument, NULL, OPT_TLS_KEY},
@@ -110,6 +115,9 @@ const struct option long_options[] = {
     {"max-front-memory", required_argument, NULL, OPT_MAX_FRONT_MEMORY},
     {"front-check-interval", required_argument, NULL, OPT_FRONT_CHECK_INTERVAL},
     {"front-check-failures", required_argument, NULL, OPT_FRONT_CHECK_FAILURES},
+    /* the result cache */
+    {"cache-dir", required_argument, NULL, OPT_CACHE_DIR},
+    {"cache-size", required_argument, NULL, OPT_CACHE_SIZE},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -367,6 +375,7 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
     cfg->worker_memory = 1ull << 30;
     cfg->max_jobs_per_worker = 1000; /* worker recycling */
     cfg->metrics_fd = -1;
+    cfg->http_fd = -1;
     cfg->log_format = TN_LOG_TEXT;
     cfg->sandbox = true; /* sandbox */
     cfg->max_streams_per_connection = 100;
@@ -375,6 +384,7 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
     cfg->max_front_memory = 512ull << 20;
     cfg->front_check_interval_s = 5;
     cfg->front_check_failures = 3;
+    cfg->cache_size = 1ull << 30;
     if (env_workers && *env_workers && tn_parse_uint(env_workers, 1, MAX_WORKERS, &u) == 0)
         cfg->workers = (int)u; /* a bad value is reported below, unless --workers overrides it */
 
@@ -512,6 +522,19 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
             cfg->metrics_listen = optarg;
             break;
         }
+        case OPT_HTTP_LISTEN: {
+            const char *colon = strrchr(optarg, ':');
+            uint64_t port;
+            if (!colon || tn_parse_uint(colon + 1, 1, 65535, &port) < 0 ||
+                (optarg[0] == '[' && (colon == optarg || colon[-1] != ']')))
+                return tn_errf(err, errlen, -1,
+                               "--http-listen '%s': expected HOST:PORT, [IPV6]:PORT or :PORT "
+                               "(port 1..65535)",
+                               optarg);
+            cfg->http_listen = optarg;
+            break;
+        }
+        case OPT_URL_SIGNING_KEY: cfg->url_signing_key = optarg; break;
         case OPT_LOG_FORMAT:
             if (strcmp(optarg, "text") == 0)
                 cfg->log_format = TN_LOG_TEXT;
@@ -595,6 +618,17 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
                 return -1;
             cfg->front_check_failures = (int)u;
             break;
+        /* the result cache */
+        case OPT_CACHE_DIR:
+            if (!*optarg)
+                return tn_errf(err, errlen, -1, "--cache-dir: expected a directory");
+            cfg->cache_dir = optarg;
+            break;
+        case OPT_CACHE_SIZE:
+            if (parse_size_opt("--cache-size", optarg, 1ull << 20, UINT64_MAX, &cfg->cache_size,
+                               err, errlen) < 0)
+                return -1;
+            break;
         default:
             return tn_errf(err, errlen, -1, "internal error: unhandled option '%s'",
                            argv[optind - 1]);
@@ -652,6 +686,36 @@ static int parse_args(struct tn_config *cfg, int argc, char **argv, int first_cl
         if (!S_ISDIR(st.st_mode))
             return tn_errf(err, errlen, -1, "--media-root '%s': not a directory", cfg->media_root);
         cfg->media_root = p;
+    }
+    if (cfg->http_listen && !cfg->media_root)
+        return tn_errf(err, errlen, -1,
+                       "--http-listen serves the files under --media-root: set --media-root too");
+    if (cfg->http_listen && cfg->tls_client_ca)
+        return tn_errf(err, errlen, -1,
+                       "--tls-client-ca: the HTTP gateway (--http-listen) does not ask for client "
+                       "certificates; use --auth-token-file for HTTP, or no --http-listen");
+    if (cfg->url_signing_key && !cfg->http_listen)
+        return tn_errf(err, errlen, -1,
+                       "--url-signing-key signs HTTP URLs: it needs --http-listen");
+    if (cfg->url_signing_key) {
+        p = absolutize(cfg->url_signing_key, abs_signing_key, sizeof(abs_signing_key));
+        if (!p)
+            return tn_errf(err, errlen, -1, "--url-signing-key '%s': path too long",
+                           cfg->url_signing_key);
+        if (access(p, R_OK) < 0)
+            return tn_errf(err, errlen, -1, "--url-signing-key '%s': %s", cfg->url_signing_key,
+                           strerror(errno));
+        cfg->url_signing_key = p;
+    }
+    if (cfg->cache_dir) {
+        /* made by the front if missing; its parent must exist */
+        struct stat st;
+        p = absolutize(cfg->cache_dir, abs_cache_dir, sizeof(abs_cache_dir));
+        if (!p)
+            return tn_errf(err, errlen, -1, "--cache-dir '%s': path too long", cfg->cache_dir);
+        if (stat(p, &st) == 0 && !S_ISDIR(st.st_mode))
+            return tn_errf(err, errlen, -1, "--cache-dir '%s': not a directory", cfg->cache_dir);
+        cfg->cache_dir = p;
     }
     if (cfg->log_file) {
         p = absolutize(cfg->log_file, abs_log, sizeof(abs_log));

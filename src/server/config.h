@@ -49,6 +49,17 @@ struct tn_config {
     int log_format;             /* --log-format: enum tn_log_format; default text */
     bool log_syslog;            /* --daemon without --log-file: log to syslog */
 
+    /* The HTTP gateway (src/http/gateway.h): a process of its own, a gRPC
+     * client of the front over a private unix socket. */
+    const char *http_listen;     /* --http-listen HOST:PORT; NULL = no HTTP */
+    int http_fd;                 /* its listening socket, bound by main.c; -1 */
+    const char *url_signing_key; /* --url-signing-key PATH: HTTP URLs need sig= */
+    /* Set by the master at start (not flags): the private socket the front
+     * also listens on for the gateway, and the per-run secret the gateway
+     * sends in the "tn-gateway" metadata so the front labels its calls. */
+    char gateway_socket[108]; /* "" = no gateway */
+    char gateway_secret[65];  /* hex */
+
     /* Transport security and call authentication. The files are read and
      * checked by tn_config_parse(); tls points at the result. */
     const char *tls_cert;        /* --tls-cert PATH: PEM chain, server's own first; TLS on */
@@ -73,6 +84,10 @@ struct tn_config {
     uint64_t max_front_memory;      /* --max-front-memory; front RSS to replace it at; 0 = off */
     double front_check_interval_s;  /* --front-check-interval; watchdog period; 0 = off */
     int front_check_failures;       /* --front-check-failures; consecutive, to replace; 3 */
+
+    /* the result cache (cache.h) */
+    const char *cache_dir; /* --cache-dir: absolute; NULL = no cache */
+    uint64_t cache_size;   /* --cache-size; default 1G */
 };
 
 /*

@@ -59,6 +59,8 @@ enum {
     OPT_MEDIA_ROOT, /* pull and local mode */
     /* metrics and logging */
     OPT_METRICS_LISTEN,
+    OPT_HTTP_LISTEN, /* the HTTP gateway */
+    OPT_URL_SIGNING_KEY,
     OPT_LOG_FORMAT,
     /* transport security and call authentication */
     OPT_TLS_CERT,
@@ -77,6 +79,9 @@ enum {
     OPT_MAX_FRONT_MEMORY,
     OPT_FRONT_CHECK_INTERVAL,
     OPT_FRONT_CHECK_FAILURES,
+    /* the result cache */
+    OPT_CACHE_DIR,
+    OPT_CACHE_SIZE,
 };
 
 #pragma GCC visibility push(hidden)

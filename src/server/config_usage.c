@@ -12,7 +12,7 @@ static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
 void print_help(FILE *f, const struct tn_config *d)
 {
-    char s1[32], s2[32], s3[32], s4[32], s5[32], s6[32], s7[32], s8[32], s9[32];
+    char s1[32], s2[32], s3[32], s4[32], s5[32], s6[32], s7[32], s8[32], s9[32], s10[32];
     fprintf(f,
             "Usage: thumbnail_server [OPTION]...\n"
             "Serve thumbnail.v1.Thumbnailer over gRPC: clients stream a video in, thumbnails\n"
@@ -59,6 +59,11 @@ void print_help(FILE *f, const struct tn_config *d)
             "  --media-root DIR          local mode: clients that share DIR may name a file by\n"
             "                            its path relative to DIR instead of uploading it; paths\n"
             "                            leading outside DIR are refused (default: off)\n"
+            "  --cache-dir DIR           keep every finished job's thumbnails in DIR (created\n"
+            "                            if missing) and answer the same request for the same\n"
+            "                            file from there, without a worker (default: off)\n"
+            "  --cache-size SIZE         bound on the files in --cache-dir; the least recently\n"
+            "                            used go first, at least 1M (default: %s)\n"
             "\n"
             "Decode workers:\n"
             "  --workers N               worker processes, 1..%d (default: $NUM_WORKERS, else\n"
@@ -102,6 +107,12 @@ void print_help(FILE *f, const struct tn_config *d)
             "  --log-format FORMAT       text, or json: one JSON object per line (default: text)\n"
             "  --metrics-listen ADDR     serve Prometheus metrics at http://ADDR/metrics;\n"
             "                            HOST:PORT, [IPV6]:PORT or :PORT (default: none)\n"
+            "  --http-listen ADDR        serve thumbnails over HTTP/1.1 at ADDR (GET\n"
+            "                            /v1/thumbnail/PATH.png, ...; needs --media-root);\n"
+            "                            --tls-cert and --auth-token-file apply (default: none)\n"
+            "  --url-signing-key PATH    HTTP URLs must carry sig=, an HMAC-SHA256 with the key\n"
+            "                            in PATH over the path and the sorted query (default:\n"
+            "                            none: unsigned URLs are served)\n"
             "  --grace DURATION          on SIGTERM/SIGQUIT and on reload, how long in-flight\n"
             "                            calls may finish (default: %gs)\n"
             "  --max-front-memory SIZE   replace the front (new front and workers, the old\n"
@@ -145,8 +156,9 @@ void print_help(FILE *f, const struct tn_config *d)
             fmt_size(d->min_upload_bytes, s5, sizeof(s5)), d->min_upload_window_s,
             fmt_size(d->max_result_bytes, s6, sizeof(s6)), d->range_timeout_s,
             d->max_streams_per_connection, fmt_size(d->max_header_bytes, s7, sizeof(s7)),
-            fmt_size(d->front_memory_quota, s8, sizeof(s8)), d->spool_dir, MAX_WORKERS, d->workers,
-            d->job_timeout_s, d->max_pixels, fmt_size(d->worker_memory, s4, sizeof(s4)),
-            level_names[d->log_level], d->grace_s, fmt_size(d->max_front_memory, s9, sizeof(s9)),
-            d->front_check_interval_s, d->front_check_failures, d->max_jobs_per_worker);
+            fmt_size(d->front_memory_quota, s8, sizeof(s8)), d->spool_dir,
+            fmt_size(d->cache_size, s10, sizeof(s10)), MAX_WORKERS, d->workers, d->job_timeout_s,
+            d->max_pixels, fmt_size(d->worker_memory, s4, sizeof(s4)), level_names[d->log_level],
+            d->grace_s, fmt_size(d->max_front_memory, s9, sizeof(s9)), d->front_check_interval_s,
+            d->front_check_failures, d->max_jobs_per_worker);
 }

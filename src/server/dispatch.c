@@ -208,6 +208,7 @@ static struct result *result_new(const struct tn_ipc_result *m, int fd)
 static void handle_reply(struct front *f, struct gen_call *c)
 {
     struct unref_list l = {.n = 0};
+    struct tn_cache_store *commit = NULL; /* a finished job's results, stored unlocked */
     pthread_mutex_lock(&f->mu);
     pthread_mutex_lock(&c->mu);
     for (;;) {
@@ -242,6 +243,7 @@ static void handle_reply(struct front *f, struct gen_call *c)
                 tn_log_error("bad reply for job %" PRIu64 ": %s", c->job.h.job_id, strerror(-n));
                 finish_locked(c, TN_INTERNAL, "the decode worker sent a malformed reply");
             }
+            cache_store_drop(c);
             job_release_locked(f, c, acked, &l);
             break;
         }
@@ -269,12 +271,15 @@ static void handle_reply(struct front *f, struct gen_call *c)
             if (!r) {
                 finish_locked(c, TN_INTERNAL, "a thumbnail from the decode worker was unreadable");
                 abandon_job_locked(c);
+                cache_store_drop(c);
                 break;
             }
             if (c->shared.dead || c->shared.status_set) {
                 free_result(r);
+                cache_store_drop(c);
                 break;
             }
+            cache_store_result(c, r); /* written now: r may be streamed and freed before DONE */
             if (c->shared.res_tail)
                 c->shared.res_tail->next = r;
             else
@@ -323,16 +328,25 @@ static void handle_reply(struct front *f, struct gen_call *c)
         }
         case TN_IPC_DONE:
             m.done.message[sizeof(m.done.message) - 1] = 0;
+            /* Stored only when every result of a job that succeeded was taken. */
+            if (m.done.code == TN_OK && !c->shared.dead && !c->shared.status_set &&
+                !c->poll.store_dropped) {
+                commit = c->poll.store;
+                c->poll.store = NULL;
+            } else {
+                cache_store_drop(c);
+            }
             if (m.done.code == TN_DEADLINE_EXCEEDED && c->shared.range_out)
                 finish_locked(c, TN_DEADLINE_EXCEEDED,
                               "deadline exceeded while the server waited for the client to send "
                               "%" PRIu64 " bytes at offset %" PRIu64 " (pull mode)",
                               c->shared.range_len - c->shared.range_got,
                               c->shared.range_off + c->shared.range_got);
-            else if (m.done.code == TN_OK)
-                finish_locked(c, TN_OK, "OK");
-            else
+            else if (m.done.code != TN_OK)
                 finish_locked(c, m.done.code, "%s", m.done.message);
+            else if (!commit)
+                finish_locked(c, TN_OK, "OK");
+            /* else OK once the entry is in place, below */
             job_release_locked(f, c, acked, &l);
             break;
         default: break;
@@ -342,6 +356,15 @@ static void handle_reply(struct front *f, struct gen_call *c)
     }
     pthread_mutex_unlock(&c->mu);
     pthread_mutex_unlock(&f->mu);
+    if (commit) {
+        /* Disk writes and eviction with no lock held; the status after them, so
+         * that a client that saw OK finds the entry (the call is alive: our
+         * reference is still in l). */
+        cache_store_commit(f, &commit);
+        pthread_mutex_lock(&c->mu);
+        finish_locked(c, TN_OK, "OK");
+        pthread_mutex_unlock(&c->mu);
+    }
     unref_flush(&l);
 }
 

@@ -139,6 +139,7 @@ int tn_front_main(const struct tn_config *cfg, int queue_fd, int ctl_fd)
     f->epfd = f->evfd = f->media_root_fd = -1;
     f->t_shutdown = (struct tag){TAG_SHUTDOWN, f};
     pthread_mutex_init(&f->mu, NULL);
+    pthread_mutex_init(&f->cache_pub_mu, NULL);
     /* Upload messages are 1 MiB buffers, malloc'd and freed all the time. With
      * glibc's defaults each free trimmed the heap (brk) and the next malloc
      * faulted the pages back in: 18 % of the front's time went to brk and
@@ -306,6 +307,8 @@ out_grpc:
     if (f->ctl_fd >= 0)
         close(f->ctl_fd);
     tn_reflection_free(&f->refl);
+    tn_cache_close(&f->cache);
+    pthread_mutex_destroy(&f->cache_pub_mu);
     pthread_mutex_destroy(&f->mu);
     tn_log_info("stopped");
     return status;

@@ -41,6 +41,12 @@
  * RangeData against it, pwrite()s it into the spool file and, once the range
  * is complete, answers TN_IPC_READ_REPLY. Local mode: the file opened under
  * --media-root takes the place of the spool file and the job leaves at once.
+ * Result cache (--cache-dir, result_cache.c): the CQ thread keys the job
+ * (local: the file's fstat identity; upload: a SHA-256 taken while spooling)
+ * and, in upload_complete(), answers a hit itself by putting copies of the
+ * entry's results on the call's list: no job, no worker. On a miss the poller
+ * writes each RESULT to the call's store as it arrives and commits it on DONE
+ * OK, outside the locks, before it sends the status.
  * Transport security: every HOST:PORT listener gets the TLS server
  * credentials when --tls-cert is set (unix: ones too with --tls-unix), built
  * from PEM text the master already read and checked. --auth-token-file is
@@ -53,7 +59,9 @@
  * receive side (spooling, pull ranges, local mode, idle and rate limits);
  * dispatch.c the poller (job queue, replies, deadlines, the master's word);
  * services.c health, reflection and unknown methods; listen.c listeners,
- * credentials and the server's set-up; media_root.c the jailed open.
+ * credentials and the server's set-up; media_root.c the jailed open;
+ * result_cache.c the --cache-dir glue (keys, hits served without a worker,
+ * stores of finished jobs).
  *
  * Lock order: front.mu before call.mu. A call is never destroyed while a lock
  * is held (unrefs that may be last are deferred until the lock is dropped).
@@ -71,8 +79,11 @@
 
 #include <grpc/grpc.h>
 
+#include "cache.h"
 #include "front.h"
 #include "ipc.h"
+
+struct evp_md_ctx_st; /* libcrypto's EVP_MD_CTX */
 
 #define POLL_TICK_MS 100
 #define STATUS_MAX 600
@@ -138,12 +149,14 @@ static inline void dlink_remove(struct dlink *n)
 struct front;
 struct stream_call;
 
-/* One thumbnail received from a worker, waiting to be streamed. Owns fd and map. */
+/* One thumbnail received from a worker, waiting to be streamed. Owns fd and
+ * map; a cache hit's has no fd, and map is heap (a copy of the entry's bytes). */
 struct result {
     struct result *next;
     struct tn_ipc_result meta; /* reason NUL-terminated by the poller */
     int fd;
     unsigned char *map;
+    unsigned char *heap; /* a cache hit: freed instead of unmapped */
 };
 
 /*
@@ -163,6 +176,8 @@ struct gen_call {
     /* Filled by the CQ thread until upload_complete() puts the call on the
      * dispatch list (under f->mu); read-only after, by both threads. */
     struct tn_ipc_job job;
+    bool cacheable;                /* --cache-dir and a key for this job (result_cache.c) */
+    struct tn_cache_key cache_key; /* options + file identity */
 
     /* The CQ thread only: the receive side. */
     struct {
@@ -178,19 +193,23 @@ struct gen_call {
         uint64_t window_bytes;   /* message bytes received in it */
         char peer_addr[128];     /* peer without the port (--max-calls-per-peer); "" = unix */
         bool refused_early;      /* refused at once as over a call limit */
+        bool http;               /* from the HTTP gateway (gateway_peer()) */
         struct dlink recv_link;  /* on f->recving while a RECV_MESSAGE is outstanding */
         /* pull and local mode */
         int pull_fd;        /* pull: our own fd of the spool file, written with range data; owned */
         bool pull;          /* Options.pull: the worker asks for ranges */
         bool local;         /* Options.local_path: spool_fd is the file under --media-root */
         uint64_t file_size; /* pull: declared; local: fstat */
+        struct evp_md_ctx_st *upload_md; /* SHA-256 of the upload so far (cache key); owned */
     } cq;
 
     /* The poller thread only (it holds mu too, for the shared fields beside). */
     struct {
-        pid_t worker_pid; /* from the ACK */
-        bool killed;      /* the deadline kill was sent */
-        uint64_t pulled;  /* pull: bytes asked for so far (--max-upload-bytes) */
+        pid_t worker_pid;             /* from the ACK */
+        bool killed;                  /* the deadline kill was sent */
+        uint64_t pulled;              /* pull: bytes asked for so far (--max-upload-bytes) */
+        struct tn_cache_store *store; /* the results written to the cache so far; owned */
+        bool store_dropped;           /* a result was not stored: the job is not cached */
     } poll;
 
     pthread_mutex_t mu;
@@ -224,6 +243,7 @@ struct gen_call {
         bool range_out;         /* asked, not all received */
         bool range_to_send;     /* the RangeRequest message is not sent yet */
         bool recv_closed;       /* the client half-closed: no more range data can come */
+        bool cache_hit;         /* answered from the result cache, without a worker */
     } shared;
 
     /* Under f->mu: the front's lists. */
@@ -287,14 +307,17 @@ struct front {
     struct dlink recving;        /* uploads with a RECV_MESSAGE outstanding (CQ thread) */
     int n_streams;
     uint64_t next_job_id;
-    int media_root_fd; /* --media-root opened O_PATH; -1 = local mode off; owned */
+    int media_root_fd;      /* --media-root opened O_PATH; -1 = local mode off; owned */
+    struct tn_cache *cache; /* --cache-dir, the writer; NULL = off; owned */
+    pthread_mutex_t cache_pub_mu;
+    struct tn_cache_stats cache_pub; /* what cache_publish() added to the metrics (its mutex) */
     /* unix: listeners (see bind_name()): the public path, and the inode of our
      * socket linked there, so that we remove it at exit only if it is ours. */
     struct unix_link {
         char pub[PATH_MAX];
         dev_t dev;
         ino_t ino;
-    } unix_links[TN_MAX_LISTEN];
+    } unix_links[TN_MAX_LISTEN + 1]; /* + the HTTP gateway's socket */
     size_t n_unix;
 };
 
@@ -325,6 +348,18 @@ void gen_fail(struct gen_call *c, int code, const char *fmt, ...)
 void request_message(struct gen_call *c);
 void on_recv(struct gen_call *c, bool ok);
 void check_idle(struct front *f, int64_t now);
+
+/* result_cache.c: the result cache (CQ thread, but cache_store_* on the poller) */
+int cache_open(struct front *f);
+void cache_publish(struct front *f);
+void cache_key_local(struct gen_call *c, int fd);
+void cache_hash_begin(struct gen_call *c);
+void cache_hash_update(struct gen_call *c, const void *p, size_t len);
+void cache_hash_free(struct gen_call *c);
+bool cache_serve(struct gen_call *c);
+void cache_store_result(struct gen_call *c, const struct result *r);
+void cache_store_drop(struct gen_call *c);
+void cache_store_commit(struct front *f, struct tn_cache_store **s);
 
 /* dispatch.c: the poller thread */
 void *poller_main(void *arg);

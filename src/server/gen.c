@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "front.h"
+#include "gateway.h"
 #include "ipc.h"
 #include "log.h"
 #include "master_int.h"
@@ -52,9 +53,10 @@ void close_other_fds(int *keep, int n)
 static void set_title(const struct gen *g, const struct slot *s)
 {
     char comm[16];
-    const char *role = s->role == ROLE_WORKER  ? "worker"
-                       : s->role == ROLE_FRONT ? "front"
-                                               : "metrics";
+    const char *role = s->role == ROLE_WORKER    ? "worker"
+                       : s->role == ROLE_FRONT   ? "front"
+                       : s->role == ROLE_METRICS ? "metrics"
+                                                 : "http";
     if (s->role == ROLE_WORKER)
         snprintf(comm, sizeof(comm), "tn: worker %d", s->index);
     else
@@ -80,7 +82,10 @@ __attribute__((noreturn)) static void run_child(const struct master *m, const st
     sigset_t none;
     bool front = s->role == ROLE_FRONT;
     /* The fd this child owns: its end of the job queue, or the metrics socket. */
-    int own_q = s->role == ROLE_METRICS ? m->metrics_fd : front ? g->q[1] : g->q[0];
+    int own_q = s->role == ROLE_METRICS ? m->metrics_fd
+                : s->role == ROLE_HTTP  ? m->http_fd
+                : front                 ? g->q[1]
+                                        : g->q[0];
 
     /* The master's handlers would only set the master's flags here. Signals
      * are still blocked, so anything sent meanwhile waits for the new
@@ -117,6 +122,16 @@ __attribute__((noreturn)) static void run_child(const struct master *m, const st
 
     if (front)
         _exit(tn_front_main(&g->cfg, own_q, ctl));
+    /* The gateway keeps the secrets: it serves TLS and checks the token. It
+     * takes the serving generation's configuration (its own flags change only
+     * at a restart, see begin_reload). */
+    if (s->role == ROLE_HTTP) {
+        const struct gen *serving = NULL;
+        for (const struct gen *x = m->gens; x < m->gens + MAX_GENS; x++)
+            if (x->state == GEN_ACTIVE)
+                serving = x;
+        _exit(serving ? tn_gateway_main(&serving->cfg, own_q) : 1);
+    }
     /* Secrets: a worker parses untrusted input, the metrics process answers anyone
      * who can reach its port: neither may hold the TLS key or token. */
     tn_config_drop_secrets();
@@ -209,7 +224,7 @@ int n_alive(const struct master *m)
         if (g->state != GEN_FREE)
             for (const struct slot *s = g->slots; s <= g->front; s++)
                 n += alive(s);
-    return n + alive(&m->metrics);
+    return n + alive(&m->metrics) + alive(&m->http);
 }
 
 void signal_slot(const struct slot *s, int sig)
@@ -226,6 +241,7 @@ void signal_all(struct master *m, int sig)
         FOR_EACH_SLOT (g, s)
             signal_slot(s, sig);
     signal_slot(&m->metrics, sig);
+    signal_slot(&m->http, sig);
 }
 
 struct gen *active_gen(struct master *m)
@@ -288,9 +304,10 @@ static int own_config(struct gen *g, const struct tn_config *cfg)
         return -ENOMEM;
     if (cfg->log_file && !(g->cfg.log_file = own_string(g, &n, cfg->log_file)))
         return -ENOMEM;
-    const char **more[] = {&g->cfg.media_root, &g->cfg.metrics_listen, &g->cfg.tls_cert,
-                           &g->cfg.tls_key,    &g->cfg.tls_client_ca,  &g->cfg.auth_token_file,
-                           &g->cfg.config_file};
+    const char **more[] = {&g->cfg.media_root,  &g->cfg.metrics_listen, &g->cfg.tls_cert,
+                           &g->cfg.tls_key,     &g->cfg.tls_client_ca,  &g->cfg.auth_token_file,
+                           &g->cfg.config_file, &g->cfg.http_listen,    &g->cfg.url_signing_key,
+                           &g->cfg.cache_dir};
     for (size_t i = 0; i < sizeof(more) / sizeof(more[0]); i++)
         if (*more[i] && !(*more[i] = own_string(g, &n, *more[i])))
             return -ENOMEM;
@@ -469,8 +486,20 @@ void begin_reload(struct master *m)
         cfg.log_format = o->log_format;
         cfg.log_syslog = o->log_syslog;
         cfg.metrics_listen = o->metrics_listen;
+        /* The gateway: one process for the server's life, like metrics. */
+        if ((cfg.http_listen == NULL) != (o->http_listen == NULL) ||
+            (cfg.http_listen && strcmp(cfg.http_listen, o->http_listen) != 0) ||
+            (cfg.url_signing_key == NULL) != (o->url_signing_key == NULL) ||
+            (cfg.url_signing_key && strcmp(cfg.url_signing_key, o->url_signing_key) != 0))
+            tn_log_warn("reload: --http-listen and --url-signing-key take effect only at a "
+                        "restart; keeping the old values");
+        cfg.http_listen = o->http_listen;
+        cfg.url_signing_key = o->url_signing_key;
+        memcpy(cfg.gateway_socket, o->gateway_socket, sizeof(cfg.gateway_socket));
+        memcpy(cfg.gateway_secret, o->gateway_secret, sizeof(cfg.gateway_secret));
     }
     cfg.metrics_fd = m->metrics_fd;
+    cfg.http_fd = m->http_fd;
     struct gen *g = gen_new(m, &cfg, GEN_STARTING);
     if (!g) {
         tn_log_error("reload failed; still serving with the old generation");

@@ -16,6 +16,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+
 #include <grpc/byte_buffer.h>
 #include <grpc/slice.h>
 #include <grpc/support/alloc.h>
@@ -86,7 +88,10 @@ void free_result(struct result *r)
 {
     if (!r)
         return;
-    if (r->map && r->map != MAP_FAILED && r->meta.size) {
+    if (r->heap) {
+        free(r->heap);
+        __atomic_sub_fetch(&held_result_bytes, r->meta.size, __ATOMIC_RELAXED);
+    } else if (r->map && r->map != MAP_FAILED && r->meta.size) {
         munmap(r->map, r->meta.size);
         __atomic_sub_fetch(&held_result_bytes, r->meta.size, __ATOMIC_RELAXED);
     }
@@ -156,7 +161,8 @@ static void gen_destroy(struct gen_call *c)
                                   : NULL,
         };
         tn_log_access(quiet ? TN_LOG_DEBUG : TN_LOG_INFO, &a);
-        tn_metrics_call_handled(c->probe ? TN_M_PROBE : TN_M_GENERATE, code, ms / 1000);
+        tn_metrics_call_handled_p(c->probe ? TN_M_PROBE : TN_M_GENERATE,
+                                  c->cq.http ? TN_P_HTTP : TN_P_GRPC, code, ms / 1000);
         tn_metrics_front_spool_add(-(int64_t)c->cq.received);
         grpc_call_unref(c->call);
     }
@@ -175,6 +181,8 @@ static void gen_destroy(struct gen_call *c)
     if (c->shared.worker_fd >= 0)
         close(c->shared.worker_fd);
     drop_results(c);
+    cache_hash_free(c);
+    tn_cache_store_abort(&c->poll.store);
     pthread_mutex_destroy(&c->mu);
     free(c);
     if (accepted) {
@@ -428,6 +436,42 @@ static void peer_address(const char *peer, char *out, size_t len)
     snprintf(out, len, "%.*s", (int)(end - peer), peer);
 }
 
+/* A metadata value by key, or NULL (its length in *n). */
+static const char *md_value(const grpc_metadata_array *md, const char *key, size_t *n)
+{
+    for (size_t i = 0; i < md->count; i++)
+        if (grpc_slice_str_cmp(md->metadata[i].key, key) == 0) {
+            *n = GRPC_SLICE_LENGTH(md->metadata[i].value);
+            return (const char *)GRPC_SLICE_START_PTR(md->metadata[i].value);
+        }
+    return NULL;
+}
+
+/*
+ * Does the call carry the per-run gateway secret ("tn-gateway" metadata, see
+ * config.h)? Then it came from the HTTP gateway: peer becomes "http:" and the
+ * HTTP client's address the gateway sent in "tn-gateway-peer". Compared in
+ * constant time; a wrong secret is an ordinary gRPC call.
+ */
+static bool gateway_peer(const struct front *f, const grpc_metadata_array *md, char *peer,
+                         size_t len)
+{
+    size_t n = 0, want = strlen(f->cfg->gateway_secret);
+    const char *v = md_value(md, "tn-gateway", &n);
+    if (!v || want == 0 || n != want || CRYPTO_memcmp(v, f->cfg->gateway_secret, n) != 0)
+        return false;
+    const char *p = md_value(md, "tn-gateway-peer", &n);
+    if (!p)
+        p = "?", n = 1;
+    if (n > len - 6)
+        n = len - 6;
+    snprintf(peer, len, "http:%.*s", (int)n, p);
+    for (char *q = peer; *q; q++)
+        if ((unsigned char)*q < 0x20 || *q == '"' || *q == ' ')
+            *q = '?'; /* one log line, one field */
+    return true;
+}
+
 void on_new_generate(struct gen_call *c, bool ok)
 {
     struct front *f = c->f;
@@ -436,10 +480,14 @@ void on_new_generate(struct gen_call *c, bool ok)
         return;
     }
     clock_gettime(CLOCK_MONOTONIC, &c->cq.started);
-    tn_metrics_call_started(c->probe ? TN_M_PROBE : TN_M_GENERATE);
     char *peer = grpc_call_get_peer(c->call);
     snprintf(c->cq.peer, sizeof(c->cq.peer), "%s", peer ? peer : "?");
     gpr_free(peer);
+    /* A call of the HTTP gateway: labelled, and its peer is the HTTP client's,
+     * so that --max-calls-per-peer counts that client, not the gateway. */
+    c->cq.http = gateway_peer(f, &c->md, c->cq.peer, sizeof(c->cq.peer));
+    tn_metrics_call_started_p(c->probe ? TN_M_PROBE : TN_M_GENERATE,
+                              c->cq.http ? TN_P_HTTP : TN_P_GRPC);
     peer_address(c->cq.peer, c->cq.peer_addr, sizeof(c->cq.peer_addr));
 
     pthread_mutex_lock(&f->mu);

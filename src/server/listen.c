@@ -196,6 +196,8 @@ int setup(struct front *f, const struct tn_config *cfg)
         }
         tn_log_info("local mode: paths are read under %s", cfg->media_root);
     }
+    if (cache_open(f) < 0)
+        return -1;
     /* gRPC charges its connections' buffers to this quota and, near it,
      * shrinks them: a 12 MB HPACK block of small headers peaked the front at
      * 159 MB without (or with 64M), 50 MB with 32M, 33 MB with 16M, while six
@@ -251,6 +253,21 @@ int setup(struct front *f, const struct tn_config *cfg)
                     : cfg->tls->client_ca_pem ? "TLS, client certificate required"
                                               : "TLS");
     }
+    /* The HTTP gateway's private socket (master.c's DESIGN): plaintext, in
+     * the master's 0700 directory; the socket itself is made 0600 below. */
+    char gw_addr[sizeof(cfg->gateway_socket) + 8], gw_name[PATH_MAX + 32];
+    gw_name[0] = 0;
+    if (rc == 0 && cfg->gateway_socket[0]) {
+        snprintf(gw_addr, sizeof(gw_addr), "unix:%s", cfg->gateway_socket);
+        const char *bn = bind_name(f, gw_addr, gw_name, sizeof(gw_name));
+        if (grpc_server_add_http2_port(f->server, bn, plain) == 0) {
+            tn_log_error("cannot listen on the HTTP gateway's socket %s", cfg->gateway_socket);
+            rc = -2;
+        } else {
+            snprintf(gw_name, sizeof(gw_name), "%s", bn + 5);
+            tn_log_info("listening on %s for the HTTP gateway", cfg->gateway_socket);
+        }
+    }
     grpc_server_credentials_release(plain);
     if (tls)
         grpc_server_credentials_release(tls);
@@ -259,6 +276,8 @@ int setup(struct front *f, const struct tn_config *cfg)
     if (cfg->tls && cfg->tls->have_token)
         tn_log_info("calls need an authorization token (--auth-token-file); health checks do not");
     grpc_server_start(f->server);
+    if (gw_name[0] && chmod(gw_name, 0600) < 0)
+        tn_log_warn("chmod(%s, 0600) failed: %s", gw_name, strerror(errno));
     if (publish_unix(f) < 0)
         return -1;
     /* Several requests outstanding, not one: a call that arrives while none

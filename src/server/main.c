@@ -316,8 +316,18 @@ int main(int argc, char **argv)
     /* Bound here, while a taken port can still refuse the start; the master
      * keeps it for every metrics process it forks. */
     if (cfg.metrics_listen) {
-        cfg.metrics_fd = tn_metrics_http_listen(cfg.metrics_listen, err, sizeof(err));
+        cfg.metrics_fd =
+            tn_metrics_http_listen("--metrics-listen", cfg.metrics_listen, err, sizeof(err));
         if (cfg.metrics_fd < 0) {
+            startup_error("%s", err);
+            if (cfg.pidfile)
+                pidfile_release(cfg.pidfile);
+            return 2;
+        }
+    }
+    if (cfg.http_listen) {
+        cfg.http_fd = tn_metrics_http_listen("--http-listen", cfg.http_listen, err, sizeof(err));
+        if (cfg.http_fd < 0) {
             startup_error("%s", err);
             if (cfg.pidfile)
                 pidfile_release(cfg.pidfile);

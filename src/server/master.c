@@ -45,6 +45,17 @@
  * does. Its checker is a short-lived child that speaks raw HTTP/2 (h2check.h),
  * so the master still never runs gRPC.
  *
+ * The HTTP gateway (--http-listen, src/http/gateway.h) belongs to no
+ * generation either: it is a gRPC client of whichever front serves, over a
+ * private unix socket in a 0700 directory the master makes at start
+ * (make_gateway_dir); every front listens there too, with the reload-safe
+ * unix: publication of listen.c, so the gateway's channel reconnects to the
+ * new front by itself. The master also draws a per-run secret that both get
+ * through fork: the gateway sends it with each call, and the front labels
+ * such calls protocol="http" in its metrics and access log. The gateway
+ * never calls grpc_init() before it is forked (gRPC is not fork-safe), and
+ * a crash in it is one respawn, never the gRPC front's problem.
+ *
  * The metrics process (--metrics-listen) belongs to no generation: it reads the
  * shared counters (metrics.h), which the master maps once before the first fork
  * and which every generation's children add to, so a reload loses no count. It
@@ -57,6 +68,7 @@
  */
 #include "master.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <netdb.h>
@@ -64,10 +76,13 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -154,6 +169,8 @@ void begin_stop(struct master *m, int status)
                 s->state = SLOT_DONE;
     if (m->metrics.state == SLOT_WAITING)
         m->metrics.state = SLOT_DONE;
+    if (m->http.state == SLOT_WAITING)
+        m->http.state = SLOT_DONE;
     m->phase = PHASE_STOPPING;
     m->deadline_ms = tn_mono_ms() + STOP_TIMEOUT_MS;
     signal_all(m, SIGTERM);
@@ -327,6 +344,8 @@ static int64_t next_wakeup(struct master *m)
     if (m->metrics.state == SLOT_WAITING &&
         (m->phase == PHASE_RUNNING || m->phase == PHASE_DRAINING))
         EARLIER(m->metrics.respawn_at_ms);
+    if (m->http.state == SLOT_WAITING && (m->phase == PHASE_RUNNING || m->phase == PHASE_DRAINING))
+        EARLIER(m->http.respawn_at_ms);
     if (watchdog_wakeup(m) >= 0)
         EARLIER(watchdog_wakeup(m));
 #undef EARLIER
@@ -439,6 +458,66 @@ static int check_ports_free(const struct tn_config *cfg)
     return 0;
 }
 
+static void remove_gateway_dir(struct master *m);
+
+/*
+ * The gateway's private runtime dir (0700, under $RUNTIME_DIRECTORY or
+ * $TMPDIR or /tmp), the front's socket name in it, and the per-run secret,
+ * into cfg. Returns 0 or -1 with a log line.
+ */
+static int make_gateway_dir(struct master *m, struct tn_config *cfg)
+{
+    const char *base = getenv("RUNTIME_DIRECTORY");
+    if (!base || !*base)
+        base = getenv("TMPDIR");
+    if (!base || !*base)
+        base = "/tmp";
+    int n = snprintf(m->gw_dir, sizeof(m->gw_dir), "%s/thumbnail_server-http.XXXXXX", base);
+    if (n < 0 || (size_t)n >= sizeof(m->gw_dir) ||
+        strlen(m->gw_dir) + sizeof("/front.sock.4194304.tmp") > sizeof(cfg->gateway_socket)) {
+        tn_log_error("--http-listen: the runtime directory %s is too long a path for a unix "
+                     "socket; set RUNTIME_DIRECTORY or TMPDIR to a shorter one",
+                     base);
+        m->gw_dir[0] = 0;
+        return -1;
+    }
+    if (!mkdtemp(m->gw_dir)) { /* mode 0700 */
+        tn_log_error("--http-listen: cannot create a private directory in %s: %s", base,
+                     strerror(errno));
+        m->gw_dir[0] = 0;
+        return -1;
+    }
+    snprintf(cfg->gateway_socket, sizeof(cfg->gateway_socket), "%s/front.sock", m->gw_dir);
+    unsigned char rnd[32];
+    if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd)) {
+        tn_log_error("--http-listen: getrandom() failed: %s", strerror(errno));
+        remove_gateway_dir(m);
+        return -1;
+    }
+    for (size_t i = 0; i < sizeof(rnd); i++)
+        snprintf(cfg->gateway_secret + 2 * i, 3, "%02x", rnd[i]);
+    return 0;
+}
+
+/* Remove the runtime dir and what is left in it: a front that was killed
+ * leaves its private socket name behind (listen.c). */
+static void remove_gateway_dir(struct master *m)
+{
+    if (!m->gw_dir[0])
+        return;
+    DIR *d = opendir(m->gw_dir);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d)))
+            if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
+                unlinkat(dirfd(d), e->d_name, 0);
+        closedir(d);
+    }
+    if (rmdir(m->gw_dir) < 0)
+        tn_log_warn("cannot remove %s: %s", m->gw_dir, strerror(errno));
+    m->gw_dir[0] = 0;
+}
+
 static void log_startup(const struct tn_config *cfg)
 {
     char addrs[1024] = "";
@@ -514,8 +593,20 @@ int tn_master_run(const struct tn_config *cfg)
     snprintf(m.metrics.name, sizeof(m.metrics.name), "metrics");
     /* respawn_at 0: spawned by the first loop pass, after the first generation */
     m.metrics.state = m.metrics_fd >= 0 ? SLOT_WAITING : SLOT_DONE;
-    if (!gen_new(&m, cfg, GEN_ACTIVE))
+    struct tn_config first = *cfg;
+    m.http_fd = cfg->http_fd;
+    m.http.role = ROLE_HTTP;
+    snprintf(m.http.name, sizeof(m.http.name), "http");
+    m.http.state = SLOT_DONE;
+    if (m.http_fd >= 0) {
+        if (make_gateway_dir(&m, &first) < 0)
+            return 1;
+        m.http.state = SLOT_WAITING; /* spawned by the first loop pass, like metrics */
+    }
+    if (!gen_new(&m, &first, GEN_ACTIVE)) {
+        remove_gateway_dir(&m);
         return 1;
+    }
 
     sigemptyset(&none);
     for (;;) {
@@ -565,6 +656,7 @@ int tn_master_run(const struct tn_config *cfg)
 
     FOR_EACH_GEN (&m, g)
         gen_free(g);
+    remove_gateway_dir(&m);
     tn_log_info("master exiting with status %d", m.exit_status);
     return m.exit_status;
 }

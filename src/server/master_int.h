@@ -38,7 +38,7 @@
 #define QUEUE_SNDBUF (1 << 20)     /* wish; capped by net.core.wmem_max */
 #define CHECK_TIMEOUT_MS 2000      /* the watchdog's health call must be answered within this */
 
-enum role { ROLE_WORKER, ROLE_FRONT, ROLE_METRICS };
+enum role { ROLE_WORKER, ROLE_FRONT, ROLE_METRICS, ROLE_HTTP };
 
 enum slot_state {
     SLOT_RUNNING, /* pid is alive (or not reaped yet) */
@@ -76,7 +76,7 @@ struct gen {
     enum gen_state state;
     unsigned id;          /* 1, 2, ... in the master's log lines */
     struct tn_config cfg; /* owned copy: the strings are ours (own_config), freed with the gen */
-    char *strings[TN_MAX_LISTEN + 12];
+    char *strings[TN_MAX_LISTEN + 16];
     /* The job queue. The master keeps BOTH ends open while the generation
      * serves: it hands q[0] to a respawned worker and q[1] to a respawned
      * front, and holding q[1] means workers never see EOF on the queue while
@@ -132,6 +132,9 @@ struct master {
     bool reload_pending;   /* SIGHUP while a reload was still starting */
     struct slot metrics;   /* the metrics process: SLOT_DONE when --metrics-listen is off */
     int metrics_fd;        /* its listening socket (main.c bound it); -1 */
+    struct slot http;      /* the HTTP gateway: SLOT_DONE when --http-listen is off */
+    int http_fd;           /* its listening socket (main.c bound it); -1 */
+    char gw_dir[96];       /* the private runtime dir of the gateway's socket; "" = none */
     enum phase phase;
     int64_t deadline_ms; /* of the current phase, when not RUNNING */
     bool fronts_killed;  /* DRAINING: the fronts overran their drain deadline */

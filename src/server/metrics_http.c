@@ -37,14 +37,14 @@ static int bind_one(const struct addrinfo *ai, int *e)
         return -1;
     }
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 64) == 0)
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 511) == 0)
         return fd;
     *e = errno;
     close(fd);
     return -1;
 }
 
-int tn_metrics_http_listen(const char *addr, char *err, size_t errlen)
+int tn_metrics_http_listen(const char *flag, const char *addr, char *err, size_t errlen)
 {
     char host[256];
     const char *colon = strrchr(addr, ':');
@@ -52,8 +52,7 @@ int tn_metrics_http_listen(const char *addr, char *err, size_t errlen)
     int fd = -1;
 
     if (!colon || (size_t)(colon - addr) >= sizeof(host)) {
-        snprintf(err, errlen, "--metrics-listen '%s': expected HOST:PORT, [IPV6]:PORT or :PORT",
-                 addr);
+        snprintf(err, errlen, "%s '%s': expected HOST:PORT, [IPV6]:PORT or :PORT", flag, addr);
         return -1;
     }
     memcpy(host, addr, (size_t)(colon - addr));
@@ -61,7 +60,7 @@ int tn_metrics_http_listen(const char *addr, char *err, size_t errlen)
     if (host[0] == '[') { /* [::1] -> ::1 */
         size_t n = strlen(host);
         if (n < 2 || host[n - 1] != ']') {
-            snprintf(err, errlen, "--metrics-listen '%s': an IPv6 address goes in brackets", addr);
+            snprintf(err, errlen, "%s '%s': an IPv6 address goes in brackets", flag, addr);
             return -1;
         }
         memmove(host, host + 1, n - 2);
@@ -73,7 +72,7 @@ int tn_metrics_http_listen(const char *addr, char *err, size_t errlen)
     hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
     int rc = getaddrinfo(host[0] ? host : NULL, colon + 1, &hints, &res);
     if (rc != 0) {
-        snprintf(err, errlen, "--metrics-listen '%s': %s", addr, gai_strerror(rc));
+        snprintf(err, errlen, "%s '%s': %s", flag, addr, gai_strerror(rc));
         return -1;
     }
     /* Take the first address that binds. For ":PORT", try "::" before
@@ -90,7 +89,7 @@ int tn_metrics_http_listen(const char *addr, char *err, size_t errlen)
             fd = bind_one(ai, &e);
     freeaddrinfo(res);
     if (fd < 0)
-        snprintf(err, errlen, "--metrics-listen '%s': cannot listen: %s", addr, strerror(e));
+        snprintf(err, errlen, "%s '%s': cannot listen: %s", flag, addr, strerror(e));
     return fd;
 }
 
@@ -115,11 +114,20 @@ on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *
            size_t *upload_data_size, /* NOLINT(readability-non-const-parameter) */
            void **req_cls)
 {
+    static int marker;
     (void)cls;
     (void)version;
     (void)upload_data;
-    (void)upload_data_size;
-    (void)req_cls;
+    /* Answer on the second call: a response queued on the first makes
+     * libmicrohttpd close the connection, and scrapers keep theirs alive. */
+    if (*req_cls == NULL) {
+        *req_cls = &marker;
+        return MHD_YES;
+    }
+    if (*upload_data_size) {
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
     if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
         return queue_text(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET and HEAD\n");
     if (strcmp(url, "/") == 0)

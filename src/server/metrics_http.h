@@ -14,10 +14,11 @@
 
 /*
  * Bind and listen on addr ("HOST:PORT", "[IPV6]:PORT" or ":PORT" for every
- * interface). Returns the listening fd (O_CLOEXEC), or -1 with a message in err.
- * Called before daemonizing, so that a taken port refuses the start.
+ * interface). Returns the listening fd (O_CLOEXEC), or -1 with a message in err
+ * that starts with flag. Called before daemonizing, so that a taken port
+ * refuses the start; the HTTP gateway's --http-listen uses it too.
  */
-int tn_metrics_http_listen(const char *addr, char *err, size_t errlen);
+int tn_metrics_http_listen(const char *flag, const char *addr, char *err, size_t errlen);
 
 /*
  * Serve on listen_fd (not owned: the master keeps it for the next respawn)

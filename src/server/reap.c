@@ -171,7 +171,7 @@ static void front_ended(struct master *m, struct gen *g, struct slot *s, pid_t p
     schedule_respawn(s, now, false);
 }
 
-/* The metrics process died: respawn it (with backoff) unless the server stops. */
+/* The metrics process or the gateway died: respawn it (with backoff) unless the server stops. */
 static void metrics_ended(struct master *m, struct slot *s, int st)
 {
     int64_t now = tn_mono_ms();
@@ -244,6 +244,10 @@ void reap(struct master *m)
             metrics_ended(m, &m->metrics, st);
             continue;
         }
+        if (alive(&m->http) && m->http.pid == pid) {
+            metrics_ended(m, &m->http, st); /* the same: respawn with backoff */
+            continue;
+        }
         struct gen *found_g = NULL;
         struct slot *found = NULL;
         FOR_EACH_GEN (m, g)
@@ -286,4 +290,7 @@ void respawn_due(struct master *m, int64_t now)
     if (m->metrics.state == SLOT_WAITING && m->metrics.respawn_at_ms <= now &&
         (m->phase == PHASE_RUNNING || m->phase == PHASE_DRAINING))
         spawn(m, NULL, &m->metrics);
+    if (m->http.state == SLOT_WAITING && m->http.respawn_at_ms <= now &&
+        (m->phase == PHASE_RUNNING || m->phase == PHASE_DRAINING) && active_gen(m))
+        spawn(m, NULL, &m->http);
 }

@@ -252,6 +252,7 @@ static int take_options(struct gen_call *c, const Thumbnail__V1__Options *o)
             return -1;
         c->shared.spool_fd = lfd;
         c->cq.local = true;
+        cache_key_local(c, lfd);
         c->cq.have_options = true;
         return 0;
     }
@@ -270,6 +271,8 @@ static int take_options(struct gen_call *c, const Thumbnail__V1__Options *o)
         return -1;
     }
     c->shared.spool_fd = fd;
+    if (!c->cq.pull)
+        cache_hash_begin(c); /* the key of an upload is its content's */
     if (c->cq.pull && (c->cq.pull_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0) {
         tn_log_error("dup() of a spool file failed: %s", strerror(errno));
         gen_fail(c, TN_UNAVAILABLE, "the server is out of resources (%s)", strerror(errno));
@@ -367,6 +370,7 @@ static int spool_write(struct gen_call *c, const unsigned char *p, size_t len)
             spool_failed(c, "write", "the upload", errno);
             return -1;
         }
+        cache_hash_update(c, p, (size_t)n);
         p += n;
         len -= (size_t)n;
         c->cq.received += (uint64_t)n;
@@ -420,6 +424,8 @@ static int spool_data_slices(struct gen_call *c, grpc_byte_buffer *bb, bool *com
             }
             iov[niov].iov_base = GRPC_SLICE_START_PTR(sb->slices[k]) + skip;
             iov[niov].iov_len = l - skip;
+            /* hashed as it goes out: a failed write fails the call anyway */
+            cache_hash_update(c, iov[niov].iov_base, iov[niov].iov_len);
             skip = 0;
             niov++;
         }
@@ -476,6 +482,8 @@ static void upload_complete(struct gen_call *c)
         gen_fail(c, TN_INVALID_ARGUMENT, "the file is empty (0 bytes): not a video");
         return;
     }
+    if (cache_serve(c))
+        return; /* a hit: the results are on their way, no job */
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0) {
         tn_log_error("socketpair() failed for a job: %s", strerror(errno));
         gen_fail(c, TN_UNAVAILABLE, "the server is out of resources (%s)", strerror(errno));
