@@ -6,10 +6,11 @@
  * only its own connection meanwhile; the connection caps below bound the
  * threads. The main thread only waits for signals in sigsuspend().
  *
- * Per request, in order: method (GET, HEAD), the embedded gallery and
- * /healthz, then for /v1/: the token (--auth-token-file: "Authorization:
+ * Per request, in order: method (GET, HEAD), /healthz, then for /v1/ and the
+ * gallery's pages: the token (--auth-token-file: "Authorization:
  * Bearer", checked here for the requests answered here and forwarded to the
- * front for the rest), the URL signature (--url-signing-key), the route and
+ * front for the rest); a gallery page is then one List call rendered by
+ * gallery.c; for /v1/ the URL signature (--url-signing-key), the route and
  * its parameters (route.h), the file under --media-root (opened with the
  * front's jailed open, so the refusals and their messages are the gRPC
  * ones), its identity for the ETag and Last-Modified, a 304 when the client
@@ -43,6 +44,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
+#include "gallery.h"
 #include "log.h"
 #include "media_root.h"
 #include "route.h"
@@ -57,19 +59,6 @@
 #define MAX_SIGNING_KEY 4096
 #define MAX_AGE_S 3600            /* unsigned URLs: revalidate (ETag) after an hour */
 #define MAX_AGE_SIGNED_S 31536000 /* signed: a year, immutable */
-
-/* The embedded files (the gallery): generated from src/http/ at build time. */
-extern const unsigned char tn_gallery_html[];
-extern const size_t tn_gallery_html_len;
-
-static const struct {
-    const char *url;
-    const unsigned char *data;
-    const size_t *len;
-    const char *type;
-} assets[] = {
-    {"/", tn_gallery_html, &tn_gallery_html_len, "text/html; charset=utf-8"},
-};
 
 static struct {
     const struct tn_config *cfg;
@@ -480,20 +469,61 @@ static enum MHD_Result serve_health(struct MHD_Connection *conn, const struct re
     return send_text(conn, MHD_HTTP_OK, "SERVING");
 }
 
-static enum MHD_Result serve_asset(struct MHD_Connection *conn, const char *url)
+static bool is_gallery(const char *url)
 {
-    for (size_t i = 0; i < sizeof(assets) / sizeof(assets[0]); i++) {
-        if (strcmp(url, assets[i].url) != 0)
-            continue;
-        struct MHD_Response *r = MHD_create_response_from_buffer(
-            *assets[i].len, (void *)assets[i].data, MHD_RESPMEM_PERSISTENT);
-        if (!r)
-            return MHD_NO;
-        MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, assets[i].type);
-        MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
-        return queue(conn, MHD_HTTP_OK, r);
+    return strcmp(url, "/") == 0 || strncmp(url, TN_GALLERY_BROWSE, strlen(TN_GALLERY_BROWSE)) == 0;
+}
+
+/* GET / and GET /browse/{dir}[?page=TOKEN]: one List page of the folder,
+ * rendered as the gallery's HTML (gallery.h). */
+static enum MHD_Result serve_gallery(struct MHD_Connection *conn, const char *url,
+                                     const struct req *q)
+{
+    if (gw.key_len)
+        return send_text(conn, MHD_HTTP_FORBIDDEN,
+                         "the gallery is off with --url-signing-key: its pages cannot sign the "
+                         "URLs of their images");
+    char dir[PATH_MAX];
+    const char *d = strcmp(url, "/") == 0 ? "" : url + strlen(TN_GALLERY_BROWSE);
+    while (*d == '/')
+        d++;
+    if (snprintf(dir, sizeof(dir), "%s", d) >= (int)sizeof(dir))
+        return send_text(conn, MHD_HTTP_URI_TOO_LONG, "the folder's path is too long");
+    for (size_t n = strlen(dir); n && dir[n - 1] == '/';)
+        dir[--n] = 0;
+    const char *page = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "page");
+    Thumbnail__V1__ListRequest lr = THUMBNAIL__V1__LIST_REQUEST__INIT;
+    lr.dir = dir;
+    lr.page_token = (char *)(page ? page : "");
+    struct tn_upstream_ctx ctx = {
+        .peer = q->peer, .authorization = q->authorization, .timeout_s = gw.timeout_s};
+    struct tn_upstream_status st;
+    Thumbnail__V1__ListResponse *resp = NULL;
+    tn_upstream_list(&ctx, &lr, &resp, &st);
+    if (st.code != 0) {
+        if (resp)
+            thumbnail__v1__list_response__free_unpacked(resp, NULL);
+        if (st.code == TN_UNIMPLEMENTED)
+            return send_text(conn, MHD_HTTP_NOT_IMPLEMENTED,
+                             "the gallery needs listing: this server's front has no List method "
+                             "yet");
+        return send_status(conn, st.code, st.message);
     }
-    return send_text(conn, MHD_HTTP_NOT_FOUND, "no such file");
+    char *html = NULL;
+    size_t len = 0;
+    int rc = tn_gallery_render(dir, (const Thumbnail__V1__ListEntry *const *)resp->entries,
+                               resp->n_entries, resp->next_page_token, &html, &len);
+    thumbnail__v1__list_response__free_unpacked(resp, NULL);
+    if (rc != 0)
+        return send_text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
+    struct MHD_Response *r = MHD_create_response_from_buffer(len, html, MHD_RESPMEM_MUST_FREE);
+    if (!r) {
+        free(html);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, TN_GALLERY_CONTENT_TYPE);
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    return queue(conn, MHD_HTTP_OK, r);
 }
 
 /* The file the route names, opened under --media-root as the front would:
@@ -549,8 +579,8 @@ on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *
     format_peer(conn, q.peer, sizeof(q.peer));
     if (strcmp(url, "/healthz") == 0)
         return serve_health(conn, &q);
-    if (strncmp(url, "/v1/", 4) != 0)
-        return serve_asset(conn, url);
+    if (strncmp(url, "/v1/", 4) != 0 && !is_gallery(url))
+        return send_text(conn, MHD_HTTP_NOT_FOUND, "no such file");
 
     /* the token, as for gRPC (health is exempt, above) */
     const struct tn_tls *t = gw.cfg->tls;
@@ -566,6 +596,9 @@ on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *
                              "the authorization token was not accepted (expected 'Bearer "
                              "<token>' with the server's token)");
     }
+
+    if (is_gallery(url)) /* after the token: the page lists the files */
+        return serve_gallery(conn, url, &q);
 
     MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, collect_param, &q);
     if (q.too_many)
