@@ -80,10 +80,11 @@ def start(h, media, workers):
             return None
 
     h.wait_for(lambda: status() is not None, 30, what="the HTTP gateway")
-    if status() != 200:
+    st = status()
+    if st != 200:
         stop(srv)
         sys.exit("bench/gallery.py: GET / answered %s (501: the front has no List method yet)"
-                 % status())
+                 % st)
     return srv, base
 
 
