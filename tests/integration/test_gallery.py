@@ -196,6 +196,30 @@ class GalleryTest(harness.ServersTestCase):
         self.assertEqual(len(sub.imgs), 1)
         self.assertIn("inner clip.mp4", "".join(sub.text))
 
+    def test_folder_of_more_than_one_page(self):
+        """A folder longer than one List page (1000 entries): the page ends in a "More" link
+        to the next, and the two pages together list every file once."""
+        many = os.path.join(self.root, "many & more")
+        os.mkdir(many)
+        names = ["f%04d <x>.txt" % i for i in range(1001)]
+        for n in names:
+            open(os.path.join(many, n), "w").close()
+        seen, url, pages = [], self.base + "/browse/many%20%26%20more", 0
+        while url:
+            status, _, body = fetch(url)
+            self.assertEqual(status, 200)
+            p = Links()
+            p.feed(body.decode())
+            text = "".join(p.text)
+            seen += [n for n in names if n in text]
+            more = [h for h in p.hrefs if "?page=" in h]
+            self.assertLessEqual(len(more), 1)
+            url = self.base + more[0] if more else None
+            pages += 1
+            self.assertLess(pages, 5)
+        self.assertEqual(pages, 2)
+        self.assertEqual(sorted(seen), names)
+
     def test_browser(self):
         b = self.browser(width=1280, height=900)
         b.navigate(self.base + "/")
@@ -264,6 +288,35 @@ class GalleryTest(harness.ServersTestCase):
         imgs = b.js(FIRST_SCREEN_IMAGES, timeout=90)
         self.assertEqual([(i["w"] > 0) for i in imgs if i["onScreen"]], [True])
         self.assertIn("inner clip.mp4", b.js("document.body.innerText"))
+
+    def test_animated_preview_when_the_pointer_rests(self):
+        u = urllib.parse.quote("plain.mp4")
+        try:
+            fetch(self.base + "/v1/animated/%s.webp?width=320" % u)
+        except urllib.error.HTTPError as e:
+            if e.code == 501:
+                self.skipTest("the engine has no animated previews yet (501)")
+            raise
+        b = self.browser(width=1280, height=900)
+        b.navigate(self.base + "/")
+        index = b.js("[...document.querySelectorAll('#grid .tile')].findIndex("
+                     "(t) => t.dataset.u === %r)" % u)
+        self.assertGreaterEqual(index, 0)
+        box = tile_box(b, index)
+        b.mouse("mouseMoved", box["x"] + box["w"] / 2, box["y"] + box["h"] / 2)
+        self.assertTrue(wait_js(b, "document.querySelectorAll('#grid .tile')[%d]"
+                                   ".classList.contains('animating')" % index),
+                        "no animated preview while the pointer rests")
+        anim = b.js("""(() => { const i = document.querySelectorAll('#grid .tile')[%d]
+            .querySelector('.anim'); return {src: i.src, w: i.naturalWidth,
+            shown: getComputedStyle(i).display !== 'none'}; })()""" % index)
+        self.assertIn("/v1/animated/", anim["src"])
+        self.assertGreater(anim["w"], 0)
+        self.assertTrue(anim["shown"])
+        b.mouse("mouseMoved", box["x"] + box["w"] / 4, box["y"] + box["h"] / 2)
+        self.assertTrue(wait_js(b, "!document.querySelectorAll('#grid .tile')[%d]"
+                                   ".classList.contains('animating')" % index),
+                        "a pointer move goes back to scrubbing")
 
     def test_browser_without_javascript(self):
         b = self.browser(width=1000, height=800)
