@@ -1,10 +1,14 @@
 /*
  * The HTTP gateway (see gateway.h).
  *
- * DESIGN. libmicrohttpd with a thread per connection: a request that needs a
- * worker makes one synchronous gRPC call to the front (upstream.h) and holds
- * only its own connection meanwhile; the connection caps below bound the
- * threads. The main thread only waits for signals in sigsuspend().
+ * DESIGN. libmicrohttpd with epoll and one thread per core answers what needs
+ * no worker inline: errors, 304s, cache hits (from the entry's file, see
+ * serve_hit()). A request that needs the front suspends its connection and
+ * makes one synchronous gRPC call (upstream.h) on a helper thread of its own,
+ * which resumes the connection with the answer (defer()): a slow decode holds
+ * that one connection, never the threads that serve the others. The
+ * connection cap bounds the helper threads. The main thread only waits for
+ * signals in sigsuspend().
  *
  * Per request, in order: method (GET, HEAD), /healthz, then for /v1/ and the
  * gallery's pages: the token (--auth-token-file: "Authorization:
@@ -44,15 +48,19 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
+#include "cache.h"
 #include "gallery.h"
+#include "ipc.h"
+#include "job_opts.h"
 #include "log.h"
 #include "media_root.h"
+#include "metrics.h"
 #include "route.h"
 #include "status.h"
 #include "tls.h"
 #include "upstream.h"
 
-#define CONNECTION_LIMIT 512         /* threads: one per connection */
+#define CONNECTION_LIMIT 512         /* and at most as many helper threads (defer()) */
 #define PER_IP_LIMIT 64              /* a browser opens ~6; a proxy or a benchmark more */
 #define CONNECTION_MEMORY (32 << 10) /* request line + headers must fit: else 414/431 */
 #define THREAD_STACK (512 << 10)
@@ -66,21 +74,63 @@ static struct {
     enum tn_media_resolve how;
     unsigned char key[MAX_SIGNING_KEY]; /* --url-signing-key; key_len 0 = unsigned URLs */
     size_t key_len;
-    double timeout_s; /* of a call to the front */
+    double timeout_s;       /* of a call to the front */
+    struct tn_cache *cache; /* --cache-dir, read-only here; NULL = none */
 } gw;
 
 /* ---- responses -------------------------------------------------------------- */
 
-static enum MHD_Result queue(struct MHD_Connection *conn, unsigned status, struct MHD_Response *r)
+struct exch;
+
+/* ---- the request's context ---------------------------------------------------- */
+
+struct req {
+    struct tn_route_param params[ROUTE_MAX_PARAMS + 1];
+    size_t n_params;
+    bool too_many;
+    char peer[96];
+    const char *authorization;
+    bool signed_url;
+    /* the file's identity, when the route names one */
+    bool have_file;
+    struct stat st;
+    char etag[40];
+    char last_modified[40];
+};
+
+/*
+ * One request, from libmicrohttpd's first call of the handler to its
+ * completion callback (which frees it). A request that needs the front is
+ * answered by a helper thread while the connection is suspended ("deferred"):
+ * its response waits here until the handler runs again after the resume.
+ */
+struct exch {
+    struct MHD_Connection *conn;
+    bool deferred;             /* a helper thread answers; queue() stores into status/resp */
+    unsigned status;           /* deferred: the answer */
+    struct MHD_Response *resp; /* deferred: owned until queued; NULL = close the connection */
+    bool health;               /* deferred: /healthz */
+    bool gallery;              /* deferred: a gallery page; r.path the folder */
+    struct req q;
+    struct tn_route r;
+};
+
+/* Answer with r (consumed): queued now, or kept for the handler's next call. */
+static enum MHD_Result queue(struct exch *x, unsigned status, struct MHD_Response *r)
 {
+    if (x->deferred) {
+        x->status = status;
+        x->resp = r;
+        return r ? MHD_YES : MHD_NO;
+    }
     if (!r)
         return MHD_NO;
-    enum MHD_Result ret = MHD_queue_response(conn, status, r);
+    enum MHD_Result ret = MHD_queue_response(x->conn, status, r);
     MHD_destroy_response(r);
     return ret;
 }
 
-static enum MHD_Result send_text(struct MHD_Connection *conn, unsigned status, const char *msg)
+static enum MHD_Result send_text(struct exch *x, unsigned status, const char *msg)
 {
     char *body = NULL;
     if (asprintf(&body, "%s\n", msg) < 0)
@@ -97,7 +147,7 @@ static enum MHD_Result send_text(struct MHD_Connection *conn, unsigned status, c
         MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
     if (status == MHD_HTTP_UNAUTHORIZED)
         MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
-    return queue(conn, status, r);
+    return queue(x, status, r);
 }
 
 /*
@@ -128,28 +178,12 @@ static unsigned http_status(int code, const char *msg)
     }
 }
 
-static enum MHD_Result send_status(struct MHD_Connection *conn, int code, const char *msg)
+static enum MHD_Result send_status(struct exch *x, int code, const char *msg)
 {
     unsigned s = http_status(code, msg);
-    enum MHD_Result ret = send_text(conn, s, msg);
+    enum MHD_Result ret = send_text(x, s, msg);
     return ret;
 }
-
-/* ---- the request's context ---------------------------------------------------- */
-
-struct req {
-    struct tn_route_param params[ROUTE_MAX_PARAMS + 1];
-    size_t n_params;
-    bool too_many;
-    char peer[96];
-    const char *authorization;
-    bool signed_url;
-    /* the file's identity, when the route names one */
-    bool have_file;
-    struct stat st;
-    char etag[40];
-    char last_modified[40];
-};
 
 static enum MHD_Result collect_param(void *cls, enum MHD_ValueKind kind, const char *key,
                                      const char *value)
@@ -331,8 +365,227 @@ static char *rewrite_vtt(const struct tn_route *r, const unsigned char *vtt, siz
     return out;
 }
 
-static enum MHD_Result serve_generate(struct MHD_Connection *conn, const struct tn_route *r,
-                                      const struct req *q)
+/* ---- cache hits ------------------------------------------------------------------------ */
+
+/*
+ * The front's job options for these Options, as take_job_opts() in upload.c
+ * makes them: the cache key is computed from them. Returns false when the
+ * front would refuse them (then it is the front's to say why).
+ */
+static bool job_opts_of(const Thumbnail__V1__Options *o, struct tn_job_opts *j)
+{
+    char err[256];
+    memset(j, 0, sizeof(*j));
+    j->format = (uint8_t)o->format;
+    j->mode = (uint8_t)o->mode;
+    j->fit = (uint8_t)o->fit;
+    j->n_times = (uint32_t)o->n_times;
+    for (size_t i = 0; i < o->n_times && i < TN_JOB_MAX_TIMES; i++) {
+        const Thumbnail__V1__TimePoint *t = o->times[i];
+        j->times[i].kind = t->point_case == THUMBNAIL__V1__TIME_POINT__POINT_PERCENT
+                               ? TN_TIME_PERCENT
+                               : TN_TIME_SECONDS;
+        j->times[i].value =
+            t->point_case == THUMBNAIL__V1__TIME_POINT__POINT_PERCENT ? t->percent : t->seconds;
+    }
+    j->max_width = o->max_width;
+    j->max_height = o->max_height;
+    j->upscale = o->upscale ? 1 : 0;
+    j->quality = o->quality;
+    j->lossless = o->lossless ? 1 : 0;
+    j->png_level = o->png_level;
+    j->pad_color = o->pad_color;
+    j->cover_art = o->cover_art ? 1 : 0;
+    j->count = o->count;
+    j->every = o->every;
+    j->storyboard = o->storyboard ? 1 : 0;
+    j->tile_width = o->tile_width;
+    j->columns = o->columns;
+    tn_job_opts_defaults(j);
+    return tn_job_opts_check(j, err, sizeof(err)) == TN_OK;
+}
+
+/* The cache, opened on first use: the front creates its directory, maybe
+ * after this process started. At most one attempt a second. */
+static struct tn_cache *cache(void)
+{
+    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    static int64_t last_try_ms;
+    struct tn_cache *c = __atomic_load_n(&gw.cache, __ATOMIC_ACQUIRE);
+    if (c || !gw.cfg->cache_dir)
+        return c;
+    pthread_mutex_lock(&mu);
+    int64_t now = tn_mono_ms();
+    if (!gw.cache && now - last_try_ms >= 1000) {
+        char err[512];
+        last_try_ms = now;
+        if (tn_cache_open(&c, gw.cfg->cache_dir, 0, TN_CACHE_READER, err, sizeof(err)) == 0)
+            __atomic_store_n(&gw.cache, c, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&mu);
+    return __atomic_load_n(&gw.cache, __ATOMIC_ACQUIRE);
+}
+
+/*
+ * Hot hits. A verified hit's response (its headers and the result's bytes) is
+ * kept for MEMO_TTL_MS under the request's ETag, which
+ * covers the file's identity, the route and the canonical query (and the
+ * signed flag, for Cache-Control): the next request with that ETag queues
+ * the same libmicrohttpd response (they are reference-counted and reusable)
+ * without opening, reading and checking the entry again; after the TTL the
+ * entry is looked up again, which checks it again and touches it for the
+ * front's LRU. Direct-mapped: a collision replaces.
+ *
+ * A result of up to MEMO_ITEM_MAX bytes is answered from a copy in memory
+ * (the lookup has just read and checked it): libmicrohttpd then sends the
+ * headers and the body in one write, where a file costs a send() and a
+ * sendfile(), two segments and two wake-ups of the client (bench/http_cache.sh,
+ * 7 KB JPEG, wrk -c16: from 48 % to 65 % of nginx's rate on the same file). Copies are held up to
+ * MEMO_BYTES_MAX in all; past that, and for bigger results, the answer is
+ * sent from the entry's fd at the result's offset (the entry's file is never
+ * changed in place, cache.h, so the bytes behind the fd are the ones checked).
+ */
+#define MEMO_SLOTS 1024
+#define MEMO_TTL_MS 10000
+#define MEMO_ITEM_MAX (256u << 10)
+#define MEMO_BYTES_MAX (32u << 20)
+
+static struct memo {
+    char etag[40];
+    bool signed_url;
+    int64_t until_ms;
+    struct MHD_Response *resp; /* one reference is the memo's */
+    size_t bytes;              /* of resp's body held in memory (memo_bytes) */
+} memo[MEMO_SLOTS];
+static pthread_mutex_t memo_mu = PTHREAD_MUTEX_INITIALIZER;
+static size_t memo_bytes; /* under memo_mu */
+
+static struct memo *memo_slot(const struct req *q)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (const char *p = q->etag; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    return &memo[(h ^ q->signed_url) % MEMO_SLOTS];
+}
+
+static void count_hit(const struct timespec *t0)
+{
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    tn_metrics_call_started_p(TN_M_GENERATE, TN_P_HTTP);
+    tn_metrics_call_handled_p(TN_M_GENERATE, TN_P_HTTP, TN_OK,
+                              (double)(t1.tv_sec - t0->tv_sec) + (t1.tv_nsec - t0->tv_nsec) / 1e9);
+    tn_metrics_cache_add(1, 0, 0, 0, 0, 0);
+}
+
+/* A response for the cached answer to r, or NULL on a miss. *in_memory: the
+ * bytes of its body held in memory (0: sent from the entry's file). */
+static struct MHD_Response *hit_response(const struct tn_route *r, const struct req *q,
+                                         size_t *in_memory)
+{
+    struct tn_job_opts j;
+    if (!job_opts_of(&r->opts, &j))
+        return NULL;
+    char name[sizeof(r->file_name)];
+    snprintf(name, sizeof(name), "%s", r->file_name);
+    for (char *p = name; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == '"')
+            *p = '?'; /* as the front names the job (upload.c) */
+    struct tn_cache_ident id;
+    struct tn_cache_key key;
+    struct tn_cache_entry *e = NULL;
+    tn_cache_ident_file(&id, &q->st);
+    tn_cache_key(&j, name, &id, &key);
+    if (tn_cache_lookup(gw.cache, &key, &e) < 0)
+        return NULL;
+    uint32_t want = r->kind == ROUTE_STORYBOARD_VTT     ? 2u
+                    : r->kind == ROUTE_STORYBOARD_IMAGE ? 1u
+                                                        : 0u;
+    const struct tn_cache_item *it = NULL;
+    for (uint32_t i = 0; i < e->n && !it; i++)
+        if (e->items[i].meta.kind == want)
+            it = &e->items[i];
+    struct MHD_Response *resp = NULL;
+    if (it && r->kind == ROUTE_STORYBOARD_VTT) {
+        size_t n = 0;
+        char *vtt = rewrite_vtt(r, e->data + it->offset, (size_t)it->length, &n);
+        if (vtt && !(resp = MHD_create_response_from_buffer(n, vtt, MHD_RESPMEM_MUST_FREE)))
+            free(vtt);
+        *in_memory = n;
+    } else if (it && it->length <= MEMO_ITEM_MAX &&
+               __atomic_load_n(&memo_bytes, __ATOMIC_RELAXED) + it->length <= MEMO_BYTES_MAX) {
+        resp = MHD_create_response_from_buffer((size_t)it->length, (void *)(e->data + it->offset),
+                                               MHD_RESPMEM_MUST_COPY);
+        *in_memory = (size_t)it->length;
+    } else if (it) {
+        int fd = fcntl(e->fd, F_DUPFD_CLOEXEC, 0); /* the response owns it */
+        if (fd >= 0 &&
+            !(resp = MHD_create_response_from_fd_at_offset64(it->length, fd, it->offset)))
+            close(fd);
+    }
+    char t[64];
+    if (it)
+        snprintf(t, sizeof(t), "%.3f", it->meta.actual_time);
+    tn_cache_entry_free(&e);
+    if (!resp)
+        return NULL;
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, r->mime);
+    add_cache_headers(resp, q);
+    if (r->kind == ROUTE_THUMBNAIL)
+        MHD_add_response_header(resp, "X-Thumbnail-Time", t);
+    MHD_add_response_header(resp, "X-Cache", "HIT");
+    return resp;
+}
+
+/*
+ * Serve the request from the result cache when the front stored its answer:
+ * the image straight from the entry's file (fd + offset, sent by
+ * libmicrohttpd), no gRPC call, no worker. Returns MHD_YES/MHD_NO when it
+ * answered, or -1 on a miss (then the front is asked, and stores it).
+ * Animated previews are not looked up: the key would not cover the animation.
+ */
+static int serve_hit(struct exch *x, const struct tn_route *r, const struct req *q)
+{
+    struct timespec t0;
+    if (!cache() || !q->have_file ||
+        (r->kind != ROUTE_THUMBNAIL && r->kind != ROUTE_STORYBOARD_VTT &&
+         r->kind != ROUTE_STORYBOARD_IMAGE))
+        return -1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int64_t now = tn_mono_ms();
+    struct memo *m = memo_slot(q);
+    pthread_mutex_lock(&memo_mu);
+    if (m->resp && now < m->until_ms && m->signed_url == q->signed_url &&
+        strcmp(m->etag, q->etag) == 0) {
+        /* queued under the lock: a replacement cannot free it meanwhile */
+        enum MHD_Result ret = MHD_queue_response(x->conn, MHD_HTTP_OK, m->resp);
+        pthread_mutex_unlock(&memo_mu);
+        count_hit(&t0);
+        return ret;
+    }
+    pthread_mutex_unlock(&memo_mu);
+
+    size_t bytes = 0;
+    struct MHD_Response *resp = hit_response(r, q, &bytes);
+    if (!resp)
+        return -1;
+    pthread_mutex_lock(&memo_mu);
+    struct MHD_Response *old = m->resp;
+    memo_bytes += bytes - m->bytes;
+    m->bytes = bytes;
+    snprintf(m->etag, sizeof(m->etag), "%s", q->etag);
+    m->signed_url = q->signed_url;
+    m->until_ms = now + MEMO_TTL_MS;
+    m->resp = resp;
+    enum MHD_Result ret = MHD_queue_response(x->conn, MHD_HTTP_OK, resp);
+    pthread_mutex_unlock(&memo_mu);
+    if (old)
+        MHD_destroy_response(old); /* in-flight uses hold their own references */
+    count_hit(&t0);
+    return ret;
+}
+
+static enum MHD_Result serve_generate(struct exch *x, const struct tn_route *r, const struct req *q)
 {
     struct tn_upstream_ctx ctx = {
         .peer = q->peer, .authorization = q->authorization, .timeout_s = gw.timeout_s};
@@ -341,7 +594,7 @@ static enum MHD_Result serve_generate(struct MHD_Connection *conn, const struct 
     tn_upstream_generate(&ctx, &r->opts, &res, &st);
     if (st.code != 0) {
         tn_upstream_results_free(&res);
-        return send_status(conn, st.code, st.message);
+        return send_status(x, st.code, st.message);
     }
     /* which result is the answer */
     int want_kind =
@@ -356,9 +609,9 @@ static enum MHD_Result serve_generate(struct MHD_Connection *conn, const struct 
     if (!it) {
         tn_upstream_results_free(&res);
         if (r->kind == ROUTE_ANIMATED)
-            return send_text(conn, MHD_HTTP_NOT_IMPLEMENTED,
+            return send_text(x, MHD_HTTP_NOT_IMPLEMENTED,
                              "this server's engine does not make animated previews yet");
-        return send_text(conn, MHD_HTTP_BAD_GATEWAY, "the front's answer had no such result");
+        return send_text(x, MHD_HTTP_BAD_GATEWAY, "the front's answer had no such result");
     }
     unsigned char *body = it->data;
     size_t len = it->len;
@@ -369,7 +622,7 @@ static enum MHD_Result serve_generate(struct MHD_Connection *conn, const struct 
         free(body);
         if (!vtt) {
             tn_upstream_results_free(&res);
-            return send_text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
+            return send_text(x, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
         }
         body = (unsigned char *)vtt;
         len = n;
@@ -390,11 +643,10 @@ static enum MHD_Result serve_generate(struct MHD_Connection *conn, const struct 
         MHD_add_response_header(resp, "X-Thumbnail-Time", t);
     if (reason[0] && !strpbrk(reason, "\r\n"))
         MHD_add_response_header(resp, "X-Thumbnail-Reason", reason);
-    return queue(conn, MHD_HTTP_OK, resp);
+    return queue(x, MHD_HTTP_OK, resp);
 }
 
-static enum MHD_Result send_json(struct MHD_Connection *conn, char *json, const struct req *q,
-                                 bool cacheable)
+static enum MHD_Result send_json(struct exch *x, char *json, const struct req *q, bool cacheable)
 {
     struct MHD_Response *resp =
         MHD_create_response_from_buffer(strlen(json), json, MHD_RESPMEM_MUST_FREE);
@@ -407,11 +659,10 @@ static enum MHD_Result send_json(struct MHD_Connection *conn, char *json, const 
         add_cache_headers(resp, q);
     else
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
-    return queue(conn, MHD_HTTP_OK, resp);
+    return queue(x, MHD_HTTP_OK, resp);
 }
 
-static enum MHD_Result serve_probe(struct MHD_Connection *conn, const struct tn_route *r,
-                                   const struct req *q)
+static enum MHD_Result serve_probe(struct exch *x, const struct tn_route *r, const struct req *q)
 {
     struct tn_upstream_ctx ctx = {
         .peer = q->peer, .authorization = q->authorization, .timeout_s = gw.timeout_s};
@@ -420,13 +671,12 @@ static enum MHD_Result serve_probe(struct MHD_Connection *conn, const struct tn_
     tn_upstream_probe(&ctx, r->path, &json, &st);
     if (st.code != 0) {
         free(json);
-        return send_status(conn, st.code, st.message);
+        return send_status(x, st.code, st.message);
     }
-    return send_json(conn, json, q, true);
+    return send_json(x, json, q, true);
 }
 
-static enum MHD_Result serve_list(struct MHD_Connection *conn, const struct tn_route *r,
-                                  const struct req *q)
+static enum MHD_Result serve_list(struct exch *x, const struct tn_route *r, const struct req *q)
 {
     struct tn_upstream_ctx ctx = {
         .peer = q->peer, .authorization = q->authorization, .timeout_s = gw.timeout_s};
@@ -437,10 +687,10 @@ static enum MHD_Result serve_list(struct MHD_Connection *conn, const struct tn_r
         if (resp)
             thumbnail__v1__list_response__free_unpacked(resp, NULL);
         if (st.code == TN_UNIMPLEMENTED)
-            return send_text(conn, MHD_HTTP_NOT_IMPLEMENTED,
+            return send_text(x, MHD_HTTP_NOT_IMPLEMENTED,
                              "listing is not available: this server's front has no List method "
                              "yet");
-        return send_status(conn, st.code, st.message);
+        return send_status(x, st.code, st.message);
     }
     json_t *entries = json_array();
     for (size_t i = 0; i < resp->n_entries; i++) {
@@ -456,17 +706,17 @@ static enum MHD_Result serve_list(struct MHD_Connection *conn, const struct tn_r
     char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     if (!text)
-        return send_text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
-    return send_json(conn, text, q, false);
+        return send_text(x, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
+    return send_json(x, text, q, false);
 }
 
-static enum MHD_Result serve_health(struct MHD_Connection *conn, const struct req *q)
+static enum MHD_Result serve_health(struct exch *x, const struct req *q)
 {
     struct tn_upstream_ctx ctx = {.peer = q->peer, .timeout_s = 2};
     struct tn_upstream_status st;
     if (tn_upstream_health(&ctx, &st) != 0)
-        return send_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, st.message);
-    return send_text(conn, MHD_HTTP_OK, "SERVING");
+        return send_text(x, MHD_HTTP_SERVICE_UNAVAILABLE, st.message);
+    return send_text(x, MHD_HTTP_OK, "SERVING");
 }
 
 static bool is_gallery(const char *url)
@@ -474,29 +724,15 @@ static bool is_gallery(const char *url)
     return strcmp(url, "/") == 0 || strncmp(url, TN_GALLERY_BROWSE, strlen(TN_GALLERY_BROWSE)) == 0;
 }
 
-/* GET / and GET /browse/{dir}[?page=TOKEN]: one List page of the folder,
- * rendered as the gallery's HTML (gallery.h). */
-static enum MHD_Result serve_gallery(struct MHD_Connection *conn, const char *url,
-                                     const struct req *q)
+/* GET / and GET /browse/{dir}[?page=TOKEN] (on a helper thread): one List page
+ * of the folder x->r.path, rendered as the gallery's HTML (gallery.h). */
+static enum MHD_Result serve_gallery(struct exch *x)
 {
-    if (gw.key_len)
-        return send_text(conn, MHD_HTTP_FORBIDDEN,
-                         "the gallery is off with --url-signing-key: its pages cannot sign the "
-                         "URLs of their images");
-    char dir[PATH_MAX];
-    const char *d = strcmp(url, "/") == 0 ? "" : url + strlen(TN_GALLERY_BROWSE);
-    while (*d == '/')
-        d++;
-    if (snprintf(dir, sizeof(dir), "%s", d) >= (int)sizeof(dir))
-        return send_text(conn, MHD_HTTP_URI_TOO_LONG, "the folder's path is too long");
-    for (size_t n = strlen(dir); n && dir[n - 1] == '/';)
-        dir[--n] = 0;
-    const char *page = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "page");
     Thumbnail__V1__ListRequest lr = THUMBNAIL__V1__LIST_REQUEST__INIT;
-    lr.dir = dir;
-    lr.page_token = (char *)(page ? page : "");
+    lr.dir = x->r.path;
+    lr.page_token = x->r.page_token;
     struct tn_upstream_ctx ctx = {
-        .peer = q->peer, .authorization = q->authorization, .timeout_s = gw.timeout_s};
+        .peer = x->q.peer, .authorization = x->q.authorization, .timeout_s = gw.timeout_s};
     struct tn_upstream_status st;
     Thumbnail__V1__ListResponse *resp = NULL;
     tn_upstream_list(&ctx, &lr, &resp, &st);
@@ -504,18 +740,18 @@ static enum MHD_Result serve_gallery(struct MHD_Connection *conn, const char *ur
         if (resp)
             thumbnail__v1__list_response__free_unpacked(resp, NULL);
         if (st.code == TN_UNIMPLEMENTED)
-            return send_text(conn, MHD_HTTP_NOT_IMPLEMENTED,
+            return send_text(x, MHD_HTTP_NOT_IMPLEMENTED,
                              "the gallery needs listing: this server's front has no List method "
                              "yet");
-        return send_status(conn, st.code, st.message);
+        return send_status(x, st.code, st.message);
     }
     char *html = NULL;
     size_t len = 0;
-    int rc = tn_gallery_render(dir, (const Thumbnail__V1__ListEntry *const *)resp->entries,
+    int rc = tn_gallery_render(x->r.path, (const Thumbnail__V1__ListEntry *const *)resp->entries,
                                resp->n_entries, resp->next_page_token, &html, &len);
     thumbnail__v1__list_response__free_unpacked(resp, NULL);
     if (rc != 0)
-        return send_text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
+        return send_text(x, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
     struct MHD_Response *r = MHD_create_response_from_buffer(len, html, MHD_RESPMEM_MUST_FREE);
     if (!r) {
         free(html);
@@ -523,7 +759,7 @@ static enum MHD_Result serve_gallery(struct MHD_Connection *conn, const char *ur
     }
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, TN_GALLERY_CONTENT_TYPE);
     MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
-    return queue(conn, MHD_HTTP_OK, r);
+    return queue(x, MHD_HTTP_OK, r);
 }
 
 /* The file the route names, opened under --media-root as the front would:
@@ -549,6 +785,87 @@ static int identify(const struct tn_route *r, struct req *q, char *msg, size_t l
     return 0;
 }
 
+/* ---- requests that need the front: a helper thread each -------------------------------- */
+
+/* The helper: the call, its answer into x, then the connection resumes and
+ * the handler queues the answer (on_request). */
+static void *answer_deferred(void *arg)
+{
+    struct exch *x = arg;
+    if (x->health)
+        serve_health(x, &x->q);
+    else if (x->gallery)
+        serve_gallery(x);
+    else if (x->r.kind == ROUTE_LIST)
+        serve_list(x, &x->r, &x->q);
+    else if (x->r.kind == ROUTE_PROBE)
+        serve_probe(x, &x->r, &x->q);
+    else
+        serve_generate(x, &x->r, &x->q);
+    MHD_resume_connection(x->conn);
+    return NULL;
+}
+
+/*
+ * Suspend the connection and answer on a helper thread: a gRPC call blocks
+ * for as long as the decode takes, and must not hold one of the few threads
+ * that serve every connection (hits, 304s, errors are answered inline).
+ */
+static enum MHD_Result defer(struct exch *x)
+{
+    pthread_attr_t a;
+    pthread_t t;
+    x->deferred = true;
+    MHD_suspend_connection(x->conn);
+    pthread_attr_init(&a);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&a, THREAD_STACK);
+    int e = pthread_create(&t, &a, answer_deferred, x);
+    pthread_attr_destroy(&a);
+    if (e != 0) {
+        tn_log_warn("cannot start a thread for a request: %s", strerror(e));
+        send_text(x, MHD_HTTP_SERVICE_UNAVAILABLE, "the HTTP gateway is out of threads; retry");
+        MHD_resume_connection(x->conn);
+    }
+    return MHD_YES;
+}
+
+/* A gallery page's folder (url decoded) and page token into x->r; then the
+ * List call on a helper thread. */
+static enum MHD_Result start_gallery(struct exch *x, const char *url)
+{
+    if (gw.key_len)
+        return send_text(x, MHD_HTTP_FORBIDDEN,
+                         "the gallery is off with --url-signing-key: its pages cannot sign the "
+                         "URLs of their images");
+    const char *d = strcmp(url, "/") == 0 ? "" : url + strlen(TN_GALLERY_BROWSE);
+    while (*d == '/')
+        d++;
+    if (snprintf(x->r.path, sizeof(x->r.path), "%s", d) >= (int)sizeof(x->r.path))
+        return send_text(x, MHD_HTTP_URI_TOO_LONG, "the folder's path is too long");
+    for (size_t n = strlen(x->r.path); n && x->r.path[n - 1] == '/';)
+        x->r.path[--n] = 0;
+    const char *page = MHD_lookup_connection_value(x->conn, MHD_GET_ARGUMENT_KIND, "page");
+    if (snprintf(x->r.page_token, sizeof(x->r.page_token), "%s", page ? page : "") >=
+        (int)sizeof(x->r.page_token))
+        return send_text(x, MHD_HTTP_BAD_REQUEST, "page: too long");
+    x->gallery = true;
+    return defer(x);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)cls;
+    (void)conn;
+    (void)toe;
+    struct exch *x = *req_cls;
+    if (x && x->resp)
+        MHD_destroy_response(x->resp);
+    free(x);
+    *req_cls = NULL;
+}
+
 /* The signature is libmicrohttpd's MHD_AccessHandlerCallback. */
 static enum MHD_Result
 on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
@@ -556,85 +873,101 @@ on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *
            size_t *upload_data_size, /* NOLINT(readability-non-const-parameter) */
            void **req_cls)
 {
-    static int marker;
     (void)cls;
     (void)version;
     (void)upload_data;
+    struct exch *x = *req_cls;
     /* Answer on the second call, once the request is complete: a response
      * queued on the first makes libmicrohttpd close the connection (it cannot
      * know the body was read), and keep-alive is the point. */
-    if (*req_cls == NULL) {
-        *req_cls = &marker;
+    if (!x) {
+        if (!(x = calloc(1, sizeof(*x))))
+            return MHD_NO;
+        x->conn = conn;
+        *req_cls = x;
         return MHD_YES;
     }
     if (*upload_data_size) {
         *upload_data_size = 0; /* a body on a GET or HEAD: ignored, as RFC 9110 allows */
         return MHD_YES;
     }
+    if (x->deferred) { /* resumed: the helper's answer */
+        struct MHD_Response *r = x->resp;
+        x->resp = NULL;
+        if (!r)
+            return MHD_NO;
+        enum MHD_Result ret = MHD_queue_response(conn, x->status, r);
+        MHD_destroy_response(r);
+        return ret;
+    }
     if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
-        return send_text(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET and HEAD");
+        return send_text(x, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET and HEAD");
 
-    static __thread struct req q; /* large (the stat, the params): not on a 512K stack twice */
-    memset(&q, 0, sizeof(q));
-    format_peer(conn, q.peer, sizeof(q.peer));
-    if (strcmp(url, "/healthz") == 0)
-        return serve_health(conn, &q);
+    struct req *q = &x->q;
+    format_peer(conn, q->peer, sizeof(q->peer));
+    if (strcmp(url, "/healthz") == 0) {
+        x->health = true;
+        return defer(x);
+    }
     if (strncmp(url, "/v1/", 4) != 0 && !is_gallery(url))
-        return send_text(conn, MHD_HTTP_NOT_FOUND, "no such file");
+        return send_text(x, MHD_HTTP_NOT_FOUND, "no such file");
 
     /* the token, as for gRPC (health is exempt, above) */
     const struct tn_tls *t = gw.cfg->tls;
-    q.authorization =
+    q->authorization =
         MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
     if (t && t->have_token) {
-        if (!q.authorization)
-            return send_text(conn, MHD_HTTP_UNAUTHORIZED,
+        if (!q->authorization)
+            return send_text(x, MHD_HTTP_UNAUTHORIZED,
                              "this server requires a token: send the header 'Authorization: "
                              "Bearer <token>'");
-        if (!tn_tls_token_ok(t, q.authorization, strlen(q.authorization)))
-            return send_text(conn, MHD_HTTP_UNAUTHORIZED,
+        if (!tn_tls_token_ok(t, q->authorization, strlen(q->authorization)))
+            return send_text(x, MHD_HTTP_UNAUTHORIZED,
                              "the authorization token was not accepted (expected 'Bearer "
                              "<token>' with the server's token)");
     }
 
     if (is_gallery(url)) /* after the token: the page lists the files */
-        return serve_gallery(conn, url, &q);
+        return start_gallery(x, url);
 
-    MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, collect_param, &q);
-    if (q.too_many)
-        return send_text(conn, MHD_HTTP_BAD_REQUEST, "too many parameters");
+    MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, collect_param, q);
+    if (q->too_many)
+        return send_text(x, MHD_HTTP_BAD_REQUEST, "too many parameters");
     const char *sig = NULL;
-    for (size_t i = 0; i < q.n_params; i++)
-        if (!strcmp(q.params[i].name, "sig"))
-            sig = q.params[i].value;
+    for (size_t i = 0; i < q->n_params; i++)
+        if (!strcmp(q->params[i].name, "sig"))
+            sig = q->params[i].value;
     if (gw.key_len) {
-        const char *why = signature_refusal(url, &q, sig);
+        const char *why = signature_refusal(url, q, sig);
         if (why)
-            return send_text(conn, MHD_HTTP_FORBIDDEN, why);
-        q.signed_url = true;
+            return send_text(x, MHD_HTTP_FORBIDDEN, why);
+        q->signed_url = true;
     }
 
-    static __thread struct tn_route r;
+    struct tn_route *r = &x->r;
     char err[1024];
-    int rc = tn_route_parse(&r, url, q.params, q.n_params, err, sizeof(err));
+    int rc = tn_route_parse(r, url, q->params, q->n_params, err, sizeof(err));
     if (rc)
-        return send_text(conn, (unsigned)rc, err);
-    if (r.kind == ROUTE_LIST)
-        return serve_list(conn, &r, &q);
-    int code = identify(&r, &q, err, sizeof(err));
+        return send_text(x, (unsigned)rc, err);
+    if (r->kind == ROUTE_LIST)
+        return defer(x);
+    int code = identify(r, q, err, sizeof(err));
     if (code)
-        return send_status(conn, code, err);
-    if (not_modified(conn, &q)) {
+        return send_status(x, code, err);
+    if (not_modified(conn, q)) {
         struct MHD_Response *resp =
             MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
         if (!resp)
             return MHD_NO;
-        add_cache_headers(resp, &q);
-        return queue(conn, MHD_HTTP_NOT_MODIFIED, resp);
+        add_cache_headers(resp, q);
+        return queue(x, MHD_HTTP_NOT_MODIFIED, resp);
     }
-    if (r.kind == ROUTE_PROBE)
-        return serve_probe(conn, &r, &q);
-    return serve_generate(conn, &r, &q);
+    if (r->kind != ROUTE_PROBE) {
+        int hit = serve_hit(x, r, q);
+        if (hit >= 0)
+            return (enum MHD_Result)hit;
+    }
+    return defer(x);
 }
 
 /* ---- the process ---------------------------------------------------------------------- */
@@ -721,8 +1054,12 @@ int tn_gateway_main(const struct tn_config *cfg, int listen_fd)
         tn_log_error("cannot open --media-root %s: %s", cfg->media_root, strerror(errno));
         return 2;
     }
-    unsigned flags =
-        MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
+    /* epoll with a thread per core; calls to the front run on helper threads
+     * while their connection is suspended (defer()) */
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
+                     MHD_USE_ERROR_LOG;
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    unsigned pool = ncpu < 2 ? 2 : ncpu > 16 ? 16 : (unsigned)ncpu;
     bool tls = cfg->tls && cfg->tls->cert_pem;
     if (tls && MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
         tn_log_error("--tls-cert: this libmicrohttpd has no TLS support; HTTP would be "
@@ -740,6 +1077,8 @@ int tn_gateway_main(const struct tn_config *cfg, int listen_fd)
         {MHD_OPTION_CONNECTION_MEMORY_LIMIT, CONNECTION_MEMORY, NULL},
         {MHD_OPTION_CONNECTION_TIMEOUT, timeout, NULL},
         {MHD_OPTION_THREAD_STACK_SIZE, THREAD_STACK, NULL},
+        {MHD_OPTION_THREAD_POOL_SIZE, pool, NULL},
+        {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, NULL},
         {MHD_OPTION_STRICT_FOR_CLIENT, 1, NULL},
         {tls ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_END, 0, tls ? cfg->tls->key_pem : NULL},
         {tls ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, 0, tls ? cfg->tls->cert_pem : NULL},

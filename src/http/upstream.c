@@ -166,11 +166,12 @@ static void call_once(const struct tn_upstream_ctx *ctx, const char *method,
 }
 
 /*
- * call_once, retried while the front is UNAVAILABLE and said nothing: after a
- * reload the old front's GOAWAY fails the calls that were about to use its
- * connection, and the channel needs a moment to reach the new front behind
- * the same path. A front that is really down is still a quick UNAVAILABLE
- * (about 0.4 s), not a wait until the deadline.
+ * call_once, retried while the front is UNAVAILABLE (or CANCELLED) and said
+ * nothing: after a reload the old front's GOAWAY fails the calls that were
+ * about to use its connection, a call that reached it just as its drain
+ * began is cancelled, and the channel needs a moment to reach the new front
+ * behind the same path. Every call here is a GET's: repeating it is safe. A front that is really
+ * down is still a quick UNAVAILABLE (about 0.4 s), not a wait until the deadline.
  */
 static void call(const struct tn_upstream_ctx *ctx, const char *method, const ProtobufCMessage *req,
                  int (*on_msg)(void *arg, grpc_slice msg, struct tn_upstream_status *st), void *arg,
@@ -180,7 +181,8 @@ static void call(const struct tn_upstream_ctx *ctx, const char *method, const Pr
     for (size_t i = 0;; i++) {
         int n = 0;
         call_once(ctx, method, req, on_msg, arg, st, &n);
-        if (st->code != TN_UNAVAILABLE || n > 0 || i == sizeof(delay_ms) / sizeof(delay_ms[0]))
+        bool again = st->code == TN_UNAVAILABLE || st->code == TN_CANCELLED;
+        if (!again || n > 0 || i == sizeof(delay_ms) / sizeof(delay_ms[0]))
             return;
         struct timespec ts = {0, delay_ms[i] * 1000000L};
         nanosleep(&ts, NULL);

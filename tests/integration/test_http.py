@@ -434,8 +434,8 @@ class HttpLimits(h.ServerTestCase):
         t = threading.Thread(target=hold)
         t.start()
         try:
-            h.wait_for(lambda: "1 calls in progress" in
-                       curl(self.server.url("/v1/thumbnail/a.mp4.png"))[2].decode(), 10,
+            h.wait_for(lambda: b"1 calls in progress" in
+                       curl(self.server.url("/v1/thumbnail/a.mp4.png?width=30"))[2], 10,
                        what="a busy front")
             st, hd, body = curl(self.server.url("/v1/thumbnail/a.mp4.png"))
             self.assertEqual(st, 429, body)
@@ -464,6 +464,165 @@ class HttpLimits(h.ServerTestCase):
             os.kill(master, signal.SIGCONT)
         h.wait_for(lambda: curl(self.server.url("/v1/thumbnail/a.mp4.png?width=32"))[0] == 200,
                    30, what="HTTP back with the new front")
+
+
+class HttpCache(h.ServerTestCase):
+    """With --cache-dir the gateway serves the front's stored results itself: the same
+    bytes, no call to the front, no decode; a changed file or a damaged entry is not
+    served from the cache."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.top = tempfile.mkdtemp(prefix="tn-http-")
+        cls.root = make_media(cls.top)
+        cls.cache = os.path.join(cls.top, "cache")
+        cls.server = HttpServer(cls.root, metrics=True, extra=["--cache-dir", cls.cache])
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
+        shutil.rmtree(cls.top, True)
+
+    def front_calls(self):
+        return len(re.findall(r"Generate peer=http:", self.server.log_text()))
+
+    def test_hits_are_served_by_the_gateway(self):
+        path = "/v1/thumbnail/a.mp4.jpg?time=2&width=144"
+        st, hd, first = curl(self.server.url(path))
+        self.assertEqual(st, 200)
+        self.assertNotIn("x-cache", hd)
+        h.wait_for(lambda: self.front_calls() >= 1, 10, what="the front's access line")
+        calls = self.front_calls()
+        for _ in range(3):
+            st, hd2, again = curl(self.server.url(path))
+            self.assertEqual((st, hd2.get("x-cache"), again), (200, "HIT", first))
+            self.assertEqual(hd2["etag"], hd["etag"])
+            self.assertEqual(hd2["content-type"], "image/jpeg")
+        time.sleep(0.3)
+        self.assertEqual(self.front_calls(), calls, "a hit reached the front")
+        text = self.server.scrape()[2]
+        self.assertRegex(text, r'thumbnail_cache_lookups_total\{result="hit"\} [3-9]')
+        # storyboards: the VTT from the cache is rewritten as the front's was
+        st, _, vtt = curl(self.server.url("/v1/storyboard/a.mp4.vtt?count=3"))
+        st2, hd3, vtt2 = curl(self.server.url("/v1/storyboard/a.mp4.vtt?count=3"))
+        self.assertEqual((st, st2, hd3.get("x-cache"), vtt2), (200, 200, "HIT", vtt))
+        self.assertIn(b"/v1/storyboard/a.mp4.jpg?count=3#xywh=", vtt)
+
+    def test_changed_file_and_damaged_entry_are_not_served(self):
+        src = os.path.join(self.root, "b.mp4")
+        shutil.copyfile(h.video("h264.mp4"), src)
+        path = "/v1/thumbnail/b.mp4.png?time=1&width=100"
+        st, _, first = curl(self.server.url(path))
+        self.assertEqual(curl(self.server.url(path))[1].get("x-cache"), "HIT")
+        # another video under the same name: a new identity, a new picture
+        shutil.copyfile(h.video("vp9.webm"), src)
+        st, hd, other = curl(self.server.url(path))
+        self.assertEqual(st, 200)
+        self.assertNotIn("x-cache", hd)
+        self.assertNotEqual(other, first)
+        # flip a byte in every entry: never served, the front answers (and rewrites it)
+        for p in [p for p in glob_entries(self.cache)]:
+            with open(p, "r+b") as f:
+                f.seek(10)
+                b = f.read(1)
+                f.seek(10)
+                f.write(bytes([b[0] ^ 0xFF]))
+        st, hd, again = curl(self.server.url(path))
+        self.assertEqual((st, again), (200, other))
+        self.assertNotIn("x-cache", hd)
+
+
+def glob_entries(cache_dir):
+    import glob
+    return [p for p in glob.glob(os.path.join(cache_dir, "??", "*"))
+            if not os.path.basename(p).startswith(".")]
+
+
+class HttpBehindNginx(h.ServerTestCase):
+    """The shipped deploy/nginx/http-gateway.conf (ports and cache path rewritten):
+    a repeated request is a nginx cache HIT that never reaches the gateway, and an
+    expired entry is revalidated with If-None-Match (a 304 from the gateway)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.top = tempfile.mkdtemp(prefix="tn-http-")
+        cls.root = make_media(cls.top)
+        cls.server = HttpServer(cls.root)
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
+        shutil.rmtree(cls.top, True)
+
+    def setUp(self):
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        if not os.access(nginx, os.X_OK):
+            self.skipTest("nginx is not installed")
+        t = self.tmp = tempfile.mkdtemp(prefix="tn-nginx-")
+        os.chmod(t, 0o755)
+        self.addCleanup(shutil.rmtree, t, True)
+        self.port = h.free_port()
+        with open(os.path.join(h.SOURCE_DIR, "deploy", "nginx", "http-gateway.conf")) as f:
+            site = f.read()
+        for old, new in (("/var/cache/nginx/thumbnail", t + "/cache"),
+                         ("server 127.0.0.1:8080;", "server 127.0.0.1:%d;" % self.server.http_port),
+                         ("listen 8081;", "listen 127.0.0.1:%d;" % self.port)):
+            self.assertEqual(site.count(old), 1, old)
+            site = site.replace(old, new)
+        # a short max-age so that the revalidation can be seen
+        site = site.replace("proxy_cache_revalidate on;",
+                            "proxy_cache_revalidate on;\n        proxy_cache_valid 200 1s;\n"
+                            "        proxy_ignore_headers Cache-Control;")
+        with open(os.path.join(t, "site.conf"), "w") as f:
+            f.write(site)
+        conf = os.path.join(t, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write("""daemon off; worker_processes 1; pid {t}/nginx.pid;
+error_log {t}/error.log info; events {{ worker_connections 64; }}
+http {{ access_log off; client_body_temp_path {t}/cb; proxy_temp_path {t}/px;
+fastcgi_temp_path {t}/fc; uwsgi_temp_path {t}/uw; scgi_temp_path {t}/sc;
+include {t}/site.conf; }}
+""".format(t=t))
+        p = subprocess.Popen([nginx, "-p", t, "-c", conf], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+        h._LIVE_GROUPS.add(p.pid)
+
+        def stop():
+            os.kill(p.pid, signal.SIGQUIT)
+            p.wait(10)
+            h._LIVE_GROUPS.discard(p.pid)
+        self.addCleanup(stop)
+
+        def up():
+            try:
+                return self.get("/healthz")[0] == 200
+            except subprocess.CalledProcessError:  # not listening yet
+                return False
+        h.wait_for(up, 15, what="nginx up")
+
+    def get(self, path, *args):
+        return curl("http://127.0.0.1:%d%s" % (self.port, path), *args)
+
+    def gateway_calls(self):
+        return len(re.findall(r"Generate peer=http:", self.server.log_text()))
+
+    def test_proxy_cache_hits_and_revalidates(self):
+        path = "/v1/thumbnail/a.mp4.png?time=2&width=88"
+        st, hd, body = self.get(path)
+        self.assertEqual((st, hd["x-cache-status"]), (200, "MISS"))
+        h.wait_for(lambda: self.gateway_calls() == 1, 10, what="one call")
+        st, hd, again = self.get(path)
+        self.assertEqual((st, hd["x-cache-status"], again), (200, "HIT", body))
+        time.sleep(2.5)  # past proxy_cache_valid (1 s, whole seconds): If-None-Match
+        st, hd, again = self.get(path)
+        # proxy_cache_background_update: the stale copy now, revalidated behind it
+        self.assertIn(hd["x-cache-status"], ("STALE", "UPDATING", "REVALIDATED"))
+        self.assertEqual((st, again), (200, body))
+        h.wait_for(lambda: self.get(path)[1]["x-cache-status"] == "HIT", 10,
+                   what="the revalidated copy")
+        time.sleep(0.3)
+        self.assertEqual(self.gateway_calls(), 1, "the revalidation decoded again")
 
 
 KEY = "0123456789abcdef-test-signing-key"
