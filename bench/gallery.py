@@ -21,7 +21,10 @@ the OS page cache, the same for both):
 The ratio the target is stated in (<= 1.2) is the gallery's time over the
 workers' time in the same run: the sum of the per-job times the workers log
 ("job N ...: OK, 1 thumbnails, X ms"), divided by --workers; the same load on
-the machine weighs on both. The gRPC wall time is printed beside it. Needs a build
+the machine weighs on both. Printed beside it: the gRPC wall time, and the same
+GETs without a browser (GET /, then every <img> over 6 keep-alive connections,
+as Chromium does over HTTP/1.1) on another fresh server, which separates the
+server's HTTP path from the browser's own CPU on a small machine. Needs a build
 with --http-listen, chromium and python3-websocket (scripts/install-deps.sh --tests).
 """
 
@@ -36,6 +39,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -122,6 +126,62 @@ def gallery_round(cdp, chromium, base, files, screenshot=None):
         b.close()
 
 
+def http_round(base, files):
+    """The page and its thumbnails as a browser fetches them, without the browser: GET /,
+    then every <img> over 6 keep-alive connections (a browser's HTTP/1.1 limit per host).
+    Seconds from the page's request to the last image's last byte."""
+    import html.parser
+    import http.client
+    import queue
+    import threading
+
+    class Imgs(html.parser.HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.srcs = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                self.srcs.append(dict(attrs)["src"])
+
+    host = urllib.parse.urlsplit(base).netloc
+    t0 = time.monotonic()
+    c = http.client.HTTPConnection(host, timeout=300)
+    c.request("GET", "/")
+    page = c.getresponse().read().decode()
+    p = Imgs()
+    p.feed(page)
+    assert len(p.srcs) == files, len(p.srcs)
+    todo = queue.Queue()
+    for src in p.srcs:
+        todo.put(src)
+    bad = []
+
+    def fetcher(conn):
+        while True:
+            try:
+                src = todo.get_nowait()
+            except queue.Empty:
+                return
+            conn.request("GET", src)
+            r = conn.getresponse()
+            body = r.read()
+            if r.status != 200 or body[:3] != b"\xff\xd8\xff":
+                bad.append((src, r.status))
+
+    conns = [c] + [http.client.HTTPConnection(host, timeout=300) for _ in range(5)]
+    threads = [threading.Thread(target=fetcher, args=(k,)) for k in conns]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - t0
+    for k in conns:
+        k.close()
+    assert not bad, bad[:3]
+    return elapsed
+
+
 def workers_round(h, srv, names, workers):
     ch = h.channel(srv.addr)  # one channel: the reference pays no connection set-ups
     stub = h.pb_grpc.ThumbnailerStub(ch)
@@ -192,6 +252,11 @@ def main():
             if g["decoded"] != a.files or g["shown"] != a.files:
                 sys.exit("round %d: %d of %d thumbnails decoded, %d on screen"
                          % (r, g["decoded"], a.files, g["shown"]))
+            srv, base = start(h, media, a.workers)
+            try:
+                hs = http_round(base, a.files)
+            finally:
+                stop(srv)
             srv, _ = start(h, media, a.workers)
             try:
                 w = workers_round(h, srv, names, a.workers)
@@ -200,17 +265,21 @@ def main():
             if n != a.files:
                 sys.exit("round %d: %d worker jobs logged for %d thumbnails" % (r, n, a.files))
             gs, busy = g["last"] / 1000.0, ms / 1000.0 / a.workers
-            rows.append((gs, busy, w))
+            rows.append((gs, busy, w, hs))
             print("round %d: gallery %.3f s (first thumbnail request at %.0f ms); the same "
                   "run's worker time %.3f s (sum of %d jobs / %d workers), ratio %.2f; "
-                  "gRPC local-mode wall time %.3f s, ratio %.2f"
-                  % (r, gs, g["first"], busy, n, a.workers, gs / busy, w, gs / w), flush=True)
+                  "gRPC local-mode wall time %.3f s, ratio %.2f; the same GETs without a "
+                  "browser %.3f s, %.2f x gRPC"
+                  % (r, gs, g["first"], busy, n, a.workers, gs / busy, w, gs / w, hs, hs / w),
+                  flush=True)
         med = statistics.median
-        ratio = med(g / b for g, b, _ in rows)
+        ratio = med(g / b for g, b, _, _ in rows)
         print("median of %d rounds: gallery %.3f s, worker time %.3f s, ratio %.2f (target "
-              "<= 1.20); gRPC wall %.3f s, ratio %.2f"
-              % (len(rows), med(g for g, _, _ in rows), med(b for _, b, _ in rows), ratio,
-                 med(w for _, _, w in rows), med(g / w for g, _, w in rows)))
+              "<= 1.20); gRPC wall %.3f s, gallery / gRPC %.2f; GETs without a browser "
+              "%.3f s, / gRPC %.2f"
+              % (len(rows), med(r[0] for r in rows), med(r[1] for r in rows), ratio,
+                 med(r[2] for r in rows), med(r[0] / r[2] for r in rows),
+                 med(r[3] for r in rows), med(r[3] / r[2] for r in rows)))
         return 0 if ratio <= 1.2 else 1
     finally:
         shutil.rmtree(work, ignore_errors=True)
