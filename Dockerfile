@@ -30,6 +30,6 @@ RUN apt-get update \
  && chmod 1777 /var/spool/thumbnail
 COPY --from=build /usr/local/bin/thumbnail_server /usr/local/bin/thumbnail_client /usr/local/bin/
 ENV TMPDIR=/var/spool/thumbnail
-EXPOSE 50051
+EXPOSE 50051 8080
 WORKDIR /
 CMD ["thumbnail_server", "--listen", "0.0.0.0:50051"]

@@ -22,7 +22,7 @@ BUILD=(
     libavformat-dev libavcodec-dev libswscale-dev libavutil-dev libpng-dev
     libturbojpeg0-dev libwebp-dev
     libssl-dev         # libcrypto: the server checks its TLS files and the auth token
-    libmicrohttpd-dev  # the metrics endpoint
+    libmicrohttpd-dev  # the metrics endpoint and the HTTP gateway
     libseccomp-dev     # the workers' sandbox (src/worker/sandbox.c)
     libjansson-dev     # JSON parsing
 )

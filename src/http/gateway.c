@@ -76,6 +76,7 @@ static struct {
     size_t key_len;
     double timeout_s;       /* of a call to the front */
     struct tn_cache *cache; /* --cache-dir, read-only here; NULL = none */
+    int inflight;           /* requests on a helper thread (atomic) */
 } gw;
 
 /* ---- responses -------------------------------------------------------------- */
@@ -803,6 +804,7 @@ static void *answer_deferred(void *arg)
     else
         serve_generate(x, &x->r, &x->q);
     MHD_resume_connection(x->conn);
+    __atomic_sub_fetch(&gw.inflight, 1, __ATOMIC_RELEASE);
     return NULL;
 }
 
@@ -816,6 +818,7 @@ static enum MHD_Result defer(struct exch *x)
     pthread_attr_t a;
     pthread_t t;
     x->deferred = true;
+    __atomic_add_fetch(&gw.inflight, 1, __ATOMIC_ACQUIRE);
     MHD_suspend_connection(x->conn);
     pthread_attr_init(&a);
     pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
@@ -826,6 +829,7 @@ static enum MHD_Result defer(struct exch *x)
         tn_log_warn("cannot start a thread for a request: %s", strerror(e));
         send_text(x, MHD_HTTP_SERVICE_UNAVAILABLE, "the HTTP gateway is out of threads; retry");
         MHD_resume_connection(x->conn);
+        __atomic_sub_fetch(&gw.inflight, 1, __ATOMIC_RELEASE);
     }
     return MHD_YES;
 }
@@ -1015,12 +1019,14 @@ static int load_key(const char *path)
     return 0;
 }
 
-static volatile sig_atomic_t sig_stop, sig_usr1;
+static volatile sig_atomic_t sig_stop, sig_quit, sig_usr1;
 
 static void on_signal(int sig)
 {
     if (sig == SIGUSR1)
         sig_usr1 = 1;
+    else if (sig == SIGQUIT)
+        sig_quit = 1;
     else
         sig_stop = 1;
 }
@@ -1057,7 +1063,7 @@ int tn_gateway_main(const struct tn_config *cfg, int listen_fd)
     /* epoll with a thread per core; calls to the front run on helper threads
      * while their connection is suspended (defer()) */
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
-                     MHD_USE_ERROR_LOG;
+                     MHD_USE_ITC /* MHD_quiesce_daemon() */ | MHD_USE_ERROR_LOG;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     unsigned pool = ncpu < 2 ? 2 : ncpu > 16 ? 16 : (unsigned)ncpu;
     bool tls = cfg->tls && cfg->tls->cert_pem;
@@ -1100,11 +1106,25 @@ int tn_gateway_main(const struct tn_config *cfg, int listen_fd)
     sigset_t wait_mask = old;
     for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
         sigdelset(&wait_mask, sigs[i]);
-    while (!sig_stop) {
+    while (!sig_stop && !sig_quit) {
         sigsuspend(&wait_mask);
         if (sig_usr1) {
             sig_usr1 = 0;
             tn_log_reopen();
+        }
+    }
+    if (sig_quit && !sig_stop) {
+        /* Replaced (a reload): stop accepting (the next gateway takes the
+         * master's socket), let the calls in flight answer, up to --grace
+         * (at most 30 s). Idle keep-alive connections are closed: clients
+         * open a new one. */
+        MHD_quiesce_daemon(d);
+        double grace = cfg->grace_s < 30 ? cfg->grace_s : 30;
+        int64_t until = tn_mono_ms() + (int64_t)(grace * 1000);
+        while (__atomic_load_n(&gw.inflight, __ATOMIC_ACQUIRE) > 0 && tn_mono_ms() < until &&
+               !sig_stop) {
+            struct timespec ts = {0, 20 * 1000000L};
+            nanosleep(&ts, NULL);
         }
     }
     MHD_stop_daemon(d); /* closes our copy of the socket; the master keeps its own */

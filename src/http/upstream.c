@@ -1,9 +1,10 @@
 /*
  * The gateway's gRPC client of the front (see upstream.h).
  *
- * DESIGN. libmicrohttpd runs one thread per connection (gateway.c); each
- * request makes its call synchronously on a completion queue of its own
- * (for_pluck), so a slow call blocks only its own connection. The channel is
+ * DESIGN. Each request that needs the front runs on a helper thread of its
+ * own while its connection is suspended (gateway.c, defer()); it makes its
+ * call synchronously on a completion queue of its own (for_pluck), so a slow
+ * call blocks only its own connection. The channel is
  * shared by all threads (gRPC channels are thread-safe) and reconnects by
  * itself when a reload replaces the front behind the socket path. A call is
  * three batches: the request (initial metadata, the one message, half-close,

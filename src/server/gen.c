@@ -530,4 +530,11 @@ void switch_if_ready(struct master *m)
                 old ? "; the old one drains" : "");
     if (old)
         gen_retire(m, old, old->retire_now);
+    /* The gateway takes the serving generation's configuration (token, TLS
+     * material, limits): a new one replaces it, as soon as it has finished
+     * its requests in flight (SIGQUIT; reap() respawns it at once). */
+    if (old && alive(&m->http)) {
+        m->http_replacing = true;
+        signal_slot(&m->http, SIGQUIT);
+    }
 }

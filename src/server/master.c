@@ -54,7 +54,10 @@
  * through fork: the gateway sends it with each call, and the front labels
  * such calls protocol="http" in its metrics and access log. The gateway
  * never calls grpc_init() before it is forked (gRPC is not fork-safe), and
- * a crash in it is one respawn, never the gRPC front's problem.
+ * a crash in it is one respawn, never the gRPC front's problem. It runs with
+ * the serving generation's configuration: when a reload's generation takes
+ * over, the gateway gets SIGQUIT, answers what is in flight, exits, and is
+ * started again at once with the new one (switch_if_ready(), reap()).
  *
  * The metrics process (--metrics-listen) belongs to no generation: it reads the
  * shared counters (metrics.h), which the master maps once before the first fork

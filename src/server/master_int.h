@@ -134,6 +134,7 @@ struct master {
     int metrics_fd;        /* its listening socket (main.c bound it); -1 */
     struct slot http;      /* the HTTP gateway: SLOT_DONE when --http-listen is off */
     int http_fd;           /* its listening socket (main.c bound it); -1 */
+    bool http_replacing;   /* a reload sent it SIGQUIT: respawn at once, with the new config */
     char gw_dir[96];       /* the private runtime dir of the gateway's socket; "" = none */
     enum phase phase;
     int64_t deadline_ms; /* of the current phase, when not RUNNING */

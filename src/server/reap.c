@@ -245,7 +245,16 @@ void reap(struct master *m)
             continue;
         }
         if (alive(&m->http) && m->http.pid == pid) {
-            metrics_ended(m, &m->http, st); /* the same: respawn with backoff */
+            if (m->http_replacing && WIFEXITED(st) && WEXITSTATUS(st) == 0 &&
+                m->phase == PHASE_RUNNING) {
+                tn_log_info("http %d exited for the reload; starting the new one", (int)pid);
+                m->http.pid = 0;
+                m->http.state = SLOT_WAITING;
+                m->http.respawn_at_ms = 0;
+            } else {
+                metrics_ended(m, &m->http, st); /* the same: respawn with backoff */
+            }
+            m->http_replacing = false;
             continue;
         }
         struct gen *found_g = NULL;

@@ -353,6 +353,32 @@ class HttpRoutes(h.ServerTestCase):
         self.assertEqual(http_ok(), before + 1)
         self.assertNotIn("6.6.6.6", self.server.log_text())
 
+    def test_hostile_client_limits(self):
+        # request line and headers are capped (libmicrohttpd answers, nothing reaches
+        # the front); connections per client address are capped at 64
+        big = "a" * 40000
+        self.assertEqual(self.get("/v1/probe/a.mp4", "-H", "X-Big: " + big)[0], 431)
+        self.assertEqual(self.get("/v1/probe/a.mp4?x=" + big)[0], 414)
+        import socket
+        socks = [socket.create_connection(("127.0.0.1", self.server.http_port))
+                 for _ in range(70)]
+        try:
+            time.sleep(0.3)
+            for s in socks:
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            answered = 0
+            for s in socks:
+                s.settimeout(5)
+                try:
+                    answered += s.recv(64).startswith(b"HTTP/1.1 200")
+                except OSError:
+                    pass
+            self.assertEqual(answered, 64)
+        finally:
+            for s in socks:
+                s.close()
+        self.assertEqual(self.get("/healthz")[0], 200)
+
     def test_gateway_crash_is_respawned_grpc_unaffected(self):
         pid = self.server.http_pid()
         os.kill(pid, signal.SIGKILL)
@@ -366,6 +392,7 @@ class HttpRoutes(h.ServerTestCase):
         # SIGHUP: a new front publishes the private socket; the gateway's calls move
         # to it without a failed request (the old front's GOAWAY is retried).
         n = len(re.findall(r" front \d+: serving", self.server.log_text()))
+        gateway = self.server.http_pid()
         results = []
         stop = threading.Event()
 
@@ -387,6 +414,9 @@ class HttpRoutes(h.ServerTestCase):
             t.join()
         self.assertGreater(len(results), 5)
         self.assertEqual(set(results), {200}, results)
+        # the gateway was replaced too, to take the new configuration
+        h.wait_for(lambda: self.server.http_pid() not in (None, gateway), 15,
+                   what="a new gateway after the reload")
         # the socket dir stays private
         sock = re.findall(r"listening on (\S+) for the HTTP gateway", self.server.log_text())[-1]
         self.assertEqual(os.stat(os.path.dirname(sock)).st_mode & 0o777, 0o700)
@@ -708,6 +738,34 @@ class HttpSignedAuthTls(h.ServerTestCase):
         self.assertEqual(self.get("/v1/probe/a.mp4?sig=" + sig)[0], 200)
         # health needs neither token nor signature, as for gRPC
         self.assertEqual(self.get("/healthz", token=None)[0], 200)
+
+    def test_token_reload(self):
+        # a new token file and SIGHUP: the old token is refused over HTTP too (the
+        # gateway is replaced with the new configuration), the new one works
+        tok = os.path.join(self.top, "token")
+        sig = self.sign("/v1/probe/a.mp4")
+        with open(tok, "w") as f:
+            f.write("rotated-token-0001\n")
+        try:
+            os.kill(self.server.pid, signal.SIGHUP)
+            h.wait_for(lambda: self.status("/v1/probe/a.mp4?sig=" + sig) == 401, 30,
+                       what="the old token refused")
+            self.assertEqual(self.get("/v1/probe/a.mp4?sig=" + sig,
+                                      token="rotated-token-0001")[0], 200)
+        finally:
+            with open(tok, "w") as f:
+                f.write(TOKEN + "\n")
+            os.kill(self.server.pid, signal.SIGHUP)
+            h.wait_for(lambda: self.status("/v1/probe/a.mp4?sig=" + sig) == 200, 30,
+                       what="the first token back")
+
+    def status(self, path):
+        """The status, or None if the connection failed (a gateway being replaced
+        closes its idle keep-alive connections)."""
+        try:
+            return self.get(path)[0]
+        except subprocess.CalledProcessError:
+            return None
 
     def test_plaintext_is_refused_on_a_tls_port(self):
         r = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
