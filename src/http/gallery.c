@@ -46,10 +46,11 @@ static bool is_video(const char *name)
     return false;
 }
 
-/* Text and attribute values alike (always double-quoted attributes). */
-static void put_html(FILE *f, const char *s)
+/* The first n bytes of s (or up to its NUL), as text or an attribute value
+ * alike (attributes are always double-quoted). */
+static void put_html_n(FILE *f, const char *s, size_t n)
 {
-    for (; *s; s++) {
+    for (; n && *s; s++, n--) {
         switch (*s) {
         case '&': fputs("&amp;", f); break;
         case '<': fputs("&lt;", f); break;
@@ -61,20 +62,30 @@ static void put_html(FILE *f, const char *s)
     }
 }
 
-/* A path as a URL path: every byte but RFC 3986's unreserved ones and the '/'
- * separators percent-encoded (so '?', '#', '%', spaces, quotes and non-ASCII
- * bytes cannot end or change the URL). The result is also safe in an HTML
- * attribute. */
-static void put_url(FILE *f, const char *s)
+static void put_html(FILE *f, const char *s)
+{
+    put_html_n(f, s, (size_t)-1);
+}
+
+/* The first n bytes of a path (or up to its NUL) as a URL path: every byte but
+ * RFC 3986's unreserved ones and the '/' separators percent-encoded (so '?',
+ * '#', '%', spaces, quotes and non-ASCII bytes cannot end or change the URL).
+ * The result is also safe in an HTML attribute. */
+static void put_url_n(FILE *f, const char *s, size_t n)
 {
     static const char hex[] = "0123456789ABCDEF";
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+    for (const unsigned char *p = (const unsigned char *)s; n && *p; p++, n--) {
         if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
             *p == '-' || *p == '.' || *p == '_' || *p == '~' || *p == '/')
             fputc(*p, f);
         else
             fprintf(f, "%%%c%c", hex[*p >> 4], hex[*p & 15]);
     }
+}
+
+static void put_url(FILE *f, const char *s)
+{
+    put_url_n(f, s, (size_t)-1);
 }
 
 static void put_size(FILE *f, uint64_t b)
@@ -112,24 +123,18 @@ static void put_crumbs(FILE *f, const char *dir)
     for (const char *seg = dir; *seg;) {
         const char *end = strchr(seg, '/');
         size_t len = end ? (size_t)(end - seg) : strlen(seg);
-        char *prefix = strndup(dir, (size_t)(seg - dir) + len);
-        char *name = strndup(seg, len);
         fputs(" <span class=\"sep\">/</span> ", f);
-        if (prefix && name) {
-            if (end) {
-                fputs("<a href=\"" TN_GALLERY_BROWSE, f);
-                put_url(f, prefix);
-                fputs("\">", f);
-                put_html(f, name);
-                fputs("</a>", f);
-            } else {
-                fputs("<span aria-current=\"page\">", f);
-                put_html(f, name);
-                fputs("</span>", f);
-            }
+        if (end) {
+            fputs("<a href=\"" TN_GALLERY_BROWSE, f);
+            put_url_n(f, dir, (size_t)(seg - dir) + len); /* the path up to this level */
+            fputs("\">", f);
+            put_html_n(f, seg, len);
+            fputs("</a>", f);
+        } else {
+            fputs("<span aria-current=\"page\">", f);
+            put_html_n(f, seg, len);
+            fputs("</span>", f);
         }
-        free(prefix);
-        free(name);
         seg = end ? end + 1 : seg + len;
     }
 }
