@@ -47,6 +47,7 @@ TESTS=(
     gnuplot-nox ffmpegthumbnailer socat # bench_quick: bench/run.sh --quick
     lintian # test_deb: the package has no lintian errors or warnings
     curl wrk # test_http (curl as the HTTP client), bench/http_cache.sh (wrk)
+    chromium python3-websocket # test_gallery: the gallery page in headless Chromium over CDP
 )
 
 PACKAGES=("${BUILD[@]}")

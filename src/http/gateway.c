@@ -10,10 +10,11 @@
  * connection cap bounds the helper threads. The main thread only waits for
  * signals in sigsuspend().
  *
- * Per request, in order: method (GET, HEAD), the embedded gallery and
- * /healthz, then for /v1/: the token (--auth-token-file: "Authorization:
+ * Per request, in order: method (GET, HEAD), /healthz, then for /v1/ and the
+ * gallery's pages: the token (--auth-token-file: "Authorization:
  * Bearer", checked here for the requests answered here and forwarded to the
- * front for the rest), the URL signature (--url-signing-key), the route and
+ * front for the rest); a gallery page is then one List call rendered by
+ * gallery.c; for /v1/ the URL signature (--url-signing-key), the route and
  * its parameters (route.h), the file under --media-root (opened with the
  * front's jailed open, so the refusals and their messages are the gRPC
  * ones), its identity for the ETag and Last-Modified, a 304 when the client
@@ -48,6 +49,7 @@
 #include <openssl/hmac.h>
 
 #include "cache.h"
+#include "gallery.h"
 #include "ipc.h"
 #include "job_opts.h"
 #include "log.h"
@@ -65,19 +67,6 @@
 #define MAX_SIGNING_KEY 4096
 #define MAX_AGE_S 3600            /* unsigned URLs: revalidate (ETag) after an hour */
 #define MAX_AGE_SIGNED_S 31536000 /* signed: a year, immutable */
-
-/* The embedded files (the gallery): generated from src/http/ at build time. */
-extern const unsigned char tn_gallery_html[];
-extern const size_t tn_gallery_html_len;
-
-static const struct {
-    const char *url;
-    const unsigned char *data;
-    const size_t *len;
-    const char *type;
-} assets[] = {
-    {"/", tn_gallery_html, &tn_gallery_html_len, "text/html; charset=utf-8"},
-};
 
 static struct {
     const struct tn_config *cfg;
@@ -123,6 +112,7 @@ struct exch {
     unsigned status;           /* deferred: the answer */
     struct MHD_Response *resp; /* deferred: owned until queued; NULL = close the connection */
     bool health;               /* deferred: /healthz */
+    bool gallery;              /* deferred: a gallery page; r.path the folder */
     struct req q;
     struct tn_route r;
 };
@@ -777,20 +767,47 @@ static enum MHD_Result serve_health(struct exch *x, const struct req *q)
     return send_text(x, MHD_HTTP_OK, "SERVING");
 }
 
-static enum MHD_Result serve_asset(struct exch *x, const char *url)
+static bool is_gallery(const char *url)
 {
-    for (size_t i = 0; i < sizeof(assets) / sizeof(assets[0]); i++) {
-        if (strcmp(url, assets[i].url) != 0)
-            continue;
-        struct MHD_Response *r = MHD_create_response_from_buffer(
-            *assets[i].len, (void *)assets[i].data, MHD_RESPMEM_PERSISTENT);
-        if (!r)
-            return MHD_NO;
-        MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, assets[i].type);
-        MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
-        return queue(x, MHD_HTTP_OK, r);
+    return strcmp(url, "/") == 0 || strncmp(url, TN_GALLERY_BROWSE, strlen(TN_GALLERY_BROWSE)) == 0;
+}
+
+/* GET / and GET /browse/{dir}[?page=TOKEN] (on a helper thread): one List page
+ * of the folder x->r.path, rendered as the gallery's HTML (gallery.h). */
+static enum MHD_Result serve_gallery(struct exch *x)
+{
+    Thumbnail__V1__ListRequest lr = THUMBNAIL__V1__LIST_REQUEST__INIT;
+    lr.dir = x->r.path;
+    lr.page_token = x->r.page_token;
+    struct tn_upstream_ctx ctx = {
+        .peer = x->q.peer, .authorization = x->q.authorization, .timeout_s = gw.timeout_s};
+    struct tn_upstream_status st;
+    Thumbnail__V1__ListResponse *resp = NULL;
+    tn_upstream_list(&ctx, &lr, &resp, &st);
+    if (st.code != 0) {
+        if (resp)
+            thumbnail__v1__list_response__free_unpacked(resp, NULL);
+        if (st.code == TN_UNIMPLEMENTED)
+            return send_text(x, MHD_HTTP_NOT_IMPLEMENTED,
+                             "the gallery needs listing: this server's front has no List method "
+                             "yet");
+        return send_status(x, st.code, st.message);
     }
-    return send_text(x, MHD_HTTP_NOT_FOUND, "no such file");
+    char *html = NULL;
+    size_t len = 0;
+    int rc = tn_gallery_render(x->r.path, (const Thumbnail__V1__ListEntry *const *)resp->entries,
+                               resp->n_entries, resp->next_page_token, &html, &len);
+    thumbnail__v1__list_response__free_unpacked(resp, NULL);
+    if (rc != 0)
+        return send_text(x, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
+    struct MHD_Response *r = MHD_create_response_from_buffer(len, html, MHD_RESPMEM_MUST_FREE);
+    if (!r) {
+        free(html);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, TN_GALLERY_CONTENT_TYPE);
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    return queue(x, MHD_HTTP_OK, r);
 }
 
 /* The file the route names, opened under --media-root as the front would:
@@ -825,6 +842,8 @@ static void *answer_deferred(void *arg)
     struct exch *x = arg;
     if (x->health)
         serve_health(x, &x->q);
+    else if (x->gallery)
+        serve_gallery(x);
     else if (x->r.kind == ROUTE_LIST)
         serve_list(x, &x->r, &x->q);
     else if (x->r.kind == ROUTE_PROBE)
@@ -860,6 +879,29 @@ static enum MHD_Result defer(struct exch *x)
         __atomic_sub_fetch(&gw.inflight, 1, __ATOMIC_RELEASE);
     }
     return MHD_YES;
+}
+
+/* A gallery page's folder (url decoded) and page token into x->r; then the
+ * List call on a helper thread. */
+static enum MHD_Result start_gallery(struct exch *x, const char *url)
+{
+    if (gw.key_len)
+        return send_text(x, MHD_HTTP_FORBIDDEN,
+                         "the gallery is off with --url-signing-key: its pages cannot sign the "
+                         "URLs of their images");
+    const char *d = strcmp(url, "/") == 0 ? "" : url + strlen(TN_GALLERY_BROWSE);
+    while (*d == '/')
+        d++;
+    if (snprintf(x->r.path, sizeof(x->r.path), "%s", d) >= (int)sizeof(x->r.path))
+        return send_text(x, MHD_HTTP_URI_TOO_LONG, "the folder's path is too long");
+    for (size_t n = strlen(x->r.path); n && x->r.path[n - 1] == '/';)
+        x->r.path[--n] = 0;
+    const char *page = MHD_lookup_connection_value(x->conn, MHD_GET_ARGUMENT_KIND, "page");
+    if (snprintf(x->r.page_token, sizeof(x->r.page_token), "%s", page ? page : "") >=
+        (int)sizeof(x->r.page_token))
+        return send_text(x, MHD_HTTP_BAD_REQUEST, "page: too long");
+    x->gallery = true;
+    return defer(x);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
@@ -918,8 +960,8 @@ on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *
         x->health = true;
         return defer(x);
     }
-    if (strncmp(url, "/v1/", 4) != 0)
-        return serve_asset(x, url);
+    if (strncmp(url, "/v1/", 4) != 0 && !is_gallery(url))
+        return send_text(x, MHD_HTTP_NOT_FOUND, "no such file");
 
     /* the token, as for gRPC (health is exempt, above) */
     const struct tn_tls *t = gw.cfg->tls;
@@ -935,6 +977,9 @@ on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *
                              "the authorization token was not accepted (expected 'Bearer "
                              "<token>' with the server's token)");
     }
+
+    if (is_gallery(url)) /* after the token: the page lists the files */
+        return start_gallery(x, url);
 
     MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, collect_param, q);
     if (q->too_many)
