@@ -220,7 +220,8 @@ int tn_lib_list(struct front *f, const char *dir, bool recursive, const char *gl
         snprintf(msg, len, "dir \"%.200s\": %s", dir, strerror(-s.err));
         return s.err == -EACCES || s.err == -EPERM ? TN_PERMISSION_DENIED : TN_UNAVAILABLE;
     }
-    qsort(s.v, s.n, sizeof(*s.v), by_path);
+    if (s.n) /* an empty folder: s.v is NULL, which qsort() must not be given */
+        qsort(s.v, s.n, sizeof(*s.v), by_path);
     *out = s.v;
     *n = s.n;
     return TN_OK;
