@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Local mode over a folder of FILES small clips: one Batch call (thumbnail_client
-# --local) against the best per-file Generate setting (thumbnail_client --local
+# Local mode over a folder of FILES small clips: Batch calls (thumbnail_client
+# --local: chunks of at most 256 files, at least 4 per --jobs, 2 calls at a time) against the best per-file Generate setting (thumbnail_client --local
 # --per-file -j P, P = 1, 2, 4), the same server (--workers WORKERS, --media-root
 # the folder), the same client, fresh output folders. Each setting runs RUNS times
 # in turn (interleaved, so that a neighbour's load hits them alike); the best run
@@ -79,7 +79,10 @@ printf '| client setting | calls | wall (s) | files/s |\n|---|---|---|---|\n'
 gen_best=
 for s in "${settings[@]}"; do
     rate=$(echo "$FILES / ${best[$s]}" | bc -l)
-    calls=$([ "$s" = "--local" ] && echo 1 || echo "$FILES")
+    # --local: the client's chunks (client.c, chunk_size()), its default --jobs 2
+    chunk=$(((FILES + 7) / 8))
+    chunk=$((chunk > 256 ? 256 : chunk))
+    calls=$([ "$s" = "--local" ] && echo "$(((FILES + chunk - 1) / chunk)) Batch" || echo "$FILES")
     printf '| `%s` | %s | %.2f | %.0f |\n' "$s" "$calls" "${best[$s]}" "$rate"
     if [ "$s" != "--local" ]; then
         if [ -z "$gen_best" ] || [ "$(echo "$rate > $gen_best" | bc -l)" = 1 ]; then

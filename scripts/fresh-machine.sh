@@ -432,12 +432,16 @@ stage_scale() {
     n_png=$(find "$c/output" -name '*.png' -size +0 | wc -l)
     [[ $n_png -ge $n_in ]] || die "scale: $n_png PNGs for $n_in videos"
     # docker-compose logs prefixes each line with its container's name.
-    calls=$(awk -F' *[|] ' '/ Generate .*status=OK/ { print $1 }' "$RUN/logs/scale.log" | sort | uniq -c)
-    echo "scale: $n_in files; Generate calls in each replica's own access log:"
+    # The client sends the folder as Batch calls (a chunk of files each): what
+    # each replica made is the sum of its calls' thumbnails=N, one per file.
+    calls=$(awk -F' *[|] ' '/ (Batch|Generate) .*status=OK/ && match($0, /thumbnails=[0-9]+/) {
+            n[$1] += substr($0, RSTART + 11, RLENGTH - 11) }
+        END { for (r in n) print n[r], r }' "$RUN/logs/scale.log" | sort -k2)
+    echo "scale: $n_in files; thumbnails in each replica's own access log:"
     while read -r n r; do printf '  %s: %d\n' "$r" "$n"; done <<<"$calls"
     replicas=$(echo "$calls" | grep -c . || true)
     total=$(echo "$calls" | awk '{ n += $1 } END { print n + 0 }')
-    [[ $total -eq $n_in ]] || die "scale: the replicas logged $total calls for $n_in files"
+    [[ $total -eq $n_in ]] || die "scale: the replicas logged $total thumbnails for $n_in files"
     [[ $replicas -eq 3 ]] || die "scale: $replicas of 3 replicas served calls: the calls were not spread"
     left=$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT")
     [[ -z $left ]] || die "scale: containers left after docker-compose down: $left"

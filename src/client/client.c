@@ -17,9 +17,10 @@
  * 143). Temporary files that a killed client left behind are removed by the
  * next run.
  *
- * Local mode over a folder (--local without --per-file) is one Batch call
+ * Local mode over a folder (--local without --per-file) is Batch calls
  * instead (run_local_batch()): every file is planned as above, those that
- * need all their outputs go as the call's paths, and each file's events are
+ * need all their outputs go as the calls' paths, in chunks, --jobs calls at
+ * a time (so that several servers share them), and each file's events are
  * written and reported as its own Generate call would have been (the same
  * lines, --json objects, records and retries: a file the call could not
  * finish, or that failed in a way Generate would retry, is sent again on its
@@ -85,7 +86,7 @@ struct run {
 static void report(struct run *run, struct tn_job_report *rep);
 static void *worker_main(void *arg);
 
-/* The Batch call's view of the run: its k-th path is file idx[k]. */
+/* A Batch call's view of the run: its k-th path is file idx[k]. */
 struct local_batch {
     struct run *run;
     size_t *idx;
@@ -124,27 +125,89 @@ static void lb_done(void *ctx, size_t k, const struct tn_rpc_result *r)
 }
 
 /*
+ * The batchable files in chunks, sent as up to `threads` concurrent Batch
+ * calls. Each chunk is a call of its own, so with several servers behind one
+ * name (dns:///, round robin) the chunks spread over all of them, as one call
+ * per file did; a chunk is large enough that the calls cost nothing beside
+ * the decodes (see chunk_size()). Owner of everything: run_local_batch().
+ */
+struct batch_plan {
+    struct run *run;
+    const struct tn_rpc_request *req; /* the calls' options (read-only) */
+    const char **paths;               /* nb paths; file idx[k] is paths[k] */
+    size_t *idx;
+    size_t nb, chunk;
+    size_t next;      /* the next chunk's first path (under run->lock) */
+    bool unsupported; /* a call answered UNIMPLEMENTED: start no more (run->lock) */
+};
+
+/* A call per chunk: at least 4 chunks per thread (so that replicas and
+ * threads share the work evenly), at most 256 files a call. */
+static size_t chunk_size(size_t nb, size_t threads)
+{
+    size_t c = (nb + threads * 4 - 1) / (threads * 4);
+    return c < 1 ? 1 : c > 256 ? 256 : c;
+}
+
+static void *batch_thread(void *arg)
+{
+    struct batch_plan *bp = arg;
+    struct run *run = bp->run;
+    for (;;) {
+        pthread_mutex_lock(&run->lock);
+        size_t first = bp->next;
+        bool over = bp->unsupported || first >= bp->nb || stop_flag;
+        if (!over)
+            bp->next = first + bp->chunk < bp->nb ? first + bp->chunk : bp->nb;
+        size_t n = bp->next - first;
+        pthread_mutex_unlock(&run->lock);
+        if (over)
+            return NULL;
+        struct local_batch lb = {.run = run, .idx = bp->idx + first};
+        struct tn_rpc_batch_sink bs = {
+            .ctx = &lb, .sink = lb_sink, .done = lb_done, .queued = lb_queued};
+        struct tn_rpc_result res;
+        grpc_completion_queue *cq = grpc_completion_queue_create_for_next(NULL);
+        tn_rpc_batch(run->env.channel, cq, bp->req, bp->paths + first, n, &bs, &res);
+        if (res.code == GRPC_STATUS_UNIMPLEMENTED) {
+            tn_log_debug("the server has no Batch method: one Generate call per file");
+            pthread_mutex_lock(&run->lock);
+            bp->unsupported = true;
+            pthread_mutex_unlock(&run->lock);
+        } else if (res.local || res.code != GRPC_STATUS_OK) {
+            tn_log_debug("a Batch call ended with %s%s%s: the files it left go one by one",
+                         res.local ? "" : tn_code_name((int)res.code), res.local ? "" : ": ",
+                         res.message);
+        }
+        if (res.abandoned)
+            cq = NULL; /* gRPC still holds a batch on it: leak it */
+        tn_rpc_cq_destroy(&cq);
+    }
+}
+
+/*
  * --local over a folder: plan every file, send those that need all their
- * outputs as one Batch call, then the rest (and what the call left) one by
- * one on `threads` threads as before. Returns false when out of memory.
+ * outputs as Batch calls (batch_plan), then the rest (and what the calls
+ * left) one by one on `threads` threads as before. Returns false when out of
+ * memory.
  */
 static bool run_local_batch(struct run *run, size_t threads)
 {
     size_t n = run->files->n;
-    struct local_batch lb = {.run = run};
+    struct batch_plan bp = {.run = run};
     const char **paths = calloc(n, sizeof(*paths));
-    lb.idx = calloc(n, sizeof(*lb.idx));
+    size_t *idx = calloc(n, sizeof(*idx));
     run->jobs = calloc(n, sizeof(*run->jobs));
     run->firsts = calloc(n, sizeof(*run->firsts));
     run->has_first = calloc(n, sizeof(*run->has_first));
-    if (!paths || !lb.idx || !run->jobs || !run->firsts || !run->has_first) {
+    if (!paths || !idx || !run->jobs || !run->firsts || !run->has_first) {
         free(paths);
-        free(lb.idx);
+        free(idx);
         return false;
     }
     size_t nb = 0;
-    /* The call's options: a batchable file's request, copied (a file may be
-     * finished and freed while the call goes on); its file fields unused. */
+    /* The calls' options: a batchable file's request, copied (a file may be
+     * finished and freed while the calls go on); its file fields unused. */
     struct tn_rpc_request req;
     struct tn_time_point times[TN_JOB_MAX_TIMES];
     memset(&req, 0, sizeof(req));
@@ -159,32 +222,33 @@ static bool run_local_batch(struct run *run, size_t threads)
         run->jobs[i] = j;
         if (tn_job_batchable(j)) {
             paths[nb] = run->files->v[i].rel;
-            lb.idx[nb++] = i;
+            idx[nb++] = i;
             req = *tn_job_request(j);
         }
     }
     if (nb && !stop_flag) {
-        grpc_completion_queue *cq = grpc_completion_queue_create_for_next(NULL);
-        struct tn_rpc_batch_sink bs = {
-            .ctx = &lb, .sink = lb_sink, .done = lb_done, .queued = lb_queued};
-        struct tn_rpc_result res;
         memcpy(times, req.times, req.n_times * sizeof(*times));
         req.times = times;
         req.fd = -1;
         req.file_name = req.local_path = NULL;
-        tn_rpc_batch(run->env.channel, cq, &req, paths, nb, &bs, &res);
-        if (res.code == GRPC_STATUS_UNIMPLEMENTED)
-            tn_log_debug("the server has no Batch method: one Generate call per file");
-        else if (res.local || res.code != GRPC_STATUS_OK)
-            tn_log_debug("the Batch call ended with %s%s%s: the files it left go one by one",
-                         res.local ? "" : tn_code_name((int)res.code), res.local ? "" : ": ",
-                         res.message);
-        if (res.abandoned)
-            cq = NULL; /* gRPC still holds a batch on it: leak it */
-        tn_rpc_cq_destroy(&cq);
+        bp.req = &req;
+        bp.paths = paths;
+        bp.idx = idx;
+        bp.nb = nb;
+        bp.chunk = chunk_size(nb, threads ? threads : 1);
+        size_t calls = (nb + bp.chunk - 1) / bp.chunk;
+        size_t nt = threads < calls ? threads : calls, started = 0;
+        pthread_t tids[TN_CLIENT_MAX_JOBS];
+        for (; started < nt; started++)
+            if (pthread_create(&tids[started], NULL, batch_thread, &bp) != 0)
+                break;
+        if (started == 0)
+            batch_thread(&bp);
+        for (size_t t = 0; t < started; t++)
+            pthread_join(tids[t], NULL);
     }
     free(paths);
-    free(lb.idx);
+    free(idx);
     /* What is left goes one by one, as without Batch; after ^C, nothing is started. */
     run->next = 0;
     size_t started = 0;

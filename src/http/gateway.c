@@ -55,6 +55,7 @@
 #include "log.h"
 #include "media_root.h"
 #include "metrics.h"
+#include "options_msg.h"
 #include "route.h"
 #include "status.h"
 #include "tls.h"
@@ -369,42 +370,13 @@ static char *rewrite_vtt(const struct tn_route *r, const unsigned char *vtt, siz
 
 /* ---- cache hits ------------------------------------------------------------------------ */
 
-/*
- * The front's job options for these Options, as take_job_opts() in upload.c
- * makes them: the cache key is computed from them. Returns false when the
- * front would refuse them (then it is the front's to say why).
- */
+/* The front's job options for these Options (the cache key is computed from
+ * them). Returns false when the front would refuse them (then it is the
+ * front's to say why). */
 static bool job_opts_of(const Thumbnail__V1__Options *o, struct tn_job_opts *j)
 {
     char err[256];
-    memset(j, 0, sizeof(*j));
-    j->format = (uint8_t)o->format;
-    j->mode = (uint8_t)o->mode;
-    j->fit = (uint8_t)o->fit;
-    j->n_times = (uint32_t)o->n_times;
-    for (size_t i = 0; i < o->n_times && i < TN_JOB_MAX_TIMES; i++) {
-        const Thumbnail__V1__TimePoint *t = o->times[i];
-        j->times[i].kind = t->point_case == THUMBNAIL__V1__TIME_POINT__POINT_PERCENT
-                               ? TN_TIME_PERCENT
-                               : TN_TIME_SECONDS;
-        j->times[i].value =
-            t->point_case == THUMBNAIL__V1__TIME_POINT__POINT_PERCENT ? t->percent : t->seconds;
-    }
-    j->max_width = o->max_width;
-    j->max_height = o->max_height;
-    j->upscale = o->upscale ? 1 : 0;
-    j->quality = o->quality;
-    j->lossless = o->lossless ? 1 : 0;
-    j->png_level = o->png_level;
-    j->pad_color = o->pad_color;
-    j->cover_art = o->cover_art ? 1 : 0;
-    j->count = o->count;
-    j->every = o->every;
-    j->storyboard = o->storyboard ? 1 : 0;
-    j->tile_width = o->tile_width;
-    j->columns = o->columns;
-    tn_job_opts_defaults(j);
-    return tn_job_opts_check(j, err, sizeof(err)) == TN_OK;
+    return tn_options_to_job(o, false, j, err, sizeof(err)) == TN_OK;
 }
 
 /* The cache, opened on first use: the front creates its directory, maybe
@@ -509,6 +481,7 @@ static struct MHD_Response *hit_response(const struct tn_route *r, const struct 
         return NULL;
     uint32_t want = r->kind == ROUTE_STORYBOARD_VTT     ? 2u
                     : r->kind == ROUTE_STORYBOARD_IMAGE ? 1u
+                    : r->kind == ROUTE_ANIMATED         ? 3u
                                                         : 0u;
     const struct tn_cache_item *it = NULL;
     for (uint32_t i = 0; i < e->n && !it; i++)
@@ -551,14 +524,13 @@ static struct MHD_Response *hit_response(const struct tn_route *r, const struct 
  * the image straight from the entry's file (fd + offset, sent by
  * libmicrohttpd), no gRPC call, no worker. Returns MHD_YES/MHD_NO when it
  * answered, or -1 on a miss (then the front is asked, and stores it).
- * Animated previews are not looked up: the key would not cover the animation.
  */
 static int serve_hit(struct exch *x, const struct tn_route *r, const struct req *q)
 {
     struct timespec t0;
     if (!cache() || !q->have_file ||
         (r->kind != ROUTE_THUMBNAIL && r->kind != ROUTE_STORYBOARD_VTT &&
-         r->kind != ROUTE_STORYBOARD_IMAGE))
+         r->kind != ROUTE_STORYBOARD_IMAGE && r->kind != ROUTE_ANIMATED))
         return -1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     int64_t now = tn_mono_ms();

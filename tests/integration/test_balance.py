@@ -43,6 +43,37 @@ def dead_addr():
     return "127.0.0.1:%d" % h.free_port()
 
 
+BATCH_LINE = re.compile(r"INFO front \d+: Batch peer=\S+ .*thumbnails=(\d+) .*status=OK$", re.M)
+
+
+class LocalBalance(h.ServersTestCase):
+    """Local mode over a folder is Batch calls in chunks: with two servers
+    sharing the folder (--media-root), the chunks spread over both."""
+
+    def test_batch_chunks_spread_over_both(self):
+        inp = h.make_input_dir([])
+        self.addCleanup(shutil.rmtree, inp, True)
+        n = 24
+        for i in range(n):
+            shutil.copyfile(h.video("h264.mp4"), os.path.join(inp, "v%02d.mp4" % i))
+        a = self.server(workers=1, extra=["--media-root", inp])
+        b = self.server(workers=1, extra=["--media-root", inp])
+        out = tempfile.mkdtemp(prefix="tn-out-")
+        self.addCleanup(shutil.rmtree, out, True)
+        r = h.run_client(["--server", a.addr, "--server", b.addr, "--local", inp, out],
+                         timeout=120)
+        self.assertEqual(len(h.tree_files(out)), n, r)
+
+        def thumbs(s):
+            return sum(int(t) for t in BATCH_LINE.findall(s.log_text()))
+        h.wait_for(lambda: thumbs(a) + thumbs(b) >= n, 10, what="the Batch access lines")
+        ta, tb = thumbs(a), thumbs(b)
+        h.log("%d files in Batch calls: server A made %d thumbnails, server B %d" % (n, ta, tb))
+        self.assertEqual(ta + tb, n)
+        self.assertGreaterEqual(min(ta, tb), n // 4, "one server did (nearly) all the work")
+        self.assertNotIn(" Generate peer=", a.log_text() + b.log_text())
+
+
 class Balance(h.ServerTestCase):
     workers = 1
 

@@ -580,6 +580,17 @@ class HttpCache(h.ServerTestCase):
         st2, hd3, vtt2 = curl(self.server.url("/v1/storyboard/a.mp4.vtt?count=3"))
         self.assertEqual((st, st2, hd3.get("x-cache"), vtt2), (200, 200, "HIT", vtt))
         self.assertIn(b"/v1/storyboard/a.mp4.jpg?count=3#xywh=", vtt)
+        # animated previews: a hit too, and another span is another entry
+        anim = "/v1/animated/a.mp4.webp?start=0.5&end=1.5&fps=5&width=96"
+        st, hd, p1 = curl(self.server.url(anim))
+        self.assertEqual((st, hd.get("x-cache")), (200, None))
+        calls = self.front_calls()
+        st, hd, p2 = curl(self.server.url(anim))
+        self.assertEqual((st, hd.get("x-cache"), p2), (200, "HIT", p1))
+        st, hd, p3 = curl(self.server.url(anim.replace("end=1.5", "end=2")))
+        self.assertEqual((st, hd.get("x-cache")), (200, None))
+        self.assertNotEqual(p3, p1)
+        h.wait_for(lambda: self.front_calls() == calls + 1, 10, what="one call for the new span")
 
     def test_changed_file_and_damaged_entry_are_not_served(self):
         src = os.path.join(self.root, "b.mp4")
