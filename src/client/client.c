@@ -17,13 +17,14 @@
  * 143). Temporary files that a killed client left behind are removed by the
  * next run.
  *
- * Local mode over a folder (--local without --per-file) is one Batch call
- * instead (run_local_batch()): every file is planned as above, those that
- * need all their outputs go as the call's paths, and each file's events are
- * written and reported as its own Generate call would have been (the same
- * lines, --json objects, records and retries: a file the call could not
- * finish, or that failed in a way Generate would retry, is sent again on its
- * own). A server without Batch (UNIMPLEMENTED) gets one Generate per file.
+ * Local mode over a folder (--local without --per-file) against one server
+ * is one Batch call instead (run_local_batch()): every file is planned as
+ * above, those that need all their outputs go as the call's paths, and each
+ * file's events are written and reported as its own Generate call would
+ * have been (the same lines, --json objects, records and retries: a file the
+ * call could not finish, or that failed in a way Generate would retry, is
+ * sent again on its own). A server without Batch (UNIMPLEMENTED) gets one
+ * Generate per file.
  *
  * Several --server values become one channel with the round_robin policy
  * (target.h): calls go to every server that is up in turn, a server that
@@ -686,6 +687,14 @@ static void summary(const struct tn_client_options *opt, struct run *run, size_t
     }
 }
 
+/* One Batch call is served by one server: over several (--server repeated, or
+ * a dns: name, which may resolve to several), the files go as Generate calls,
+ * which the round_robin channel spreads. */
+static bool one_server(const struct tn_client_options *opt)
+{
+    return opt->n_servers == 1 && strncmp(opt->servers[0], "dns:", 4) != 0;
+}
+
 static int run_batch(const struct tn_client_options *opt)
 {
     struct tn_walk_list files = {0};
@@ -777,7 +786,7 @@ static int run_batch(const struct tn_client_options *opt)
     size_t started = 0;
     double t0 = ((double)tn_mono_ms() / 1e3);
     tn_progress_init(!opt->quiet && isatty(STDERR_FILENO) && !single, files.n, lines);
-    if (opt->local && !single && !opt->per_file) {
+    if (opt->local && !single && !opt->per_file && one_server(opt)) {
         bool ok = run_local_batch(&run, n_threads);
         run_jobs = run.jobs;
         run_firsts = run.firsts;

@@ -6,7 +6,8 @@ Two real servers; each one's access log (one "Generate ... status=OK" line
 per call) says which calls it served. A server that is down from the start
 is skipped, one killed in the middle of a batch costs no file (its in-flight
 calls fail UNAVAILABLE and are retried on the other), and balancing works
-over TLS too when the servers share one certificate name."""
+over TLS too when the servers share one certificate name. With --local over
+several servers, the files go as Generate calls (not one Batch call), spread too."""
 import os
 import re
 import shutil
@@ -133,6 +134,33 @@ class Balance(h.ServerTestCase):
             with self.subTest(other=other):
                 r, _ = self.batch([self.server.addr] + other, n=1, check_rc=2)
                 self.assertIn(msg, r.stderr)
+
+
+class LocalSpread(unittest.TestCase):
+    """--local with two servers sharing one --media-root: a Batch call would go to
+    one server alone, so the files go as Generate calls, spread over both."""
+
+    def test_local_folder_spread_over_both(self):
+        root = h.make_input_dir([])
+        self.addCleanup(shutil.rmtree, root, True)
+        for i in range(8):
+            shutil.copyfile(h.video("h264.mp4"), os.path.join(root, "v%02d.mp4" % i))
+        servers = [h.Server(workers=1, extra=["--media-root", root]) for _ in range(2)]
+        for s in servers:
+            self.addCleanup(s.cleanup)
+            self.addCleanup(s.stop)
+        out = tempfile.mkdtemp(prefix="tn-test-")
+        self.addCleanup(shutil.rmtree, out, True)
+        before = [(s, served(s)) for s in servers]
+        r = h.run_client(["--server", servers[0].addr, "--server", servers[1].addr, "--local",
+                          "--at", TIMES, root, out], timeout=120)
+        self.assertEqual(len(h.tree_files(out)), 8 * N_TIMES, r)
+        settle(before, 8)
+        counts = [served(s) - n for s, n in before]
+        h.log("8 files, --local: server A served %d Generate calls, server B %d" % tuple(counts))
+        for s in servers:
+            self.assertNotIn(" Batch ", s.log_text())
+        self.assertGreaterEqual(min(counts), 2, counts)
 
 
 class KillOneMidBatch(unittest.TestCase):
