@@ -135,7 +135,8 @@ void print_help(FILE *f, const struct tn_config *d)
             "(also 1MiB, 1MB; 1K = 1024). DURATION is seconds, optionally with a unit:\n"
             "500ms, 2.5s, 2m, 1h. Later flags override earlier ones; flags override the\n"
             "--config file, which overrides the environment, which overrides the defaults.\n"
-            "The TLS and token files are read once, at start-up.\n"
+            "The TLS, token and URL signing key files are read at start-up and again on\n"
+            "HUP.\n"
             "\n"
             "Environment:\n"
             "  NUM_WORKERS   default for --workers\n"
@@ -148,8 +149,8 @@ void print_help(FILE *f, const struct tn_config *d)
             "\n"
             "Exit status: 0 after a stop by signal; 1 if the server failed (e.g. the front\n"
             "could not bind its address); 2 if it could not start (a bad option, a log file\n"
-            "or pidfile that cannot be written, a --metrics-listen address that cannot be\n"
-            "bound, or already running).\n",
+            "or pidfile that cannot be written, a --metrics-listen or --http-listen address\n"
+            "that cannot be bound, or already running).\n",
             TN_MAX_LISTEN, DEFAULT_LISTEN, fmt_size(d->max_upload_bytes, s1, sizeof(s1)),
             fmt_size(d->max_message_bytes, s2, sizeof(s2)), fmt_size(d->chunk_size, s3, sizeof(s3)),
             d->max_concurrent_calls, d->max_queued_jobs, d->idle_timeout_s,
