@@ -177,16 +177,7 @@ static grpc_byte_buffer *event_message(const struct gen_call *c, const struct be
         ev.started = &st;
         break;
     case BEV_THUMB: {
-        const struct tn_ipc_result *m = &e->r->meta;
-        th.index = m->index;
-        th.requested_time = m->requested_time;
-        th.actual_time = m->actual_time;
-        th.width = m->width;
-        th.height = m->height;
-        th.format = (Thumbnail__V1__ImageFormat)m->format;
-        th.size = m->size;
-        th.reason = (char *)m->reason;
-        th.kind = (Thumbnail__V1__ThumbnailKind)m->kind;
+        thumbnail_header(&th, &e->r->meta);
         ev.event_case = THUMBNAIL__V1__BATCH_EVENT__EVENT_THUMBNAIL;
         ev.thumbnail = &th;
         break;

@@ -346,6 +346,7 @@ void *call_alloc(size_t size);
 void start_batch(grpc_call *call, const grpc_op *ops, size_t n, void *tag);
 extern uint64_t held_result_bytes;
 void free_result(struct result *r);
+void thumbnail_header(Thumbnail__V1__Thumbnail *th, const struct tn_ipc_result *m);
 void gen_ref_locked(struct gen_call *c);
 void gen_unref(struct gen_call *c);
 void kick_send_locked(struct gen_call *c);

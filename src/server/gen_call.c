@@ -247,19 +247,26 @@ static grpc_byte_buffer *data_message(const unsigned char *p, size_t len)
     return bb;
 }
 
+/* A result's Thumbnail header, as Generate and Batch stream it; th borrows m's reason. */
+void thumbnail_header(Thumbnail__V1__Thumbnail *th, const struct tn_ipc_result *m)
+{
+    thumbnail__v1__thumbnail__init(th);
+    th->index = m->index;
+    th->requested_time = m->requested_time;
+    th->actual_time = m->actual_time;
+    th->width = m->width;
+    th->height = m->height;
+    th->format = (Thumbnail__V1__ImageFormat)m->format;
+    th->size = m->size;
+    th->reason = (char *)m->reason;
+    th->kind = (Thumbnail__V1__ThumbnailKind)m->kind;
+}
+
 static grpc_byte_buffer *header_message(const struct tn_ipc_result *m)
 {
-    Thumbnail__V1__Thumbnail th = THUMBNAIL__V1__THUMBNAIL__INIT;
+    Thumbnail__V1__Thumbnail th;
     Thumbnail__V1__GenerateResponse resp = THUMBNAIL__V1__GENERATE_RESPONSE__INIT;
-    th.index = m->index;
-    th.requested_time = m->requested_time;
-    th.actual_time = m->actual_time;
-    th.width = m->width;
-    th.height = m->height;
-    th.format = (Thumbnail__V1__ImageFormat)m->format;
-    th.size = m->size;
-    th.reason = (char *)m->reason;
-    th.kind = (Thumbnail__V1__ThumbnailKind)m->kind;
+    thumbnail_header(&th, m);
     resp.msg_case = THUMBNAIL__V1__GENERATE_RESPONSE__MSG_THUMBNAIL;
     resp.thumbnail = &th;
     return tn_pb_pack(&resp.base);
