@@ -236,27 +236,41 @@ class Legit(threading.Thread):
     """Real Generate calls in a loop (grpcio, a real video, one thumbnail each, its PNG
     decoded): latencies of the successes, and the failures with their status."""
 
-    def __init__(self, addr, path, timeout=20, pause=0.2):
+    def __init__(self, addr, path, timeout=20, pause=0.2, retry=False):
         super().__init__(daemon=True)
         self.addr, self.path, self.timeout, self.pause = addr, path, timeout, pause
         self.latencies, self.failures = [], []
+        # retry: as thumbnail_client does, a call that ends UNAVAILABLE or CANCELLED
+        # (with one small thumbnail: before it arrived) is made once more; each retry
+        # is recorded.
+        self.retry, self.retries = retry, []
         self.stop_flag = threading.Event()
 
     def one(self):
         t0 = time.monotonic()
         try:
-            thumbs = h.generate(self.addr, timeout=self.timeout, path=self.path,
-                                times=["50%"], max_width=160)
-            if len(thumbs) != 1:
-                raise AssertionError("%d thumbnails" % len(thumbs))
-            png = h.png_decode(bytes(thumbs[0].data))
-            if png.width != 160:
-                raise AssertionError("thumbnail %dx%d" % (png.width, png.height))
+            try:
+                self.call()
+            except h.grpc.RpcError as e:
+                if not self.retry or e.code() not in (h.grpc.StatusCode.UNAVAILABLE,
+                                                      h.grpc.StatusCode.CANCELLED):
+                    raise
+                self.retries.append("%s: %s" % (e.code().name, e.details()))
+                self.call()
             self.latencies.append(time.monotonic() - t0)
         except h.grpc.RpcError as e:
             self.failures.append("%s: %s" % (e.code().name, e.details()))
         except (AssertionError, h.PngError) as e:
             self.failures.append(str(e))
+
+    def call(self):
+        thumbs = h.generate(self.addr, timeout=self.timeout, path=self.path,
+                            times=["50%"], max_width=160)
+        if len(thumbs) != 1:
+            raise AssertionError("%d thumbnails" % len(thumbs))
+        png = h.png_decode(bytes(thumbs[0].data))
+        if png.width != 160:
+            raise AssertionError("thumbnail %dx%d" % (png.width, png.height))
 
     def run(self):
         while not self.stop_flag.is_set():
@@ -271,6 +285,7 @@ class Legit(threading.Thread):
     def summary(self):
         lat = sorted(self.latencies)
         return {"calls": len(lat) + len(self.failures), "failures": len(self.failures),
+                "retries": len(self.retries),
                 "max_latency_s": round(lat[-1], 3) if lat else None,
                 "p50_latency_s": round(lat[len(lat) // 2], 3) if lat else None}
 

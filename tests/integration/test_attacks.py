@@ -72,6 +72,7 @@ class Attack(unittest.TestCase):
     extra = ()
     wrapper = ()
     legit_timeout = 20
+    legit_retry = False  # a failed legitimate call is a failure (see MemoryWatchdog)
 
     def restart_legit(self, n=5):
         """Stop the background legitimate calls, make n more under a fresh counter (the
@@ -92,7 +93,8 @@ class Attack(unittest.TestCase):
         self.idle_rss = h.vm_status(self.front0, "VmRSS")
         # one warm-up call: the first call's latency is not the attack's
         a.Legit(self.srv.addr, self.video).one()
-        self.legit = a.Legit(self.srv.addr, self.video, timeout=self.legit_timeout)
+        self.legit = a.Legit(self.srv.addr, self.video, timeout=self.legit_timeout,
+                             retry=self.legit_retry)
         self.rss = a.RssSampler(self.srv)
 
     def start(self):
@@ -176,6 +178,11 @@ class MemoryWatchdog(Attack):
     front is replaced (cause "memory"), and the old one drains."""
     extra = flags(("--front-check-interval", "1s"), ("--front-check-failures", "2"),
                   ("--max-front-memory", "64M"), ("--front-memory-quota", "0"))
+    # A call that reaches the old front as it starts to drain can end CANCELLED
+    # (seen 1 in ~55 calls, in the plain and the ASan builds): gRPC 1.51's
+    # shutdown fails calls it holds not yet matched to the front's request. The
+    # legitimate client retries as thumbnail_client does; at most one retry.
+    legit_retry = True
 
     @rss_is_asans
     def test_front_over_memory_is_replaced(self):
@@ -195,6 +202,7 @@ class MemoryWatchdog(Attack):
                          % self.front0)
         self.assertEqual(h.health_check(self.srv.addr), "SERVING")
         self.assert_legit(res, 5.0)
+        self.assertLessEqual(res["retries"], 1, self.legit.retries)
 
 
 class HpackStall(Attack):
