@@ -706,13 +706,20 @@ def rss(build, work, big_gib, n_conc, conc_mib):
                  os.path.join(d, sub), os.path.join(d, "out")],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             dt = time.monotonic() - t0
-            text = srv.new_log()
-            nin = sum(int(kv.split("=")[1]) for ln in text.splitlines() if "Generate peer=" in ln
-                      for kv in ln.split() if kv.startswith("in="))
+            want = int(big_gib * (1 << 30)) if tag == "big" else n_conc * (conc_mib << 20)
+            # The front writes a call's access line after its status went out: the
+            # client may exit before the last lines are there.
+            text, nin, deadline = "", 0, time.monotonic() + 5
+            while True:
+                text += srv.new_log()
+                nin = sum(int(kv.split("=")[1]) for ln in text.splitlines()
+                          if "Generate peer=" in ln for kv in ln.split() if kv.startswith("in="))
+                if nin >= want or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
             out[tag] = srv.hwm()
             out[tag + "_bytes_in"] = nin
             out[tag + "_s"] = dt
-            want = int(big_gib * (1 << 30)) if tag == "big" else n_conc * (conc_mib << 20)
             if nin != want:
                 fail("rss %s: the front received %d of %d bytes" % (tag, nin, want))
         finally:
