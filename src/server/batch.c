@@ -237,20 +237,11 @@ void batch_kick_send_locked(struct gen_call *c)
         ops[n].op = GRPC_OP_SEND_MESSAGE;
         ops[n++].data.send_message.send_message = c->shared.send_buf;
     } else if (c->shared.status_set) {
-        ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
-        ops[n].data.send_status_from_server.status = (grpc_status_code)c->shared.status_code;
-        c->shared.status_slice = grpc_slice_from_copied_string(c->shared.status_msg);
-        ops[n++].data.send_status_from_server.status_details =
-            c->shared.status_code != TN_OK ? &c->shared.status_slice : NULL;
-        c->shared.status_sent = true;
+        status_op_locked(c, &ops[n++]);
     } else {
         return; /* nothing to send yet */
     }
-    c->shared.md_sent = true;
-    c->shared.sending = true;
-    c->shared.send_since_ms = tn_mono_ms();
-    gen_ref_locked(c);
-    start_batch(c->call, ops, n, &c->t_send);
+    start_send_locked(c, ops, n);
 }
 
 void batch_on_send_done(struct gen_call *c, bool ok)

@@ -350,6 +350,8 @@ void thumbnail_header(Thumbnail__V1__Thumbnail *th, const struct tn_ipc_result *
 void gen_ref_locked(struct gen_call *c);
 void gen_unref(struct gen_call *c);
 void kick_send_locked(struct gen_call *c);
+void status_op_locked(struct gen_call *c, grpc_op *op);
+void start_send_locked(struct gen_call *c, const grpc_op *ops, size_t n);
 void finish_locked(struct gen_call *c, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void abandon_job_locked(struct gen_call *c);

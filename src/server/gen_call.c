@@ -355,16 +355,27 @@ void kick_send_locked(struct gen_call *c)
         ops[n].data.send_message.send_message = c->shared.send_buf;
         n++;
     } else if (c->shared.status_set) {
-        ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
-        ops[n].data.send_status_from_server.status = (grpc_status_code)c->shared.status_code;
-        c->shared.status_slice = grpc_slice_from_copied_string(c->shared.status_msg);
-        ops[n].data.send_status_from_server.status_details =
-            c->shared.status_code != TN_OK ? &c->shared.status_slice : NULL;
-        n++;
-        c->shared.status_sent = true;
+        status_op_locked(c, &ops[n++]);
     } else {
         return; /* nothing to send yet */
     }
+    start_send_locked(c, ops, n);
+}
+
+/* The op that sends the call's status (set, and nothing left before it). */
+void status_op_locked(struct gen_call *c, grpc_op *op)
+{
+    op->op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+    op->data.send_status_from_server.status = (grpc_status_code)c->shared.status_code;
+    c->shared.status_slice = grpc_slice_from_copied_string(c->shared.status_msg);
+    op->data.send_status_from_server.status_details =
+        c->shared.status_code != TN_OK ? &c->shared.status_slice : NULL;
+    c->shared.status_sent = true;
+}
+
+/* Start the call's one outstanding send batch; the batch holds a reference. */
+void start_send_locked(struct gen_call *c, const grpc_op *ops, size_t n)
+{
     c->shared.md_sent = true;
     c->shared.sending = true;
     c->shared.send_since_ms = tn_mono_ms();
