@@ -344,6 +344,11 @@ double elapsed_ms(const struct timespec *since);
 void must_succeed(grpc_call_error e, const char *what);
 void *call_alloc(size_t size);
 void start_batch(grpc_call *call, const grpc_op *ops, size_t n, void *tag);
+/* A unary call's one answer batch: initial metadata, msg (NULL: none; the
+ * caller keeps it until the batch completes), the status with details (NULL:
+ * none) in *status_slice (the caller unrefs it), RECV_CLOSE_ON_SERVER. */
+void answer_unary(grpc_call *call, grpc_byte_buffer *msg, grpc_status_code code,
+                  const char *details, grpc_slice *status_slice, int *cancelled, void *tag);
 extern uint64_t held_result_bytes;
 void free_result(struct result *r);
 void thumbnail_header(Thumbnail__V1__Thumbnail *th, const struct tn_ipc_result *m);

@@ -78,6 +78,26 @@ void start_batch(grpc_call *call, const grpc_op *ops, size_t n, void *tag)
     must_succeed(grpc_call_start_batch(call, ops, n, tag, NULL), "grpc_call_start_batch");
 }
 
+void answer_unary(grpc_call *call, grpc_byte_buffer *msg, grpc_status_code code,
+                  const char *details, grpc_slice *status_slice, int *cancelled, void *tag)
+{
+    grpc_op ops[4];
+    size_t n = 0;
+    memset(ops, 0, sizeof(ops));
+    ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+    if (msg) {
+        ops[n].op = GRPC_OP_SEND_MESSAGE;
+        ops[n++].data.send_message.send_message = msg;
+    }
+    *status_slice = grpc_slice_from_copied_string(details ? details : "");
+    ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+    ops[n].data.send_status_from_server.status = code;
+    ops[n++].data.send_status_from_server.status_details = details ? status_slice : NULL;
+    ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    ops[n++].data.recv_close_on_server.cancelled = cancelled;
+    start_batch(call, ops, n, tag);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Lifetime: creation, references, destruction                              */
 

@@ -409,24 +409,13 @@ void request_list(struct front *f)
 /* One batch answers the call: the message (if any), the status, the close. */
 static void list_answer(struct list_call *l, grpc_byte_buffer *msg, int code)
 {
-    grpc_op ops[4];
-    size_t n = 0;
-    memset(ops, 0, sizeof(ops));
-    ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
     l->code = code;
     if (msg) {
         tn_metrics_msg_sent(TN_M_LIST);
         l->resp = msg;
-        ops[n].op = GRPC_OP_SEND_MESSAGE;
-        ops[n++].data.send_message.send_message = msg;
     }
-    l->status_slice = grpc_slice_from_copied_string(code != TN_OK ? l->msg : "");
-    ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
-    ops[n].data.send_status_from_server.status = (grpc_status_code)code;
-    ops[n++].data.send_status_from_server.status_details = code != TN_OK ? &l->status_slice : NULL;
-    ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-    ops[n++].data.recv_close_on_server.cancelled = &l->cancelled;
-    start_batch(l->call, ops, n, &l->t_done);
+    answer_unary(l->call, msg, (grpc_status_code)code, code != TN_OK ? l->msg : NULL,
+                 &l->status_slice, &l->cancelled, &l->t_done);
 }
 
 static int list_fail(struct list_call *l, int code, const char *msg)

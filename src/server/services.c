@@ -93,25 +93,13 @@ static struct simple_call *simple_new(struct front *f, enum tag_kind kind)
 static void simple_answer(struct simple_call *s, grpc_byte_buffer *msg, grpc_status_code code,
                           const char *details)
 {
-    grpc_op ops[4];
-    size_t n = 0;
-    memset(ops, 0, sizeof(ops));
-    ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
     s->code = (int)code;
     if (msg) {
         if (s->kind == TAG_NEW_HEALTH)
             tn_metrics_msg_sent(TN_M_HEALTH_CHECK);
         s->resp = msg;
-        ops[n].op = GRPC_OP_SEND_MESSAGE;
-        ops[n++].data.send_message.send_message = msg;
     }
-    s->status_slice = grpc_slice_from_copied_string(details ? details : "");
-    ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
-    ops[n].data.send_status_from_server.status = code;
-    ops[n++].data.send_status_from_server.status_details = details ? &s->status_slice : NULL;
-    ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-    ops[n++].data.recv_close_on_server.cancelled = &s->cancelled;
-    start_batch(s->call, ops, n, &s->t_done);
+    answer_unary(s->call, msg, code, details, &s->status_slice, &s->cancelled, &s->t_done);
 }
 
 /* NOT_SERVING while draining, and while the master reports that no decode
